@@ -1,1 +1,5 @@
-//! devices
+//! Device models for kuml: buses, legacy PC devices, PCI and virtio.
+//!
+//! This crate depends on the disk (`ubd`) and network (`netdev`) crates, never on the VMM.
+
+pub mod bus;
