@@ -3,3 +3,4 @@
 //! This crate depends on the disk (`ubd`) and network (`netdev`) crates, never on the VMM.
 
 pub mod bus;
+pub mod virtio;
