@@ -1,1 +1,3 @@
-//! kuml
+//! kuml: a KVM micro-VMM with User-Mode Linux's command line, disks, consoles and mconsole.
+
+pub mod config;

@@ -1,0 +1,367 @@
+//! PURE: the UML-style command line (`mem=256M ubd0=… eth0=… con0=… umid=…`) to a [`Config`].
+//!
+//! kuml reads its arguments the way User-Mode Linux does: each `name=value` word it knows is
+//! consumed, and every other word is appended, in order, to the guest kernel command line.
+//! Device options (`ubdN`, `ethN`, `conN`, `sslN`) are kept as text here, keyed by index, and
+//! parsed by their device crates when the VM is built, so that this module stays a pure
+//! argv-to-struct step.
+
+mod size;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+pub use size::{parse_size, SizeError};
+
+/// Default guest memory, as UML's (`mem=` absent).
+pub const DEFAULT_MEM: u64 = 64 << 20;
+/// The most vCPUs kuml starts.
+pub const MAX_VCPUS: u8 = 64;
+/// Longest umid UML accepts (`UMID_LEN` minus the terminating NUL).
+pub const MAX_UMID_LEN: usize = 63;
+
+/// What the command line asks kuml to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Print the usage text and exit 0.
+    Help,
+    /// Print the version and exit 0.
+    Version,
+    /// Run a VM.
+    Run(Box<Config>),
+}
+
+/// Per-index device options plus the `name=` form that applies to all of them (`con=`, `ssl=`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IndexedOptions {
+    /// The value of the bare option (`con=pts`), which applies to every index not given alone.
+    pub all: Option<String>,
+    /// Values given for one index (`con1=pts`); the specific one wins over `all`.
+    pub each: BTreeMap<u32, String>,
+}
+
+impl IndexedOptions {
+    /// The value in force for `index`: the specific one, else the shared one.
+    pub fn get(&self, index: u32) -> Option<&str> {
+        self.each
+            .get(&index)
+            .or(self.all.as_ref())
+            .map(String::as_str)
+    }
+}
+
+/// A validated kuml configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Guest RAM in bytes.
+    pub mem_size: u64,
+    /// Number of vCPUs.
+    pub ncpus: u8,
+    /// Instance name (`umid=`); a random one is chosen at start when absent.
+    pub umid: Option<String>,
+    /// Directory holding the instance directories (`uml_dir=`, default `~/.uml`).
+    pub uml_dir: Option<PathBuf>,
+    /// Guest kernel (`kernel=`), a vmlinux ELF or a bzImage; default: the one resources/ builds.
+    pub kernel: Option<PathBuf>,
+    /// Initial ramdisk (`initrd=`).
+    pub initrd: Option<PathBuf>,
+    /// Exit instead of restarting when the guest reboots (`noreboot`, as UML).
+    pub noreboot: bool,
+    /// Block devices, `ubd<N|letter><flags>=…`, keyed by the text before `=` (`ubd0`, `ubdbr`).
+    pub ubd: Vec<(String, String)>,
+    /// Network devices `ethN=…`.
+    pub eth: BTreeMap<u32, String>,
+    /// Consoles `con=`/`conN=`.
+    pub con: IndexedOptions,
+    /// Serial lines `ssl=`/`sslN=`.
+    pub ssl: IndexedOptions,
+    /// `mconsole=notify:<socket>`.
+    pub mconsole_notify: Option<PathBuf>,
+    /// Words passed to the guest kernel command line, in order.
+    pub guest_args: Vec<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            mem_size: DEFAULT_MEM,
+            ncpus: 1,
+            umid: None,
+            uml_dir: None,
+            kernel: None,
+            initrd: None,
+            noreboot: false,
+            ubd: Vec::new(),
+            eth: BTreeMap::new(),
+            con: IndexedOptions::default(),
+            ssl: IndexedOptions::default(),
+            mconsole_notify: None,
+            guest_args: Vec::new(),
+        }
+    }
+}
+
+/// A command-line word kuml could not accept.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// `mem=` is not a size kuml can give the guest.
+    #[error("mem={value}: {source}")]
+    Mem {
+        /// The value given.
+        value: String,
+        /// Why it was refused.
+        #[source]
+        source: SizeError,
+    },
+    /// `ncpus=` is not a number from 1 to [`MAX_VCPUS`].
+    #[error("ncpus={0}: expected a number of vCPUs from 1 to {MAX_VCPUS}")]
+    Ncpus(String),
+    /// `umid=` is empty, too long, or holds a character that cannot name a directory.
+    #[error("umid={0}: expected 1 to {MAX_UMID_LEN} characters without '/'")]
+    Umid(String),
+    /// An option that needs a value got an empty one.
+    #[error("{0}=: the value is empty")]
+    Empty(String),
+    /// A device option's index is not a number (`con1x=`) or out of range.
+    #[error("{0}: bad device index")]
+    Index(String),
+    /// `mconsole=` holds something other than `notify:<socket>`.
+    #[error("mconsole={0}: expected notify:<socket>")]
+    Mconsole(String),
+}
+
+/// Highest `ethN` index accepted.
+const MAX_ETH: u32 = 15;
+/// Highest `conN` index (UML's `MAX_TTYS` is 64 consoles).
+const MAX_CON: u32 = 63;
+/// Highest `sslN` index: COM1 to COM4.
+const MAX_SSL: u32 = 3;
+
+/// Parses kuml's arguments (without the program name).
+pub fn parse<I, S>(args: I) -> Result<Action, ConfigError>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<str>,
+{
+    let mut cfg = Config::default();
+    for arg in args {
+        let arg = arg.as_ref();
+        match arg {
+            "--help" | "-h" => return Ok(Action::Help),
+            "--version" | "-V" => return Ok(Action::Version),
+            "noreboot" => {
+                cfg.noreboot = true;
+                continue;
+            }
+            _ => {}
+        }
+        let Some((name, value)) = arg.split_once('=') else {
+            cfg.guest_args.push(arg.to_owned());
+            continue;
+        };
+        if !apply(&mut cfg, name, value)? {
+            cfg.guest_args.push(arg.to_owned());
+        }
+    }
+    Ok(Action::Run(Box::new(cfg)))
+}
+
+/// Applies one `name=value` option; returns false if it is not kuml's.
+fn apply(cfg: &mut Config, name: &str, value: &str) -> Result<bool, ConfigError> {
+    let nonempty = |v: &str| {
+        if v.is_empty() {
+            Err(ConfigError::Empty(name.to_owned()))
+        } else {
+            Ok(v.to_owned())
+        }
+    };
+    match name {
+        "mem" => {
+            cfg.mem_size = parse_size(value).map_err(|source| ConfigError::Mem {
+                value: value.to_owned(),
+                source,
+            })?;
+        }
+        "ncpus" => {
+            cfg.ncpus = value
+                .parse::<u8>()
+                .ok()
+                .filter(|n| (1..=MAX_VCPUS).contains(n))
+                .ok_or_else(|| ConfigError::Ncpus(value.to_owned()))?;
+        }
+        "umid" => {
+            if value.is_empty() || value.len() > MAX_UMID_LEN || value.contains('/') {
+                return Err(ConfigError::Umid(value.to_owned()));
+            }
+            // UML: only the first umid= counts.
+            cfg.umid.get_or_insert_with(|| value.to_owned());
+        }
+        "uml_dir" => cfg.uml_dir = Some(PathBuf::from(nonempty(value)?)),
+        "kernel" => cfg.kernel = Some(PathBuf::from(nonempty(value)?)),
+        "initrd" => cfg.initrd = Some(PathBuf::from(nonempty(value)?)),
+        "mconsole" => {
+            let socket = value
+                .strip_prefix("notify:")
+                .filter(|s| !s.is_empty())
+                .ok_or_else(|| ConfigError::Mconsole(value.to_owned()))?;
+            cfg.mconsole_notify = Some(PathBuf::from(socket));
+        }
+        "con" => cfg.con.all = Some(nonempty(value)?),
+        "ssl" => cfg.ssl.all = Some(nonempty(value)?),
+        _ => {
+            if let Some(rest) = name.strip_prefix("ubd") {
+                if rest.is_empty() {
+                    return Ok(false);
+                }
+                cfg.ubd.push((name.to_owned(), value.to_owned()));
+            } else if let Some(n) = indexed(name, "eth", MAX_ETH)? {
+                cfg.eth.insert(n, nonempty(value)?);
+            } else if let Some(n) = indexed(name, "con", MAX_CON)? {
+                cfg.con.each.insert(n, nonempty(value)?);
+            } else if let Some(n) = indexed(name, "ssl", MAX_SSL)? {
+                cfg.ssl.each.insert(n, nonempty(value)?);
+            } else {
+                return Ok(false);
+            }
+        }
+    }
+    Ok(true)
+}
+
+/// `eth3` with prefix `eth` → `Some(3)`; a word with another prefix → `None`.
+fn indexed(name: &str, prefix: &str, max: u32) -> Result<Option<u32>, ConfigError> {
+    let Some(digits) = name.strip_prefix(prefix) else {
+        return Ok(None);
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        // `console=`, `conmode=`… are the guest kernel's, not ours.
+        return Ok(None);
+    }
+    digits
+        .parse::<u32>()
+        .ok()
+        .filter(|n| *n <= max)
+        .map(Some)
+        .ok_or_else(|| ConfigError::Index(name.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn run(args: &[&str]) -> Config {
+        match parse(args).unwrap() {
+            Action::Run(cfg) => *cfg,
+            other => panic!("expected a run, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_match_uml() {
+        let cfg = run(&[]);
+        assert_eq!(cfg.mem_size, 64 << 20);
+        assert_eq!(cfg.ncpus, 1);
+        assert!(cfg.guest_args.is_empty());
+    }
+
+    #[test]
+    fn consumes_kuml_options_and_passes_the_rest() {
+        let cfg = run(&[
+            "mem=256M",
+            "ncpus=2",
+            "umid=web1",
+            "quiet",
+            "ubd0=web1.cow,debian.img",
+            "eth0=mcast",
+            "con0=fd:0,fd:1",
+            "con1=pts",
+            "con=null",
+            "ssl1=pts",
+            "root=/dev/ubda",
+            "console=hvc0",
+            "initrd=/tmp/i.cpio",
+            "kernel=/tmp/vmlinux",
+            "uml_dir=/tmp/uml",
+            "mconsole=notify:/tmp/n.sock",
+            "noreboot",
+        ]);
+        assert_eq!(cfg.mem_size, 256 << 20);
+        assert_eq!(cfg.ncpus, 2);
+        assert_eq!(cfg.umid.as_deref(), Some("web1"));
+        assert_eq!(
+            cfg.ubd,
+            vec![("ubd0".into(), "web1.cow,debian.img".into())]
+        );
+        assert_eq!(cfg.eth.get(&0).map(String::as_str), Some("mcast"));
+        assert_eq!(cfg.con.get(0), Some("fd:0,fd:1"));
+        assert_eq!(cfg.con.get(1), Some("pts"));
+        assert_eq!(cfg.con.get(5), Some("null"));
+        assert_eq!(cfg.ssl.get(1), Some("pts"));
+        assert_eq!(cfg.ssl.get(0), None);
+        assert_eq!(cfg.guest_args, ["quiet", "root=/dev/ubda", "console=hvc0"]);
+        assert_eq!(cfg.initrd, Some(PathBuf::from("/tmp/i.cpio")));
+        assert_eq!(cfg.kernel, Some(PathBuf::from("/tmp/vmlinux")));
+        assert_eq!(cfg.uml_dir, Some(PathBuf::from("/tmp/uml")));
+        assert_eq!(cfg.mconsole_notify, Some(PathBuf::from("/tmp/n.sock")));
+        assert!(cfg.noreboot);
+    }
+
+    #[test]
+    fn help_and_version() {
+        assert_eq!(parse(["mem=1G", "--help"]).unwrap(), Action::Help);
+        assert_eq!(parse(["--version"]).unwrap(), Action::Version);
+    }
+
+    #[test]
+    fn first_umid_wins() {
+        assert_eq!(run(&["umid=a", "umid=b"]).umid.as_deref(), Some("a"));
+    }
+
+    #[test]
+    fn bad_values_name_the_argument() {
+        let err = |a: &str| parse([a]).unwrap_err().to_string();
+        assert!(err("mem=12Q").starts_with("mem=12Q: "), "{}", err("mem=12Q"));
+        assert!(err("ncpus=0").starts_with("ncpus=0: "));
+        assert!(err("ncpus=65").starts_with("ncpus=65: "));
+        assert!(err("ncpus=x").starts_with("ncpus=x: "));
+        assert!(err("umid=").starts_with("umid=: "));
+        assert!(err("umid=a/b").starts_with("umid=a/b: "));
+        assert!(err(&format!("umid={}", "u".repeat(64))).contains("63"));
+        assert!(err("kernel=").starts_with("kernel=: "));
+        assert!(err("eth99=mcast").starts_with("eth99: "));
+        assert!(err("ssl4=pts").starts_with("ssl4: "));
+        assert!(err("mconsole=foo").starts_with("mconsole=foo: "));
+    }
+
+    #[test]
+    fn lookalike_words_go_to_the_guest() {
+        let cfg = run(&["console=ttyS0", "ethtool=1", "conmode=x", "ubd=1"]);
+        assert_eq!(cfg.guest_args, ["console=ttyS0", "ethtool=1", "conmode=x", "ubd=1"]);
+    }
+
+    proptest! {
+        #[test]
+        fn never_panics(args in proptest::collection::vec(".{0,24}", 0..8)) {
+            let _ = parse(&args);
+        }
+
+        #[test]
+        fn unknown_words_pass_through_in_order(
+            words in proptest::collection::vec("[a-z_.]{1,10}(=[a-z0-9]{0,6})?", 0..8)
+        ) {
+            let known = ["mem", "ncpus", "umid", "uml_dir", "kernel", "initrd", "mconsole",
+                         "con", "ssl", "noreboot"];
+            let words: Vec<String> = words
+                .into_iter()
+                .filter(|w| {
+                    let n = w.split('=').next().unwrap_or("");
+                    !known.contains(&n) && !n.starts_with("ubd")
+                        && !n.starts_with("eth") && !n.starts_with("con") && !n.starts_with("ssl")
+                })
+                .collect();
+            let cfg = run(&words.iter().map(String::as_str).collect::<Vec<_>>());
+            prop_assert_eq!(cfg.guest_args, words);
+        }
+    }
+}
