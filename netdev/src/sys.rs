@@ -1,0 +1,179 @@
+//! The few raw system calls std does not wrap: eventfd, `recv(MSG_TRUNC)`, TUNSETIFF,
+//! interface address/flags ioctls, and a UDP socket with SO_REUSEADDR set before bind.
+
+use std::ffi::CStr;
+use std::fs::File;
+use std::io;
+use std::mem;
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// A nonblocking, close-on-exec eventfd.
+#[cfg(any(test, feature = "test-utils"))]
+pub(crate) fn eventfd() -> io::Result<OwnedFd> {
+    // SAFETY: eventfd takes no pointers; the returned fd is checked and then owned by us.
+    let fd = cvt(unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) })?;
+    // SAFETY: `fd` is a fresh, valid descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Makes an eventfd readable.
+#[cfg(any(test, feature = "test-utils"))]
+pub(crate) fn eventfd_signal(fd: &OwnedFd) {
+    let one: u64 = 1;
+    // SAFETY: writes 8 bytes from a live u64 to a valid eventfd; the result is only logged.
+    let r = unsafe { libc::write(fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+    if r != 8 {
+        log::warn!("eventfd write failed: {}", io::Error::last_os_error());
+    }
+}
+
+/// Resets an eventfd's counter (nonblocking).
+#[cfg(any(test, feature = "test-utils"))]
+pub(crate) fn eventfd_drain(fd: &OwnedFd) {
+    let mut v: u64 = 0;
+    // SAFETY: reads at most 8 bytes into a live u64; EAGAIN (already zero) is fine.
+    let _ = unsafe { libc::read(fd.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
+}
+
+/// Receives one datagram into `buf`, nonblocking, and returns its **full** length, which is
+/// larger than `buf.len()` when the datagram was truncated.
+pub(crate) fn recv_trunc(fd: &impl AsRawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: the kernel writes at most `buf.len()` bytes into `buf`, which we borrow
+    // mutably for the duration of the call.
+    let n = unsafe {
+        libc::recv(
+            fd.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            libc::MSG_TRUNC | libc::MSG_DONTWAIT,
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // n >= 0 was just checked.
+    Ok(n.unsigned_abs())
+}
+
+fn ifreq_named(name: &str) -> io::Result<libc::ifreq> {
+    // SAFETY: ifreq is plain old data (arrays, integers, a union of those and a pointer);
+    // all-zero is a valid value.
+    let mut ifr: libc::ifreq = unsafe { mem::zeroed() };
+    if name.len() >= libc::IFNAMSIZ || name.bytes().any(|b| b == 0) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("interface name '{name}' is too long or contains NUL"),
+        ));
+    }
+    for (d, s) in ifr.ifr_name.iter_mut().zip(name.bytes()) {
+        *d = s as libc::c_char;
+    }
+    Ok(ifr)
+}
+
+/// TUNSETIFF `{name, IFF_TAP|IFF_NO_PI}` on an open `/dev/net/tun`. An empty name lets the
+/// kernel pick `tapN`. Returns the interface name.
+pub(crate) fn tun_set_tap(tun: &File, name: &str) -> io::Result<String> {
+    let mut ifr = ifreq_named(name)?;
+    ifr.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
+    // SAFETY: TUNSETIFF reads and writes one `struct ifreq`, which `ifr` is, borrowed for
+    // the call; `tun` is an open /dev/net/tun.
+    cvt(unsafe { libc::ioctl(tun.as_raw_fd(), libc::TUNSETIFF, &mut ifr as *mut libc::ifreq) })?;
+    // SAFETY: `ifr_name` is a zero-initialized 16-byte array; the kernel writes a
+    // NUL-terminated name of at most 15 bytes, so a NUL is always within the array.
+    let cname = unsafe { CStr::from_ptr(ifr.ifr_name.as_ptr()) };
+    Ok(cname.to_string_lossy().into_owned())
+}
+
+fn inet_dgram_socket() -> io::Result<OwnedFd> {
+    // SAFETY: socket() takes no pointers; the result is checked and then owned.
+    let fd = cvt(unsafe {
+        libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0)
+    })?;
+    // SAFETY: `fd` is a fresh, valid descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn sockaddr_in(addr: SocketAddrV4) -> libc::sockaddr_in {
+    libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: addr.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(addr.ip().octets()),
+        },
+        sin_zero: [0; 8],
+    }
+}
+
+fn if_ioctl(sock: &OwnedFd, req: libc::Ioctl, ifr: &mut libc::ifreq) -> io::Result<()> {
+    // SAFETY: the SIOC[GS]IF* requests used here read/write one `struct ifreq`, which
+    // `ifr` is, borrowed for the call.
+    cvt(unsafe { libc::ioctl(sock.as_raw_fd(), req, ifr as *mut libc::ifreq) }).map(|_| ())
+}
+
+fn set_if_sockaddr(sock: &OwnedFd, name: &str, req: libc::Ioctl, ip: Ipv4Addr) -> io::Result<()> {
+    let mut ifr = ifreq_named(name)?;
+    let sin = sockaddr_in(SocketAddrV4::new(ip, 0));
+    // SAFETY: sockaddr_in (16 bytes) fits in the union's `sockaddr` member (16 bytes); we
+    // write it through a pointer to that member.
+    unsafe {
+        std::ptr::write_unaligned(
+            (&mut ifr.ifr_ifru.ifru_addr as *mut libc::sockaddr).cast::<libc::sockaddr_in>(),
+            sin,
+        )
+    };
+    if_ioctl(sock, req, &mut ifr)
+}
+
+/// `ifconfig <name> <ip> netmask <mask> up`, as UML's `uml_net` helper does.
+pub(crate) fn if_configure(name: &str, ip: Option<(Ipv4Addr, Ipv4Addr)>, up: bool) -> io::Result<()> {
+    let sock = inet_dgram_socket()?;
+    if let Some((ip, mask)) = ip {
+        set_if_sockaddr(&sock, name, libc::SIOCSIFADDR, ip)?;
+        set_if_sockaddr(&sock, name, libc::SIOCSIFNETMASK, mask)?;
+    }
+    if up {
+        let mut ifr = ifreq_named(name)?;
+        if_ioctl(&sock, libc::SIOCGIFFLAGS, &mut ifr)?;
+        // SAFETY: SIOCGIFFLAGS just filled the `ifru_flags` member.
+        let flags = unsafe { ifr.ifr_ifru.ifru_flags };
+        ifr.ifr_ifru.ifru_flags = flags | (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+        if_ioctl(&sock, libc::SIOCSIFFLAGS, &mut ifr)?;
+    }
+    Ok(())
+}
+
+/// A UDP socket with SO_REUSEADDR set before it is bound to `addr` (std cannot do this).
+pub(crate) fn udp_reuse_bind(addr: SocketAddrV4) -> io::Result<UdpSocket> {
+    let fd = inet_dgram_socket()?;
+    let one: libc::c_int = 1;
+    // SAFETY: passes a pointer to a live c_int and its exact size.
+    cvt(unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            (&one as *const libc::c_int).cast(),
+            mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    })?;
+    let sin = sockaddr_in(addr);
+    // SAFETY: passes a pointer to a live sockaddr_in and its exact size.
+    cvt(unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&sin as *const libc::sockaddr_in).cast(),
+            mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    })?;
+    Ok(UdpSocket::from(fd))
+}
