@@ -3,4 +3,5 @@
 //! This crate depends on the disk (`ubd`) and network (`netdev`) crates, never on the VMM.
 
 pub mod bus;
+pub mod legacy;
 pub mod virtio;

@@ -1,0 +1,220 @@
+//! A minimal i8042 keyboard controller: enough for Linux to find a keyboard, to reset the
+//! machine (command 0xFE, or the output port's reset line), and to receive injected scancodes
+//! (mconsole `cad` sends Ctrl-Alt-Del).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use vmm_sys_util::eventfd::EventFd;
+
+use super::{GuestEvent, GuestEvents};
+use crate::bus::BusDevice;
+
+/// Data port.
+pub const DATA_PORT: u16 = 0x60;
+/// Status (read) and command (write) port.
+pub const COMMAND_PORT: u16 = 0x64;
+/// The keyboard's IRQ.
+pub const KBD_IRQ: u32 = 1;
+
+const STATUS_OUTPUT_FULL: u8 = 1 << 0;
+const STATUS_SYSTEM: u8 = 1 << 2;
+const STATUS_COMMAND: u8 = 1 << 3;
+const STATUS_UNLOCKED: u8 = 1 << 4;
+/// Controller configuration byte: keyboard interrupt enabled.
+const CTR_KBD_INT: u8 = 1 << 0;
+/// Controller configuration byte: system flag.
+const CTR_SYSTEM: u8 = 1 << 2;
+/// Controller configuration byte: scancode translation (set 2 to set 1).
+const CTR_XLATE: u8 = 1 << 6;
+
+const ACK: u8 = 0xfa;
+
+/// Set-1 scancodes for Ctrl-Alt-Del press and release (Ctrl, Alt, E0 Del, releases).
+pub const CTRL_ALT_DEL: [u8; 8] = [0x1d, 0x38, 0xe0, 0x53, 0xe0, 0xd3, 0xb8, 0x9d];
+
+/// What the next write to the data port means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pending {
+    /// A byte for the keyboard.
+    Keyboard,
+    /// The new controller configuration byte (after command 0x60).
+    WriteCtr,
+    /// The output port (after command 0xD1).
+    WriteOutputPort,
+}
+
+/// The controller.
+pub struct I8042 {
+    events: Arc<dyn GuestEvents>,
+    irq: EventFd,
+    ctr: u8,
+    status_command: bool,
+    pending: Pending,
+    out: VecDeque<u8>,
+}
+
+impl std::fmt::Debug for I8042 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("I8042")
+            .field("ctr", &self.ctr)
+            .field("out", &self.out)
+            .finish_non_exhaustive()
+    }
+}
+
+impl I8042 {
+    /// A controller raising `irq` (IRQ 1) and reporting resets to `events`.
+    pub fn new(events: Arc<dyn GuestEvents>, irq: EventFd) -> Self {
+        I8042 {
+            events,
+            irq,
+            ctr: CTR_KBD_INT | CTR_SYSTEM | CTR_XLATE,
+            status_command: false,
+            pending: Pending::Keyboard,
+            out: VecDeque::new(),
+        }
+    }
+
+    /// Queues keyboard scancodes for the guest (set 1) and raises IRQ 1.
+    pub fn inject_scancodes(&mut self, codes: &[u8]) {
+        self.out.extend(codes);
+        self.interrupt();
+    }
+
+    fn interrupt(&self) {
+        if self.ctr & CTR_KBD_INT != 0 && !self.out.is_empty() {
+            if let Err(e) = self.irq.write(1) {
+                log::warn!("cannot raise the keyboard interrupt: {e}");
+            }
+        }
+    }
+
+    fn reply(&mut self, bytes: &[u8]) {
+        self.out.extend(bytes);
+        self.interrupt();
+    }
+
+    fn command(&mut self, cmd: u8) {
+        match cmd {
+            0x20 => self.reply(&[self.ctr]),
+            0x60 => self.pending = Pending::WriteCtr,
+            0xaa => self.reply(&[0x55]), // controller self-test passed
+            0xab => self.reply(&[0x00]), // keyboard interface test passed
+            0xa9 => self.reply(&[0x01]), // aux interface: clock stuck low, i.e. no mouse port
+            0xd1 => self.pending = Pending::WriteOutputPort,
+            0xfe => self.events.report(GuestEvent::Reset),
+            // Enable/disable ports, and anything else: accepted without a reply.
+            _ => log::trace!("i8042 command {cmd:#x}"),
+        }
+    }
+
+    fn data(&mut self, value: u8) {
+        match std::mem::replace(&mut self.pending, Pending::Keyboard) {
+            Pending::WriteCtr => self.ctr = value,
+            Pending::WriteOutputPort => {
+                if value & 1 == 0 {
+                    self.events.report(GuestEvent::Reset);
+                }
+            }
+            Pending::Keyboard => match value {
+                0xff => self.reply(&[ACK, 0xaa]),       // reset and self-test
+                0xf2 => self.reply(&[ACK, 0xab, 0x83]), // identify: MF2 keyboard
+                0xee => self.reply(&[0xee]),            // echo
+                _ => self.reply(&[ACK]),
+            },
+        }
+    }
+}
+
+impl BusDevice for I8042 {
+    fn read(&mut self, base: u64, offset: u64, data: &mut [u8]) {
+        data.fill(0);
+        let Some(b) = data.first_mut() else { return };
+        match base + offset {
+            p if p == u64::from(DATA_PORT) => {
+                *b = self.out.pop_front().unwrap_or(0);
+                if !self.out.is_empty() {
+                    self.interrupt();
+                }
+            }
+            p if p == u64::from(COMMAND_PORT) => {
+                let mut s = STATUS_SYSTEM | STATUS_UNLOCKED;
+                if !self.out.is_empty() {
+                    s |= STATUS_OUTPUT_FULL;
+                }
+                if self.status_command {
+                    s |= STATUS_COMMAND;
+                }
+                *b = s;
+            }
+            _ => {}
+        }
+    }
+
+    fn write(&mut self, base: u64, offset: u64, data: &[u8]) {
+        let Some(&v) = data.first() else { return };
+        match base + offset {
+            p if p == u64::from(DATA_PORT) => {
+                self.status_command = false;
+                self.data(v);
+            }
+            p if p == u64::from(COMMAND_PORT) => {
+                self.status_command = true;
+                self.command(v);
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::pm::tests::Recorder;
+    use super::*;
+
+    fn dev() -> (I8042, Arc<Recorder>) {
+        let rec = Arc::new(Recorder::default());
+        let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        (I8042::new(rec.clone(), irq), rec)
+    }
+
+    fn read(d: &mut I8042, port: u16) -> u8 {
+        let mut b = [0u8];
+        d.read(u64::from(port), 0, &mut b);
+        b[0]
+    }
+
+    #[test]
+    fn reset_command() {
+        let (mut d, rec) = dev();
+        d.write(u64::from(COMMAND_PORT), 0, &[0xfe]);
+        assert_eq!(*rec.0.lock().unwrap(), vec![GuestEvent::Reset]);
+    }
+
+    #[test]
+    fn ctr_round_trip_and_self_test() {
+        let (mut d, _) = dev();
+        d.write(u64::from(COMMAND_PORT), 0, &[0x60]);
+        d.write(u64::from(DATA_PORT), 0, &[0x45]);
+        d.write(u64::from(COMMAND_PORT), 0, &[0x20]);
+        assert_ne!(read(&mut d, COMMAND_PORT) & STATUS_OUTPUT_FULL, 0);
+        assert_eq!(read(&mut d, DATA_PORT), 0x45);
+        d.write(u64::from(COMMAND_PORT), 0, &[0xaa]);
+        assert_eq!(read(&mut d, DATA_PORT), 0x55);
+        assert_eq!(read(&mut d, COMMAND_PORT) & STATUS_OUTPUT_FULL, 0);
+    }
+
+    #[test]
+    fn keyboard_identify_and_scancodes() {
+        let (mut d, _) = dev();
+        d.write(u64::from(DATA_PORT), 0, &[0xf2]);
+        assert_eq!(
+            [read(&mut d, DATA_PORT), read(&mut d, DATA_PORT), read(&mut d, DATA_PORT)],
+            [ACK, 0xab, 0x83]
+        );
+        d.inject_scancodes(&CTRL_ALT_DEL);
+        let got: Vec<u8> = (0..8).map(|_| read(&mut d, DATA_PORT)).collect();
+        assert_eq!(got, CTRL_ALT_DEL);
+    }
+}
