@@ -3,5 +3,6 @@
 //! This crate depends on the disk (`ubd`) and network (`netdev`) crates, never on the VMM.
 
 pub mod bus;
+pub mod chan;
 pub mod legacy;
 pub mod virtio;

@@ -1,0 +1,619 @@
+//! UML channels: where a console's or a serial line's bytes come from and go to.
+//!
+//! [`spec`] is the PURE grammar (`fd:0,fd:1`, `pts`, `null`, `none`, …). This module opens a
+//! [`ChannelSpec`] as a [`Channel`]: host descriptors the event loop polls, with reads and
+//! writes that never block the VMM and never stop the VM.
+//!
+//! * Input: [`Channel::input_fd`] is the descriptor to watch for readability (nonblocking);
+//!   [`Channel::read`] returns data, [`ChanRead::WouldBlock`], or [`ChanRead::Closed`] once the
+//!   input reached end of file or failed (the input then detaches: it behaves as `null`).
+//!   A regular file (`fd:0 < file`) cannot be polled: [`Channel::input_always_ready`] says to
+//!   read it whenever the guest has room.
+//! * Output: [`Channel::write`] takes everything. What the host side cannot take now is kept
+//!   (up to [`OUTPUT_BUFFER_MAX`] bytes, then dropped with a warning so that a stalled reader
+//!   cannot stall the guest); [`Channel::wants_writable`] then asks the event loop to watch
+//!   [`Channel::output_fd`] for writability and call [`Channel::flush`]. EPIPE, EIO and other
+//!   errors detach the output (it becomes `null`). The VMM must ignore SIGPIPE.
+//!
+//! Descriptors given with `fd:N` that are terminals or pipes are reopened through
+//! `/proc/self/fd/N`, so that O_NONBLOCK stays on kuml's own file description and does not leak
+//! into the shell's or kuml's stderr; a socket gets O_NONBLOCK directly, restored on drop. An
+//! input terminal is put in raw mode (as UML does) and restored on drop.
+//!
+//! Implemented: `fd`, `null`, `pts`, `pty` (served by a Unix98 pts), `tty`, `file`. Not yet:
+//! `port`, `xterm` ([`ChanError::Unsupported`]).
+
+pub mod spec;
+mod sys;
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use log::{debug, warn};
+
+pub use spec::{
+    default_line, parse_chan, parse_line, resolve_line, resolve_lines, Chan, ChanSpecError,
+    ChannelSpec, LineClass, LineSpecError,
+};
+
+use sys::FdKind;
+
+/// Output kept for a host reader that is not keeping up; more is dropped.
+pub const OUTPUT_BUFFER_MAX: usize = 1 << 20;
+
+/// Why a channel could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum ChanError {
+    /// `fd:N` names a descriptor kuml does not have.
+    #[error("fd:{0}: the descriptor is not open")]
+    FdNotOpen(i32),
+    /// `fd:N` could not be set up (reopened, made nonblocking, put in raw mode).
+    #[error("fd:{fd}: cannot set up the descriptor")]
+    Fd {
+        /// The descriptor.
+        fd: i32,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// No host pseudo-terminal could be allocated.
+    #[error("cannot allocate a host pseudo-terminal")]
+    Pts(#[source] io::Error),
+    /// A `tty:` or `file:` path could not be opened.
+    #[error("cannot open {}", .path.display())]
+    Open {
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The channel type is parsed but not implemented yet.
+    #[error("channel type '{0}' is not supported yet")]
+    Unsupported(&'static str),
+}
+
+/// What [`Channel::read`] got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChanRead {
+    /// This many bytes were read.
+    Data(usize),
+    /// Nothing to read now.
+    WouldBlock,
+    /// The input is gone (end of file, error, or null): stop watching it.
+    Closed,
+}
+
+/// One host descriptor, restored (flags, terminal mode) and closed (if ours) on drop.
+#[derive(Debug)]
+struct Handle {
+    fd: RawFd,
+    _owned: Option<OwnedFd>,
+    kind: FdKind,
+    restore_flags: Option<libc::c_int>,
+    restore_termios: Option<sys::Termios>,
+}
+
+impl Handle {
+    fn owned(fd: OwnedFd, kind: FdKind) -> Self {
+        Self {
+            fd: fd.as_raw_fd(),
+            _owned: Some(fd),
+            kind,
+            restore_flags: None,
+            restore_termios: None,
+        }
+    }
+
+    fn pollable(&self) -> bool {
+        self.kind != FdKind::Regular
+    }
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        if let Some(t) = &self.restore_termios {
+            if let Err(e) = sys::set_termios(self.fd, t) {
+                debug!("cannot restore terminal settings of fd {}: {e}", self.fd);
+            }
+        }
+        if let Some(f) = self.restore_flags {
+            if let Err(e) = sys::set_flags(self.fd, f) {
+                debug!("cannot restore flags of fd {}: {e}", self.fd);
+            }
+        }
+    }
+}
+
+/// An open channel: an input and an output, either of which may be absent (null).
+#[derive(Debug)]
+pub struct Channel {
+    spec: ChannelSpec,
+    input: Option<Arc<Handle>>,
+    output: Option<Arc<Handle>>,
+    out_buf: VecDeque<u8>,
+    dropped: u64,
+    pts_path: Option<PathBuf>,
+    // Our own open slave of a pts, so that the master never sees a hang-up when the user's
+    // terminal program closes it.
+    _pts_keepalive: Option<OwnedFd>,
+    announcement: Option<String>,
+}
+
+impl Channel {
+    /// Opens `spec` for line `index` of `class` (the class and index name the line in the
+    /// pts announcement).
+    pub fn open(spec: &ChannelSpec, class: LineClass, index: u32) -> Result<Self, ChanError> {
+        let mut ch = Channel::empty(spec.clone());
+        if spec.is_single() && matches!(spec.input, Chan::Pts | Chan::Pty) {
+            let (master, path) = sys::open_pts().map_err(ChanError::Pts)?;
+            let keep = sys::open_path(&path, true, true, false).map_err(ChanError::Pts)?;
+            let h = Arc::new(Handle::owned(master, FdKind::Tty));
+            ch.input = Some(h.clone());
+            ch.output = Some(h);
+            ch.announcement = Some(format!(
+                "{} {index} assigned device '{}'",
+                class.display_name(),
+                path.display()
+            ));
+            ch.pts_path = Some(path);
+            ch._pts_keepalive = Some(keep);
+            return Ok(ch);
+        }
+        if spec.is_single() {
+            if let Chan::Tty(path) = &spec.input {
+                let fd =
+                    sys::open_path(path, true, true, false).map_err(|source| ChanError::Open {
+                        path: path.clone(),
+                        source,
+                    })?;
+                let mut h = Handle::owned(fd, FdKind::Tty);
+                if sys::is_tty(h.fd) {
+                    h.restore_termios = sys::make_raw(h.fd).ok();
+                }
+                let h = Arc::new(h);
+                ch.input = Some(h.clone());
+                ch.output = Some(h);
+                return Ok(ch);
+            }
+        }
+        ch.input = open_half(&spec.input, false)?;
+        ch.output = open_half(&spec.output, true)?;
+        Ok(ch)
+    }
+
+    /// A channel with no input and no output (`null`).
+    pub fn null() -> Self {
+        Channel::empty(ChannelSpec::single(Chan::Null))
+    }
+
+    /// A channel over descriptors kuml already owns (tests, socket pairs, pipes); they are
+    /// made nonblocking. `spec` is only used to describe the channel.
+    pub fn from_fds(
+        spec: ChannelSpec,
+        input: Option<OwnedFd>,
+        output: Option<OwnedFd>,
+    ) -> io::Result<Self> {
+        let mut ch = Channel::empty(spec);
+        let wrap = |fd: OwnedFd| -> io::Result<Arc<Handle>> {
+            let kind = sys::fd_kind(fd.as_raw_fd())?;
+            let flags = sys::get_flags(fd.as_raw_fd())?;
+            sys::set_flags(fd.as_raw_fd(), flags | libc::O_NONBLOCK)?;
+            Ok(Arc::new(Handle::owned(fd, kind)))
+        };
+        ch.input = input.map(wrap).transpose()?;
+        ch.output = output.map(wrap).transpose()?;
+        Ok(ch)
+    }
+
+    fn empty(spec: ChannelSpec) -> Self {
+        Self {
+            spec,
+            input: None,
+            output: None,
+            out_buf: VecDeque::new(),
+            dropped: 0,
+            pts_path: None,
+            _pts_keepalive: None,
+            announcement: None,
+        }
+    }
+
+    /// The spec this channel was opened from.
+    pub fn spec(&self) -> &ChannelSpec {
+        &self.spec
+    }
+
+    /// UML's announcement for a pts/pty channel, to print once the line is set up:
+    /// `Virtual console 1 assigned device '/dev/pts/3'`.
+    pub fn announcement(&self) -> Option<&str> {
+        self.announcement.as_deref()
+    }
+
+    /// The slave path of a pts/pty channel.
+    pub fn pts_path(&self) -> Option<&std::path::Path> {
+        self.pts_path.as_deref()
+    }
+
+    /// The live description for mconsole `config conN`: `fd:0,fd:1`, `pts:/dev/pts/3`.
+    pub fn describe(&self) -> String {
+        let one = |c: &Chan| match (c, &self.pts_path) {
+            (Chan::Pts, Some(p)) => format!("pts:{}", p.display()),
+            (Chan::Pty, Some(p)) => format!("pty:{}", p.display()),
+            _ => c.to_string(),
+        };
+        if self.spec.is_single() {
+            one(&self.spec.input)
+        } else {
+            format!("{},{}", one(&self.spec.input), one(&self.spec.output))
+        }
+    }
+
+    /// The descriptor to watch for readability, if the input can be polled.
+    pub fn input_fd(&self) -> Option<RawFd> {
+        self.input.as_ref().filter(|h| h.pollable()).map(|h| h.fd)
+    }
+
+    /// True when the input is a regular file: read it whenever there is room, without polling.
+    pub fn input_always_ready(&self) -> bool {
+        self.input.as_ref().is_some_and(|h| !h.pollable())
+    }
+
+    /// True while the channel has an input at all.
+    pub fn has_input(&self) -> bool {
+        self.input.is_some()
+    }
+
+    /// Reads what is available, without blocking.
+    pub fn read(&mut self, buf: &mut [u8]) -> ChanRead {
+        let Some(h) = &self.input else {
+            return ChanRead::Closed;
+        };
+        if buf.is_empty() {
+            return ChanRead::WouldBlock;
+        }
+        loop {
+            match sys::read(h.fd, buf) {
+                Ok(0) => {
+                    debug!("channel {}: input reached end of file", self.describe());
+                    self.input = None;
+                    return ChanRead::Closed;
+                }
+                Ok(n) => return ChanRead::Data(n),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return ChanRead::WouldBlock,
+                Err(e) => {
+                    warn!(
+                        "channel {}: input failed, detaching it: {e}",
+                        self.describe()
+                    );
+                    self.input = None;
+                    return ChanRead::Closed;
+                }
+            }
+        }
+    }
+
+    /// Writes `data` without blocking; what cannot be written now is buffered (see the module
+    /// documentation). Output to a null or detached channel is discarded.
+    pub fn write(&mut self, data: &[u8]) {
+        if self.output.is_none() || data.is_empty() {
+            return;
+        }
+        let mut data = data;
+        if self.out_buf.is_empty() {
+            let n = self.write_now(data);
+            data = &data[n..];
+        }
+        if data.is_empty() || self.output.is_none() {
+            return;
+        }
+        let room = OUTPUT_BUFFER_MAX.saturating_sub(self.out_buf.len());
+        let keep = data.len().min(room);
+        self.out_buf.extend(&data[..keep]);
+        if keep < data.len() {
+            if self.dropped == 0 {
+                warn!(
+                    "channel {}: the host side is not reading, dropping output",
+                    self.describe()
+                );
+            }
+            self.dropped += (data.len() - keep) as u64;
+        }
+    }
+
+    /// Writes buffered output; call when [`Channel::output_fd`] is writable.
+    pub fn flush(&mut self) {
+        while !self.out_buf.is_empty() && self.output.is_some() {
+            let (a, _) = self.out_buf.as_slices();
+            let a = a.to_vec();
+            let n = self.write_now(&a);
+            self.out_buf.drain(..n);
+            if n < a.len() {
+                break;
+            }
+        }
+        if self.out_buf.is_empty() {
+            self.dropped = 0;
+        }
+    }
+
+    /// Bytes waiting for the host side.
+    pub fn pending_output(&self) -> usize {
+        self.out_buf.len()
+    }
+
+    /// True when buffered output waits for [`Channel::output_fd`] to become writable.
+    pub fn wants_writable(&self) -> bool {
+        !self.out_buf.is_empty() && self.output_fd().is_some()
+    }
+
+    /// The output descriptor, if it can be polled.
+    pub fn output_fd(&self) -> Option<RawFd> {
+        self.output.as_ref().filter(|h| h.pollable()).map(|h| h.fd)
+    }
+
+    // Writes as much as the descriptor takes now; detaches the output on a hard error.
+    fn write_now(&mut self, data: &[u8]) -> usize {
+        let Some(h) = &self.output else {
+            return data.len();
+        };
+        let mut done = 0;
+        while done < data.len() {
+            match sys::write(h.fd, &data[done..]) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    warn!(
+                        "channel {}: output failed, detaching it: {e}",
+                        self.describe()
+                    );
+                    self.output = None;
+                    self.out_buf.clear();
+                    return data.len();
+                }
+            }
+        }
+        done
+    }
+}
+
+// Opens one direction of a pair.
+fn open_half(chan: &Chan, write: bool) -> Result<Option<Arc<Handle>>, ChanError> {
+    match chan {
+        Chan::Null => Ok(None),
+        Chan::Fd(n) => open_fd(*n, write).map(|h| Some(Arc::new(h))),
+        Chan::File(path) => {
+            if !write {
+                // file: is output-only; its input is null.
+                return Ok(None);
+            }
+            let fd = sys::open_path(path, false, true, true).map_err(|source| ChanError::Open {
+                path: path.clone(),
+                source,
+            })?;
+            Ok(Some(Arc::new(Handle::owned(fd, FdKind::Regular))))
+        }
+        Chan::Tty(path) => {
+            let fd =
+                sys::open_path(path, !write, write, false).map_err(|source| ChanError::Open {
+                    path: path.clone(),
+                    source,
+                })?;
+            let mut h = Handle::owned(fd, FdKind::Tty);
+            if !write && sys::is_tty(h.fd) {
+                h.restore_termios = sys::make_raw(h.fd).ok();
+            }
+            Ok(Some(Arc::new(h)))
+        }
+        Chan::Pts | Chan::Pty => Err(ChanError::Unsupported(
+            "pts/pty as one half of a pair (use it for both directions)",
+        )),
+        Chan::Port(_) => Err(ChanError::Unsupported("port")),
+        Chan::Xterm => Err(ChanError::Unsupported("xterm")),
+    }
+}
+
+// Sets up an inherited descriptor: a private nonblocking file description when possible.
+fn open_fd(n: i32, write: bool) -> Result<Handle, ChanError> {
+    if !sys::fd_is_open(n) {
+        return Err(ChanError::FdNotOpen(n));
+    }
+    let err = |source| ChanError::Fd { fd: n, source };
+    let kind = sys::fd_kind(n).map_err(err)?;
+    let mut h = match kind {
+        FdKind::Regular => Handle {
+            fd: n,
+            _owned: None,
+            kind,
+            restore_flags: None,
+            restore_termios: None,
+        },
+        FdKind::Tty | FdKind::Fifo => match sys::reopen(n, write) {
+            Ok(fd) => Handle::owned(fd, kind),
+            Err(e) => {
+                debug!("fd:{n}: cannot reopen ({e}); making it nonblocking in place");
+                in_place(n, kind).map_err(err)?
+            }
+        },
+        FdKind::Socket | FdKind::Other => in_place(n, kind).map_err(err)?,
+    };
+    if !write && kind == FdKind::Tty {
+        h.restore_termios = Some(sys::make_raw(h.fd).map_err(err)?);
+    }
+    Ok(h)
+}
+
+fn in_place(n: RawFd, kind: FdKind) -> io::Result<Handle> {
+    let flags = sys::get_flags(n)?;
+    sys::set_flags(n, flags | libc::O_NONBLOCK)?;
+    Ok(Handle {
+        fd: n,
+        _owned: None,
+        kind,
+        restore_flags: Some(flags),
+        restore_termios: None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+
+    fn pair() -> (UnixStream, OwnedFd) {
+        let (a, b) = UnixStream::pair().unwrap();
+        (a, b.into())
+    }
+
+    #[test]
+    fn test_null_channel_reads_closed_and_discards() {
+        let mut ch = Channel::null();
+        let mut buf = [0u8; 4];
+        assert_eq!(ch.read(&mut buf), ChanRead::Closed);
+        ch.write(b"gone");
+        assert_eq!(ch.pending_output(), 0);
+        assert_eq!(ch.input_fd(), None);
+        assert_eq!(ch.describe(), "null");
+    }
+
+    #[test]
+    fn test_read_data_wouldblock_then_eof_detaches() {
+        let (mut peer, fd) = pair();
+        let mut ch = Channel::from_fds(ChannelSpec::single(Chan::Fd(9)), Some(fd), None).unwrap();
+        let mut buf = [0u8; 8];
+        assert_eq!(ch.read(&mut buf), ChanRead::WouldBlock);
+        peer.write_all(b"hi").unwrap();
+        assert_eq!(ch.read(&mut buf), ChanRead::Data(2));
+        assert_eq!(&buf[..2], b"hi");
+        drop(peer);
+        assert_eq!(ch.read(&mut buf), ChanRead::Closed);
+        assert!(!ch.has_input());
+        assert_eq!(ch.read(&mut buf), ChanRead::Closed);
+    }
+
+    #[test]
+    fn test_write_buffers_when_full_and_flushes() {
+        let (mut peer, fd) = pair();
+        let mut ch = Channel::from_fds(ChannelSpec::single(Chan::Fd(9)), None, Some(fd)).unwrap();
+        let big = vec![7u8; 4 << 20];
+        ch.write(&big);
+        assert!(ch.wants_writable());
+        assert!(ch.pending_output() <= OUTPUT_BUFFER_MAX);
+        peer.set_nonblocking(true).unwrap();
+        let mut got = 0usize;
+        let mut buf = vec![0u8; 1 << 16];
+        for _ in 0..10_000 {
+            match peer.read(&mut buf) {
+                Ok(n) => got += n,
+                Err(_) => {
+                    if ch.pending_output() == 0 {
+                        break;
+                    }
+                    ch.flush();
+                }
+            }
+        }
+        assert!(!ch.wants_writable());
+        assert!(got > 0);
+    }
+
+    #[test]
+    fn test_write_to_closed_peer_detaches_output() {
+        // SAFETY: ignoring SIGPIPE is what the VMM does; the test needs EPIPE, not a signal.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+        let (peer, fd) = pair();
+        let mut ch = Channel::from_fds(ChannelSpec::single(Chan::Fd(9)), None, Some(fd)).unwrap();
+        drop(peer);
+        ch.write(b"x");
+        ch.write(b"y");
+        assert_eq!(ch.output_fd(), None);
+        assert_eq!(ch.pending_output(), 0);
+    }
+
+    #[test]
+    fn test_file_channel_appends_and_has_no_input() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.log");
+        std::fs::write(&path, b"old\n").unwrap();
+        let spec = parse_line(&format!("file:{}", path.display()))
+            .unwrap()
+            .unwrap();
+        let mut ch = Channel::open(&spec, LineClass::Console, 1).unwrap();
+        assert!(!ch.has_input());
+        ch.write(b"new\n");
+        assert_eq!(std::fs::read(&path).unwrap(), b"old\nnew\n");
+        assert_eq!(ch.describe(), format!("file:{}", path.display()));
+    }
+
+    #[test]
+    fn test_fd_not_open_is_an_error() {
+        let spec = parse_line("fd:987654").unwrap().unwrap();
+        assert!(matches!(
+            Channel::open(&spec, LineClass::Console, 0),
+            Err(ChanError::FdNotOpen(987654))
+        ));
+    }
+
+    #[test]
+    fn test_fd_pipe_is_reopened_private() {
+        let (r, w) = std::io::pipe().unwrap();
+        let rfd: OwnedFd = r.into();
+        let n = rfd.as_raw_fd();
+        let spec = parse_line(&format!("fd:{n}")).unwrap().unwrap();
+        let mut ch = Channel::open(&spec, LineClass::Console, 0).unwrap();
+        // The inherited descriptor stays blocking; ours is nonblocking.
+        assert_eq!(sys::get_flags(n).unwrap() & libc::O_NONBLOCK, 0);
+        let mut buf = [0u8; 4];
+        assert_eq!(ch.read(&mut buf), ChanRead::WouldBlock);
+        let mut w = std::fs::File::from(OwnedFd::from(w));
+        w.write_all(b"ab").unwrap();
+        assert_eq!(ch.read(&mut buf), ChanRead::Data(2));
+    }
+
+    #[test]
+    fn test_pts_announces_and_carries_bytes() {
+        let Ok(mut ch) = Channel::open(&ChannelSpec::single(Chan::Pts), LineClass::Serial, 2)
+        else {
+            // No /dev/ptmx in this sandbox.
+            return;
+        };
+        let path = ch.pts_path().unwrap().to_path_buf();
+        assert_eq!(
+            ch.announcement().unwrap(),
+            format!("Serial line 2 assigned device '{}'", path.display())
+        );
+        assert_eq!(ch.describe(), format!("pts:{}", path.display()));
+        let mut slave = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        ch.write(b"out");
+        let mut buf = [0u8; 3];
+        slave.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"out");
+        slave.write_all(b"in").unwrap();
+        let mut got = [0u8; 8];
+        let mut n = 0;
+        for _ in 0..1000 {
+            if let ChanRead::Data(k) = ch.read(&mut got[n..]) {
+                n += k;
+            }
+            if n >= 2 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert_eq!(&got[..n], b"in");
+        // Closing the user's side does not hang up the channel.
+        drop(slave);
+        assert_eq!(ch.read(&mut got), ChanRead::WouldBlock);
+    }
+}
