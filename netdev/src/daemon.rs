@@ -334,8 +334,14 @@ mod tests {
         assert_eq!(r.len(), 124);
         #[cfg(target_endian = "little")]
         {
-            assert_eq!(&r[..14], &[0xce, 0xfa, 0xed, 0xfe, 3, 0, 0, 0, 0, 0, 0, 0, 1, 0]);
-            assert_eq!(&r[14..26], &[0, 0, 0, 0, 0xc8, 0x71, 0, 0, 0xa0, 0xc8, 0x0e, 0]);
+            assert_eq!(
+                &r[..14],
+                &[0xce, 0xfa, 0xed, 0xfe, 3, 0, 0, 0, 0, 0, 0, 0, 1, 0]
+            );
+            assert_eq!(
+                &r[14..26],
+                &[0, 0, 0, 0, 0xc8, 0x71, 0, 0, 0xa0, 0xc8, 0x0e, 0]
+            );
         }
         assert_eq!(&r[26..30], b"kuml");
         assert_eq!(&r[122..], &[0, 0]);
@@ -347,7 +353,10 @@ mod tests {
     #[test]
     fn request_errors() {
         let mut r = encode_request(&[0; SUN_PATH_LEN]);
-        assert!(matches!(decode_request(&r[..100]), Err(DaemonError::RequestLength(100))));
+        assert!(matches!(
+            decode_request(&r[..100]),
+            Err(DaemonError::RequestLength(100))
+        ));
         r[4] = 2;
         assert!(matches!(decode_request(&r), Err(DaemonError::Version(2))));
         r[0] = 0;
@@ -373,7 +382,10 @@ mod tests {
         );
         let full = encode_reply(&[b'a'; SUN_PATH_LEN]);
         assert!(matches!(decode_reply(&full), Err(DaemonError::BadPath)));
-        assert!(matches!(decode_reply(&full[..50]), Err(DaemonError::ReplyLength(50))));
+        assert!(matches!(
+            decode_reply(&full[..50]),
+            Err(DaemonError::ReplyLength(50))
+        ));
         let mut bad = encode_reply(&[0; SUN_PATH_LEN]);
         bad[0] = 2;
         assert!(matches!(decode_reply(&bad), Err(DaemonError::Family(_))));

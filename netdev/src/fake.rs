@@ -116,7 +116,10 @@ mod tests {
         assert_eq!(dev.recv(&mut buf).unwrap(), 1);
         dev.send(&[9, 9]).unwrap();
         host.set_send_full(true);
-        assert_eq!(dev.send(&[1]).unwrap_err().kind(), io::ErrorKind::WouldBlock);
+        assert_eq!(
+            dev.send(&[1]).unwrap_err().kind(),
+            io::ErrorKind::WouldBlock
+        );
         assert_eq!(host.take_sent(), vec![vec![9, 9]]);
     }
 }

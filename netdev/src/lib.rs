@@ -80,7 +80,9 @@ pub fn open_backend(spec: &NetSpec, mac: MacAddr) -> Result<Box<dyn Backend>, Op
     }
     Ok(match &spec.transport {
         Transport::Tap(cfg) => Box::new(TapBackend::open(cfg).map_err(OpenError::Tap)?),
-        Transport::Mcast(cfg) => Box::new(McastBackend::open(cfg, Some(mac)).map_err(OpenError::Mcast)?),
+        Transport::Mcast(cfg) => {
+            Box::new(McastBackend::open(cfg, Some(mac)).map_err(OpenError::Mcast)?)
+        }
         Transport::Daemon(cfg) => Box::new(DaemonBackend::connect(cfg).map_err(OpenError::Daemon)?),
     })
 }

@@ -64,7 +64,10 @@ impl MacAddr {
 
     /// The source address of an Ethernet frame (bytes 6..12), if the frame is long enough.
     pub fn src_of(frame: &[u8]) -> Option<MacAddr> {
-        frame.get(6..12).and_then(|b| b.try_into().ok()).map(MacAddr)
+        frame
+            .get(6..12)
+            .and_then(|b| b.try_into().ok())
+            .map(MacAddr)
     }
 }
 
@@ -103,7 +106,7 @@ pub fn parse_mac(s: &str) -> Result<MacAddr, MacError> {
     if parts.next().is_some() {
         return Err(syntax());
     }
-    Ok(out).map(MacAddr)
+    Ok(MacAddr(out))
 }
 
 /// UML's acceptance rules for a configured MAC (`setup_etheraddr`).
@@ -203,10 +206,7 @@ mod tests {
             check_mac(parse_mac("01:00:5e:00:00:01").unwrap()),
             Err(MacError::Multicast(_))
         ));
-        assert!(matches!(
-            check_mac(MacAddr([0; 6])),
-            Err(MacError::Zero(_))
-        ));
+        assert!(matches!(check_mac(MacAddr([0; 6])), Err(MacError::Zero(_))));
         let warn = check_mac(parse_mac("00:16:3e:00:00:01").unwrap())
             .unwrap()
             .unwrap();

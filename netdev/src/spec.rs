@@ -281,7 +281,12 @@ fn parse_index(s: &str) -> Option<(u32, &str)> {
     Some((n, &digits[end..]))
 }
 
-fn bad(transport: &'static str, field: &'static str, value: &str, reason: &'static str) -> SpecError {
+fn bad(
+    transport: &'static str,
+    field: &'static str,
+    value: &str,
+    reason: &'static str,
+) -> SpecError {
     SpecError::BadField {
         transport,
         field,
@@ -312,7 +317,9 @@ fn accept_mac(text: &str, warnings: &mut Vec<String>) -> Option<MacAddr> {
             Some(m)
         }
         Err(e) => {
-            warnings.push(format!("{e}; choosing a generated ethernet address instead"));
+            warnings.push(format!(
+                "{e}; choosing a generated ethernet address instead"
+            ));
             None
         }
     }
@@ -323,7 +330,12 @@ fn check_ifname(transport: &'static str, d: &str) -> Result<String, SpecError> {
         return Err(bad(transport, "host tap dev", d, "longer than 15 bytes"));
     }
     if d == "." || d == ".." || d.contains(|c: char| c == '/' || c == ':' || c.is_whitespace()) {
-        return Err(bad(transport, "host tap dev", d, "not a valid interface name"));
+        return Err(bad(
+            transport,
+            "host tap dev",
+            d,
+            "not a valid interface name",
+        ));
     }
     Ok(d.to_string())
 }
@@ -361,7 +373,12 @@ fn parse_mcast(fields: &[&str]) -> Result<NetSpec, SpecError> {
             .parse()
             .map_err(|_| bad(T, "group address", g, "not an IPv4 address"))?;
         if !ip.is_multicast() {
-            return Err(bad(T, "group address", g, "not a multicast (224.0.0.0/4) address"));
+            return Err(bad(
+                T,
+                "group address",
+                g,
+                "not a multicast (224.0.0.0/4) address",
+            ));
         }
         cfg.group = ip;
     }
@@ -455,7 +472,10 @@ mod tests {
     #[test]
     fn mcast_errors_name_the_field() {
         let e = parse_net_spec("mcast,,,99999").unwrap_err();
-        assert_eq!(e.to_string(), "mcast: bad port '99999': expected a decimal number 1..65535");
+        assert_eq!(
+            e.to_string(),
+            "mcast: bad port '99999': expected a decimal number 1..65535"
+        );
         for (s, f) in [
             ("mcast,,,0", "port"),
             ("mcast,,,12x", "port"),
@@ -551,15 +571,28 @@ mod tests {
 
     #[test]
     fn other_transports() {
-        for t in ["ucast,,10.0.0.1", "slirp", "vde,/tmp/vde", "pcap,eth0", "slip", "ethertap,x"] {
-            assert!(matches!(parse_net_spec(t), Err(SpecError::Unsupported(_))), "{t}");
+        for t in [
+            "ucast,,10.0.0.1",
+            "slirp",
+            "vde,/tmp/vde",
+            "pcap,eth0",
+            "slip",
+            "ethertap,x",
+        ] {
+            assert!(
+                matches!(parse_net_spec(t), Err(SpecError::Unsupported(_))),
+                "{t}"
+            );
         }
         let e = parse_net_spec("mcastx").unwrap_err();
         assert_eq!(
             e.to_string(),
             "unknown network transport 'mcastx' (kuml supports tuntap, mcast, daemon)"
         );
-        assert!(matches!(parse_net_spec(""), Err(SpecError::UnknownTransport(_))));
+        assert!(matches!(
+            parse_net_spec(""),
+            Err(SpecError::UnknownTransport(_))
+        ));
     }
 
     #[test]
@@ -568,13 +601,22 @@ mod tests {
         assert_eq!(parse_eth_arg("eth0x10=mcast").unwrap().0, 16);
         assert_eq!(parse_eth_arg("eth010=mcast").unwrap().0, 8);
         assert_eq!(parse_eth_arg("eth12=mcast").unwrap().0, 12);
-        assert!(matches!(parse_eth_arg("eth=mcast"), Err(SpecError::BadDeviceNumber(_))));
-        assert!(matches!(parse_eth_arg("ethx=mcast"), Err(SpecError::BadDeviceNumber(_))));
+        assert!(matches!(
+            parse_eth_arg("eth=mcast"),
+            Err(SpecError::BadDeviceNumber(_))
+        ));
+        assert!(matches!(
+            parse_eth_arg("ethx=mcast"),
+            Err(SpecError::BadDeviceNumber(_))
+        ));
         assert!(matches!(
             parse_eth_arg("eth0mcast"),
             Err(SpecError::ExpectedSeparator { sep: '=', .. })
         ));
-        assert!(matches!(parse_eth_arg("ubd0=x"), Err(SpecError::NotNetOption(_))));
+        assert!(matches!(
+            parse_eth_arg("ubd0=x"),
+            Err(SpecError::NotNetOption(_))
+        ));
     }
 
     #[test]
@@ -605,21 +647,22 @@ mod tests {
     }
 
     fn arb_spec() -> impl Strategy<Value = NetSpec> {
-        let mac = proptest::option::of(any::<[u8; 5]>().prop_map(|b| {
-            MacAddr([0x02, b[0], b[1], b[2], b[3], b[4]])
-        }));
+        let mac = proptest::option::of(
+            any::<[u8; 5]>().prop_map(|b| MacAddr([0x02, b[0], b[1], b[2], b[3], b[4]])),
+        );
         let tap = (
             proptest::option::of("[a-z][a-z0-9]{0,14}"),
             proptest::option::of(any::<u32>().prop_map(Ipv4Addr::from)),
         )
             .prop_map(|(dev, gate)| Transport::Tap(TapConfig { dev, gate }));
-        let mc = (224u8..240, any::<[u8; 3]>(), 1u16.., any::<u8>()).prop_map(|(a, b, port, ttl)| {
-            Transport::Mcast(McastConfig {
-                group: Ipv4Addr::new(a, b[0], b[1], b[2]),
-                port,
-                ttl,
-            })
-        });
+        let mc =
+            (224u8..240, any::<[u8; 3]>(), 1u16.., any::<u8>()).prop_map(|(a, b, port, ttl)| {
+                Transport::Mcast(McastConfig {
+                    group: Ipv4Addr::new(a, b[0], b[1], b[2]),
+                    port,
+                    ttl,
+                })
+            });
         let d = "/[a-z/._-]{1,30}".prop_map(|p| Transport::Daemon(DaemonConfig { ctl: p.into() }));
         (mac, prop_oneof![tap, mc, d]).prop_map(|(mac, transport)| NetSpec {
             mac,

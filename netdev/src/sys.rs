@@ -87,7 +87,13 @@ pub(crate) fn tun_set_tap(tun: &File, name: &str) -> io::Result<String> {
     ifr.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
     // SAFETY: TUNSETIFF reads and writes one `struct ifreq`, which `ifr` is, borrowed for
     // the call; `tun` is an open /dev/net/tun.
-    cvt(unsafe { libc::ioctl(tun.as_raw_fd(), libc::TUNSETIFF, &mut ifr as *mut libc::ifreq) })?;
+    cvt(unsafe {
+        libc::ioctl(
+            tun.as_raw_fd(),
+            libc::TUNSETIFF,
+            &mut ifr as *mut libc::ifreq,
+        )
+    })?;
     // SAFETY: `ifr_name` is a zero-initialized 16-byte array; the kernel writes a
     // NUL-terminated name of at most 15 bytes, so a NUL is always within the array.
     let cname = unsafe { CStr::from_ptr(ifr.ifr_name.as_ptr()) };
@@ -96,9 +102,7 @@ pub(crate) fn tun_set_tap(tun: &File, name: &str) -> io::Result<String> {
 
 fn inet_dgram_socket() -> io::Result<OwnedFd> {
     // SAFETY: socket() takes no pointers; the result is checked and then owned.
-    let fd = cvt(unsafe {
-        libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0)
-    })?;
+    let fd = cvt(unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) })?;
     // SAFETY: `fd` is a fresh, valid descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
@@ -135,7 +139,11 @@ fn set_if_sockaddr(sock: &OwnedFd, name: &str, req: libc::Ioctl, ip: Ipv4Addr) -
 }
 
 /// `ifconfig <name> <ip> netmask <mask> up`, as UML's `uml_net` helper does.
-pub(crate) fn if_configure(name: &str, ip: Option<(Ipv4Addr, Ipv4Addr)>, up: bool) -> io::Result<()> {
+pub(crate) fn if_configure(
+    name: &str,
+    ip: Option<(Ipv4Addr, Ipv4Addr)>,
+    up: bool,
+) -> io::Result<()> {
     let sock = inet_dgram_socket()?;
     if let Some((ip, mask)) = ip {
         set_if_sockaddr(&sock, name, libc::SIOCSIFADDR, ip)?;

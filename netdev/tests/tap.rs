@@ -1,0 +1,73 @@
+//! TapBackend in a private network namespace: the host kernel exchanges ARP and UDP with a
+//! "guest" that the test plays through the backend.
+#![allow(clippy::tests_outside_test_module)] // integration tests: the crate is the test module
+
+mod common;
+
+use std::net::Ipv4Addr;
+
+use common::{in_fresh_netns, ip, ip_output, udp_exchange};
+use netdev::{Backend, TapBackend, TapConfig};
+
+const GUEST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+
+#[test]
+fn created_tap_gets_uml_net_host_side_and_carries_frames() {
+    in_fresh_netns(|| {
+        let gate = Ipv4Addr::new(10, 0, 77, 254);
+        let mut tap = TapBackend::open(&TapConfig {
+            dev: None,
+            gate: Some(gate),
+        })
+        .unwrap();
+        let name = tap.name().to_string();
+        assert!(name.starts_with("tap"), "{name}");
+        let addr = ip_output(&format!("-o -4 addr show dev {name}"));
+        assert!(addr.contains("10.0.77.254/32"), "{addr}");
+        let link = ip_output(&format!("link show dev {name}"));
+        assert!(link.contains(",UP"), "{link}");
+        // What `uml_net 4 add <tap> <guest ip>` would do when the guest configures its IP.
+        ip(&format!("route add 10.0.77.1/32 dev {name}"));
+        udp_exchange(&mut tap, GUEST_MAC, Ipv4Addr::new(10, 0, 77, 1), gate);
+        drop(tap);
+        // Not persistent: the tap goes away with the backend.
+        assert!(!ip_output("-o link").contains(&name));
+    });
+}
+
+#[test]
+fn existing_tap_is_opened_by_name_without_host_changes() {
+    in_fresh_netns(|| {
+        ip("tuntap add dev kumltap0 mode tap");
+        ip("addr add 10.0.78.254/24 dev kumltap0");
+        ip("link set kumltap0 up");
+        let spec = netdev::parse_net_spec("tuntap,kumltap0,,10.9.9.9").unwrap();
+        let netdev::Transport::Tap(cfg) = &spec.transport else {
+            panic!("{spec:?}")
+        };
+        let mut tap = TapBackend::open(cfg).unwrap();
+        assert_eq!(tap.name(), "kumltap0");
+        let addr = ip_output("-o -4 addr show dev kumltap0");
+        assert!(
+            !addr.contains("10.9.9.9"),
+            "gate applied to a fixed tap: {addr}"
+        );
+        udp_exchange(
+            &mut tap,
+            GUEST_MAC,
+            Ipv4Addr::new(10, 0, 78, 1),
+            Ipv4Addr::new(10, 0, 78, 254),
+        );
+        // Nonblocking: nothing pending now.
+        let mut buf = vec![0u8; 2048];
+        loop {
+            match tap.recv(&mut buf) {
+                Ok(_) => continue, // IPv6 noise
+                Err(e) => {
+                    assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock);
+                    break;
+                }
+            }
+        }
+    });
+}
