@@ -5,4 +5,5 @@
 pub mod bus;
 pub mod chan;
 pub mod legacy;
+pub mod pci;
 pub mod virtio;
