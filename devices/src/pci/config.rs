@@ -337,7 +337,7 @@ impl PciConfig {
     /// not 1, 2 or 4 bytes inside one dword are ignored. Returns the BAR the write moved, if any.
     pub fn write(&mut self, offset: usize, data: &[u8]) -> Option<BarMove> {
         let len = data.len();
-        if !matches!(len, 1 | 2 | 4) || offset % len != 0 || offset + len > CONFIG_SIZE {
+        if !matches!(len, 1 | 2 | 4) || offset & (len - 1) != 0 || offset + len > CONFIG_SIZE {
             debug!("pci: ignoring config write of {len} bytes at {offset:#x}");
             return None;
         }

@@ -208,7 +208,7 @@ impl Msix {
     }
 
     fn access_ok(offset: u64, len: usize) -> bool {
-        matches!(len, 4 | 8) && offset % len as u64 == 0
+        matches!(len, 4 | 8) && offset & (len as u64 - 1) == 0
     }
 
     /// Reads the table at `offset` (relative to its start).

@@ -204,7 +204,7 @@ impl CommonConfig {
             (0x1c, 2) => u64::from(q.is_some_and(|q| q.enabled)),
             (0x1e, 2) => q.map_or(0, |_| u64::from(self.queue_select)),
             (0x20 | 0x28 | 0x30, 8) => addr(offset),
-            (0x20..=0x37, 4) if offset % 4 == 0 => {
+            (0x20..=0x37, 4) if offset & 3 == 0 => {
                 let full = addr(offset);
                 if offset % 8 == 4 {
                     full >> 32
@@ -263,7 +263,7 @@ impl CommonConfig {
                     }
                 }
             }
-            (0x20..=0x37, 4 | 8) if offset % data.len() as u64 == 0 => {
+            (0x20..=0x37, 4 | 8) if offset & (data.len() as u64 - 1) == 0 => {
                 if let Some(q) = self.selected_mut() {
                     let field = match offset & !7 {
                         0x20 => &mut q.desc,

@@ -333,7 +333,7 @@ impl VirtioPciDevice {
     }
 
     fn notify(&self, offset: u64, len: usize) {
-        if offset % u64::from(NOTIFY_OFF_MULTIPLIER) != 0 || !matches!(len, 2 | 4) {
+        if offset & (u64::from(NOTIFY_OFF_MULTIPLIER) - 1) != 0 || !matches!(len, 2 | 4) {
             debug!("virtio-pci: bad notify write of {len} at {offset:#x}");
             return;
         }
