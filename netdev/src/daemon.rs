@@ -290,6 +290,29 @@ impl DaemonBackend {
         self.ctl.as_raw_fd()
     }
 
+    /// Checks the control connection without blocking: `Err(NotConnected)` once the switch
+    /// has closed it (the port is gone; UML logs `Disconnect` on the switch side). Stray
+    /// bytes from the switch are discarded.
+    pub fn check_control(&mut self) -> io::Result<()> {
+        let mut b = [0u8; 256];
+        loop {
+            match self.ctl.read(&mut b) {
+                Ok(0) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::NotConnected,
+                        format!(
+                            "uml_switch at '{}' closed the connection",
+                            self.ctl_path.display()
+                        ),
+                    ))
+                }
+                Ok(_) => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     /// The control socket path.
     pub fn control_path(&self) -> &Path {
         &self.ctl_path

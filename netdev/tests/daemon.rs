@@ -58,7 +58,7 @@ fn two_ports_on_uml_switch_exchange_frames() {
         let dir = tempfile::tempdir().unwrap();
         let ctl = dir.path().join("ctl");
         let log = dir.path().join("switch.log");
-        let _switch = start_switch(&ctl, &log);
+        let switch = start_switch(&ctl, &log);
         let mut a = connect_retry(&ctl);
         let mut b = DaemonBackend::connect_path(&ctl).unwrap();
         let mut c = DaemonBackend::connect_path(&ctl).unwrap();
@@ -94,7 +94,8 @@ fn two_ports_on_uml_switch_exchange_frames() {
         let n = recv_timeout(&mut b, &mut buf, wait).expect("B got no unicast");
         assert_eq!(&buf[..n], &f3[..]);
 
-        drop((a, b, c));
+        a.check_control().expect("switch alive");
+        drop((b, c));
         std::thread::sleep(Duration::from_millis(100));
         let text = std::fs::read_to_string(&log).unwrap();
         assert!(
@@ -102,6 +103,13 @@ fn two_ports_on_uml_switch_exchange_frames() {
             "switch could not identify our ports:\n{text}"
         );
         let _ = C;
+
+        // The switch going away is visible on the control connection.
+        drop(switch);
+        assert_eq!(
+            a.check_control().unwrap_err().kind(),
+            std::io::ErrorKind::NotConnected
+        );
     });
 }
 

@@ -71,3 +71,49 @@ fn existing_tap_is_opened_by_name_without_host_changes() {
         }
     });
 }
+
+/// Drops CAP_NET_ADMIN from the calling thread's effective set (capabilities are per thread;
+/// the thread is the test's own namespace thread).
+fn drop_cap_net_admin() {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Default, Clone, Copy)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+    const CAP_NET_ADMIN: u32 = 12;
+    let mut hdr = Header {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let mut data = [Data::default(); 2];
+    // SAFETY: capget writes one header and two data structs, which we pass live and
+    // correctly sized (version 3 layout).
+    let r = unsafe { libc::syscall(libc::SYS_capget, &mut hdr as *mut Header, data.as_mut_ptr()) };
+    assert_eq!(r, 0, "capget: {}", std::io::Error::last_os_error());
+    data[0].effective &= !(1 << CAP_NET_ADMIN);
+    // SAFETY: capset reads the same live structures.
+    let r = unsafe { libc::syscall(libc::SYS_capset, &mut hdr as *mut Header, data.as_ptr()) };
+    assert_eq!(r, 0, "capset: {}", std::io::Error::last_os_error());
+}
+
+#[test]
+fn creating_a_tap_without_cap_net_admin_is_a_clear_error() {
+    in_fresh_netns(|| {
+        drop_cap_net_admin();
+        let err = TapBackend::open(&TapConfig {
+            dev: None,
+            gate: Some(Ipv4Addr::new(10, 0, 79, 254)),
+        })
+        .unwrap_err();
+        assert!(matches!(err, netdev::TapError::NotPermitted(_)), "{err:?}");
+        assert!(err.to_string().contains("needs root"), "{err}");
+    });
+}
