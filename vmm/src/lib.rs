@@ -1,4 +1,10 @@
 //! kuml: a KVM micro-VMM with User-Mode Linux's command line, disks, consoles and mconsole.
 
-pub mod config;
 pub mod arch;
+pub mod builder;
+pub mod config;
+pub mod event_loop;
+pub mod exit;
+pub mod terminal;
+pub mod vstate;
+pub mod sys;

@@ -1,0 +1,3 @@
+//! Thin wrappers around the few host system calls kuml makes outside its dependencies.
+
+pub mod signalfd;

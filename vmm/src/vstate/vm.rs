@@ -1,0 +1,103 @@
+//! The KVM VM: guest memory, the in-kernel irqchip and PIT, irqfds and ioeventfds.
+
+use kvm_bindings::{
+    kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_MAX_CPUID_ENTRIES,
+    KVM_PIT_SPEAKER_DUMMY,
+};
+use kvm_ioctls::{Kvm, VmFd};
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+
+use crate::arch::x86_64::layout;
+
+/// Errors creating or configuring the VM.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    /// /dev/kvm is missing or cannot be opened.
+    #[error("cannot open /dev/kvm (is KVM available and accessible?)")]
+    OpenKvm(#[source] kvm_ioctls::Error),
+    /// The host's KVM lacks something kuml needs.
+    #[error("the host's KVM does not support {0}")]
+    Unsupported(&'static str),
+    /// A KVM VM ioctl failed.
+    #[error("KVM refused to {0}")]
+    Kvm(&'static str, #[source] kvm_ioctls::Error),
+    /// Guest memory could not be allocated.
+    #[error("cannot allocate {0} bytes of guest memory")]
+    Memory(u64, #[source] vm_memory::mmap::FromRangesError),
+}
+
+/// The VM and the host-side objects it needs.
+#[derive(Debug)]
+pub struct Vm {
+    /// The KVM system handle.
+    pub kvm: Kvm,
+    /// The VM handle.
+    pub fd: VmFd,
+    /// Guest RAM.
+    pub memory: GuestMemoryMmap,
+    /// CPUID entries KVM supports on this host.
+    pub supported_cpuid: CpuId,
+}
+
+impl Vm {
+    /// Creates a VM with `mem_size` bytes of RAM, an in-kernel irqchip and PIT.
+    pub fn new(mem_size: u64) -> Result<Vm, VmError> {
+        let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
+        for (cap, what) in [
+            (kvm_ioctls::Cap::Irqchip, "an in-kernel irqchip"),
+            (kvm_ioctls::Cap::Irqfd, "irqfd"),
+            (kvm_ioctls::Cap::Ioeventfd, "ioeventfd"),
+            (kvm_ioctls::Cap::UserMemory, "user memory regions"),
+        ] {
+            if !kvm.check_extension(cap) {
+                return Err(VmError::Unsupported(what));
+            }
+        }
+        let fd = kvm.create_vm().map_err(|e| VmError::Kvm("create a VM", e))?;
+        let supported_cpuid = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(|e| VmError::Kvm("report its CPUID", e))?;
+
+        fd.set_tss_address(layout::KVM_TSS as usize)
+            .map_err(|e| VmError::Kvm("set the TSS address", e))?;
+        fd.set_identity_map_address(layout::KVM_IDENTITY_MAP)
+            .map_err(|e| VmError::Kvm("set the identity map address", e))?;
+        fd.create_irq_chip()
+            .map_err(|e| VmError::Kvm("create the irqchip", e))?;
+        let pit = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        fd.create_pit2(pit)
+            .map_err(|e| VmError::Kvm("create the PIT", e))?;
+
+        let ranges: Vec<(GuestAddress, usize)> = layout::ram_regions(mem_size)
+            .into_iter()
+            .map(|(base, len)| (GuestAddress(base), len as usize))
+            .collect();
+        let memory =
+            GuestMemoryMmap::from_ranges(&ranges).map_err(|e| VmError::Memory(mem_size, e))?;
+        for (slot, region) in memory.iter().enumerate() {
+            let host = region
+                .get_host_address(vm_memory::MemoryRegionAddress(0))
+                .map_err(|_| VmError::Unsupported("host mappings of guest memory"))?;
+            let r = kvm_userspace_memory_region {
+                slot: slot as u32,
+                flags: 0,
+                guest_phys_addr: region.start_addr().0,
+                memory_size: region.len(),
+                userspace_addr: host as u64,
+            };
+            // SAFETY: the region is a live mapping owned by `memory`. `Vm` declares `fd` before
+            // `memory`, so the VM (and with it KVM's use of the mapping) is dropped first.
+            unsafe { fd.set_user_memory_region(r) }
+                .map_err(|e| VmError::Kvm("map guest memory", e))?;
+        }
+        Ok(Vm {
+            kvm,
+            fd,
+            memory,
+            supported_cpuid,
+        })
+    }
+}
