@@ -15,7 +15,7 @@
 //! The codec ([`encode_request`], [`decode_request`], [`decode_reply`], [`client_sun_path`])
 //! is PURE; [`DaemonBackend`] does the I/O.
 
-use std::io::{self, Read, Write};
+use std::io::{self, IoSlice, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram, UnixStream};
@@ -328,6 +328,10 @@ impl AsRawFd for DaemonBackend {
 impl Backend for DaemonBackend {
     fn send(&mut self, frame: &[u8]) -> io::Result<()> {
         self.data.send(frame).map(|_| ())
+    }
+
+    fn send_vectored(&mut self, parts: &[IoSlice<'_>]) -> io::Result<()> {
+        sys::sendmsg(&self.data, parts, None)
     }
 
     fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {

@@ -115,11 +115,13 @@ mod tests {
         assert_eq!(&buf[..3], &[1, 2, 3]);
         assert_eq!(dev.recv(&mut buf).unwrap(), 1);
         dev.send(&[9, 9]).unwrap();
+        dev.send_vectored(&[std::io::IoSlice::new(&[1]), std::io::IoSlice::new(&[2, 3])])
+            .unwrap();
         host.set_send_full(true);
         assert_eq!(
             dev.send(&[1]).unwrap_err().kind(),
             io::ErrorKind::WouldBlock
         );
-        assert_eq!(host.take_sent(), vec![vec![9, 9]]);
+        assert_eq!(host.take_sent(), vec![vec![9, 9], vec![1, 2, 3]]);
     }
 }

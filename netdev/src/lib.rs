@@ -10,7 +10,7 @@
 #![deny(missing_docs)]
 
 use std::fmt::Debug;
-use std::io;
+use std::io::{self, IoSlice};
 use std::os::fd::AsRawFd;
 
 pub mod daemon;
@@ -47,8 +47,17 @@ pub const RECV_BUF_LEN: usize = 65536;
 /// event loop, and [`Backend::recv`] is called until it returns `WouldBlock`.
 pub trait Backend: AsRawFd + Debug + Send {
     /// Sends one frame. `WouldBlock` when the host queue is full (the caller may drop the
-    /// frame, as a NIC would, or retry when the fd becomes writable).
+    /// frame, as a NIC would, or retry when the fd becomes writable). Any other error means
+    /// the frame is lost (e.g. `ECONNREFUSED` once a uml_switch has gone): log it and carry
+    /// on, as a NIC with no link would.
     fn send(&mut self, frame: &[u8]) -> io::Result<()>;
+
+    /// Sends one frame given in pieces (e.g. straight from a descriptor chain). The default
+    /// joins the pieces and calls [`Backend::send`]; the host backends send without copying.
+    fn send_vectored(&mut self, parts: &[IoSlice<'_>]) -> io::Result<()> {
+        let frame: Vec<u8> = parts.iter().flat_map(|p| p.iter().copied()).collect();
+        self.send(&frame)
+    }
 
     /// Receives one frame into `buf` and returns its length; `WouldBlock` when none is
     /// pending. Frames longer than `buf` are dropped (logged), never truncated, so use a
@@ -78,6 +87,7 @@ pub fn open_backend(spec: &NetSpec, mac: MacAddr) -> Result<Box<dyn Backend>, Op
     for w in &spec.warnings {
         log::warn!("{w}");
     }
+    log::info!("Netdevice ({mac}) : {}", spec.transport_line());
     Ok(match &spec.transport {
         Transport::Tap(cfg) => Box::new(TapBackend::open(cfg).map_err(OpenError::Tap)?),
         Transport::Mcast(cfg) => {

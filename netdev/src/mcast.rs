@@ -7,7 +7,7 @@
 //! padding. Because of the loopback, a sender receives its own frames: they are dropped by
 //! source MAC when the backend knows its guest's MAC.
 
-use std::io;
+use std::io::{self, IoSlice};
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
 
@@ -121,6 +121,10 @@ impl AsRawFd for McastBackend {
 impl Backend for McastBackend {
     fn send(&mut self, frame: &[u8]) -> io::Result<()> {
         self.sock.send_to(frame, self.dest).map(|_| ())
+    }
+
+    fn send_vectored(&mut self, parts: &[IoSlice<'_>]) -> io::Result<()> {
+        sys::sendmsg(&self.sock, parts, Some(self.dest))
     }
 
     fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {

@@ -157,6 +157,27 @@ impl NetSpec {
     }
 }
 
+impl NetSpec {
+    /// UML's boot-log line for the transport (printed after `Netdevice N (<mac>) : `), e.g.
+    /// `mcast backend multicast address: 239.192.168.1:1102, TTL:1`.
+    pub fn transport_line(&self) -> String {
+        match &self.transport {
+            Transport::Tap(t) => match t.gate {
+                Some(g) if t.dev.is_none() => format!("TUN/TAP backend - IP = {g}"),
+                _ => "TUN/TAP backend - ".to_string(),
+            },
+            Transport::Mcast(m) => format!(
+                "mcast backend multicast address: {}:{}, TTL:{}",
+                m.group, m.port, m.ttl
+            ),
+            Transport::Daemon(d) => format!(
+                "daemon backend (uml_switch version 3) - unix:{}",
+                d.ctl.display()
+            ),
+        }
+    }
+}
+
 impl fmt::Display for NetSpec {
     /// The canonical `eth<N>=` value (all fields explicit), which parses back to `self`
     /// apart from warnings.
@@ -636,6 +657,21 @@ mod tests {
         ));
         assert!(parse_vec_arg("vec0:transport=tap,a=b=c").is_err());
         assert!(parse_vec_arg("vec0=transport=tap").is_err());
+    }
+
+    #[test]
+    fn transport_lines_match_uml() {
+        let line = |s| parse_net_spec(s).unwrap().transport_line();
+        assert_eq!(
+            line("mcast"),
+            "mcast backend multicast address: 239.192.168.1:1102, TTL:1"
+        );
+        assert_eq!(
+            line("daemon,,unix,/tmp/c"),
+            "daemon backend (uml_switch version 3) - unix:/tmp/c"
+        );
+        assert_eq!(line("tuntap,tap0"), "TUN/TAP backend - ");
+        assert_eq!(line("tuntap,,,10.0.0.1"), "TUN/TAP backend - IP = 10.0.0.1");
     }
 
     #[test]

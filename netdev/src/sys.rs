@@ -3,7 +3,7 @@
 
 use std::ffi::CStr;
 use std::fs::File;
-use std::io;
+use std::io::{self, IoSlice};
 use std::mem;
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -184,4 +184,30 @@ pub(crate) fn udp_reuse_bind(addr: SocketAddrV4) -> io::Result<UdpSocket> {
         )
     })?;
     Ok(UdpSocket::from(fd))
+}
+
+/// Sends one datagram made of `parts`, to `dest` or (when `None`) to the connected peer,
+/// nonblocking.
+pub(crate) fn sendmsg(
+    fd: &impl AsRawFd,
+    parts: &[IoSlice<'_>],
+    dest: Option<SocketAddrV4>,
+) -> io::Result<()> {
+    let mut sin = dest.map(sockaddr_in);
+    // SAFETY: msghdr is plain old data; all-zero is a valid (empty) value.
+    let mut msg: libc::msghdr = unsafe { mem::zeroed() };
+    if let Some(sin) = sin.as_mut() {
+        msg.msg_name = (sin as *mut libc::sockaddr_in).cast();
+        msg.msg_namelen = mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    }
+    // IoSlice is ABI-compatible with struct iovec (documented by std).
+    msg.msg_iov = parts.as_ptr() as *mut libc::iovec;
+    msg.msg_iovlen = parts.len();
+    // SAFETY: `msg` points at `sin` and at the caller's slices, all alive for the call; the
+    // kernel only reads them.
+    let n = unsafe { libc::sendmsg(fd.as_raw_fd(), &msg, libc::MSG_DONTWAIT) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }

@@ -7,7 +7,7 @@
 //!   `uml_net`, kuml does not switch on host-wide IP forwarding. Needs root.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, IoSlice, Read, Write};
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
@@ -146,6 +146,11 @@ impl Backend for TapBackend {
             log::warn!("{}: short tap write {n} of {}", self.name, frame.len());
         }
         Ok(())
+    }
+
+    fn send_vectored(&mut self, parts: &[IoSlice<'_>]) -> io::Result<()> {
+        // One writev is one frame on a tap.
+        self.file.write_vectored(parts).map(|_| ())
     }
 
     fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {

@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::io::IoSlice;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -90,7 +91,8 @@ fn two_ports_on_uml_switch_exchange_frames() {
 
         // And A to B.
         let f3 = test_frame(B, A, b"to b");
-        a.send(&f3).unwrap();
+        a.send_vectored(&[IoSlice::new(&f3[..6]), IoSlice::new(&f3[6..])])
+            .unwrap();
         let n = recv_timeout(&mut b, &mut buf, wait).expect("B got no unicast");
         assert_eq!(&buf[..n], &f3[..]);
 

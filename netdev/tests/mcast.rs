@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::io::IoSlice;
 use std::time::Duration;
 
 use common::{in_fresh_netns, lo_multicast, recv_timeout, test_frame};
@@ -37,7 +38,8 @@ fn two_backends_exchange_frames_both_ways() {
 
         // Unicast back from B.
         let f2 = test_frame(A, B, &[2; 1486]);
-        b.send(&f2).unwrap();
+        b.send_vectored(&[IoSlice::new(&f2[..14]), IoSlice::new(&f2[14..])])
+            .unwrap();
         let n = recv_timeout(&mut a, &mut buf, Duration::from_secs(2)).expect("A got nothing");
         assert_eq!(&buf[..n], &f2[..]);
     });

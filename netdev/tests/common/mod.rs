@@ -187,7 +187,8 @@ pub fn udp_exchange(b: &mut dyn Backend, mac: [u8; 6], ip: Ipv4Addr, host_ip: Ip
     f.extend_from_slice(&(8 + payload.len() as u16).to_be_bytes());
     f.extend_from_slice(&[0, 0]); // no UDP checksum (allowed for IPv4)
     f.extend_from_slice(payload);
-    b.send(&f).expect("send UDP frame");
+    b.send_vectored(&[io::IoSlice::new(&f[..14]), io::IoSlice::new(&f[14..])])
+        .expect("send UDP frame");
     let mut rb = [0u8; 64];
     let (n, from) = host
         .recv_from(&mut rb)
