@@ -12,6 +12,9 @@
 //! 0x6000 +0x2000  MSI-X PBA
 //! ```
 //!
+//! Capabilities, in list order: common, ISR, device and notify configuration (all in BAR 0),
+//! VIRTIO_PCI_CAP_PCI_CFG (a configuration-space window onto BAR 0), then MSI-X.
+//!
 //! Queue notifications are meant to hit KVM ioeventfds ([`VirtioPciDevice::ioeventfds`]);
 //! a notify write that reaches the transport anyway signals the same eventfd.
 
@@ -66,6 +69,9 @@ const CAP_COMMON_CFG: u8 = 1;
 const CAP_NOTIFY_CFG: u8 = 2;
 const CAP_ISR_CFG: u8 = 3;
 const CAP_DEVICE_CFG: u8 = 4;
+const CAP_PCI_CFG: u8 = 5;
+/// Size of the VIRTIO_PCI_CAP_PCI_CFG capability: a virtio_pci_cap and a 4-byte data window.
+const PCI_CFG_CAP_LEN: usize = 20;
 
 /// Errors from creating a virtio-pci function.
 #[derive(Debug, thiserror::Error)]
@@ -130,6 +136,7 @@ fn lock(dev: &Arc<Mutex<dyn VirtioDevice>>) -> MutexGuard<'_, dyn VirtioDevice +
 pub struct VirtioPciDevice {
     config: PciConfig,
     msix_cap: usize,
+    pci_cfg_cap: usize,
     common: CommonConfig,
     device: Arc<Mutex<dyn VirtioDevice>>,
     irq: Arc<InterruptState>,
@@ -204,6 +211,16 @@ impl VirtioPciDevice {
                 .add_capability(&c, &[])
                 .map_err(VirtioPciError::Config)?;
         }
+        // VIRTIO_PCI_CAP_PCI_CFG: the driver writes bar, offset and length, then accesses the
+        // BAR through the data window.
+        let mut pci_cfg = virtio_cap(CAP_PCI_CFG, 0, 0, Some(0));
+        pci_cfg[4] = 0;
+        let mut pci_cfg_mask = [0u8; PCI_CFG_CAP_LEN];
+        pci_cfg_mask[4] = 0xff;
+        pci_cfg_mask[8..16].fill(0xff);
+        let pci_cfg_cap = config
+            .add_capability(&pci_cfg, &pci_cfg_mask)
+            .map_err(VirtioPciError::Config)?;
         let (data, wmask) = msix::capability(
             vectors,
             BAR_INDEX as u8,
@@ -221,6 +238,7 @@ impl VirtioPciDevice {
         Ok(Self {
             config,
             msix_cap,
+            pci_cfg_cap,
             common: CommonConfig::new(&sizes),
             irq: Arc::new(InterruptState::new(sizes.len(), table, routing)),
             device,
@@ -265,10 +283,12 @@ impl VirtioPciDevice {
 
     /// The device status the driver reads.
     pub fn device_status(&self) -> u8 {
-        let mut s = [0u8];
-        let d = lock(&self.device);
-        self.common.read(0x14, &mut s, &*d, &self.irq);
-        s[0]
+        let nr = if self.irq.needs_reset_set() {
+            crate::virtio::status::NEEDS_RESET
+        } else {
+            0
+        };
+        self.common.status() | nr
     }
 
     fn activate(&mut self) {
@@ -349,12 +369,48 @@ impl VirtioPciDevice {
     }
 }
 
+impl VirtioPciDevice {
+    // The BAR access the PCI_CFG capability selects, if `offset` is its data window and the
+    // selection is valid: (BAR offset, length, offset inside the window).
+    fn pci_cfg_window(&self, offset: usize, len: usize) -> Option<(u64, usize, usize)> {
+        let window = self.pci_cfg_cap + 16;
+        if offset < window || offset + len > window + 4 {
+            return None;
+        }
+        let bar = self.config.read_u16(self.pci_cfg_cap + 4) & 0xff;
+        let off = u64::from(self.config.read_u32(self.pci_cfg_cap + 8));
+        let length = self.config.read_u32(self.pci_cfg_cap + 12) as usize;
+        let ok = usize::from(bar) == BAR_INDEX
+            && matches!(length, 1 | 2 | 4)
+            && off & (length as u64 - 1) == 0
+            && off + length as u64 <= BAR_SIZE;
+        if !ok {
+            debug!("virtio-pci: bad PCI_CFG window bar={bar} offset={off:#x} length={length}");
+        }
+        ok.then_some((off, length, offset - window))
+    }
+}
+
 impl PciDevice for VirtioPciDevice {
     fn read_config(&mut self, offset: usize, data: &mut [u8]) {
         self.config.read(offset, data);
+        if let Some((off, length, at)) = self.pci_cfg_window(offset, data.len()) {
+            let mut buf = [0u8; 4];
+            self.read(0, off, &mut buf[..length]);
+            for (i, b) in data.iter_mut().enumerate() {
+                *b = buf.get(at + i).copied().unwrap_or(0);
+            }
+        }
     }
 
     fn write_config(&mut self, offset: usize, data: &[u8]) -> Option<BarMove> {
+        if let Some((off, length, at)) = self.pci_cfg_window(offset, data.len()) {
+            // The access is as wide as the capability's length; the data must cover it.
+            if at == 0 && data.len() >= length {
+                self.write(0, off, &data[..length]);
+            }
+            return None;
+        }
         let mv = self.config.write(offset, data);
         let ctl = self.msix_cap + MSIX_CAP_CONTROL;
         if offset < ctl + 2 && offset + data.len() > ctl {

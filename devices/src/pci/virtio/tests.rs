@@ -200,9 +200,42 @@ fn pci_identity_and_capabilities() {
             (CAP_ISR_CFG, 0, 0x1000, 0x1000),
             (CAP_DEVICE_CFG, 0, 0x2000, 0x1000),
             (CAP_NOTIFY_CFG, 0, 0x3000, 8),
+            (CAP_PCI_CFG, 0, 0, 0),
             (0x11, 0, 0, 0),
         ]
     );
+}
+
+#[test]
+fn pci_cfg_capability_window() {
+    let mut rig = rig();
+    let cap = rig.dev.pci_cfg_cap;
+    assert_eq!(rig.cfg_r32(cap) & 0xff_00_00ff, 0x05_00_00_09);
+    // num_queues through the window.
+    rig.dev.write_config(cap + 8, &0x12u32.to_le_bytes());
+    rig.dev.write_config(cap + 12, &2u32.to_le_bytes());
+    assert_eq!(rig.cfg_r32(cap + 8), 0x12);
+    assert_eq!(rig.cfg_r32(cap + 16) & 0xffff, 2);
+    // device_status write through the window.
+    rig.dev.write_config(cap + 8, &0x14u32.to_le_bytes());
+    rig.dev.write_config(cap + 12, &1u32.to_le_bytes());
+    rig.dev.write_config(cap + 16, &[status::ACKNOWLEDGE]);
+    assert_eq!(rig.status(), status::ACKNOWLEDGE);
+    assert_eq!(rig.dev.device_status(), status::ACKNOWLEDGE);
+    // Bad selections read zero and write nothing.
+    for (bar, off, len) in [
+        (1u8, 0x14u32, 1u32),
+        (0, 0x15, 2),
+        (0, 0x14, 3),
+        (0, 0x7fff, 4),
+    ] {
+        rig.dev.write_config(cap + 4, &[bar]);
+        rig.dev.write_config(cap + 8, &off.to_le_bytes());
+        rig.dev.write_config(cap + 12, &len.to_le_bytes());
+        rig.dev.write_config(cap + 16, &[0xff; 4]);
+        assert_eq!(rig.cfg_r32(cap + 16), 0);
+    }
+    assert_eq!(rig.status(), status::ACKNOWLEDGE);
 }
 
 #[test]
