@@ -1,5 +1,6 @@
 //! The server driven by the REAL Debian `uml_mconsole` and by `kuml-mconsole`: replies,
 //! output and exit codes as in reference §3.4/§3.7 and uml-behaviour §4.2.
+#![allow(clippy::tests_outside_test_module)] // integration tests: the crate is the test module
 
 mod common;
 
