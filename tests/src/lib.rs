@@ -1,1 +1,395 @@
-//! e2e fixture
+//! The e2e fixture: boot a guest under kuml, read its console, drive the test agent.
+//!
+//! [`TestVm`] spawns the `kuml` binary with a console on pipes, collects everything the guest
+//! prints into a log file, and offers [`TestVm::wait_for`] (a pattern with a timeout, no sleeps)
+//! and [`TestVm::agent`] (the line protocol of the in-guest test agent, docs/testing.md). The
+//! process is killed on drop; if the test failed, the console log is kept and its tail printed.
+//!
+//! Host kinds: on hosts whose /dev/kvm is PVM (this project's CI), guest user space cannot run,
+//! so the fixture asks for the in-kernel agent (`kuml.agent=`) and adds the kernel options a
+//! PVM host needs (from `resources/pvm-cmdline.sh`). On hardware KVM it uses the user-space
+//! agent (`kuml.uagent=`) that the test init starts. Tests call the same methods either way.
+
+use std::io::{Read, Write};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ lives in the workspace")
+        .to_path_buf()
+}
+
+/// The kuml binary: `$KUML_BIN`, else the workspace's target directory.
+pub fn kuml_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("KUML_BIN") {
+        return PathBuf::from(p);
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target"));
+    for profile in ["debug", "release"] {
+        let p = target.join(profile).join("kuml");
+        if p.is_file() {
+            return p;
+        }
+    }
+    panic!("kuml binary not found: run `cargo build -p kuml` or set KUML_BIN");
+}
+
+/// Guest artifacts built by resources/build-guest.sh.
+pub fn guest_dir() -> PathBuf {
+    std::env::var_os("KUML_GUEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("build/guest"))
+}
+
+/// A guest artifact, or a loud panic naming how to build it.
+pub fn artifact(name: &str) -> PathBuf {
+    let p = guest_dir().join(name);
+    assert!(
+        p.is_file(),
+        "guest artifact {} is missing: run resources/build-guest.sh",
+        p.display()
+    );
+    p
+}
+
+/// What kind of KVM this host has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostKind {
+    /// Hardware virtualization: guest user space runs.
+    Hardware,
+    /// PVM: guest kernel code runs (emulated), guest user space does not.
+    Pvm,
+}
+
+/// Detects the host kind.
+pub fn host_kind() -> HostKind {
+    if Path::new("/sys/module/kvm_pvm").exists() {
+        HostKind::Pvm
+    } else {
+        HostKind::Hardware
+    }
+}
+
+/// Whether /dev/kvm can be used; tests that need it call [`require_kvm`].
+pub fn require_kvm() {
+    let ok = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok();
+    assert!(ok, "/dev/kvm is not usable on this host: the e2e tests need KVM");
+}
+
+/// Extra guest kernel options this host needs (from resources/pvm-cmdline.sh).
+pub fn host_guest_options() -> Vec<String> {
+    let script = workspace().join("resources/pvm-cmdline.sh");
+    let out = Command::new("sh")
+        .arg(&script)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+    assert!(out.status.success(), "{} failed", script.display());
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The console output so far, shared with the reader thread.
+#[derive(Debug, Default)]
+struct Console {
+    text: Mutex<String>,
+    grew: Condvar,
+    closed: Mutex<bool>,
+}
+
+/// Options for a test VM.
+#[derive(Debug, Clone)]
+pub struct VmOptions {
+    /// kuml arguments (kernel=, mem=, devices, guest words).
+    pub args: Vec<String>,
+    /// Start the test agent on this guest tty (e.g. `ttyS0`, `hvc1`).
+    pub agent_tty: Option<String>,
+    /// Add the host's required guest options (PVM).
+    pub host_options: bool,
+    /// Descriptors to hand to kuml: (child fd number, our fd), e.g. for `con1=fd:3,fd:4`.
+    pub extra_fds: Vec<(i32, std::os::fd::RawFd)>,
+}
+
+impl Default for VmOptions {
+    fn default() -> Self {
+        VmOptions {
+            args: Vec::new(),
+            agent_tty: None,
+            host_options: true,
+            extra_fds: Vec::new(),
+        }
+    }
+}
+
+/// A guest running under kuml.
+#[derive(Debug)]
+pub struct TestVm {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    console: Arc<Console>,
+    log_path: PathBuf,
+    name: String,
+    seq: u32,
+    status: Option<ExitStatus>,
+}
+
+/// A reply from the test agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentReply {
+    /// `KAGENT <seq> ok <payload>`
+    Ok(String),
+    /// `KAGENT <seq> err <message>`
+    Err(String),
+}
+
+impl TestVm {
+    /// Starts kuml with `opts`; `name` labels the log file.
+    pub fn start(name: &str, opts: VmOptions) -> TestVm {
+        require_kvm();
+        let mut args = opts.args.clone();
+        if opts.host_options {
+            args.extend(host_guest_options());
+        }
+        if let Some(tty) = &opts.agent_tty {
+            args.push(match host_kind() {
+                HostKind::Pvm => format!("kuml.agent={tty}"),
+                HostKind::Hardware => format!("kuml.uagent={tty}"),
+            });
+        }
+        let log_dir = std::env::temp_dir().join("kuml-e2e");
+        std::fs::create_dir_all(&log_dir).expect("create the log directory");
+        let log_path = log_dir.join(format!("{name}-{}.log", std::process::id()));
+        let mut cmd = Command::new(kuml_bin());
+        cmd.args(&args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if !opts.extra_fds.is_empty() {
+            let fds = opts.extra_fds.clone();
+            // SAFETY: only async-signal-safe calls (dup2, fcntl) between fork and exec.
+            unsafe {
+                use std::os::unix::process::CommandExt;
+                cmd.pre_exec(move || {
+                    for (target, src) in &fds {
+                        if libc::dup2(*src, *target) < 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", kuml_bin().display()));
+        let console = Arc::new(Console::default());
+        let log = Arc::new(Mutex::new(
+            std::fs::File::create(&log_path).expect("create the console log"),
+        ));
+        writeln!(log.lock().unwrap(), "# kuml {}", args.join(" ")).ok();
+        spawn_reader(child.stdout.take().expect("piped stdout"), console.clone(), log.clone(), true);
+        spawn_reader(child.stderr.take().expect("piped stderr"), console.clone(), log, false);
+        TestVm {
+            stdin: child.stdin.take(),
+            child,
+            console,
+            log_path,
+            name: name.to_owned(),
+            seq: 0,
+            status: None,
+        }
+    }
+
+    /// Everything the guest printed so far (and kuml's stderr).
+    pub fn output(&self) -> String {
+        self.console.text.lock().unwrap().clone()
+    }
+
+    /// Waits until the output contains `pattern`; returns the output. Panics on timeout or
+    /// if kuml exits first.
+    pub fn wait_for(&mut self, pattern: &str, timeout: Duration) -> String {
+        self.wait_until(timeout, |out| out.contains(pattern))
+            .unwrap_or_else(|| self.fail(&format!("waiting for {pattern:?}")))
+    }
+
+    /// Waits until `pred(output)` holds; `None` on timeout or exit.
+    pub fn wait_until(&mut self, timeout: Duration, pred: impl Fn(&str) -> bool) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        let mut text = self.console.text.lock().unwrap();
+        loop {
+            if pred(&text) {
+                return Some(text.clone());
+            }
+            let now = Instant::now();
+            if now >= deadline || *self.console.closed.lock().unwrap() {
+                return None;
+            }
+            let (t, _) = self
+                .console
+                .grew
+                .wait_timeout(text, (deadline - now).min(Duration::from_millis(500)))
+                .unwrap();
+            text = t;
+        }
+    }
+
+    /// Writes raw bytes to the console (kuml's stdin).
+    pub fn send(&mut self, bytes: &[u8]) {
+        let stdin = self.stdin.as_mut().expect("stdin still open");
+        stdin.write_all(bytes).and_then(|_| stdin.flush()).expect("write to kuml's stdin");
+    }
+
+    /// Closes kuml's stdin.
+    pub fn close_stdin(&mut self) {
+        self.stdin = None;
+    }
+
+    /// Waits for the agent to announce itself on the console.
+    pub fn wait_agent(&mut self, timeout: Duration) -> String {
+        let out = self.wait_for("KAGENT ready", timeout);
+        let line = out
+            .lines()
+            .find(|l| l.contains("KAGENT ready"))
+            .unwrap_or_default();
+        line.to_owned()
+    }
+
+    /// Sends one agent command over the console and waits for its reply.
+    pub fn agent(&mut self, command: &str, timeout: Duration) -> AgentReply {
+        self.seq += 1;
+        let seq = self.seq;
+        self.send(format!("{seq} {command}\n").as_bytes());
+        let prefix = format!("KAGENT {seq} ");
+        let out = self
+            .wait_until(timeout, |o| {
+                o.lines().any(|l| l.trim_start_matches('\r').starts_with(&prefix) && !l.ends_with(&prefix))
+                    && o.contains('\n')
+            })
+            .unwrap_or_else(|| self.fail(&format!("agent command {command:?}")));
+        let line = out
+            .lines()
+            .map(|l| l.trim_matches('\r'))
+            .find_map(|l| l.strip_prefix(&prefix))
+            .unwrap_or_default()
+            .to_owned();
+        match line.split_once(' ') {
+            Some(("ok", p)) => AgentReply::Ok(p.to_owned()),
+            Some(("err", p)) => AgentReply::Err(p.to_owned()),
+            _ if line == "ok" => AgentReply::Ok(String::new()),
+            _ => AgentReply::Err(line),
+        }
+    }
+
+    /// Like [`TestVm::agent`], but panics unless the reply is `ok`; returns the payload.
+    pub fn agent_ok(&mut self, command: &str, timeout: Duration) -> String {
+        match self.agent(command, timeout) {
+            AgentReply::Ok(p) => p,
+            AgentReply::Err(e) => self.fail(&format!("agent command {command:?} failed: {e}")),
+        }
+    }
+
+    /// Waits for kuml to exit; returns its exit code (or 128+signal).
+    pub fn wait_exit(&mut self, timeout: Duration) -> i32 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(st) = self.child.try_wait().expect("wait for kuml") {
+                self.status = Some(st);
+                // Let the readers drain the last output.
+                let _ = self.wait_until(Duration::from_secs(2), |_| false);
+                return st.code().unwrap_or_else(|| 128 + st.signal().unwrap_or(0));
+            }
+            if Instant::now() >= deadline {
+                self.fail("waiting for kuml to exit");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Sends a signal to kuml.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    /// kuml's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Where the console log is kept.
+    pub fn log_path(&self) -> &Path {
+        &self.log_path
+    }
+
+    fn fail(&self, what: &str) -> ! {
+        let out = self.output();
+        let tail: String = out
+            .lines()
+            .rev()
+            .take(40)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join("\n");
+        panic!(
+            "{}: timed out or exited while {what}\n--- last console lines (full log: {}) ---\n{tail}",
+            self.name,
+            self.log_path.display()
+        );
+    }
+}
+
+impl Drop for TestVm {
+    fn drop(&mut self) {
+        if self.status.is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("console log kept: {}", self.log_path.display());
+        } else {
+            let _ = std::fs::remove_file(&self.log_path);
+        }
+    }
+}
+
+fn spawn_reader(
+    stream: impl Read + Send + 'static,
+    console: Arc<Console>,
+    log: Arc<Mutex<std::fs::File>>,
+    marks_close: bool,
+) {
+    std::thread::spawn(move || {
+        let mut stream = stream;
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    let s = String::from_utf8_lossy(&buf[..n]);
+                    let _ = log.lock().unwrap().write_all(&buf[..n]);
+                    console.text.lock().unwrap().push_str(&s);
+                    console.grew.notify_all();
+                }
+            }
+        }
+        if marks_close {
+            *console.closed.lock().unwrap() = true;
+            console.grew.notify_all();
+        }
+    });
+}

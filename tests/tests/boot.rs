@@ -1,0 +1,118 @@
+//! Boot: the resources/ kernel under kuml, vmlinux and bzImage, 1 and 2 vCPUs, and the exit
+//! codes for poweroff, reboot, panic and signals.
+
+use std::time::Duration;
+
+use kuml_e2e::{artifact, host_kind, HostKind, TestVm, VmOptions};
+
+/// Boot under PVM emulation takes ~20 s from a vmlinux and ~70 s from a bzImage; these bounds
+/// only catch hangs.
+const VMLINUX_BOOT: Duration = Duration::from_secs(240);
+const BZIMAGE_BOOT: Duration = Duration::from_secs(480);
+const SHORT: Duration = Duration::from_secs(60);
+
+fn opts(kernel: &str, extra: &[&str]) -> VmOptions {
+    let mut args = vec![
+        format!("kernel={}", artifact(kernel).display()),
+        format!("initrd={}", artifact("initramfs.cpio.gz").display()),
+        "mem=128M".to_owned(),
+        "noreboot".to_owned(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    VmOptions {
+        args,
+        ..VmOptions::default()
+    }
+}
+
+/// Boots to the init handover and checks what follows: the init's markers and a clean poweroff
+/// where user space runs; on PVM hosts the kernel's own account of the handover (init cannot
+/// run there: its first system call faults, the kernel panics, pvpanic reports it, exit 4).
+fn boots_to_init(name: &str, kernel: &str, ncpus: u8, timeout: Duration) {
+    let n = ncpus.to_string();
+    let mut vm = TestVm::start(name, opts(kernel, &[&format!("ncpus={n}")]));
+    vm.wait_for("Linux version", timeout);
+    let out = vm.wait_for("Run /init as init process", timeout);
+    assert!(out.contains(&format!("Brought up 1 node, {n} CPU")), "SMP bring-up: {out}");
+    assert!(out.contains("ACPI: "), "the guest read kuml's ACPI tables");
+    match host_kind() {
+        HostKind::Hardware => {
+            vm.wait_for("KUML-INIT: started", SHORT);
+            vm.close_stdin(); // the console shell exits, the init powers off
+            assert_eq!(vm.wait_exit(SHORT), 0, "poweroff exit code");
+        }
+        HostKind::Pvm => {
+            eprintln!("PVM host: user space cannot run; checking the kernel's handover instead");
+            vm.wait_for("Attempted to kill init", SHORT);
+            assert_eq!(vm.wait_exit(SHORT), 4, "a guest panic exits with 4");
+        }
+    }
+}
+
+#[test]
+fn vmlinux_one_vcpu_reaches_init() {
+    boots_to_init("vmlinux-1cpu", "vmlinux", 1, VMLINUX_BOOT);
+}
+
+#[test]
+fn vmlinux_two_vcpus_reach_init() {
+    boots_to_init("vmlinux-2cpu", "vmlinux", 2, VMLINUX_BOOT);
+}
+
+#[test]
+fn bzimage_one_vcpu_reaches_init() {
+    boots_to_init("bzimage-1cpu", "bzImage", 1, BZIMAGE_BOOT);
+}
+
+#[test]
+fn bzimage_two_vcpus_reach_init() {
+    boots_to_init("bzimage-2cpu", "bzImage", 2, BZIMAGE_BOOT);
+}
+
+/// A VM with the test agent on the console (COM1).
+fn agent_vm(name: &str, extra: &[&str]) -> TestVm {
+    let mut o = opts("vmlinux", extra);
+    o.agent_tty = Some("ttyS0".into());
+    let mut vm = TestVm::start(name, o);
+    vm.wait_agent(VMLINUX_BOOT);
+    vm
+}
+
+#[test]
+fn poweroff_exits_0() {
+    let mut vm = agent_vm("poweroff", &[]);
+    assert_eq!(vm.agent_ok("echo hello from the guest", SHORT), "hello from the guest");
+    vm.send(b"99 poweroff\n");
+    assert_eq!(vm.wait_exit(SHORT), 0);
+}
+
+#[test]
+fn reboot_with_noreboot_exits_3() {
+    let mut vm = agent_vm("reboot-noreboot", &[]);
+    vm.send(b"99 reboot\n");
+    assert_eq!(vm.wait_exit(SHORT), 3);
+}
+
+#[test]
+fn panic_exits_4() {
+    let mut vm = agent_vm("panic", &[]);
+    vm.send(b"99 panic kuml-e2e\n");
+    vm.wait_for("Kernel panic - not syncing", SHORT);
+    assert_eq!(vm.wait_exit(SHORT), 4);
+}
+
+#[test]
+fn reboot_restarts_the_vm_and_sigterm_stops_it() {
+    let mut o = opts("vmlinux", &[]);
+    o.args.retain(|a| a != "noreboot");
+    o.agent_tty = Some("ttyS0".into());
+    let mut vm = TestVm::start("reboot-restart", o);
+    vm.wait_agent(VMLINUX_BOOT);
+    vm.send(b"99 reboot\n");
+    // The same process boots the guest again.
+    vm.wait_until(VMLINUX_BOOT, |o| o.matches("KAGENT ready").count() >= 2)
+        .expect("the guest came back after reboot");
+    assert_eq!(vm.output().matches("Linux version").count(), 2);
+    vm.signal(libc::SIGTERM);
+    assert_eq!(vm.wait_exit(SHORT), 143);
+}
