@@ -31,7 +31,15 @@ fn created_tap_gets_uml_net_host_side_and_carries_frames() {
         udp_exchange(&mut tap, GUEST_MAC, Ipv4Addr::new(10, 0, 77, 1), gate);
         drop(tap);
         // Not persistent: the tap goes away with the backend.
-        assert!(!ip_output("-o link").contains(&name));
+        // (Unregistering is asynchronous: allow it a moment.)
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        while ip_output("-o link").contains(&name) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{name} outlived its backend"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     });
 }
 
