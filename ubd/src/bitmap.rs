@@ -129,7 +129,13 @@ mod tests {
         let bm = [0x3c, 0xff, 0x00];
         assert_eq!(
             runs(&bm, 0, 24),
-            vec![(0, 2, false), (2, 4, true), (6, 2, false), (8, 8, true), (16, 8, false)]
+            vec![
+                (0, 2, false),
+                (2, 4, true),
+                (6, 2, false),
+                (8, 8, true),
+                (16, 8, false)
+            ]
         );
         assert_eq!(runs(&bm, 3, 2), vec![(3, 2, true)]);
         assert_eq!(runs(&bm, 20, 100), vec![(20, 100, false)]);

@@ -190,13 +190,16 @@ impl<B: Disk> CowDisk<B> {
             return Ok(());
         };
         if self.strict_ordering {
-            self.cow.file().sync_data().map_err(|source| DiskError::Io {
-                op: "fdatasync",
-                path: self.cow.path().to_path_buf(),
-                offset: 0,
-                len: 0,
-                source,
-            })?;
+            self.cow
+                .file()
+                .sync_data()
+                .map_err(|source| DiskError::Io {
+                    op: "fdatasync",
+                    path: self.cow.path().to_path_buf(),
+                    offset: 0,
+                    len: 0,
+                    source,
+                })?;
         }
         let abs = range.start + changed.start..range.start + changed.end;
         self.cow
@@ -309,7 +312,13 @@ mod tests {
         let p = dir.path().join("c.cow");
         let h = CowHeader::new_v3(b"/mem".to_vec(), 0, backing.len() as u64, 512, 4096).unwrap();
         let g = cow_sizes(&h).unwrap();
-        let f = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&p).unwrap();
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&p)
+            .unwrap();
         std::os::unix::fs::FileExt::write_all_at(&f, &h.encode_v3().unwrap(), 0).unwrap();
         f.set_len(g.file_len).unwrap();
         let raw = RawDisk::from_file(f, &p, false).unwrap();
@@ -360,9 +369,15 @@ mod tests {
     #[test]
     fn rejects_bad_requests() {
         let (_d, mut c) = make(vec![0; 1024]);
-        assert!(matches!(c.write_at(&[0; 512], 1024), Err(DiskError::OutOfRange { .. })));
+        assert!(matches!(
+            c.write_at(&[0; 512], 1024),
+            Err(DiskError::OutOfRange { .. })
+        ));
         let mut b = [0u8; 2];
-        assert!(matches!(c.read_at(&mut b, u64::MAX), Err(DiskError::OutOfRange { .. })));
+        assert!(matches!(
+            c.read_at(&mut b, u64::MAX),
+            Err(DiskError::OutOfRange { .. })
+        ));
         c.flush().unwrap();
     }
 

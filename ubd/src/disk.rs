@@ -225,7 +225,9 @@ impl RawDisk {
         self.file
             .write_all_at(buf, offset)
             .map_err(|e| self.io_err("write", offset, buf.len() as u64, e))?;
-        self.len = self.len.max((offset + buf.len() as u64).next_multiple_of(SECTOR));
+        self.len = self
+            .len
+            .max((offset + buf.len() as u64).next_multiple_of(SECTOR));
         Ok(())
     }
 
@@ -235,12 +237,22 @@ impl RawDisk {
             return Ok(true);
         }
         let (Ok(off), Ok(l)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
-            return Err(self.io_err("fallocate", offset, len, io::Error::from_raw_os_error(libc::EINVAL)));
+            return Err(self.io_err(
+                "fallocate",
+                offset,
+                len,
+                io::Error::from_raw_os_error(libc::EINVAL),
+            ));
         };
         loop {
             // SAFETY: fallocate on a file descriptor we own; no memory is passed.
             let r = unsafe {
-                libc::fallocate(self.file.as_raw_fd(), mode | libc::FALLOC_FL_KEEP_SIZE, off, l)
+                libc::fallocate(
+                    self.file.as_raw_fd(),
+                    mode | libc::FALLOC_FL_KEEP_SIZE,
+                    off,
+                    l,
+                )
             };
             if r == 0 {
                 return Ok(true);
@@ -305,7 +317,8 @@ impl Disk for RawDisk {
             });
         }
         // Discard is a hint: an unsupported hole punch is not an error.
-        self.fallocate(libc::FALLOC_FL_PUNCH_HOLE, offset, len).map(|_| ())
+        self.fallocate(libc::FALLOC_FL_PUNCH_HOLE, offset, len)
+            .map(|_| ())
     }
     fn write_zeroes(&mut self, offset: u64, len: u64) -> Result<(), DiskError> {
         check_range(offset, len, self.len)?;
@@ -376,13 +389,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("img");
         std::fs::write(&p, [7u8; 700]).unwrap();
-        let f = std::fs::OpenOptions::new().read(true).write(true).open(&p).unwrap();
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&p)
+            .unwrap();
         let mut d = RawDisk::from_file(f, &p, false).unwrap();
         assert_eq!(d.len(), 1024);
         let mut buf = [1u8; 512];
         d.read_at(&mut buf, 512).unwrap();
         assert!(buf[..188].iter().all(|&b| b == 7) && buf[188..].iter().all(|&b| b == 0));
-        assert!(matches!(d.read_at(&mut buf, 600), Err(DiskError::OutOfRange { .. })));
+        assert!(matches!(
+            d.read_at(&mut buf, 600),
+            Err(DiskError::OutOfRange { .. })
+        ));
         d.write_at(&[9u8; 512], 512).unwrap();
         d.write_zeroes(0, 512).unwrap();
         d.discard(512, 512).unwrap();

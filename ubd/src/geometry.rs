@@ -134,14 +134,27 @@ mod tests {
             (CowVersion::V3, 1 << 20, 4096, (8192, 256, 12288, 1_060_864)), // observed UML
             (CowVersion::V2, 4608, 512, (4120, 1, 4608, 9216)),    // rounding bug
             (CowVersion::V1, 4608, 512, (280, 1, 512, 5120)),      // rounding bug
-            (CowVersion::V3, 134_217_728, 4096, (8192, 32768, 40960, 134_258_688)), // §5.2
+            (
+                CowVersion::V3,
+                134_217_728,
+                4096,
+                (8192, 32768, 40960, 134_258_688),
+            ), // §5.2
             (CowVersion::V3, 4608, 512, (4608, 2, 5120, 9728)),    // v3 alignment 512
             (CowVersion::V3Broken, 4608, 4096, (8192, 2, 12288, 16896)),
         ];
         for (v, size, align, want) in cases {
-            let ss = if matches!(v, CowVersion::V1 | CowVersion::V2) { align } else { 512 };
+            let ss = if matches!(v, CowVersion::V1 | CowVersion::V2) {
+                align
+            } else {
+                512
+            };
             let g = cow_sizes(&hdr(v, size, ss, align)).unwrap();
-            assert_eq!((g.bitmap_offset, g.bitmap_len, g.data_offset, g.file_len), want, "{v:?}");
+            assert_eq!(
+                (g.bitmap_offset, g.bitmap_len, g.data_offset, g.file_len),
+                want,
+                "{v:?}"
+            );
         }
     }
 

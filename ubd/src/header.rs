@@ -233,8 +233,8 @@ pub fn parse_header(buf: &[u8]) -> Result<CowHeader, HeaderError> {
     };
     let (header, format) = match version {
         1 => {
-            let (raw, _) = RawV1::ref_from_prefix(buf)
-                .map_err(|_| truncated(1, buf.len(), V1_HEADER_LEN))?;
+            let (raw, _) =
+                RawV1::ref_from_prefix(buf).map_err(|_| truncated(1, buf.len(), V1_HEADER_LEN))?;
             let ss = raw.sectorsize.get();
             let h = CowHeader {
                 version: CowVersion::V1,
@@ -247,8 +247,8 @@ pub fn parse_header(buf: &[u8]) -> Result<CowHeader, HeaderError> {
             (h, 0)
         }
         2 => {
-            let (raw, _) = RawV2::ref_from_prefix(buf)
-                .map_err(|_| truncated(2, buf.len(), V2_HEADER_LEN))?;
+            let (raw, _) =
+                RawV2::ref_from_prefix(buf).map_err(|_| truncated(2, buf.len(), V2_HEADER_LEN))?;
             let ss = raw.sectorsize.get();
             let h = CowHeader {
                 version: CowVersion::V2,
@@ -265,7 +265,9 @@ pub fn parse_header(buf: &[u8]) -> Result<CowHeader, HeaderError> {
             // with four NULs, while the broken layout has cow_format (0) there.
             let broken = buf.len() >= 36 && buf[32..36] == [0, 0, 0, 0];
             if broken {
-                log::warn!("read_cow_header - broken V3 file with 64-bit layout - recovering content.");
+                log::warn!(
+                    "read_cow_header - broken V3 file with 64-bit layout - recovering content."
+                );
                 let (raw, _) = RawV3Broken::ref_from_prefix(buf)
                     .map_err(|_| truncated(3, buf.len(), V3_BROKEN_HEADER_LEN))?;
                 let h = CowHeader {
@@ -447,7 +449,10 @@ mod tests {
         b[276..280].copy_from_slice(&512u32.to_ne_bytes()); // sectorsize
         let h = parse_header(&b).unwrap();
         assert_eq!(h.version, CowVersion::V1);
-        assert_eq!((h.mtime, h.size, h.sectorsize, h.alignment), (1234, 4608, 512, 512));
+        assert_eq!(
+            (h.mtime, h.size, h.sectorsize, h.alignment),
+            (1234, 4608, 512, 512)
+        );
         assert_eq!(h.backing_file, b"back");
         assert_eq!(h.bitmap_offset(), 280);
     }
@@ -466,7 +471,11 @@ mod tests {
         assert_eq!(h.bitmap_offset(), 4120);
         assert_eq!(
             parse_header(&b[..4119]),
-            Err(HeaderError::Truncated { version: 2, len: 4119, need: 4120 })
+            Err(HeaderError::Truncated {
+                version: 2,
+                len: 4119,
+                need: 4120
+            })
         );
     }
 
@@ -479,11 +488,14 @@ mod tests {
         b[16..24].copy_from_slice(&[0, 0, 0, 0, 0, 0, 0x12, 0]); // size 4608
         b[24..28].copy_from_slice(&[0, 0, 2, 0]); // ss 512
         b[28..32].copy_from_slice(&[0, 0, 0x10, 0]); // align 4096
-        // 32..36 cow_format 0 -> the detection rule
+                                                     // 32..36 cow_format 0 -> the detection rule
         b[36..38].copy_from_slice(b"/b");
         let h = parse_header(&b).unwrap();
         assert_eq!(h.version, CowVersion::V3Broken);
-        assert_eq!((h.mtime, h.size, h.sectorsize, h.alignment), (1234, 4608, 512, 4096));
+        assert_eq!(
+            (h.mtime, h.size, h.sectorsize, h.alignment),
+            (1234, 4608, 512, 4096)
+        );
         assert_eq!(h.backing_file, b"/b");
         assert_eq!(h.bitmap_offset(), 8192);
     }
@@ -494,19 +506,34 @@ mod tests {
         assert!(parse_header(&[0u8; 4200]).unwrap_err().is_not_cow());
         let mut b = uml_observed_v3();
         b[7] = 4;
-        assert_eq!(parse_header(&b), Err(HeaderError::InvalidVersion { version: 4 }));
+        assert_eq!(
+            parse_header(&b),
+            Err(HeaderError::InvalidVersion { version: 4 })
+        );
         let mut b = uml_observed_v3();
         b[24..28].copy_from_slice(&[0, 0, 0, 0]);
-        assert_eq!(parse_header(&b), Err(HeaderError::BadAlignment { alignment: 0 }));
+        assert_eq!(
+            parse_header(&b),
+            Err(HeaderError::BadAlignment { alignment: 0 })
+        );
         let mut b = uml_observed_v3();
         b[20..24].copy_from_slice(&[0, 0, 0, 0]);
-        assert_eq!(parse_header(&b), Err(HeaderError::BadSectorSize { sectorsize: 0 }));
+        assert_eq!(
+            parse_header(&b),
+            Err(HeaderError::BadSectorSize { sectorsize: 0 })
+        );
         let mut b = uml_observed_v3();
         b[12] = 0xff;
-        assert!(matches!(parse_header(&b), Err(HeaderError::SizeTooLarge { .. })));
+        assert!(matches!(
+            parse_header(&b),
+            Err(HeaderError::SizeTooLarge { .. })
+        ));
         let mut b = uml_observed_v3();
         b[31] = 1;
-        assert_eq!(parse_header(&b), Err(HeaderError::UnsupportedFormat { format: 1 }));
+        assert_eq!(
+            parse_header(&b),
+            Err(HeaderError::UnsupportedFormat { format: 1 })
+        );
         assert!(matches!(
             parse_header(&uml_observed_v3()[..100]),
             Err(HeaderError::Truncated { version: 3, .. })

@@ -342,10 +342,12 @@ pub fn init_cow_file(file: &File, cow_path: &Path, backing: &Path) -> Result<Cow
             source,
         })
     })?;
-    let bytes = header.encode_v3().map_err(|source| OpenError::BackingName {
-        path: backing.to_path_buf(),
-        source,
-    })?;
+    let bytes = header
+        .encode_v3()
+        .map_err(|source| OpenError::BackingName {
+            path: backing.to_path_buf(),
+            source,
+        })?;
     let werr = |source| OpenError::WriteHeader {
         path: cow_path.to_path_buf(),
         source,
@@ -408,14 +410,22 @@ fn requires_switch(requested: &Path, in_header: &Path, cow: &Path) -> bool {
     let r = match std::fs::metadata(requested) {
         Ok(m) => m,
         Err(e) => {
-            log::error!("Couldn't stat '{}', err = {}", requested.display(), errno(&e));
+            log::error!(
+                "Couldn't stat '{}', err = {}",
+                requested.display(),
+                errno(&e)
+            );
             return false;
         }
     };
     let h = match std::fs::metadata(in_header) {
         Ok(m) => m,
         Err(e) => {
-            log::error!("Couldn't stat '{}', err = {}", in_header.display(), errno(&e));
+            log::error!(
+                "Couldn't stat '{}', err = {}",
+                in_header.display(),
+                errno(&e)
+            );
             return true;
         }
     };
@@ -457,10 +467,7 @@ pub fn open_image(
             );
             f
         }
-        Err(e)
-            if write
-                && matches!(e.raw_os_error(), Some(libc::EROFS) | Some(libc::EACCES)) =>
-        {
+        Err(e) if write && matches!(e.raw_os_error(), Some(libc::EROFS) | Some(libc::EACCES)) => {
             write = false;
             open_file(file, false, opts.sync).map_err(|source| OpenError::Open {
                 path: file.to_path_buf(),
@@ -486,10 +493,11 @@ pub fn open_image(
     }
     let real_len = raw.file().metadata().map(|m| m.len()).unwrap_or(0);
     let mut head = vec![0u8; (MAX_HEADER_LEN as u64).min(real_len) as usize];
-    raw.read_at(&mut head, 0).map_err(|source| OpenError::Read {
-        path: file.to_path_buf(),
-        source,
-    })?;
+    raw.read_at(&mut head, 0)
+        .map_err(|source| OpenError::Read {
+            path: file.to_path_buf(),
+            source,
+        })?;
     let header = match parse_header(&head) {
         Ok(h) => h,
         Err(source) if backing.is_some() => {
@@ -504,7 +512,10 @@ pub fn open_image(
         }
         Err(e) if e.is_not_cow() => return Ok(Image::Raw(raw)),
         Err(e @ (HeaderError::InvalidVersion { .. } | HeaderError::Truncated { .. })) => {
-            log::warn!("read_cow_header - {e}; using '{}' as a plain image", file.display());
+            log::warn!(
+                "read_cow_header - {e}; using '{}' as a plain image",
+                file.display()
+            );
             return Ok(Image::Raw(raw));
         }
         Err(source) => {
@@ -620,7 +631,10 @@ mod tests {
         drop(img);
         // Backing taken from the header.
         let img = open_image(&cow, None, &opts).unwrap();
-        assert_eq!(img.backing_path(), Some(back.canonicalize().unwrap().as_path()));
+        assert_eq!(
+            img.backing_path(),
+            Some(back.canonicalize().unwrap().as_path())
+        );
         let mut b = [0u8; 1024];
         img.read_at(&mut b, 4096 - 512).unwrap();
         assert_eq!(b[0], ((4096 - 512) % 251) as u8);
@@ -653,7 +667,11 @@ mod tests {
         let other = back.with_file_name("other.img");
         std::fs::write(&other, [0u8; 1024]).unwrap();
         let e = open_image(&other, Some(&back), &ImageOptions::default()).unwrap_err();
-        assert!(e.to_string().starts_with("Failed to read COW header from COW file"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("Failed to read COW header from COW file"),
+            "{e}"
+        );
     }
 
     #[test]

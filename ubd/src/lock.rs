@@ -15,7 +15,9 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
     /// Another process holds a conflicting lock.
-    #[error("Failed to lock '{path}', err = {errno} (F_SETLK failed, file already locked by pid {pid})")]
+    #[error(
+        "Failed to lock '{path}', err = {errno} (F_SETLK failed, file already locked by pid {pid})"
+    )]
     Locked {
         /// The file.
         path: PathBuf,
@@ -107,8 +109,16 @@ mod tests {
     fn same_process_locks_do_not_conflict() {
         // POSIX semantics: one process never conflicts with itself (as in UML).
         let f = tempfile::NamedTempFile::new().unwrap();
-        let a = std::fs::OpenOptions::new().read(true).write(true).open(f.path()).unwrap();
-        let b = std::fs::OpenOptions::new().read(true).write(true).open(f.path()).unwrap();
+        let a = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(f.path())
+            .unwrap();
+        let b = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(f.path())
+            .unwrap();
         assert_eq!(lock_file(&a, f.path(), true).unwrap().kind, LockKind::Write);
         assert_eq!(lock_file(&b, f.path(), false).unwrap().kind, LockKind::Read);
     }

@@ -216,8 +216,7 @@ pub fn merge(
         for (s, cnt, in_cow) in bitmap::runs(&bm, i, n) {
             let part = &mut buf[((s - i) * ss) as usize..((s - i + cnt) * ss) as usize];
             if in_cow {
-                pread_exact(&cow_f, part, geo.data_offset + s * ss)
-                    .map_err(sys("Reading data"))?;
+                pread_exact(&cow_f, part, geo.data_offset + s * ss).map_err(sys("Reading data"))?;
             } else if !destructive {
                 pread_exact(&back_f, part, s * ss).map_err(sys("Reading data"))?;
             }
@@ -265,7 +264,14 @@ pub fn merge(
     Ok(())
 }
 
-fn write_run(out: &File, buf: &[u8], base: u64, first: u64, count: u64, ss: u64) -> Result<(), MooError> {
+fn write_run(
+    out: &File,
+    buf: &[u8],
+    base: u64,
+    first: u64,
+    count: u64,
+    ss: u64,
+) -> Result<(), MooError> {
     let lo = ((first - base) * ss) as usize;
     let hi = lo + (count * ss) as usize;
     out.write_all_at(&buf[lo..hi], first * ss)
@@ -278,7 +284,10 @@ mod tests {
 
     #[test]
     fn strerror_is_perror_text() {
-        assert_eq!(strerror(&io::Error::from_raw_os_error(libc::ENOENT)), "No such file or directory");
+        assert_eq!(
+            strerror(&io::Error::from_raw_os_error(libc::ENOENT)),
+            "No such file or directory"
+        );
         assert_eq!(strerror(&short()), "Success");
     }
 
@@ -286,7 +295,12 @@ mod tests {
     fn header_lines() {
         assert_eq!(header_stdout_line(&HeaderError::NotCow { found: 0 }), None);
         assert_eq!(
-            header_stdout_line(&HeaderError::Truncated { version: 2, len: 9, need: 4120 }).unwrap(),
+            header_stdout_line(&HeaderError::Truncated {
+                version: 2,
+                len: 9,
+                need: 4120
+            })
+            .unwrap(),
             "read_cow_header - failed to read V2 header"
         );
     }

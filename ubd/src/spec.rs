@@ -93,21 +93,20 @@ impl SpecError {
 /// `simple_strtoul(s, &end, 0)` on a string starting with a digit: returns the value
 /// (saturated on overflow) and the number of bytes consumed.
 fn strtoul_base0(s: &[u8]) -> (u64, usize) {
-    let (radix, skip) = if s.len() >= 3
-        && s[0] == b'0'
-        && (s[1] | 0x20) == b'x'
-        && s[2].is_ascii_hexdigit()
-    {
-        (16, 2)
-    } else if s.first() == Some(&b'0') {
-        (8, 0)
-    } else {
-        (10, 0)
-    };
+    let (radix, skip) =
+        if s.len() >= 3 && s[0] == b'0' && (s[1] | 0x20) == b'x' && s[2].is_ascii_hexdigit() {
+            (16, 2)
+        } else if s.first() == Some(&b'0') {
+            (8, 0)
+        } else {
+            (10, 0)
+        };
     let mut v: u64 = 0;
     let mut i = skip;
     while let Some(d) = s.get(i).and_then(|&c| (c as char).to_digit(radix)) {
-        v = v.saturating_mul(u64::from(radix)).saturating_add(u64::from(d));
+        v = v
+            .saturating_mul(u64::from(radix))
+            .saturating_add(u64::from(d));
         i += 1;
     }
     (v, i)
@@ -185,12 +184,7 @@ pub fn parse_ubd_with(
         });
     }
     let mut fields = rest.splitn(4, [',', ':']);
-    let mut field = || {
-        fields
-            .next()
-            .filter(|f| !f.is_empty())
-            .map(str::to_string)
-    };
+    let mut field = || fields.next().filter(|f| !f.is_empty()).map(str::to_string);
     spec.file = field();
     spec.backing = field();
     spec.serial = field();
@@ -215,10 +209,16 @@ mod tests {
     #[test]
     fn grammar() {
         let d = dev("0=cow.img,base.img");
-        assert_eq!((d.unit, d.file.as_deref(), d.backing.as_deref()), (0, Some("cow.img"), Some("base.img")));
+        assert_eq!(
+            (d.unit, d.file.as_deref(), d.backing.as_deref()),
+            (0, Some("cow.img"), Some("base.img"))
+        );
         assert_eq!(d.config_string(), "cow.img,base.img");
         let d = dev("b=x:y,serial1");
-        assert_eq!((d.unit, d.backing.as_deref(), d.serial.as_deref()), (1, Some("y"), Some("serial1")));
+        assert_eq!(
+            (d.unit, d.backing.as_deref(), d.serial.as_deref()),
+            (1, Some("y"), Some("serial1"))
+        );
         let d = dev("1rsdct=File,,Serial");
         assert!(d.read_only && d.sync && d.no_cow && d.shared && d.no_trim);
         assert_eq!((d.backing, d.serial.as_deref()), (None, Some("Serial")));
