@@ -14,11 +14,13 @@
 
 pub mod config;
 pub mod host;
+pub mod hotplug;
 pub mod msix;
 pub mod virtio;
 
 pub use config::{BarKind, BarMove, PciConfig, PciIdentity};
 pub use host::{BarHook, HostBridge, HostError, PciRoot, PCI_CONFIG_IO_BASE, PCI_CONFIG_IO_LEN};
+pub use hotplug::{EjectHandler, PciHotplug, HOTPLUG_LEN};
 pub use msix::{MsiMessage, MsiRouting, Msix};
 pub use virtio::{VirtioPciDevice, VirtioPciError};
 

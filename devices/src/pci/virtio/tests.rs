@@ -210,7 +210,7 @@ fn pci_identity_and_capabilities() {
 fn pci_cfg_capability_window() {
     let mut rig = rig();
     let cap = rig.dev.pci_cfg_cap;
-    assert_eq!(rig.cfg_r32(cap) & 0xff_00_00ff, 0x05_00_00_09);
+    assert_eq!(rig.cfg_r32(cap) & 0xff00_00ff, 0x0500_0009);
     // num_queues through the window.
     rig.dev.write_config(cap + 8, &0x12u32.to_le_bytes());
     rig.dev.write_config(cap + 12, &2u32.to_le_bytes());

@@ -1,0 +1,175 @@
+//! The PCI hot-plug register block the DSDT's slot-scan method reads (Cloud Hypervisor's
+//! scheme, one segment).
+//!
+//! Layout (32-bit registers, little-endian; other accesses read zero and write nothing):
+//!
+//! ```text
+//! 0x00 PCIU  RO, read clears: bit n = slot n was added, the guest should Notify(Sn, 1)
+//! 0x04 PCID  RO, read clears: bit n = slot n is to be removed, Notify(Sn, 3)
+//! 0x08 B0EJ  WO: bit n = the guest ejected slot n (written by the slot's _EJ0)
+//! 0x0c PSEG  RW: segment select (only segment 0 exists; kept for the AML)
+//! ```
+//!
+//! The VMM sets bits with [`PciHotplug::announce_add`] / [`PciHotplug::request_removal`], raises
+//! the GED interrupt, and is told about ejections through [`EjectHandler`].
+
+use std::sync::Arc;
+
+use log::{debug, info};
+
+use crate::bus::BusDevice;
+
+/// Length of the register block.
+pub const HOTPLUG_LEN: u64 = 0x10;
+/// Offset of PCIU.
+pub const PCIU: u64 = 0x00;
+/// Offset of PCID.
+pub const PCID: u64 = 0x04;
+/// Offset of B0EJ.
+pub const B0EJ: u64 = 0x08;
+/// Offset of PSEG.
+pub const PSEG: u64 = 0x0c;
+
+/// Told when the guest ejects a slot. Called on a vCPU thread with the register block locked.
+pub trait EjectHandler: Send + Sync {
+    /// The guest released the device in `slot`: take it out of the PCI root and free it.
+    fn eject(&self, slot: u8);
+}
+
+/// The hot-plug register block.
+#[derive(Default)]
+pub struct PciHotplug {
+    up: u32,
+    down: u32,
+    segment: u32,
+    handler: Option<Arc<dyn EjectHandler>>,
+}
+
+impl std::fmt::Debug for PciHotplug {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PciHotplug")
+            .field("up", &self.up)
+            .field("down", &self.down)
+            .finish()
+    }
+}
+
+impl PciHotplug {
+    /// Creates the block; `handler` hears about ejections.
+    pub fn new(handler: Arc<dyn EjectHandler>) -> Self {
+        Self {
+            handler: Some(handler),
+            ..Self::default()
+        }
+    }
+
+    /// Marks `slot` (1..=31) as added; the guest learns it on its next scan.
+    pub fn announce_add(&mut self, slot: u8) {
+        if let Some(bit) = 1u32.checked_shl(slot.into()) {
+            self.up |= bit;
+            self.down &= !bit;
+        }
+    }
+
+    /// Asks the guest to release `slot`; it ejects it through B0EJ.
+    pub fn request_removal(&mut self, slot: u8) {
+        if let Some(bit) = 1u32.checked_shl(slot.into()) {
+            self.down |= bit;
+            self.up &= !bit;
+        }
+    }
+
+    /// Slots announced but not yet scanned by the guest, and slots whose removal is pending.
+    pub fn pending(&self) -> (u32, u32) {
+        (self.up, self.down)
+    }
+}
+
+impl BusDevice for PciHotplug {
+    fn read(&mut self, _base: u64, offset: u64, data: &mut [u8]) {
+        let v = match (offset, data.len()) {
+            (PCIU, 4) => std::mem::take(&mut self.up),
+            (PCID, 4) => std::mem::take(&mut self.down),
+            (PSEG, 4) => self.segment,
+            _ => 0,
+        };
+        match data.len() {
+            4 => data.copy_from_slice(&v.to_le_bytes()),
+            _ => data.fill(0),
+        }
+    }
+
+    fn write(&mut self, _base: u64, offset: u64, data: &[u8]) {
+        let Ok(b) = <[u8; 4]>::try_from(data) else {
+            debug!("pci hotplug: ignoring {}-byte write", data.len());
+            return;
+        };
+        let v = u32::from_le_bytes(b);
+        match offset {
+            B0EJ => {
+                // Slot 0 is the host bridge and cannot go.
+                for slot in 1..32u8 {
+                    if v & (1 << slot) != 0 {
+                        info!("pci hotplug: guest ejected slot {slot}");
+                        if let Some(h) = &self.handler {
+                            h.eject(slot);
+                        }
+                    }
+                }
+            }
+            PSEG => self.segment = v,
+            _ => debug!("pci hotplug: ignoring write at {offset:#x}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::sync::Mutex;
+
+    #[derive(Default)]
+    struct Ejected(Mutex<Vec<u8>>);
+    impl EjectHandler for Ejected {
+        fn eject(&self, slot: u8) {
+            self.0.lock().unwrap().push(slot);
+        }
+    }
+
+    fn r(h: &mut PciHotplug, off: u64) -> u32 {
+        let mut b = [0; 4];
+        h.read(0, off, &mut b);
+        u32::from_le_bytes(b)
+    }
+
+    #[test]
+    fn add_scan_remove_eject() {
+        let ej = Arc::new(Ejected::default());
+        let mut h = PciHotplug::new(ej.clone());
+        h.announce_add(3);
+        h.announce_add(40);
+        assert_eq!(r(&mut h, PCIU), 1 << 3);
+        assert_eq!(r(&mut h, PCIU), 0, "read clears");
+        h.request_removal(3);
+        assert_eq!(h.pending(), (0, 1 << 3));
+        assert_eq!(r(&mut h, PCID), 1 << 3);
+        assert_eq!(r(&mut h, PCID), 0);
+        h.write(0, B0EJ, &(1u32 << 3 | 1).to_le_bytes());
+        assert_eq!(*ej.0.lock().unwrap(), vec![3]);
+        h.write(0, PSEG, &7u32.to_le_bytes());
+        assert_eq!(r(&mut h, PSEG), 7);
+        assert_eq!(r(&mut h, B0EJ), 0);
+    }
+
+    proptest! {
+        #[test]
+        fn random_accesses_never_panic(ops in proptest::collection::vec(
+            (any::<bool>(), 0u64..0x10, proptest::collection::vec(any::<u8>(), 0..6)), 0..64)) {
+            let mut h = PciHotplug::new(Arc::new(Ejected::default()));
+            for (w, off, mut d) in ops {
+                if w { h.write(0, off, &d) } else { h.read(0, off, &mut d) }
+            }
+        }
+    }
+}
