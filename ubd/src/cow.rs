@@ -381,6 +381,46 @@ mod tests {
         c.flush().unwrap();
     }
 
+    #[test]
+    fn huge_header_size_is_an_error_not_an_allocation() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.cow");
+        std::fs::write(&p, vec![0u8; 16384]).unwrap();
+        let f = OpenOptions::new().read(true).write(true).open(&p).unwrap();
+        let raw = RawDisk::from_file(f, &p, false).unwrap();
+        let h = CowHeader::new_v3(b"/b".to_vec(), 0, 1 << 60, 512, 4096).unwrap();
+        let e = CowDisk::new(raw, MemDisk::new(vec![]), h, false).unwrap_err();
+        assert!(matches!(e, CowError::Bitmap { .. }), "{e:?}");
+        assert!(e
+            .to_string()
+            .contains("too short or too large for its bitmap"));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// Any header values over a small file: an error or a usable disk, never a panic.
+        #[test]
+        fn arbitrary_headers(size: u64, ss in 1u32..=(1 << 20), align in 1u32..=(1 << 20), v in 0usize..4) {
+            let dir = tempfile::tempdir().unwrap();
+            let p = dir.path().join("c.cow");
+            std::fs::write(&p, vec![0u8; 20000]).unwrap();
+            let f = OpenOptions::new().read(true).write(true).open(&p).unwrap();
+            let raw = RawDisk::from_file(f, &p, false).unwrap();
+            let version = [crate::header::CowVersion::V1, crate::header::CowVersion::V2,
+                           crate::header::CowVersion::V3, crate::header::CowVersion::V3Broken][v];
+            let h = CowHeader { version, backing_file: b"/b".to_vec(), mtime: 0,
+                                size: size % (1 << 62), sectorsize: ss, alignment: align };
+            if let Ok(mut d) = CowDisk::new(raw, MemDisk::new(vec![7; 4096]), h, false) {
+                let n = d.len().min(4096) as usize;
+                let mut buf = vec![0u8; n];
+                d.read_at(&mut buf, 0).unwrap();
+                if n >= 512 {
+                    d.write_at(&buf[..512], 0).unwrap();
+                }
+            }
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
         /// Random writes: the COW disk reads like a flat model, the backing never changes,

@@ -491,7 +491,12 @@ pub fn open_image(
     if opts.no_cow {
         return Ok(Image::Raw(raw));
     }
-    let real_len = raw.file().metadata().map(|m| m.len()).unwrap_or(0);
+    // The real length (not rounded up) so that a truncated header is recognised; block
+    // devices report st_size 0 and use the device size.
+    let real_len = match raw.file().metadata() {
+        Ok(m) if m.is_file() => m.len(),
+        _ => raw.len(),
+    };
     let mut head = vec![0u8; (MAX_HEADER_LEN as u64).min(real_len) as usize];
     raw.read_at(&mut head, 0)
         .map_err(|source| OpenError::Read {
@@ -685,6 +690,62 @@ mod tests {
             e.to_string(),
             "Size mismatch (65536 vs 1024) of COW header vs backing file"
         );
+    }
+
+    #[test]
+    fn backing_switch_like_uml() {
+        let (d, back, cow) = setup();
+        drop(open_image(&cow, Some(&back), &ImageOptions::default()).unwrap());
+        // Move the backing file (rename keeps its mtime): the header path no longer exists,
+        // the requested one matches size and mtime -> the header is rewritten.
+        let moved_dir = d.path().join("moved");
+        std::fs::create_dir(&moved_dir).unwrap();
+        let moved = moved_dir.join("base.img");
+        std::fs::rename(&back, &moved).unwrap();
+        assert!(open_image(&cow, None, &ImageOptions::default()).is_err());
+        let img = open_image(&cow, Some(&moved), &ImageOptions::default()).unwrap();
+        assert_eq!(img.backing_path(), Some(moved.as_path()));
+        drop(img);
+        let img = open_image(&cow, None, &ImageOptions::default()).unwrap();
+        let abs = moved_dir.canonicalize().unwrap().join("base.img");
+        assert_eq!(img.backing_path(), Some(abs.as_path()));
+        drop(img);
+        // A requested backing that does not match is dropped silently; the header's path
+        // is validated and used instead.
+        let other = d.path().join("other.img");
+        std::fs::write(&other, [1u8; 512]).unwrap();
+        let img = open_image(&cow, Some(&other), &ImageOptions::default()).unwrap();
+        assert_eq!(img.backing_path(), Some(abs.as_path()));
+    }
+
+    #[test]
+    fn bad_cow_headers_are_errors_or_plain_images() {
+        let (d, _back, _cow) = setup();
+        let p = d.path().join("bad.cow");
+        let mut h = vec![0u8; 8192];
+        h[0..8].copy_from_slice(&[0x4f, 0x4f, 0x4f, 0x4d, 0, 0, 0, 3]);
+        h[32] = b'/';
+        std::fs::write(&p, &h).unwrap(); // alignment 0, sector size 0
+        let e = open_image(&p, None, &ImageOptions::default()).unwrap_err();
+        assert!(matches!(e, OpenError::BadHeader { .. }), "{e:?}");
+        h[7] = 9; // invalid version: UML uses the file as a plain image
+        std::fs::write(&p, &h).unwrap();
+        assert!(matches!(
+            open_image(&p, None, &ImageOptions::default()).unwrap(),
+            Image::Raw(_)
+        ));
+        h[7] = 3; // truncated v3: plain image too
+        std::fs::write(&p, &h[..100]).unwrap();
+        assert!(matches!(
+            open_image(&p, None, &ImageOptions::default()).unwrap(),
+            Image::Raw(_)
+        ));
+        // A huge size in an otherwise valid header: no giant allocation, a clear error.
+        h[20..24].copy_from_slice(&512u32.to_be_bytes());
+        h[24..28].copy_from_slice(&4096u32.to_be_bytes());
+        h[12..20].copy_from_slice(&(1u64 << 60).to_be_bytes());
+        std::fs::write(&p, &h).unwrap();
+        assert!(open_image(&p, None, &ImageOptions::default()).is_err());
     }
 
     #[test]
