@@ -5,7 +5,8 @@
 //! * [`Backend`]: one raw Ethernet frame (no FCS, no padding, no length prefix) per call,
 //!   nonblocking; [`TapBackend`], [`McastBackend`], [`DaemonBackend`] implement it, and
 //!   [`open_backend`] builds the right one from a [`NetSpec`].
-//! * [`daemon`] also holds the PURE `uml_switch` protocol v3 codec.
+//! * [`daemon`] also holds the PURE `uml_switch` protocol v3 codec; [`frame`] (PURE) reads a
+//!   guest's IPv4 address from its frames, so a created tap can route it as `uml_net` did.
 
 #![deny(missing_docs)]
 
@@ -16,6 +17,7 @@ use std::os::fd::AsRawFd;
 pub mod daemon;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod fake;
+pub mod frame;
 pub mod mac;
 pub mod mcast;
 pub mod spec;

@@ -211,3 +211,55 @@ pub(crate) fn sendmsg(
     }
     Ok(())
 }
+
+/// The kernel's `struct rtentry` (linux/route.h) for SIOCADDRT.
+#[repr(C)]
+struct RtEntry {
+    rt_pad1: libc::c_ulong,
+    rt_dst: libc::sockaddr,
+    rt_gateway: libc::sockaddr,
+    rt_genmask: libc::sockaddr,
+    rt_flags: libc::c_ushort,
+    rt_pad2: libc::c_short,
+    rt_pad3: libc::c_ulong,
+    rt_pad4: *mut libc::c_void,
+    rt_metric: libc::c_short,
+    rt_dev: *mut libc::c_char,
+    rt_mtu: libc::c_ulong,
+    rt_window: libc::c_ulong,
+    rt_irtt: libc::c_ushort,
+}
+
+fn to_sockaddr(ip: Ipv4Addr) -> libc::sockaddr {
+    let sin = sockaddr_in(SocketAddrV4::new(ip, 0));
+    // SAFETY: sockaddr_in and sockaddr are both 16-byte plain old data; this is the
+    // standard reinterpretation the socket API is built on.
+    unsafe { mem::transmute::<libc::sockaddr_in, libc::sockaddr>(sin) }
+}
+
+/// `route add -host <ip> dev <dev>` (SIOCADDRT), as `uml_net 4 add` does.
+pub(crate) fn add_host_route(dev: &str, ip: Ipv4Addr) -> io::Result<()> {
+    let sock = inet_dgram_socket()?;
+    let mut name = [0 as libc::c_char; libc::IFNAMSIZ];
+    let ifr = ifreq_named(dev)?;
+    name.copy_from_slice(&ifr.ifr_name);
+    let mut rt = RtEntry {
+        rt_pad1: 0,
+        rt_dst: to_sockaddr(ip),
+        rt_gateway: to_sockaddr(Ipv4Addr::UNSPECIFIED),
+        rt_genmask: to_sockaddr(Ipv4Addr::BROADCAST),
+        rt_flags: libc::RTF_UP | libc::RTF_HOST,
+        rt_pad2: 0,
+        rt_pad3: 0,
+        rt_pad4: std::ptr::null_mut(),
+        rt_metric: 0,
+        rt_dev: name.as_mut_ptr(),
+        rt_mtu: 0,
+        rt_window: 0,
+        rt_irtt: 0,
+    };
+    // SAFETY: SIOCADDRT reads one `struct rtentry` (laid out as the kernel's above) and the
+    // NUL-terminated device name it points to; both live across the call.
+    cvt(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCADDRT, &mut rt as *mut RtEntry) })
+        .map(|_| ())
+}

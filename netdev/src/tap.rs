@@ -13,7 +13,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 
 use crate::spec::TapConfig;
-use crate::{sys, Backend, RECV_BUF_LEN};
+use crate::{frame, sys, Backend, RECV_BUF_LEN};
 
 /// The tun clone device.
 pub const TUN_PATH: &str = "/dev/net/tun";
@@ -52,12 +52,42 @@ pub enum TapError {
     },
 }
 
+/// Most guest addresses kuml routes to a created tap (a guest cannot fill the host's
+/// routing table).
+pub const MAX_LEARNED_ROUTES: usize = 4;
+
+/// `uml_net 4 add` for a KVM guest: host routes for the guest's addresses, learned from its
+/// frames (see [`crate::frame`]). Only addresses in the gate's /24, other than the gate, are
+/// routed, so a guest cannot divert the host's traffic for unrelated addresses.
+#[derive(Debug)]
+struct RouteLearner {
+    gate: Ipv4Addr,
+    seen: Vec<Ipv4Addr>,
+}
+
+impl RouteLearner {
+    /// The address to route for this outgoing frame, if it is a new acceptable one.
+    fn learn(&mut self, frame: &[u8]) -> Option<Ipv4Addr> {
+        if self.seen.len() >= MAX_LEARNED_ROUTES {
+            return None;
+        }
+        let ip = frame::sender_ipv4(frame)?;
+        let same_24 = ip.octets()[..3] == self.gate.octets()[..3];
+        if ip == self.gate || !same_24 || self.seen.contains(&ip) {
+            return None;
+        }
+        self.seen.push(ip);
+        Some(ip)
+    }
+}
+
 /// A tap device carrying raw Ethernet frames.
 #[derive(Debug)]
 pub struct TapBackend {
     file: File,
     name: String,
     scratch: Vec<u8>,
+    routes: Option<RouteLearner>,
 }
 
 impl TapBackend {
@@ -81,11 +111,15 @@ impl TapBackend {
             file,
             name,
             scratch: Vec::new(),
+            routes: None,
         })
     }
 
     /// Creates a new `tapN`; with a `gate`, gives the host side that /32 address and brings
-    /// the link up (as `uml_net 4 tuntap up <gate>`).
+    /// the link up (as `uml_net 4 tuntap up <gate>`). Then, as `uml_net 4 add` did when the
+    /// guest configured an address, a host route `<guest ip>/32 dev tapN` is added for each
+    /// guest address seen in the guest's frames (same /24 as the gate, at most
+    /// [`MAX_LEARNED_ROUTES`]). Proxy ARP on the host's other interfaces is not set up.
     pub fn create(gate: Option<Ipv4Addr>) -> Result<Self, TapError> {
         let file = open_tun()?;
         let name = sys::tun_set_tap(&file, "").map_err(|source| {
@@ -115,6 +149,10 @@ impl TapBackend {
             file,
             name,
             scratch: Vec::new(),
+            routes: gate.map(|gate| RouteLearner {
+                gate,
+                seen: Vec::new(),
+            }),
         })
     }
 
@@ -139,8 +177,24 @@ impl AsRawFd for TapBackend {
     }
 }
 
+impl TapBackend {
+    fn snoop(&mut self, head: &[u8]) {
+        let Some(ip) = self.routes.as_mut().and_then(|r| r.learn(head)) else {
+            return;
+        };
+        match sys::add_host_route(&self.name, ip) {
+            Ok(()) => log::info!("{}: routing guest address {ip} to the tap", self.name),
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+            Err(e) => log::warn!("{}: cannot add host route to {ip}: {e}", self.name),
+        }
+    }
+}
+
 impl Backend for TapBackend {
     fn send(&mut self, frame: &[u8]) -> io::Result<()> {
+        if self.routes.is_some() {
+            self.snoop(frame);
+        }
         let n = self.file.write(frame)?;
         if n != frame.len() {
             log::warn!("{}: short tap write {n} of {}", self.name, frame.len());
@@ -149,6 +203,16 @@ impl Backend for TapBackend {
     }
 
     fn send_vectored(&mut self, parts: &[IoSlice<'_>]) -> io::Result<()> {
+        if self.routes.is_some() {
+            let mut head = [0u8; frame::SNOOP_LEN];
+            let mut len = 0;
+            for p in parts {
+                let take = p.len().min(head.len() - len);
+                head[len..len + take].copy_from_slice(&p[..take]);
+                len += take;
+            }
+            self.snoop(&head[..len]);
+        }
         // One writev is one frame on a tap.
         self.file.write_vectored(parts).map(|_| ())
     }
@@ -171,5 +235,42 @@ impl Backend for TapBackend {
                 buf.len()
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn arp_from(ip: [u8; 4]) -> Vec<u8> {
+        let mut f = vec![0xff; 6];
+        f.extend_from_slice(&[2, 0, 0, 0, 0, 1, 8, 6, 0, 1, 8, 0, 6, 4, 0, 1]);
+        f.extend_from_slice(&[2, 0, 0, 0, 0, 1]);
+        f.extend_from_slice(&ip);
+        f.extend_from_slice(&[0; 10]);
+        f
+    }
+
+    #[test]
+    fn learner_limits() {
+        let mut l = RouteLearner {
+            gate: Ipv4Addr::new(192, 168, 0, 254),
+            seen: Vec::new(),
+        };
+        assert_eq!(
+            l.learn(&arp_from([192, 168, 0, 1])),
+            Some(Ipv4Addr::new(192, 168, 0, 1))
+        );
+        assert_eq!(l.learn(&arp_from([192, 168, 0, 1])), None, "already routed");
+        assert_eq!(l.learn(&arp_from([192, 168, 0, 254])), None, "the gate");
+        assert_eq!(
+            l.learn(&arp_from([10, 0, 0, 1])),
+            None,
+            "outside the gate's /24"
+        );
+        for i in 2..10 {
+            l.learn(&arp_from([192, 168, 0, i]));
+        }
+        assert_eq!(l.seen.len(), MAX_LEARNED_ROUTES);
     }
 }

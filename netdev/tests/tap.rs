@@ -26,8 +26,15 @@ fn created_tap_gets_uml_net_host_side_and_carries_frames() {
         assert!(addr.contains("10.0.77.254/32"), "{addr}");
         let link = ip_output(&format!("link show dev {name}"));
         assert!(link.contains(",UP"), "{link}");
-        // What `uml_net 4 add <tap> <guest ip>` would do when the guest configures its IP.
-        ip(&format!("route add 10.0.77.1/32 dev {name}"));
+        // The guest announces its address (gratuitous ARP); kuml then routes it to the tap,
+        // as `uml_net 4 add <tap> <guest ip>` did. A spoofed foreign address is not routed.
+        tap.send(&common::arp_announce(GUEST_MAC, [10, 9, 9, 9]))
+            .unwrap();
+        tap.send(&common::arp_announce(GUEST_MAC, [10, 0, 77, 1]))
+            .unwrap();
+        let routes = ip_output(&format!("-4 route show dev {name}"));
+        assert!(routes.contains("10.0.77.1 "), "{routes}");
+        assert!(!routes.contains("10.9.9.9"), "{routes}");
         udp_exchange(&mut tap, GUEST_MAC, Ipv4Addr::new(10, 0, 77, 1), gate);
         drop(tap);
         // Not persistent: the tap goes away with the backend.
