@@ -269,6 +269,14 @@ impl PciConfig {
         Some(self.bars.get(index).copied().flatten()?.committed)
     }
 
+    /// Records that BAR `index` is mapped at `addr` (e.g. back at the old address after the VMM
+    /// failed to move it).
+    pub fn set_bar_committed(&mut self, index: usize, addr: u64) {
+        if let Some(Some(d)) = self.bars.get_mut(index) {
+            d.committed = addr;
+        }
+    }
+
     /// The size of BAR `index`.
     pub fn bar_size(&self, index: usize) -> Option<u64> {
         Some(self.bars.get(index).copied().flatten()?.size)

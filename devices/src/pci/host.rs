@@ -9,7 +9,7 @@
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use log::{debug, info};
+use log::{debug, info, warn};
 
 use super::config::{BarMove, PciConfig, PciIdentity};
 use super::PciDevice;
@@ -30,8 +30,9 @@ pub type SharedPciDevice = Arc<Mutex<dyn PciDevice>>;
 /// Told when the guest moves a BAR. Called on a vCPU thread with the [`PciRoot`] locked (the
 /// device itself is not locked): the implementation must not lock the root.
 pub trait BarHook: Send + Sync {
-    /// The device in `slot` moved a BAR: move its bus range and ioeventfds.
-    fn bar_moved(&self, slot: u8, mv: BarMove);
+    /// The device in `slot` moved a BAR: move its bus range and ioeventfds. On error the BAR
+    /// stays mapped at `mv.old` (the guest sees a dead BAR until it moves it back).
+    fn bar_moved(&self, slot: u8, mv: BarMove) -> std::io::Result<()>;
 }
 
 /// Errors from the slot table.
@@ -203,8 +204,13 @@ impl PciRoot {
                 "pci: slot {slot} BAR {} moved {:#x} -> {:#x}",
                 mv.index, mv.old, mv.new
             );
-            if let Some(h) = &self.hook {
-                h.bar_moved(slot, mv);
+            let moved = match &self.hook {
+                Some(h) => h.bar_moved(slot, mv),
+                None => Err(std::io::Error::other("no BAR hook")),
+            };
+            if let Err(e) = moved {
+                warn!("pci: cannot move slot {slot} BAR {}: {e}", mv.index);
+                lock(dev).bar_move_failed(mv);
             }
         }
     }
@@ -276,6 +282,16 @@ mod tests {
         fn write_config(&mut self, offset: usize, data: &[u8]) -> Option<BarMove> {
             self.0.write(offset, data)
         }
+        fn bar_move_failed(&mut self, mv: BarMove) {
+            self.0.set_bar_committed(mv.index, mv.old);
+        }
+    }
+
+    struct Refuse;
+    impl BarHook for Refuse {
+        fn bar_moved(&self, _: u8, _: BarMove) -> std::io::Result<()> {
+            Err(std::io::Error::other("overlap"))
+        }
     }
 
     fn dev() -> SharedPciDevice {
@@ -295,8 +311,9 @@ mod tests {
     #[derive(Default)]
     struct Hook(Mutex<Vec<(u8, BarMove)>>);
     impl BarHook for Hook {
-        fn bar_moved(&self, slot: u8, mv: BarMove) {
+        fn bar_moved(&self, slot: u8, mv: BarMove) -> std::io::Result<()> {
             self.0.lock().unwrap().push((slot, mv));
+            Ok(())
         }
     }
 
@@ -354,6 +371,24 @@ mod tests {
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].0, slot);
         assert_eq!((got[0].1.old, got[0].1.new), (0xe000_0000, 0xd000_0000));
+    }
+
+    #[test]
+    fn failed_bar_move_keeps_the_old_mapping() {
+        let mut root = PciRoot::new();
+        root.set_bar_hook(Arc::new(Refuse));
+        let slot = root.insert(dev(), None).unwrap();
+        root.write(0, 0, &addr(slot.into(), 4));
+        root.write(0, 4, &COMMAND_MEMORY.to_le_bytes());
+        root.write(0, 0, &addr(slot.into(), 0x10));
+        root.write(0, 4, &0xd000_0000u32.to_le_bytes());
+        let hook = Arc::new(Hook::default());
+        root.set_bar_hook(hook.clone());
+        // Writing the old address back is no move; writing the new one again is retried.
+        root.write(0, 4, &0xe000_0000u32.to_le_bytes());
+        assert!(hook.0.lock().unwrap().is_empty());
+        root.write(0, 4, &0xd000_0000u32.to_le_bytes());
+        assert_eq!(hook.0.lock().unwrap()[0].1.old, 0xe000_0000);
     }
 
     #[test]

@@ -31,4 +31,8 @@ pub trait PciDevice: Send {
     /// Writes configuration space; returns the BAR the write moved, if any, so that the VMM can
     /// move its mapping.
     fn write_config(&mut self, offset: usize, data: &[u8]) -> Option<BarMove>;
+    /// The VMM could not move the BAR as `mv` asked: keep treating `mv.old` as its mapping.
+    fn bar_move_failed(&mut self, mv: BarMove) {
+        let _ = mv;
+    }
 }

@@ -392,6 +392,10 @@ impl VirtioPciDevice {
 }
 
 impl PciDevice for VirtioPciDevice {
+    fn bar_move_failed(&mut self, mv: BarMove) {
+        self.config.set_bar_committed(mv.index, mv.old);
+    }
+
     fn read_config(&mut self, offset: usize, data: &mut [u8]) {
         self.config.read(offset, data);
         if let Some((off, length, at)) = self.pci_cfg_window(offset, data.len()) {
