@@ -68,6 +68,30 @@ impl Reply {
     }
 }
 
+/// UML reads `/proc` files in chunks of `PAGE_SIZE - 1` bytes, one reply each.
+pub const PROC_CHUNK: usize = 4095;
+
+/// The replies of a successful `proc <file>`: `"\n"` (more), the data in chunks of
+/// [`PROC_CHUNK`] bytes (more), then `""` -- what UML sends.
+pub fn proc_replies(data: &[u8]) -> Vec<Reply> {
+    let mut v = vec![Reply::ok("\n").more()];
+    v.extend(data.chunks(PROC_CHUNK).map(|c| Reply::ok(c).more()));
+    v.push(Reply::ok(""));
+    v
+}
+
+/// Console output captured for `sysrq`/`stack`: each write its own reply with more=1,
+/// then the final `""`.
+pub fn console_replies<I, T>(writes: I) -> Vec<Reply>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<Vec<u8>>,
+{
+    let mut v: Vec<Reply> = writes.into_iter().map(|w| Reply::ok(w).more()).collect();
+    v.push(Reply::ok(""));
+    v
+}
+
 /// The devices UML registers for `config`/`remove`, matched as a prefix of the argument.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Device {
@@ -377,6 +401,24 @@ mod tests {
         assert_eq!(cmd("stack"), Command::Stack(None));
         assert_eq!(cmd("stack abc"), Command::Stack(None));
         assert_eq!(cmd("stack 99999999999"), Command::Stack(Some(i32::MAX)));
+    }
+
+    #[test]
+    fn multi_reply_helpers() {
+        let v = proc_replies(b"137.74 135.81\n");
+        assert_eq!(
+            v,
+            [
+                Reply::ok("\n").more(),
+                Reply::ok("137.74 135.81\n").more(),
+                Reply::ok("")
+            ]
+        );
+        assert_eq!(proc_replies(&[b'a'; 5000]).len(), 4);
+        assert_eq!(proc_replies(b"").len(), 2);
+        let v = console_replies(["sysrq: Show Memory\n", "Mem-Info:\n"]);
+        assert_eq!(v.len(), 3);
+        assert!(v[0].more && v[1].more && !v[2].more && v[2].text.is_empty());
     }
 
     #[test]

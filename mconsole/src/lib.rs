@@ -16,5 +16,5 @@ pub mod umid;
 
 pub use command::{Command, Device, DeviceSpec, Parsed};
 pub use protocol::{NotifyType, Reply};
-pub use server::{ClientAddr, Incoming, Server, ServerError};
+pub use server::{ClientAddr, Incoming, Server, ServerError, ServerStats};
 pub use umid::{UmidDir, UmidError};

@@ -5,7 +5,8 @@
 //! (`net.unix.max_dgram_qlen`, default 10), which hangs `uml_mconsole` (reference §3.8).
 //! This server never drops a packet for a live client: when `sendto` fails with
 //! `EAGAIN`/`ENOBUFS`, the rest of that client's packets wait in a per-client FIFO, and an
-//! internal timer retries every [`RETRY_INTERVAL`] until the client has read them. Order is
+//! internal timer retries them (after [`RETRY_INTERVAL`], doubling up to [`MAX_RETRY_INTERVAL`]
+//! while no client makes progress) until the client has read them. Order is
 //! kept per client. A queue is given up only if the client's socket is gone
 //! (`ECONNREFUSED`/`ENOENT`), if it made no progress for [`STALL_TIMEOUT`], or beyond
 //! [`MAX_QUEUED_PACKETS`] (a client that sends requests but never reads replies).
@@ -33,6 +34,8 @@ use crate::protocol::{self, Reply, REQUEST_LEN};
 
 /// How often queued reply packets are retried.
 pub const RETRY_INTERVAL: Duration = Duration::from_millis(2);
+/// Longest retry interval (back-off while no queued client reads).
+pub const MAX_RETRY_INTERVAL: Duration = Duration::from_millis(64);
 /// A client whose queue makes no progress for this long is given up.
 pub const STALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most packets queued for one client.
@@ -129,6 +132,21 @@ enum SendOutcome {
     Failed(io::Error),
 }
 
+/// Counters, for logs and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ServerStats {
+    /// Commands delivered by [`Server::recv`].
+    pub commands: u64,
+    /// Requests answered by the server itself (malformed, unknown, stop/go state).
+    pub answered_locally: u64,
+    /// Reply packets handed to the kernel.
+    pub packets_sent: u64,
+    /// Packets that had to wait in a queue (the client's receive queue was full).
+    pub packets_queued: u64,
+    /// Packets given up (client gone, stalled, over the cap, unnamed, send error).
+    pub packets_dropped: u64,
+}
+
 /// The mconsole server socket.
 #[derive(Debug)]
 pub struct Server {
@@ -137,6 +155,8 @@ pub struct Server {
     epoll: Epoll,
     timer: TimerFd,
     timer_armed: bool,
+    retry_interval: Duration,
+    stats: ServerStats,
     queues: HashMap<ClientAddr, Queue>,
     stopped: bool,
 }
@@ -184,6 +204,8 @@ impl Server {
             epoll,
             timer,
             timer_armed: false,
+            retry_interval: RETRY_INTERVAL,
+            stats: ServerStats::default(),
             queues: HashMap::new(),
             stopped: false,
         })
@@ -202,6 +224,11 @@ impl Server {
     /// Override the stopped state (e.g. after a reboot the VM runs again).
     pub fn set_stopped(&mut self, stopped: bool) {
         self.stopped = stopped;
+    }
+
+    /// Counters since the server was bound.
+    pub fn stats(&self) -> ServerStats {
+        self.stats
     }
 
     /// Reply packets still waiting for their clients.
@@ -234,6 +261,7 @@ impl Server {
                 Ok(r) => r,
                 Err(e) => {
                     debug!("mconsole: refused request: {e}");
+                    self.stats.answered_locally += 1;
                     self.send_packets(&client, vec![e.reply_datagram()]);
                     continue;
                 }
@@ -241,15 +269,14 @@ impl Server {
             if request.version_mismatch() {
                 self.reply(&client, &Reply::error(protocol::BAD_VERSION_TEXT));
             }
-            match command::parse(&request.text) {
-                Parsed::Reply(r) => self.reply(&client, &r),
+            let local = match command::parse(&request.text) {
+                Parsed::Reply(r) => r,
                 Parsed::Command(Command::Stop) if self.stopped => {
-                    self.reply(&client, &Reply::error(command::ALREADY_STOPPED))
+                    Reply::error(command::ALREADY_STOPPED)
                 }
-                Parsed::Command(Command::Go) if !self.stopped => {
-                    self.reply(&client, &Reply::error(command::NOT_STOPPED))
-                }
+                Parsed::Command(Command::Go) if !self.stopped => Reply::error(command::NOT_STOPPED),
                 Parsed::Command(command) => {
+                    self.stats.commands += 1;
                     match command {
                         Command::Stop => self.stopped = true,
                         Command::Go => self.stopped = false,
@@ -257,7 +284,9 @@ impl Server {
                     }
                     return Ok(Some(Incoming { client, command }));
                 }
-            }
+            };
+            self.stats.answered_locally += 1;
+            self.reply(&client, &local);
         }
         Ok(None)
     }
@@ -298,56 +327,87 @@ impl Server {
         }
     }
 
-    fn send_packets(&mut self, client: &ClientAddr, packets: Vec<Vec<u8>>) {
-        if client.is_unnamed() {
-            debug!(
-                "mconsole: client has no address, dropping {} reply packets",
-                packets.len()
-            );
-            return;
-        }
-        if let Some(q) = self.queues.get_mut(client) {
-            if q.packets.len() + packets.len() > MAX_QUEUED_PACKETS {
-                warn!(
-                    "mconsole: client {:?} does not read its replies, dropping one",
-                    client.addr
-                );
-            } else {
-                q.packets.extend(packets);
-            }
-            return;
-        }
-        let mut rest = packets.into_iter();
-        while let Some(p) = rest.next() {
-            match self.send_one(client, &p) {
-                SendOutcome::Sent => {}
+    /// Send as much of `q` as the client takes now. Returns `(sent, keep)`: `keep` is
+    /// false when the queue is finished or given up (then `q` holds the dropped rest).
+    fn drain(&self, client: &ClientAddr, q: &mut Queue, now: Instant) -> (u64, bool) {
+        let mut sent = 0;
+        while let Some(p) = q.packets.front() {
+            match self.send_one(client, p) {
+                SendOutcome::Sent => {
+                    q.packets.pop_front();
+                    q.last_progress = now;
+                    sent += 1;
+                }
                 SendOutcome::Full => {
-                    let mut packets: VecDeque<Vec<u8>> = VecDeque::from([p]);
-                    packets.extend(rest);
-                    self.queues.insert(
-                        client.clone(),
-                        Queue {
-                            packets,
-                            last_progress: Instant::now(),
-                        },
+                    if now.duration_since(q.last_progress) <= STALL_TIMEOUT {
+                        return (sent, true);
+                    }
+                    warn!(
+                        "mconsole: client {:?} read nothing for {:?}, dropping {} packets",
+                        client.addr,
+                        STALL_TIMEOUT,
+                        q.packets.len()
                     );
-                    self.update_timer();
-                    return;
+                    return (sent, false);
                 }
                 SendOutcome::Gone(e) => {
                     debug!("mconsole: client {:?} is gone: {e}", client.addr);
-                    return;
+                    return (sent, false);
                 }
                 SendOutcome::Failed(e) => {
+                    // Any other error (EPERM, ...): this client cannot be served.
                     warn!("mconsole: reply to {:?} failed: {e}", client.addr);
-                    return;
+                    return (sent, false);
                 }
             }
         }
+        (sent, false)
     }
 
-    /// Try to send queued packets now. Called by [`Server::recv`]; call it also when
-    /// only the retry timer woke the loop and `recv` is not called.
+    fn send_packets(&mut self, client: &ClientAddr, packets: Vec<Vec<u8>>) {
+        let count = packets.len() as u64;
+        if client.is_unnamed() {
+            debug!("mconsole: client has no address, dropping {count} reply packets");
+            self.stats.packets_dropped += count;
+            return;
+        }
+        let now = Instant::now();
+        let mut q = match self.queues.remove(client) {
+            Some(q) if q.packets.len() + packets.len() > MAX_QUEUED_PACKETS => {
+                warn!(
+                    "mconsole: client {:?} does not read its replies, dropping a reply",
+                    client.addr
+                );
+                self.stats.packets_dropped += count;
+                self.queues.insert(client.clone(), q);
+                return;
+            }
+            Some(q) => q,
+            None => Queue {
+                packets: VecDeque::new(),
+                last_progress: now,
+            },
+        };
+        // Behind what is already waiting, to keep the order.
+        q.packets.extend(packets);
+        let (sent, keep) = self.drain(client, &mut q, now);
+        self.stats.packets_sent += sent;
+        let left = q.packets.len() as u64;
+        if keep {
+            self.stats.packets_queued += left.min(count);
+            let was_idle = self.queues.is_empty();
+            self.queues.insert(client.clone(), q);
+            if was_idle {
+                self.retry_interval = RETRY_INTERVAL;
+                self.update_timer();
+            }
+        } else {
+            self.stats.packets_dropped += left;
+        }
+    }
+
+    /// Try to send queued packets now. [`Server::recv`] calls it first; call it yourself
+    /// only if the loop does not call `recv` when the fd is readable.
     pub fn flush(&mut self) {
         if self.queues.is_empty() {
             if self.timer_armed {
@@ -356,39 +416,25 @@ impl Server {
             return;
         }
         let now = Instant::now();
+        let (mut sent, mut dropped) = (0u64, 0u64);
         let mut queues = std::mem::take(&mut self.queues);
         queues.retain(|client, q| {
-            while let Some(p) = q.packets.front() {
-                match self.send_one(client, p) {
-                    SendOutcome::Sent => {
-                        q.packets.pop_front();
-                        q.last_progress = now;
-                    }
-                    SendOutcome::Full => {
-                        if now.duration_since(q.last_progress) > STALL_TIMEOUT {
-                            warn!(
-                                "mconsole: client {:?} read nothing for {:?}, dropping {} packets",
-                                client.addr,
-                                STALL_TIMEOUT,
-                                q.packets.len()
-                            );
-                            return false;
-                        }
-                        return true;
-                    }
-                    SendOutcome::Gone(e) => {
-                        debug!("mconsole: client {:?} is gone: {e}", client.addr);
-                        return false;
-                    }
-                    SendOutcome::Failed(e) => {
-                        warn!("mconsole: reply to {:?} failed: {e}", client.addr);
-                        q.packets.pop_front();
-                    }
-                }
+            let (n, keep) = self.drain(client, q, now);
+            sent += n;
+            if !keep {
+                dropped += q.packets.len() as u64;
             }
-            false
+            keep
         });
         self.queues = queues;
+        self.stats.packets_sent += sent;
+        self.stats.packets_dropped += dropped;
+        // Back off while nobody reads; retry fast again after progress.
+        self.retry_interval = if sent > 0 {
+            RETRY_INTERVAL
+        } else {
+            (self.retry_interval * 2).min(MAX_RETRY_INTERVAL)
+        };
         self.update_timer();
     }
 
@@ -400,7 +446,7 @@ impl Server {
             self.timer.clear()
         } else {
             self.timer_armed = true;
-            self.timer.reset(RETRY_INTERVAL, None)
+            self.timer.reset(self.retry_interval, None)
         };
         if let Err(e) = res {
             warn!("mconsole: retry timer: {e}");

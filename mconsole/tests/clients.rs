@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{big_text, sysrq_lines, TestVm, UML_MCONSOLE, VERSION_TEXT};
+use common::{big_text, huge_text, sysrq_lines, TestVm, UML_MCONSOLE, VERSION_TEXT};
 use mconsole::command::HELP_TEXT;
 use mconsole::{Command, Device};
 
@@ -231,6 +231,17 @@ fn multi_packet_replies_arrive_whole() {
     );
     // About 45 packets.
     check(&vm, &["proc", "big"], &format!("OK \n{}\n", big_text()), 0);
+    // 1 MiB in about 2300 packets: the server must wait for the client, never drop.
+    check(
+        &vm,
+        &["proc", "huge"],
+        &format!("OK \n{}\n", huge_text()),
+        0,
+    );
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let stats = *vm.stats.lock().unwrap();
+    eprintln!("server stats after the multi-packet replies: {stats:?}");
+    assert_eq!(stats.packets_dropped, 0);
 }
 
 #[test]

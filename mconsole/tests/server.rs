@@ -190,6 +190,11 @@ fn burst_of_10000_requests_from_several_clients_gets_every_reply() {
         .filter(|c| matches!(c, Command::Proc(p) if p.starts_with("echo")))
         .count();
     assert_eq!(echoes, CLIENTS * PER_CLIENT);
+    std::thread::sleep(Duration::from_millis(50));
+    let stats = *vm.stats.lock().unwrap();
+    eprintln!("server stats after the burst: {stats:?}");
+    assert_eq!(stats.packets_dropped, 0);
+    assert_eq!(stats.commands, (CLIENTS * PER_CLIENT) as u64);
 }
 
 #[test]
@@ -256,6 +261,10 @@ fn full_client_queue_is_retried_then_dropped_when_client_goes() {
     assert!(server.recv().unwrap().is_none());
     assert_eq!(server.queued_packets(), 0);
     assert!(!server.wait(Some(Duration::from_millis(50))).unwrap());
+    let stats = server.stats();
+    assert_eq!(stats.commands, 2);
+    assert!(stats.packets_queued >= 20);
+    assert!(stats.packets_dropped > 0);
 }
 
 #[test]

@@ -13,7 +13,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use mconsole::command::{self, NO_GET_CONFIG, SPECIFY_PID};
-use mconsole::{ClientAddr, Command, Device, Reply, Server, UmidDir};
+use mconsole::{ClientAddr, Command, Device, Reply, Server, ServerStats, UmidDir};
 
 pub const VERSION_TEXT: &str = "Linux (none) 6.1.176 #1 Sat Jul  4 15:38:16 UTC 2026 x86_64";
 pub const UML_MCONSOLE: &str = "/usr/bin/uml_mconsole";
@@ -23,6 +23,11 @@ pub fn big_text() -> String {
     (0..700)
         .map(|i| format!("line {i:05} of a large proc file\n"))
         .collect::<String>()
+}
+
+/// The text of `proc huge`: 1 MiB, about 2300 packets.
+pub fn huge_text() -> String {
+    (0..32768).map(|i| format!("{i:031}\n")).collect::<String>()
 }
 
 /// `sysrq m`: 15 console lines, each its own packet with more=1, then "".
@@ -69,26 +74,16 @@ fn handle(cmd: &Command, seen: &Mutex<Vec<Command>>) -> Option<Vec<Reply>> {
             "ubd99" => one(Reply::invalid_device_number(0, 15)),
             _ => one(Reply::ok("")),
         },
-        Command::Sysrq(Some('m')) => {
-            let mut v: Vec<Reply> = sysrq_lines()
-                .into_iter()
-                .map(|l| Reply::ok(l).more())
-                .collect();
-            v.push(Reply::ok(""));
-            Some(v)
-        }
+        Command::Sysrq(Some('m')) => Some(command::console_replies(sysrq_lines())),
         Command::Sysrq(_) => Some(vec![Reply::ok("sysrq: HELP\n").more(), Reply::ok("")]),
         Command::Proc(p) if p == "big" => Some(vec![
             Reply::ok("\n").more(),
             Reply::ok(big_text()).more(),
             Reply::ok(""),
         ]),
+        Command::Proc(p) if p == "huge" => Some(command::proc_replies(huge_text().as_bytes())),
         Command::Proc(p) if p.starts_with("echo") => one(Reply::ok(p.clone())),
-        Command::Proc(p) if p == "uptime" => Some(vec![
-            Reply::ok("\n").more(),
-            Reply::ok("137.74 135.81\n").more(),
-            Reply::ok(""),
-        ]),
+        Command::Proc(p) if p == "uptime" => Some(command::proc_replies(b"137.74 135.81\n")),
         Command::Proc(_) => one(Reply::error("Failed to open file")),
         Command::Stack(None) => one(Reply::error(SPECIFY_PID)),
         Command::Stack(Some(1)) => Some(vec![Reply::ok("Stack:\n").more(), Reply::ok("")]),
@@ -102,6 +97,7 @@ pub struct TestVm {
     pub umid: String,
     pub socket: PathBuf,
     pub seen: Arc<Mutex<Vec<Command>>>,
+    pub stats: Arc<Mutex<ServerStats>>,
     done: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
     _dir: UmidDir,
@@ -116,7 +112,8 @@ impl TestVm {
         let mut server = Server::bind(&socket).unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let done = Arc::new(AtomicBool::new(false));
-        let (seen2, done2) = (seen.clone(), done.clone());
+        let stats = Arc::new(Mutex::new(ServerStats::default()));
+        let (seen2, done2, stats2) = (seen.clone(), done.clone(), stats.clone());
         let thread = std::thread::spawn(move || {
             let mut deferred: Vec<(Instant, ClientAddr)> = Vec::new();
             while !done2.load(Ordering::Relaxed) {
@@ -138,6 +135,7 @@ impl TestVm {
                         true
                     }
                 });
+                *stats2.lock().unwrap() = server.stats();
             }
         });
         TestVm {
@@ -145,6 +143,7 @@ impl TestVm {
             umid: umid.to_string(),
             socket,
             seen,
+            stats,
             done,
             thread: Some(thread),
             _dir: dir,
@@ -182,19 +181,20 @@ impl TestVm {
                 .write_all(input.as_bytes())
                 .unwrap();
         }
-        // Never hang: kill the client after 20 s.
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if child.try_wait().unwrap().is_some() {
-                break;
-            }
-            if Instant::now() > deadline {
-                child.kill().unwrap();
+        // Never hang: kill the client after 20 s. Output is drained while it runs.
+        let pid = child.id();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(child.wait_with_output());
+        });
+        match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(out) => out.unwrap(),
+            Err(_) => {
+                // SAFETY: signalling our own child process by its pid; no memory involved.
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
                 panic!("{bin} {args:?} hung (killed after 20 s)");
             }
-            std::thread::sleep(Duration::from_millis(5));
         }
-        child.wait_with_output().unwrap()
     }
 
     pub fn seen(&self) -> Vec<Command> {
