@@ -92,24 +92,27 @@ pub enum ChanRead {
 struct Handle {
     fd: RawFd,
     _owned: Option<OwnedFd>,
-    kind: FdKind,
+    // False for regular files and devices epoll refuses (/dev/null): always ready.
+    pollable: bool,
     restore_flags: Option<libc::c_int>,
     restore_termios: Option<sys::Termios>,
 }
 
 impl Handle {
     fn owned(fd: OwnedFd, kind: FdKind) -> Self {
+        let mut h = Self::borrowed(fd.as_raw_fd(), kind);
+        h._owned = Some(fd);
+        h
+    }
+
+    fn borrowed(fd: RawFd, kind: FdKind) -> Self {
         Self {
-            fd: fd.as_raw_fd(),
-            _owned: Some(fd),
-            kind,
+            fd,
+            _owned: None,
+            pollable: kind != FdKind::Regular && sys::can_poll(fd),
             restore_flags: None,
             restore_termios: None,
         }
-    }
-
-    fn pollable(&self) -> bool {
-        self.kind != FdKind::Regular
     }
 }
 
@@ -134,6 +137,11 @@ pub struct Channel {
     spec: ChannelSpec,
     input: Option<Arc<Handle>>,
     output: Option<Arc<Handle>>,
+    // Detached halves keep their descriptors open until the channel is dropped, so that the
+    // event loop can still unregister them (epoll forgets closed descriptors, event-manager
+    // does not).
+    input_closed: bool,
+    output_closed: bool,
     out_buf: VecDeque<u8>,
     dropped: u64,
     pts_path: Option<PathBuf>,
@@ -214,6 +222,8 @@ impl Channel {
             spec,
             input: None,
             output: None,
+            input_closed: false,
+            output_closed: false,
             out_buf: VecDeque::new(),
             dropped: 0,
             pts_path: None,
@@ -254,32 +264,40 @@ impl Channel {
 
     /// The descriptor to watch for readability, if the input can be polled.
     pub fn input_fd(&self) -> Option<RawFd> {
-        self.input.as_ref().filter(|h| h.pollable()).map(|h| h.fd)
+        self.live_input().filter(|h| h.pollable).map(|h| h.fd)
+    }
+
+    fn live_input(&self) -> Option<&Handle> {
+        self.input.as_deref().filter(|_| !self.input_closed)
+    }
+
+    fn live_output(&self) -> Option<&Handle> {
+        self.output.as_deref().filter(|_| !self.output_closed)
     }
 
     /// True when the input is a regular file: read it whenever there is room, without polling.
     pub fn input_always_ready(&self) -> bool {
-        self.input.as_ref().is_some_and(|h| !h.pollable())
+        self.live_input().is_some_and(|h| !h.pollable)
     }
 
     /// True while the channel has an input at all.
     pub fn has_input(&self) -> bool {
-        self.input.is_some()
+        self.live_input().is_some()
     }
 
     /// Reads what is available, without blocking.
     pub fn read(&mut self, buf: &mut [u8]) -> ChanRead {
-        let Some(h) = &self.input else {
+        let Some(fd) = self.live_input().map(|h| h.fd) else {
             return ChanRead::Closed;
         };
         if buf.is_empty() {
             return ChanRead::WouldBlock;
         }
         loop {
-            match sys::read(h.fd, buf) {
+            match sys::read(fd, buf) {
                 Ok(0) => {
                     debug!("channel {}: input reached end of file", self.describe());
-                    self.input = None;
+                    self.input_closed = true;
                     return ChanRead::Closed;
                 }
                 Ok(n) => return ChanRead::Data(n),
@@ -300,7 +318,7 @@ impl Channel {
     /// Writes `data` without blocking; what cannot be written now is buffered (see the module
     /// documentation). Output to a null or detached channel is discarded.
     pub fn write(&mut self, data: &[u8]) {
-        if self.output.is_none() || data.is_empty() {
+        if self.live_output().is_none() || data.is_empty() {
             return;
         }
         let mut data = data;
@@ -308,7 +326,7 @@ impl Channel {
             let n = self.write_now(data);
             data = &data[n..];
         }
-        if data.is_empty() || self.output.is_none() {
+        if data.is_empty() || self.live_output().is_none() {
             return;
         }
         let room = OUTPUT_BUFFER_MAX.saturating_sub(self.out_buf.len());
@@ -327,7 +345,7 @@ impl Channel {
 
     /// Writes buffered output; call when [`Channel::output_fd`] is writable.
     pub fn flush(&mut self) {
-        while !self.out_buf.is_empty() && self.output.is_some() {
+        while !self.out_buf.is_empty() && self.live_output().is_some() {
             let (a, _) = self.out_buf.as_slices();
             let a = a.to_vec();
             let n = self.write_now(&a);
@@ -353,17 +371,17 @@ impl Channel {
 
     /// The output descriptor, if it can be polled.
     pub fn output_fd(&self) -> Option<RawFd> {
-        self.output.as_ref().filter(|h| h.pollable()).map(|h| h.fd)
+        self.live_output().filter(|h| h.pollable).map(|h| h.fd)
     }
 
     // Writes as much as the descriptor takes now; detaches the output on a hard error.
     fn write_now(&mut self, data: &[u8]) -> usize {
-        let Some(h) = &self.output else {
+        let Some(fd) = self.live_output().map(|h| h.fd) else {
             return data.len();
         };
         let mut done = 0;
         while done < data.len() {
-            match sys::write(h.fd, &data[done..]) {
+            match sys::write(fd, &data[done..]) {
                 Ok(0) => break,
                 Ok(n) => done += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -427,13 +445,7 @@ fn open_fd(n: i32, write: bool) -> Result<Handle, ChanError> {
     let err = |source| ChanError::Fd { fd: n, source };
     let kind = sys::fd_kind(n).map_err(err)?;
     let mut h = match kind {
-        FdKind::Regular => Handle {
-            fd: n,
-            _owned: None,
-            kind,
-            restore_flags: None,
-            restore_termios: None,
-        },
+        FdKind::Regular => Handle::borrowed(n, kind),
         FdKind::Tty | FdKind::Fifo => match sys::reopen(n, write) {
             Ok(fd) => Handle::owned(fd, kind),
             Err(e) => {
@@ -452,13 +464,9 @@ fn open_fd(n: i32, write: bool) -> Result<Handle, ChanError> {
 fn in_place(n: RawFd, kind: FdKind) -> io::Result<Handle> {
     let flags = sys::get_flags(n)?;
     sys::set_flags(n, flags | libc::O_NONBLOCK)?;
-    Ok(Handle {
-        fd: n,
-        _owned: None,
-        kind,
-        restore_flags: Some(flags),
-        restore_termios: None,
-    })
+    let mut h = Handle::borrowed(n, kind);
+    h.restore_flags = Some(flags);
+    Ok(h)
 }
 
 #[cfg(test)]

@@ -48,6 +48,23 @@ pub(crate) fn fd_is_open(fd: RawFd) -> bool {
     unsafe { libc::fcntl(fd, libc::F_GETFD) >= 0 }
 }
 
+/// Whether epoll accepts `fd` (it refuses regular files and some devices, such as /dev/null).
+pub(crate) fn can_poll(fd: RawFd) -> bool {
+    // SAFETY: epoll_create1 takes flags only and returns a new descriptor or -1.
+    let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    if ep < 0 {
+        return true;
+    }
+    // SAFETY: `ep` was just created and is owned here only.
+    let ep = unsafe { OwnedFd::from_raw_fd(ep) };
+    let mut ev = libc::epoll_event {
+        events: libc::EPOLLIN as u32,
+        u64: 0,
+    };
+    // SAFETY: both descriptors are open; `ev` is a valid epoll_event for the call.
+    unsafe { libc::epoll_ctl(ep.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev) == 0 }
+}
+
 /// Whether `fd` is a terminal.
 pub(crate) fn is_tty(fd: RawFd) -> bool {
     // SAFETY: isatty only queries the descriptor.

@@ -11,6 +11,8 @@
 //! eventfd, which its subscriber watches from the start; on that event it registers the queue
 //! eventfds it was given.
 
+pub mod console;
+
 use std::io;
 use std::sync::Arc;
 

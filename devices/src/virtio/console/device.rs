@@ -1,0 +1,413 @@
+//! The virtio-console device: configuration space, features, ports, activation and reset.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+
+use log::warn;
+use virtio_queue::QueueT;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::control::HostMsg;
+use crate::chan::Channel;
+use crate::virtio::{
+    types, ActivateError, ActiveQueue, GuestMemory, VirtioDevice, VirtioInterrupt,
+    VIRTIO_F_VERSION_1,
+};
+
+/// Feature bit: the configuration space holds the console size (not offered).
+pub const VIRTIO_CONSOLE_F_SIZE: u32 = 0;
+/// Feature bit: several ports and the control queues.
+pub const VIRTIO_CONSOLE_F_MULTIPORT: u32 = 1;
+/// Feature bit: the guest may write characters to `emerg_wr` before the queues work.
+pub const VIRTIO_CONSOLE_F_EMERG_WRITE: u32 = 2;
+
+/// The size of every queue.
+pub const QUEUE_SIZE: u16 = 256;
+/// Ports kuml offers by default: `con0` to `con63`, as kuml's command line accepts.
+pub const DEFAULT_MAX_PORTS: u32 = 64;
+/// The most ports a device can have (event data keeps port ids in 16 bits).
+pub const MAX_PORTS_LIMIT: u32 = 1 << 15;
+/// Host input kept for a port whose guest side is not reading; the channel is not read
+/// while this is full.
+pub const INPUT_BUFFER_MAX: usize = 64 << 10;
+/// Control messages kept while the guest posts no control buffers.
+pub(super) const CONTROL_PENDING_MAX: usize = 4096;
+
+/// Configuration space layout (virtio 1.2, 5.3.4).
+const CONFIG_LEN: usize = 12;
+const CONFIG_EMERG_WR: u64 = 8;
+
+/// Why a port operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsoleError {
+    /// The port number is not below the device's `max_nr_ports`.
+    #[error("port {id} is out of range (the device has {max} ports)")]
+    OutOfRange {
+        /// The port asked for.
+        id: u32,
+        /// The device's port count.
+        max: u32,
+    },
+    /// The port exists already.
+    #[error("port {0} already exists")]
+    Exists(u32),
+    /// The port does not exist.
+    #[error("port {0} does not exist")]
+    NoSuchPort(u32),
+    /// `max_nr_ports` is 0 or too large.
+    #[error("a console device needs 1 to {MAX_PORTS_LIMIT} ports, not {0}")]
+    BadMaxPorts(u32),
+    /// The device's wake-up eventfd could not be created.
+    #[error("cannot create the console's eventfd")]
+    EventFd(#[source] std::io::Error),
+}
+
+/// One port: a UML console `conN` is port N.
+#[derive(Debug)]
+pub(super) struct Port {
+    pub(super) name: String,
+    pub(super) console: bool,
+    pub(super) channel: Channel,
+    /// The guest sent PORT_READY for it.
+    pub(super) ready: bool,
+    /// A guest program has it open (PORT_OPEN 1): input may be delivered.
+    pub(super) guest_open: bool,
+    /// Host input not yet given to the guest.
+    pub(super) input: VecDeque<u8>,
+}
+
+/// What exists once the driver set DRIVER_OK.
+pub(super) struct Active {
+    pub(super) mem: GuestMemory,
+    pub(super) interrupt: Arc<dyn VirtioInterrupt>,
+    /// Indexed by queue index; a queue the driver did not enable is `None`.
+    pub(super) queues: Vec<Option<ActiveQueue>>,
+    /// The guest broke the device; it waits for a reset.
+    pub(super) broken: bool,
+}
+
+impl std::fmt::Debug for Active {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Active")
+            .field("queues", &self.queues.len())
+            .field("broken", &self.broken)
+            .finish()
+    }
+}
+
+/// Something whose descriptors must leave the event loop before it is dropped.
+#[derive(Debug)]
+pub(super) enum Retired {
+    Channel { _channel: Box<Channel> },
+    Queue { _notify: EventFd },
+}
+
+/// A virtio-console device with multiport: UML's consoles as ports.
+///
+/// Port N carries `conN`; every port is a console port (an hvc tty in the guest) named
+/// `conN` (`/sys/class/virtio-ports/vport*pN/name`). The guest numbers hvc ttys in the order
+/// console ports come up, so `/dev/hvcN` is `conN` when the ports are `con0..conK` without
+/// gaps and none was removed at run time.
+///
+/// Share it as `Arc<Mutex<Console>>` between the transport (as a [`VirtioDevice`]) and the
+/// event loop (as an event-manager `MutEventSubscriber`).
+#[derive(Debug)]
+pub struct Console {
+    pub(super) max_ports: u32,
+    pub(super) queue_sizes: Vec<u16>,
+    pub(super) acked_features: u64,
+    pub(super) cols: u16,
+    pub(super) rows: u16,
+    pub(super) ports: BTreeMap<u32, Port>,
+    /// Written on activation, reset, and port changes: the event loop then updates what it
+    /// watches.
+    pub(super) wake: EventFd,
+    pub(super) active: Option<Active>,
+    /// The driver sent DEVICE_READY.
+    pub(super) driver_ready: bool,
+    pub(super) control_pending: VecDeque<Vec<u8>>,
+    pub(super) retired: Vec<Retired>,
+    /// What is registered with the event loop: fd -> (event data, interest).
+    pub(super) registered: BTreeMap<i32, (u32, u32)>,
+}
+
+impl Console {
+    /// A console device with room for `max_ports` ports (`con0` to `con<max_ports - 1>`;
+    /// [`DEFAULT_MAX_PORTS`] suits kuml). It has 2 × (max_ports + 1) queues.
+    pub fn new(max_ports: u32) -> Result<Self, ConsoleError> {
+        if max_ports == 0 || max_ports > MAX_PORTS_LIMIT {
+            return Err(ConsoleError::BadMaxPorts(max_ports));
+        }
+        let nq = 2 * (max_ports as usize + 1);
+        Ok(Self {
+            max_ports,
+            queue_sizes: vec![QUEUE_SIZE; nq],
+            acked_features: 0,
+            cols: 0,
+            rows: 0,
+            ports: BTreeMap::new(),
+            wake: EventFd::new(EFD_NONBLOCK).map_err(ConsoleError::EventFd)?,
+            active: None,
+            driver_ready: false,
+            control_pending: VecDeque::new(),
+            retired: Vec::new(),
+            registered: BTreeMap::new(),
+        })
+    }
+
+    /// Adds port `id` (UML's `con<id>`) carried by `channel`: at boot, or at run time (the
+    /// guest is told with DEVICE_ADD and creates the hvc tty).
+    pub fn add_port(&mut self, id: u32, channel: Channel) -> Result<(), ConsoleError> {
+        if id >= self.max_ports {
+            return Err(ConsoleError::OutOfRange {
+                id,
+                max: self.max_ports,
+            });
+        }
+        if self.ports.contains_key(&id) {
+            return Err(ConsoleError::Exists(id));
+        }
+        self.ports.insert(
+            id,
+            Port {
+                name: format!("con{id}"),
+                console: true,
+                channel,
+                ready: false,
+                guest_open: false,
+                input: VecDeque::new(),
+            },
+        );
+        if self.driver_ready {
+            self.send_control(HostMsg::DeviceAdd(id));
+        }
+        self.kick();
+        Ok(())
+    }
+
+    /// Removes port `id` (the guest is told with DEVICE_REMOVE); its channel is closed once
+    /// the event loop has let go of it.
+    pub fn remove_port(&mut self, id: u32) -> Result<(), ConsoleError> {
+        let port = self.ports.remove(&id).ok_or(ConsoleError::NoSuchPort(id))?;
+        if self.driver_ready {
+            self.send_control(HostMsg::DeviceRemove(id));
+        }
+        self.retired.push(Retired::Channel {
+            _channel: Box::new(port.channel),
+        });
+        self.kick();
+        Ok(())
+    }
+
+    /// The ports, in order.
+    pub fn port_ids(&self) -> Vec<u32> {
+        self.ports.keys().copied().collect()
+    }
+
+    /// The live description of port `id`'s channel (mconsole `config conN`), e.g.
+    /// `fd:0,fd:1` or `pts:/dev/pts/3`.
+    pub fn port_description(&self, id: u32) -> Option<String> {
+        self.ports.get(&id).map(|p| p.channel.describe())
+    }
+
+    /// True when a guest program has port `id` open (a console port is open as soon as the
+    /// guest made it an hvc tty).
+    pub fn is_guest_open(&self, id: u32) -> bool {
+        self.ports.get(&id).is_some_and(|p| p.guest_open)
+    }
+
+    /// Tells the guest the size of console port `id`.
+    pub fn resize(&mut self, id: u32, cols: u16, rows: u16) -> Result<(), ConsoleError> {
+        if !self.ports.contains_key(&id) {
+            return Err(ConsoleError::NoSuchPort(id));
+        }
+        if id == 0 {
+            self.cols = cols;
+            self.rows = rows;
+        }
+        if self.driver_ready {
+            self.send_control(HostMsg::Resize { id, cols, rows });
+        }
+        Ok(())
+    }
+
+    /// The number of queues: port 0 rx/tx, control rx/tx, then rx/tx for ports 1 and up.
+    pub fn queue_count(&self) -> usize {
+        self.queue_sizes.len()
+    }
+
+    // Wakes the event loop so that it updates its watch list.
+    pub(super) fn kick(&self) {
+        if let Err(e) = self.wake.write(1) {
+            warn!("console: cannot wake the event loop: {e}");
+        }
+    }
+
+    /// Queues a control message for the guest and sends what the guest has buffers for.
+    pub(super) fn send_control(&mut self, msg: HostMsg) {
+        if self.control_pending.len() >= CONTROL_PENDING_MAX {
+            warn!("console: too many control messages pending, dropping {msg:?}");
+            return;
+        }
+        self.control_pending.push_back(msg.encode());
+        self.flush_control();
+    }
+}
+
+impl VirtioDevice for Console {
+    fn device_type(&self) -> u32 {
+        types::CONSOLE
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &self.queue_sizes
+    }
+
+    fn features(&self) -> u64 {
+        (1 << VIRTIO_F_VERSION_1)
+            | (1 << VIRTIO_CONSOLE_F_MULTIPORT)
+            | (1 << VIRTIO_CONSOLE_F_EMERG_WRITE)
+    }
+
+    fn ack_features(&mut self, features: u64) {
+        self.acked_features = features & self.features();
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        let mut cfg = [0u8; CONFIG_LEN];
+        cfg[0..2].copy_from_slice(&self.cols.to_le_bytes());
+        cfg[2..4].copy_from_slice(&self.rows.to_le_bytes());
+        cfg[4..8].copy_from_slice(&self.max_ports.to_le_bytes());
+        // emerg_wr reads as 0.
+        for (i, b) in data.iter_mut().enumerate() {
+            *b = usize::try_from(offset)
+                .ok()
+                .and_then(|o| o.checked_add(i))
+                .and_then(|o| cfg.get(o))
+                .copied()
+                .unwrap_or(0);
+        }
+    }
+
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        // Only emerg_wr is writable: its low byte is a character for port 0.
+        if offset == CONFIG_EMERG_WR
+            && !data.is_empty()
+            && self.acked_features & (1 << VIRTIO_CONSOLE_F_EMERG_WRITE) != 0
+        {
+            if let Some(p) = self.ports.get_mut(&0) {
+                p.channel.write(&data[..1]);
+            }
+        }
+    }
+
+    fn activate(
+        &mut self,
+        mem: GuestMemory,
+        interrupt: Arc<dyn VirtioInterrupt>,
+        queues: Vec<ActiveQueue>,
+    ) -> Result<(), ActivateError> {
+        if queues.len() < 4 {
+            return Err(ActivateError::MissingQueues {
+                got: queues.len(),
+                need: 4,
+            });
+        }
+        let mut slots: Vec<Option<ActiveQueue>> = Vec::new();
+        slots.resize_with(self.queue_sizes.len(), || None);
+        let mut broken = false;
+        for q in queues {
+            let i = usize::from(q.index);
+            if !q.queue.is_valid(&mem) {
+                warn!("console: queue {i} is not valid in guest memory");
+                broken = true;
+            }
+            match slots.get_mut(i) {
+                Some(s) => *s = Some(q),
+                None => self.retired.push(Retired::Queue { _notify: q.notify }),
+            }
+        }
+        for (i, s) in slots.iter().enumerate().take(4) {
+            if s.is_none() {
+                warn!("console: the driver did not enable queue {i}");
+                broken = true;
+            }
+        }
+        if broken {
+            interrupt.needs_reset();
+        }
+        self.active = Some(Active {
+            mem,
+            interrupt,
+            queues: slots,
+            broken,
+        });
+        self.kick();
+        Ok(())
+    }
+
+    fn reset(&mut self) -> bool {
+        if let Some(a) = self.active.take() {
+            for q in a.queues.into_iter().flatten() {
+                self.retired.push(Retired::Queue { _notify: q.notify });
+            }
+        }
+        self.driver_ready = false;
+        self.control_pending.clear();
+        self.acked_features = 0;
+        for p in self.ports.values_mut() {
+            p.ready = false;
+            p.guest_open = false;
+        }
+        self.kick();
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_config_space_reads() {
+        let c = Console::new(8).unwrap();
+        let mut b = [0u8; 4];
+        c.read_config(4, &mut b);
+        assert_eq!(u32::from_le_bytes(b), 8);
+        let mut b = [0xffu8; 16];
+        c.read_config(0, &mut b);
+        assert_eq!(&b[..12], &[0, 0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(&b[12..], &[0, 0, 0, 0]);
+        let mut b = [0xffu8; 2];
+        c.read_config(u64::MAX, &mut b);
+        assert_eq!(b, [0, 0]);
+    }
+
+    #[test]
+    fn test_features_and_queues() {
+        let mut c = Console::new(4).unwrap();
+        assert_eq!(c.queue_count(), 10);
+        assert_eq!(c.device_type(), types::CONSOLE);
+        c.ack_features(u64::MAX);
+        assert_eq!(c.acked_features, c.features());
+        assert!(c.features() & (1 << VIRTIO_CONSOLE_F_MULTIPORT) != 0);
+    }
+
+    #[test]
+    fn test_add_remove_port_errors() {
+        let mut c = Console::new(2).unwrap();
+        c.add_port(0, Channel::null()).unwrap();
+        assert!(matches!(
+            c.add_port(0, Channel::null()),
+            Err(ConsoleError::Exists(0))
+        ));
+        assert!(matches!(
+            c.add_port(2, Channel::null()),
+            Err(ConsoleError::OutOfRange { id: 2, max: 2 })
+        ));
+        assert!(matches!(c.remove_port(1), Err(ConsoleError::NoSuchPort(1))));
+        c.remove_port(0).unwrap();
+        assert!(c.port_ids().is_empty());
+        assert!(matches!(Console::new(0), Err(ConsoleError::BadMaxPorts(0))));
+    }
+}

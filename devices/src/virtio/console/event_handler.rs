@@ -1,0 +1,461 @@
+//! The event-loop side of the console: queue notifications, channel input and output, and
+//! the control protocol.
+//!
+//! Event data: [`WAKE`] for the device's wake-up eventfd (activation, reset, ports added or
+//! removed at run time), `QUEUE | index` for a queue's notify eventfd, `PORT | id` for a port's
+//! channel descriptors. After every event the handler brings the event loop's watch list in
+//! line with the device state (`sync`): a port's input is watched only while its buffer has
+//! room (backpressure), its output only while output waits for the host side.
+
+use std::collections::BTreeMap;
+use std::os::fd::AsRawFd;
+
+use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+use log::{debug, warn};
+use virtio_queue::desc::split::Descriptor;
+use virtio_queue::{QueueOwnedT, QueueT};
+
+use super::control::{GuestMsg, HostMsg};
+use super::device::{Active, Console, INPUT_BUFFER_MAX};
+use super::port::{read_tx_chain, write_rx_chain};
+use crate::chan::ChanRead;
+use crate::virtio::InterruptKind;
+
+/// Event data of the wake-up eventfd.
+pub const WAKE: u32 = 0;
+/// Event data kind of a queue notify eventfd (`QUEUE | index`).
+pub const QUEUE: u32 = 1 << 16;
+/// Event data kind of a port's channel (`PORT | id`).
+pub const PORT: u32 = 2 << 16;
+const KIND_MASK: u32 = 0xffff_0000;
+
+/// Queue index of the control receive queue.
+const CONTROL_RX: usize = 2;
+/// Queue index of the control transmit queue.
+const CONTROL_TX: usize = 3;
+
+/// What a queue index carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum QueueRole {
+    Rx(u32),
+    Tx(u32),
+    ControlRx,
+    ControlTx,
+}
+
+fn queue_role(index: usize) -> QueueRole {
+    match index {
+        0 => QueueRole::Rx(0),
+        1 => QueueRole::Tx(0),
+        CONTROL_RX => QueueRole::ControlRx,
+        CONTROL_TX => QueueRole::ControlTx,
+        i => {
+            // Ports 1.. use queues 4.. in rx/tx pairs; max_ports bounds i, so this fits.
+            let port = u32::try_from(i / 2 - 1).unwrap_or(u32::MAX);
+            if i % 2 == 0 {
+                QueueRole::Rx(port)
+            } else {
+                QueueRole::Tx(port)
+            }
+        }
+    }
+}
+
+/// The receive queue of port `id`.
+pub(super) fn rx_queue(id: u32) -> usize {
+    if id == 0 {
+        0
+    } else {
+        2 * (id as usize + 1)
+    }
+}
+
+enum Pop {
+    Chain(u16, Vec<Descriptor>),
+    Empty,
+}
+
+impl Active {
+    fn mark_broken(&mut self, why: &str) {
+        if !self.broken {
+            warn!("console: {why}; the device needs a reset");
+            self.broken = true;
+            self.interrupt.needs_reset();
+        }
+    }
+
+    // The next available chain of queue `qi`.
+    fn pop(&mut self, qi: usize) -> Pop {
+        if self.broken {
+            return Pop::Empty;
+        }
+        let Some(Some(q)) = self.queues.get_mut(qi) else {
+            return Pop::Empty;
+        };
+        let next = match q.queue.iter(&self.mem) {
+            Ok(mut it) => it
+                .next()
+                .map(|chain| (chain.head_index(), chain.collect::<Vec<_>>())),
+            Err(e) => {
+                let why = format!("queue {qi}: bad available ring ({e})");
+                self.mark_broken(&why);
+                return Pop::Empty;
+            }
+        };
+        match next {
+            Some((head, descs)) => Pop::Chain(head, descs),
+            None => Pop::Empty,
+        }
+    }
+
+    // Returns a chain to the guest.
+    fn used(&mut self, qi: usize, head: u16, len: usize) {
+        let Some(Some(q)) = self.queues.get_mut(qi) else {
+            return;
+        };
+        let len = u32::try_from(len).unwrap_or(u32::MAX);
+        if let Err(e) = q.queue.add_used(&self.mem, head, len) {
+            let why = format!("queue {qi}: cannot add a used entry ({e})");
+            self.mark_broken(&why);
+        }
+    }
+
+    // Interrupts the guest for queue `qi` if it wants to be.
+    fn notify(&mut self, qi: usize) {
+        let Some(Some(q)) = self.queues.get_mut(qi) else {
+            return;
+        };
+        let wanted = q.queue.needs_notification(&self.mem).unwrap_or(true);
+        if wanted {
+            if let Err(e) = self.interrupt.trigger(InterruptKind::Queue(q.index)) {
+                warn!("console: cannot interrupt the guest for queue {qi}: {e}");
+            }
+        }
+    }
+}
+
+impl Console {
+    /// Handles a notification of queue `qi`.
+    pub(super) fn process_queue(&mut self, qi: usize) {
+        match queue_role(qi) {
+            QueueRole::Rx(id) => self.fill_rx(id),
+            QueueRole::Tx(id) => self.process_tx(qi, id),
+            QueueRole::ControlRx => self.flush_control(),
+            QueueRole::ControlTx => self.process_control_tx(),
+        }
+    }
+
+    // Guest output of port `id` to its channel.
+    fn process_tx(&mut self, qi: usize, id: u32) {
+        let Some(active) = self.active.as_mut() else {
+            return;
+        };
+        let mut any = false;
+        while let Pop::Chain(head, descs) = active.pop(qi) {
+            match read_tx_chain(&active.mem, descs) {
+                Ok(data) => match self.ports.get_mut(&id) {
+                    Some(p) => p.channel.write(&data),
+                    None => debug!("console: output on port {id}, which does not exist"),
+                },
+                Err(e) => warn!("console: port {id}: dropping a bad transmit chain: {e}"),
+            }
+            active.used(qi, head, 0);
+            any = true;
+        }
+        if any {
+            active.notify(qi);
+        }
+    }
+
+    fn process_control_tx(&mut self) {
+        let Some(active) = self.active.as_mut() else {
+            return;
+        };
+        let mut msgs = Vec::new();
+        while let Pop::Chain(head, descs) = active.pop(CONTROL_TX) {
+            match read_tx_chain(&active.mem, descs) {
+                Ok(bytes) => match GuestMsg::decode(&bytes) {
+                    Ok(m) => msgs.push(m),
+                    Err(e) => warn!("console: ignoring a control message: {e}"),
+                },
+                Err(e) => warn!("console: dropping a bad control chain: {e}"),
+            }
+            active.used(CONTROL_TX, head, 0);
+        }
+        if !msgs.is_empty() {
+            active.notify(CONTROL_TX);
+        }
+        for m in msgs {
+            self.handle_guest_msg(m);
+        }
+    }
+
+    fn handle_guest_msg(&mut self, msg: GuestMsg) {
+        debug!("console: guest sent {msg:?}");
+        match msg {
+            GuestMsg::DeviceReady { ok: false } => {
+                warn!("console: the guest driver failed to set up the device");
+            }
+            GuestMsg::DeviceReady { ok: true } => {
+                if self.driver_ready {
+                    return;
+                }
+                self.driver_ready = true;
+                let ids: Vec<u32> = self.ports.keys().copied().collect();
+                for id in ids {
+                    self.send_control(HostMsg::DeviceAdd(id));
+                }
+            }
+            GuestMsg::PortReady { id, ok } => {
+                let Some(p) = self.ports.get_mut(&id) else {
+                    warn!("console: the guest readied port {id}, which does not exist");
+                    return;
+                };
+                if !ok {
+                    warn!("console: the guest failed to set up port {id}");
+                    return;
+                }
+                if p.ready {
+                    return;
+                }
+                p.ready = true;
+                let console = p.console;
+                let name = p.name.clone();
+                if console {
+                    self.send_control(HostMsg::ConsolePort(id));
+                }
+                self.send_control(HostMsg::PortName { id, name });
+                self.send_control(HostMsg::PortOpen { id, open: true });
+            }
+            GuestMsg::PortOpen { id, open } => {
+                let Some(p) = self.ports.get_mut(&id) else {
+                    warn!("console: the guest opened port {id}, which does not exist");
+                    return;
+                };
+                p.guest_open = open;
+                if open {
+                    self.fill_rx(id);
+                }
+            }
+        }
+    }
+
+    /// Sends pending control messages into the guest's control receive buffers.
+    pub(super) fn flush_control(&mut self) {
+        let Some(active) = self.active.as_mut() else {
+            return;
+        };
+        let mut any = false;
+        while let Some(msg) = self.control_pending.front() {
+            let Pop::Chain(head, descs) = active.pop(CONTROL_RX) else {
+                break;
+            };
+            let n = match write_rx_chain(&active.mem, &descs, msg) {
+                Ok(n) => {
+                    if n < msg.len() {
+                        warn!("console: control buffer too small, message truncated");
+                    }
+                    self.control_pending.pop_front();
+                    n
+                }
+                Err(e) => {
+                    warn!("console: bad control receive chain: {e}");
+                    0
+                }
+            };
+            active.used(CONTROL_RX, head, n);
+            any = true;
+        }
+        if any {
+            active.notify(CONTROL_RX);
+        }
+    }
+
+    // Host input of port `id` into the guest's receive buffers, if the guest has it open.
+    fn fill_rx(&mut self, id: u32) {
+        let Some(active) = self.active.as_mut() else {
+            return;
+        };
+        let Some(port) = self.ports.get_mut(&id) else {
+            return;
+        };
+        if !port.ready || !port.guest_open {
+            return;
+        }
+        let qi = rx_queue(id);
+        let mut any = false;
+        loop {
+            if port.channel.input_always_ready() {
+                read_into(port, INPUT_BUFFER_MAX);
+            }
+            if port.input.is_empty() {
+                break;
+            }
+            let Pop::Chain(head, descs) = active.pop(qi) else {
+                break;
+            };
+            let n = match write_rx_chain(&active.mem, &descs, port.input.make_contiguous()) {
+                Ok(n) => n,
+                Err(e) => {
+                    warn!("console: port {id}: bad receive chain: {e}");
+                    0
+                }
+            };
+            port.input.drain(..n);
+            active.used(qi, head, n);
+            any = true;
+        }
+        if any {
+            active.notify(qi);
+        }
+    }
+
+    // The channel of port `id` is readable.
+    fn read_input(&mut self, id: u32) {
+        if let Some(p) = self.ports.get_mut(&id) {
+            read_into(p, INPUT_BUFFER_MAX);
+            self.fill_rx(id);
+        }
+    }
+
+    fn on_wake(&mut self) {
+        let _ = self.wake.read();
+        self.flush_control();
+        let ids: Vec<u32> = self.ports.keys().copied().collect();
+        for id in ids {
+            self.fill_rx(id);
+        }
+    }
+
+    /// Brings the event loop's watch list in line with the device state.
+    pub(super) fn sync(&mut self, ops: &mut EventOps) {
+        let mut want: BTreeMap<i32, (u32, u32)> = BTreeMap::new();
+        let mut merge = |fd: i32, data: u32, set: EventSet| {
+            let e = want.entry(fd).or_insert((data, 0));
+            e.1 |= set.bits();
+        };
+        merge(self.wake.as_raw_fd(), WAKE, EventSet::IN);
+        if let Some(a) = self.active.as_ref().filter(|a| !a.broken) {
+            for q in a.queues.iter().flatten() {
+                merge(
+                    q.notify.as_raw_fd(),
+                    QUEUE | u32::from(q.index),
+                    EventSet::IN,
+                );
+            }
+        }
+        for (id, p) in &self.ports {
+            if p.input.len() < INPUT_BUFFER_MAX {
+                if let Some(fd) = p.channel.input_fd() {
+                    merge(fd, PORT | id, EventSet::IN);
+                }
+            }
+            if p.channel.wants_writable() {
+                if let Some(fd) = p.channel.output_fd() {
+                    merge(fd, PORT | id, EventSet::OUT);
+                }
+            }
+        }
+        // Remove first, while retired descriptors are still open; then let them go.
+        let registered = std::mem::take(&mut self.registered);
+        for (fd, have) in registered {
+            match want.get(&fd) {
+                None => {
+                    if let Err(e) = ops.remove(Events::empty_raw(fd)) {
+                        warn!("console: cannot stop watching fd {fd}: {e}");
+                    }
+                }
+                Some(w) if *w != have => {
+                    let ev = Events::with_data_raw(fd, w.0, EventSet::from_bits_truncate(w.1));
+                    if let Err(e) = ops.modify(ev) {
+                        warn!("console: cannot change what fd {fd} is watched for: {e}");
+                    }
+                    self.registered.insert(fd, *w);
+                }
+                Some(w) => {
+                    self.registered.insert(fd, *w);
+                }
+            }
+        }
+        self.retired.clear();
+        for (fd, w) in want {
+            if self.registered.contains_key(&fd) {
+                continue;
+            }
+            let ev = Events::with_data_raw(fd, w.0, EventSet::from_bits_truncate(w.1));
+            match ops.add(ev) {
+                Ok(()) => {
+                    self.registered.insert(fd, w);
+                }
+                Err(e) => warn!("console: cannot watch fd {fd}: {e}"),
+            }
+        }
+    }
+}
+
+// Reads a port's channel into its input buffer, up to `max` buffered bytes.
+fn read_into(port: &mut super::device::Port, max: usize) {
+    let mut buf = [0u8; 4096];
+    while port.input.len() < max {
+        let room = (max - port.input.len()).min(buf.len());
+        match port.channel.read(&mut buf[..room]) {
+            ChanRead::Data(n) => port.input.extend(&buf[..n]),
+            ChanRead::WouldBlock | ChanRead::Closed => break,
+        }
+    }
+}
+
+impl MutEventSubscriber for Console {
+    fn init(&mut self, ops: &mut EventOps) {
+        self.sync(ops);
+    }
+
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        let data = events.data();
+        let set = events.event_set();
+        match data & KIND_MASK {
+            _ if data == WAKE => self.on_wake(),
+            QUEUE => {
+                let qi = (data & !KIND_MASK) as usize;
+                if let Some(Some(q)) = self.active.as_ref().and_then(|a| a.queues.get(qi)) {
+                    let _ = q.notify.read();
+                }
+                self.process_queue(qi);
+            }
+            PORT => {
+                let id = data & !KIND_MASK;
+                let hup = EventSet::HANG_UP | EventSet::ERROR | EventSet::READ_HANG_UP;
+                if set.intersects(EventSet::IN | hup) {
+                    self.read_input(id);
+                }
+                if set.intersects(EventSet::OUT | hup) {
+                    if let Some(p) = self.ports.get_mut(&id) {
+                        p.channel.flush();
+                    }
+                }
+            }
+            _ => warn!("console: unexpected event data {data:#x}"),
+        }
+        self.sync(ops);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_queue_roles() {
+        assert_eq!(queue_role(0), QueueRole::Rx(0));
+        assert_eq!(queue_role(1), QueueRole::Tx(0));
+        assert_eq!(queue_role(2), QueueRole::ControlRx);
+        assert_eq!(queue_role(3), QueueRole::ControlTx);
+        assert_eq!(queue_role(4), QueueRole::Rx(1));
+        assert_eq!(queue_role(5), QueueRole::Tx(1));
+        assert_eq!(queue_role(8), QueueRole::Rx(3));
+        for id in 0..64 {
+            assert_eq!(queue_role(rx_queue(id)), QueueRole::Rx(id));
+            assert_eq!(queue_role(rx_queue(id) + 1), QueueRole::Tx(id));
+        }
+    }
+}
