@@ -6,11 +6,23 @@
 //! function in its own slot (1..=31); slot 0 holds the host bridge.
 //!
 //! Wiring it up (VMM side):
-//! - Create a [`PciRoot`], put it on the port-I/O bus at [`PCI_CONFIG_IO_BASE`] (length
-//!   [`PCI_CONFIG_IO_LEN`]) and give it a [`BarHook`] that moves bus ranges.
-//! - For each virtio device, create a [`VirtioPciDevice`] with an [`MsiRouting`], insert it into
-//!   the root with [`PciRoot::insert`], map its BAR on the MMIO bus and register its
-//!   [`VirtioPciDevice::ioeventfds`] with KVM.
+//!
+//! ```text
+//! let root = Arc::new(Mutex::new(PciRoot::new()));          // host bridge at 00:00.0
+//! pio_bus.insert(root.clone(), PCI_CONFIG_IO_BASE, PCI_CONFIG_IO_LEN)?;
+//! root.lock().set_bar_hook(hook);                              // BarHook: moves bus ranges
+//! // per virtio device (dev: Arc<Mutex<D>>, D: VirtioDevice + MutEventSubscriber):
+//! let n = virtio::msix_vectors(&*dev.lock());                  // GSIs to allocate
+//! let pci = Arc::new(Mutex::new(VirtioPciDevice::new(dev, mem.clone(), routing, bar)?));
+//! let slot = root.lock().insert(pci.clone(), None)?;           // 1..=31
+//! mmio_bus.insert(pci.clone(), bar, virtio::BAR_SIZE)?;
+//! for (addr, fd) in pci.lock().ioeventfds(bar) { vm.register_ioevent(fd, &Mmio(addr), NoDatamatch)? }
+//! // hot-plug: PciHotplug on the MMIO bus, announce_add(slot) + GED interrupt;
+//! // removal: request_removal(slot) + GED; EjectHandler::eject(slot) -> root.remove(slot), unmap
+//! ```
+//!
+//! Lock order: the root, then a device, then its MSI-X state; [`BarHook`] and [`EjectHandler`]
+//! are called with the root (resp. the hot-plug block) locked, but no device locked.
 
 pub mod config;
 pub mod host;

@@ -26,6 +26,7 @@ pub struct InterruptState {
     needs_reset: AtomicBool,
     config_vector: AtomicU16,
     queue_vectors: Vec<AtomicU16>,
+    num_vectors: u16,
     msix: Mutex<Msix>,
     routing: Arc<dyn MsiRouting>,
 }
@@ -48,6 +49,7 @@ impl InterruptState {
             needs_reset: AtomicBool::new(false),
             config_vector: AtomicU16::new(NO_VECTOR),
             queue_vectors: (0..queues).map(|_| AtomicU16::new(NO_VECTOR)).collect(),
+            num_vectors: msix.num_vectors(),
             msix: Mutex::new(msix),
             routing,
         }
@@ -80,7 +82,7 @@ impl InterruptState {
 
     // A vector the guest may assign: inside the table, or NO_VECTOR.
     fn checked(&self, vector: u16) -> u16 {
-        if vector < self.msix().num_vectors() {
+        if vector < self.num_vectors {
             vector
         } else {
             NO_VECTOR

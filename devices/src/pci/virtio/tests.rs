@@ -11,7 +11,7 @@ use crate::pci::msix::fake::{Call, FakeRouting};
 use crate::pci::msix::{MsiMessage, MSIX_ENABLE};
 use crate::virtio::{status, ActivateError, InterruptKind, VIRTIO_F_VERSION_1};
 
-const FEATURES: u64 = 1 << VIRTIO_F_VERSION_1 | 1 << 5 | 1;
+const FEATURES: u64 = 1 << VIRTIO_F_VERSION_1 | 1 << common::VIRTIO_RING_F_EVENT_IDX | 1;
 const BAR: u64 = 0x1_0000_0000;
 
 #[derive(Default)]
@@ -284,7 +284,7 @@ fn queue_setup_and_activation() {
     let fake = rig.fake.lock().unwrap();
     assert_eq!(
         fake.activated,
-        Some(vec![(0, 0x1000, 32, false), (1, 0x2000, 16, false)])
+        Some(vec![(0, 0x1000, 32, true), (1, 0x2000, 16, true)])
     );
     drop(fake);
     // Address halves read back.
