@@ -247,16 +247,21 @@ fn multi_packet_replies_arrive_whole() {
 #[test]
 fn interactive_mode() {
     let vm = TestVm::start("t7");
-    let input = "version\nconfig ubd0\nbogus\nmconsole-version\nswitch t7\nquit\n";
+    let input = "version\nconfig ubd0\nbogus\nmconsole-version\nswitch nosuch\nswitch t7\nquit\n";
     let want = format!(
         "(t7) version\nOK {VERSION_TEXT}\n(t7) config ubd0\nOK rootfs.img\n(t7) bogus\n\
          ERR Unknown command\n(t7) mconsole-version\numl_mconsole client version 2\n\
-         (t7) switch t7\nSwitched to 't7'\n(t7) quit\n"
+         (t7) switch nosuch\n(t7) switch t7\nSwitched to 't7'\n(t7) quit\n"
     );
     for bin in [UML_MCONSOLE, KUML_MCONSOLE] {
         let o = vm.run(bin, &["t7"], Some(input));
         assert_eq!(String::from_utf8_lossy(&o.stdout), want, "{bin}");
         assert_eq!(o.status.code(), Some(0), "{bin}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(err.lines().count(), 3, "{bin}: {err}");
+        assert!(err
+            .lines()
+            .all(|l| l.starts_with("Warning: couldn't stat file: ")));
         // EOF without quit: a newline, exit 0.
         let o = vm.run(bin, &["t7"], Some("version\n"));
         assert_eq!(
@@ -288,6 +293,14 @@ fn socket_lookup_and_errors() {
             .lines()
             .all(|l| l.starts_with("Warning: couldn't stat file: ")
                 && l.ends_with(" - No such file or directory")));
+        // No pid file next to a bare socket path: `int` cannot signal.
+        let o = vm.run(bin, &[&sock, "int"], None);
+        assert_eq!(
+            String::from_utf8_lossy(&o.stdout),
+            "Cannot determine the PID of your UML session, not sending signal.\n",
+            "{bin}"
+        );
+        assert_eq!(o.status.code(), Some(0));
         // No arguments: usage on stderr, exit 1.
         let o = vm.run(bin, &[], None);
         assert_eq!(o.status.code(), Some(1), "{bin}");

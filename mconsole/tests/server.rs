@@ -326,3 +326,25 @@ fn socket_file_is_removed_on_drop_and_stale_one_replaced() {
     drop(server);
     assert!(!path.exists());
 }
+
+#[test]
+fn random_datagrams_do_not_disturb_the_server() {
+    let vm = TestVm::start("m4");
+    let junk = UnixDatagram::unbound().unwrap();
+    let mut seed = 0x2545_F491_4F6C_DD1Du64;
+    for i in 0..500 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let len = (seed % 600) as usize;
+        let mut d: Vec<u8> = (0..len).map(|j| (seed >> (j % 56)) as u8).collect();
+        if i % 2 == 0 && d.len() >= 4 {
+            d[0..4].copy_from_slice(&MAGIC.to_ne_bytes());
+        }
+        junk.send_to(&d, &vm.socket).unwrap();
+    }
+    let c = raw_client();
+    c.send_to(&encode_request(b"version"), &vm.socket).unwrap();
+    let reply = decode_reply(&recv(&c)).unwrap();
+    assert_eq!(reply.text, VERSION_TEXT.as_bytes());
+}
