@@ -318,7 +318,11 @@ impl PciConfig {
     /// Reads `data.len()` bytes at `offset`; bytes past the end read as ones.
     pub fn read(&self, offset: usize, data: &mut [u8]) {
         for (i, b) in data.iter_mut().enumerate() {
-            *b = self.bytes.get(offset + i).copied().unwrap_or(0xff);
+            *b = offset
+                .checked_add(i)
+                .and_then(|o| self.bytes.get(o))
+                .copied()
+                .unwrap_or(0xff);
         }
     }
 
@@ -345,7 +349,10 @@ impl PciConfig {
     /// not 1, 2 or 4 bytes inside one dword are ignored. Returns the BAR the write moved, if any.
     pub fn write(&mut self, offset: usize, data: &[u8]) -> Option<BarMove> {
         let len = data.len();
-        if !matches!(len, 1 | 2 | 4) || offset & (len - 1) != 0 || offset + len > CONFIG_SIZE {
+        if !matches!(len, 1 | 2 | 4)
+            || offset & (len - 1) != 0
+            || offset.saturating_add(len) > CONFIG_SIZE
+        {
             debug!("pci: ignoring config write of {len} bytes at {offset:#x}");
             return None;
         }
@@ -410,7 +417,10 @@ impl PciConfig {
 
     /// Directly sets bytes, bypassing the write mask (for the device model itself).
     pub fn put(&mut self, offset: usize, data: &[u8]) {
-        if let Some(dst) = self.bytes.get_mut(offset..offset + data.len()) {
+        if let Some(dst) = self
+            .bytes
+            .get_mut(offset..offset.saturating_add(data.len()))
+        {
             dst.copy_from_slice(data);
         }
     }
@@ -565,6 +575,10 @@ mod tests {
         let mut b = [0; 4];
         c.read(254, &mut b);
         assert_eq!(b, [0, 0, 0xff, 0xff]);
+        c.read(usize::MAX - 1, &mut b);
+        assert_eq!(b, [0xff; 4]);
+        assert_eq!(c.write(usize::MAX - 3, &b), None);
+        c.put(usize::MAX - 1, &b);
     }
 
     proptest! {

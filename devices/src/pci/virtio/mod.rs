@@ -374,7 +374,7 @@ impl VirtioPciDevice {
     // selection is valid: (BAR offset, length, offset inside the window).
     fn pci_cfg_window(&self, offset: usize, len: usize) -> Option<(u64, usize, usize)> {
         let window = self.pci_cfg_cap + 16;
-        if offset < window || offset + len > window + 4 {
+        if offset < window || offset.saturating_add(len) > window + 4 {
             return None;
         }
         let bar = self.config.read_u16(self.pci_cfg_cap + 4) & 0xff;
@@ -417,7 +417,7 @@ impl PciDevice for VirtioPciDevice {
         }
         let mv = self.config.write(offset, data);
         let ctl = self.msix_cap + MSIX_CAP_CONTROL;
-        if offset < ctl + 2 && offset + data.len() > ctl {
+        if offset < ctl + 2 && offset.saturating_add(data.len()) > ctl {
             let control = self.config.read_u16(ctl);
             let irq = &self.irq;
             irq.msix().set_control(control, irq.routing());
