@@ -143,6 +143,31 @@ pub enum OpenError {
     },
 }
 
+impl OpenError {
+    /// The positive errno UML would report for this failure (`Failed to open '%s', errno = %d`,
+    /// mconsole `config` replies): the host error where there is one, else `EINVAL`.
+    pub fn errno(&self) -> i32 {
+        let io = match self {
+            OpenError::Open { source, .. }
+            | OpenError::BackingStat { source, .. }
+            | OpenError::Create { source, .. }
+            | OpenError::WriteHeader { source, .. }
+            | OpenError::Absolutize { source, .. } => source.raw_os_error(),
+            OpenError::Lock {
+                source: LockError::Locked { errno, .. },
+                ..
+            } => Some(*errno),
+            OpenError::Lock {
+                source: LockError::Fcntl { source, .. },
+                ..
+            } => source.raw_os_error(),
+            OpenError::Read { source, .. } => source.raw_os_error(),
+            _ => None,
+        };
+        io.unwrap_or(libc::EINVAL)
+    }
+}
+
 fn errno(e: &io::Error) -> i32 {
     e.raw_os_error().unwrap_or(0)
 }
@@ -481,6 +506,12 @@ pub fn open_image(
             })
         }
     };
+    if f.metadata().is_ok_and(|m| m.is_dir()) {
+        return Err(OpenError::Open {
+            path: file.to_path_buf(),
+            source: io::Error::from_raw_os_error(libc::EISDIR),
+        });
+    }
     let lock = take_lock(&f, file, write, opts.shared)?;
     let raw = RawDisk::from_file(f, file, !write)
         .map_err(|source| OpenError::Read {
@@ -681,7 +712,7 @@ mod tests {
 
     #[test]
     fn mismatch_messages() {
-        let (_d, back, cow) = setup();
+        let (d, back, cow) = setup();
         drop(open_image(&cow, Some(&back), &ImageOptions::default()).unwrap());
         let f = OpenOptions::new().write(true).open(&back).unwrap();
         f.set_len(1024).unwrap();
@@ -690,6 +721,21 @@ mod tests {
             e.to_string(),
             "Size mismatch (65536 vs 1024) of COW header vs backing file"
         );
+        assert_eq!(e.errno(), libc::EINVAL);
+        let e =
+            open_image(Path::new("/nonexistent/x"), None, &ImageOptions::default()).unwrap_err();
+        assert_eq!(e.errno(), libc::ENOENT);
+        assert_eq!(e.to_string(), "Failed to open '/nonexistent/x', errno = 2");
+        let ro = ImageOptions {
+            read_only: true,
+            ..Default::default()
+        };
+        for o in [ImageOptions::default(), ro] {
+            assert_eq!(
+                open_image(d.path(), None, &o).unwrap_err().errno(),
+                libc::EISDIR
+            );
+        }
     }
 
     #[test]
