@@ -213,8 +213,7 @@ impl VirtioPciDevice {
         }
         // VIRTIO_PCI_CAP_PCI_CFG: the driver writes bar, offset and length, then accesses the
         // BAR through the data window.
-        let mut pci_cfg = virtio_cap(CAP_PCI_CFG, 0, 0, Some(0));
-        pci_cfg[4] = 0;
+        let pci_cfg = virtio_cap(CAP_PCI_CFG, 0, 0, Some(0));
         let mut pci_cfg_mask = [0u8; PCI_CFG_CAP_LEN];
         pci_cfg_mask[4] = 0xff;
         pci_cfg_mask[8..16].fill(0xff);
@@ -271,7 +270,7 @@ impl VirtioPciDevice {
             .enumerate()
             .map(|(i, fd)| {
                 let off = NOTIFY_OFFSET + i as u64 * u64::from(NOTIFY_OFF_MULTIPLIER);
-                (bar_addr + off, fd)
+                (bar_addr.saturating_add(off), fd)
             })
             .collect()
     }
