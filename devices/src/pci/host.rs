@@ -28,7 +28,9 @@ const ADDR_ENABLE: u32 = 1 << 31;
 pub type SharedPciDevice = Arc<Mutex<dyn PciDevice>>;
 
 /// Told when the guest moves a BAR. Called on a vCPU thread with the [`PciRoot`] locked (the
-/// device itself is not locked): the implementation must not lock the root.
+/// device itself is not locked) and the port-I/O bus held for dispatch: the implementation may
+/// lock the device and take the MMIO bus's write lock, but must not lock the root or write-lock
+/// the port-I/O bus.
 pub trait BarHook: Send + Sync {
     /// The device in `slot` moved a BAR: move its bus range and ioeventfds. On error the BAR
     /// stays mapped at `mv.old` (the guest sees a dead BAR until it moves it back).

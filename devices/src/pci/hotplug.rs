@@ -30,7 +30,10 @@ pub const B0EJ: u64 = 0x08;
 /// Offset of PSEG.
 pub const PSEG: u64 = 0x0c;
 
-/// Told when the guest ejects a slot. Called on a vCPU thread with the register block locked.
+/// Told when the guest ejects a slot. Called on a vCPU thread with the register block locked
+/// and the bus it sits on held for dispatch: if that is the MMIO bus, the handler must not
+/// take the MMIO bus's write lock itself (unmapping the BAR would deadlock). Queue the removal
+/// to the event loop (a channel plus an EventFd) and do it there.
 pub trait EjectHandler: Send + Sync {
     /// The guest released the device in `slot`: take it out of the PCI root and free it.
     fn eject(&self, slot: u8);
