@@ -109,6 +109,17 @@ pub struct Collision {
     pub pid: i32,
 }
 
+impl std::fmt::Display for Collision {
+    /// UML's two log lines for this case.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "umid \"{}\" is already in use by pid {}\nFailed to initialize umid \"{}\", trying with a random umid",
+            self.umid, self.pid, self.umid
+        )
+    }
+}
+
 /// The created `<uml_dir>/<umid>/` with its pid file; removed on drop.
 #[derive(Debug)]
 pub struct UmidDir {
@@ -219,12 +230,12 @@ impl UmidDir {
                     })
                 }
                 Attempt::InUse(owner) => {
-                    warn!("umid \"{u}\" is already in use by pid {owner}");
-                    warn!("Failed to initialize umid \"{u}\", trying with a random umid");
-                    collision = Some(Collision {
+                    let c = Collision {
                         umid: u.to_string(),
                         pid: owner,
-                    });
+                    };
+                    warn!("{c}");
+                    collision = Some(c);
                 }
             }
         }
@@ -415,6 +426,14 @@ mod tests {
             })
         );
         assert!(live.join("mconsole").exists());
+        assert_eq!(
+            d.collision().unwrap().to_string(),
+            format!(
+                "umid \"t1\" is already in use by pid {}\n\
+                 Failed to initialize umid \"t1\", trying with a random umid",
+                child.id()
+            )
+        );
         child.kill().unwrap();
         child.wait().unwrap();
         // Now the owner is dead: the directory is taken over.
