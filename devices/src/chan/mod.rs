@@ -30,7 +30,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use log::{debug, warn};
 
@@ -47,9 +47,6 @@ pub const OUTPUT_BUFFER_MAX: usize = 1 << 20;
 /// Why a channel could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum ChanError {
-    /// `fd:N` names a descriptor kuml does not have.
-    #[error("fd:{0}: the descriptor is not open")]
-    FdNotOpen(i32),
     /// `fd:N` could not be set up (reopened, made nonblocking, put in raw mode).
     #[error("fd:{fd}: cannot set up the descriptor")]
     Fd {
@@ -95,7 +92,33 @@ struct Handle {
     // False for regular files and devices epoll refuses (/dev/null): always ready.
     pollable: bool,
     restore_flags: Option<libc::c_int>,
-    restore_termios: Option<sys::Termios>,
+    /// We put this terminal in raw mode (its saved settings are in [`RAW_TERMINALS`]).
+    raw: bool,
+}
+
+/// Terminals put in raw mode and their previous settings, for [`restore_terminals`].
+static RAW_TERMINALS: Mutex<Vec<(RawFd, sys::Termios)>> = Mutex::new(Vec::new());
+
+fn raw_terminals() -> std::sync::MutexGuard<'static, Vec<(RawFd, sys::Termios)>> {
+    RAW_TERMINALS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Puts a terminal in raw mode, remembering how to undo it.
+fn make_raw_saved(fd: RawFd) -> io::Result<()> {
+    let old = sys::make_raw(fd)?;
+    raw_terminals().push((fd, old));
+    Ok(())
+}
+
+/// Restores every terminal a channel put in raw mode. Dropping a channel does this for its
+/// own terminals; call this on paths that exit without dropping (`process::exit`, fatal
+/// signals, panics) so that the user's shell gets its terminal back.
+pub fn restore_terminals() {
+    for (fd, t) in raw_terminals().drain(..) {
+        if let Err(e) = sys::set_termios(fd, &t) {
+            debug!("cannot restore terminal settings of fd {fd}: {e}");
+        }
+    }
 }
 
 impl Handle {
@@ -111,16 +134,26 @@ impl Handle {
             _owned: None,
             pollable: kind != FdKind::Regular && sys::can_poll(fd),
             restore_flags: None,
-            restore_termios: None,
+            raw: false,
         }
+    }
+
+    fn make_raw(&mut self) -> io::Result<()> {
+        make_raw_saved(self.fd)?;
+        self.raw = true;
+        Ok(())
     }
 }
 
 impl Drop for Handle {
     fn drop(&mut self) {
-        if let Some(t) = &self.restore_termios {
-            if let Err(e) = sys::set_termios(self.fd, t) {
-                debug!("cannot restore terminal settings of fd {}: {e}", self.fd);
+        if self.raw {
+            let mut list = raw_terminals();
+            if let Some(i) = list.iter().position(|(fd, _)| *fd == self.fd) {
+                let (_, t) = list.remove(i);
+                if let Err(e) = sys::set_termios(self.fd, &t) {
+                    debug!("cannot restore terminal settings of fd {}: {e}", self.fd);
+                }
             }
         }
         if let Some(f) = self.restore_flags {
@@ -180,7 +213,10 @@ impl Channel {
                     })?;
                 let mut h = Handle::owned(fd, FdKind::Tty);
                 if sys::is_tty(h.fd) {
-                    h.restore_termios = sys::make_raw(h.fd).ok();
+                    h.make_raw().map_err(|source| ChanError::Open {
+                        path: path.clone(),
+                        source,
+                    })?;
                 }
                 let h = Arc::new(h);
                 ch.input = Some(h.clone());
@@ -405,6 +441,11 @@ impl Channel {
 fn open_half(chan: &Chan, write: bool) -> Result<Option<Arc<Handle>>, ChanError> {
     match chan {
         Chan::Null => Ok(None),
+        Chan::Fd(n) if !sys::fd_is_open(*n) => {
+            // A closed stdin/stdout (kuml started detached) leaves the line without that half.
+            warn!("fd:{n} is not open; the channel works without it");
+            Ok(None)
+        }
         Chan::Fd(n) => open_fd(*n, write).map(|h| Some(Arc::new(h))),
         Chan::File(path) => {
             if !write {
@@ -425,7 +466,10 @@ fn open_half(chan: &Chan, write: bool) -> Result<Option<Arc<Handle>>, ChanError>
                 })?;
             let mut h = Handle::owned(fd, FdKind::Tty);
             if !write && sys::is_tty(h.fd) {
-                h.restore_termios = sys::make_raw(h.fd).ok();
+                h.make_raw().map_err(|source| ChanError::Open {
+                    path: path.clone(),
+                    source,
+                })?;
             }
             Ok(Some(Arc::new(h)))
         }
@@ -439,9 +483,6 @@ fn open_half(chan: &Chan, write: bool) -> Result<Option<Arc<Handle>>, ChanError>
 
 // Sets up an inherited descriptor: a private nonblocking file description when possible.
 fn open_fd(n: i32, write: bool) -> Result<Handle, ChanError> {
-    if !sys::fd_is_open(n) {
-        return Err(ChanError::FdNotOpen(n));
-    }
     let err = |source| ChanError::Fd { fd: n, source };
     let kind = sys::fd_kind(n).map_err(err)?;
     let mut h = match kind {
@@ -456,7 +497,7 @@ fn open_fd(n: i32, write: bool) -> Result<Handle, ChanError> {
         FdKind::Socket | FdKind::Other => in_place(n, kind).map_err(err)?,
     };
     if !write && kind == FdKind::Tty {
-        h.restore_termios = Some(sys::make_raw(h.fd).map_err(err)?);
+        h.make_raw().map_err(err)?;
     }
     Ok(h)
 }
@@ -561,12 +602,38 @@ mod tests {
     }
 
     #[test]
-    fn test_fd_not_open_is_an_error() {
-        let spec = parse_line("fd:987654").unwrap().unwrap();
-        assert!(matches!(
-            Channel::open(&spec, LineClass::Console, 0),
-            Err(ChanError::FdNotOpen(987654))
-        ));
+    fn test_fd_not_open_leaves_a_null_half() {
+        let spec = parse_line("fd:987654,fd:987655").unwrap().unwrap();
+        let mut ch = Channel::open(&spec, LineClass::Console, 0).unwrap();
+        assert!(!ch.has_input());
+        ch.write(b"x");
+        assert_eq!(ch.describe(), "fd:987654,fd:987655");
+    }
+
+    #[test]
+    fn test_regular_file_input_is_always_ready_then_eof() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("in");
+        std::fs::write(&path, b"typed").unwrap();
+        let f: OwnedFd = std::fs::File::open(&path).unwrap().into();
+        let n = f.as_raw_fd();
+        let spec = parse_line(&format!("fd:{n},null")).unwrap().unwrap();
+        let mut ch = Channel::open(&spec, LineClass::Console, 0).unwrap();
+        assert_eq!(ch.input_fd(), None);
+        assert!(ch.input_always_ready());
+        let mut buf = [0u8; 16];
+        assert_eq!(ch.read(&mut buf), ChanRead::Data(5));
+        assert_eq!(ch.read(&mut buf), ChanRead::Closed);
+        assert!(!ch.input_always_ready());
+        drop(f);
+    }
+
+    #[test]
+    fn test_dev_null_input_detaches_at_once() {
+        let spec = parse_line("tty:/dev/null").unwrap().unwrap();
+        let mut ch = Channel::open(&spec, LineClass::Serial, 0).unwrap();
+        let mut buf = [0u8; 4];
+        assert_eq!(ch.read(&mut buf), ChanRead::Closed);
     }
 
     #[test]

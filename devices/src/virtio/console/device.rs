@@ -23,8 +23,9 @@ pub const VIRTIO_CONSOLE_F_EMERG_WRITE: u32 = 2;
 
 /// The size of every queue.
 pub const QUEUE_SIZE: u16 = 256;
-/// Ports kuml offers by default: `con0` to `con63`, as kuml's command line accepts.
-pub const DEFAULT_MAX_PORTS: u32 = 64;
+/// Ports kuml offers by default: `con0` to `con15`, UML's 16 consoles (`MAX_TTYS`). Every port
+/// costs the guest two queues at probe time, so more ports slow the boot down.
+pub const DEFAULT_MAX_PORTS: u32 = 16;
 /// The most ports a device can have (event data keeps port ids in 16 bits).
 pub const MAX_PORTS_LIMIT: u32 = 1 << 15;
 /// Host input kept for a port whose guest side is not reading; the channel is not read
