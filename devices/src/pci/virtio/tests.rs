@@ -522,3 +522,121 @@ proptest! {
         prop_assert_eq!(rig.status(), 0);
     }
 }
+
+// The sequence Linux's virtio_pci_modern driver goes through, over the real buses.
+#[test]
+fn linux_like_probe_over_ports_and_bar() {
+    use crate::bus::Bus;
+    use crate::pci::host::PciRoot;
+    use crate::pci::msix::MSIX_FUNCTION_MASK;
+
+    let fake = Arc::new(Mutex::new(FakeDev::default()));
+    let mem = GuestMemory::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+    let routing = Arc::new(FakeRouting::default());
+    let pci = Arc::new(Mutex::new(
+        VirtioPciDevice::new(fake.clone(), mem, routing.clone(), BAR).unwrap(),
+    ));
+    let root = Arc::new(Mutex::new(PciRoot::new()));
+    let slot = root.lock().unwrap().insert(pci.clone(), None).unwrap();
+    let mut pio = Bus::new();
+    pio.insert(root.clone(), 0xcf8, 8).unwrap();
+    let mut mmio = Bus::new();
+    mmio.insert(pci.clone(), BAR, BAR_SIZE).unwrap();
+
+    let cfg_addr = |reg: u32| (1u32 << 31 | u32::from(slot) << 11 | reg).to_le_bytes();
+    let cfg_r = |reg: u32, len: usize| {
+        pio.write(0xcf8, &cfg_addr(reg & !3));
+        let mut b = [0u8; 4];
+        pio.read(0xcfc + u64::from(reg & 3), &mut b[..len]);
+        u32::from_le_bytes(b)
+    };
+    let cfg_w = |reg: u32, v: u32, len: usize| {
+        pio.write(0xcf8, &cfg_addr(reg & !3));
+        pio.write(0xcfc + u64::from(reg & 3), &v.to_le_bytes()[..len]);
+    };
+    let bar_w = |off: u64, v: u64, len: usize| {
+        assert!(mmio.write(BAR + off, &v.to_le_bytes()[..len]));
+    };
+    let bar_r = |off: u64, len: usize| {
+        let mut b = [0u8; 8];
+        assert!(mmio.read(BAR + off, &mut b[..len]));
+        u64::from_le_bytes(b)
+    };
+
+    assert_eq!(cfg_r(0, 2), 0x1af4);
+    assert_eq!(cfg_r(2, 2), 0x1042);
+    assert_eq!(cfg_r(0x0e, 1), 0, "single-function type-0 header");
+    // Size BAR 0 with decode off, then restore and enable memory + bus master.
+    cfg_w(4, 0, 2);
+    cfg_w(0x10, u32::MAX, 4);
+    assert_eq!(cfg_r(0x10, 4), !(BAR_SIZE as u32 - 1) | 4);
+    cfg_w(0x10, BAR as u32, 4);
+    cfg_w(0x14, u32::MAX, 4);
+    assert_eq!(cfg_r(0x14, 4), u32::MAX);
+    cfg_w(0x14, (BAR >> 32) as u32, 4);
+    cfg_w(4, 0x6, 2);
+    assert_eq!(cfg_r(4, 2), 0x6);
+    // Find the MSI-X capability and enable it function-masked, as Linux does.
+    let mut p = cfg_r(0x34, 1);
+    while cfg_r(p, 1) != 0x11 {
+        p = cfg_r(p + 1, 1);
+        assert_ne!(p, 0);
+    }
+    assert_eq!(cfg_r(p + 2, 2) & 0x7ff, 2);
+    cfg_w(p + 2, u32::from(MSIX_ENABLE | MSIX_FUNCTION_MASK), 2);
+    for v in 0..3u64 {
+        bar_w(MSIX_TABLE_OFFSET + 16 * v, 0xfee0_0000, 4);
+        bar_w(MSIX_TABLE_OFFSET + 16 * v + 4, 0, 4);
+        bar_w(MSIX_TABLE_OFFSET + 16 * v + 8, 0x40 + v, 4);
+        bar_w(MSIX_TABLE_OFFSET + 16 * v + 12, 0, 4);
+    }
+    cfg_w(p + 2, u32::from(MSIX_ENABLE), 2);
+    assert_eq!(routing.take().len(), 3);
+    // virtio init.
+    bar_w(0x14, 0, 1);
+    assert_eq!(bar_r(0x14, 1), 0);
+    bar_w(0x14, 1, 1);
+    bar_w(0x14, 3, 1);
+    bar_w(0x00, 1, 4);
+    let high = bar_r(0x04, 4);
+    bar_w(0x00, 0, 4);
+    let low = bar_r(0x04, 4);
+    bar_w(0x08, 0, 4);
+    bar_w(0x0c, low, 4);
+    bar_w(0x08, 1, 4);
+    bar_w(0x0c, high, 4);
+    bar_w(0x14, 0xb, 1);
+    assert_eq!(bar_r(0x14, 1), 0xb);
+    bar_w(0x10, 0, 2);
+    assert_eq!(bar_r(0x10, 2), 0);
+    for q in 0..bar_r(0x12, 2) {
+        bar_w(0x16, q, 2);
+        let size = bar_r(0x18, 2);
+        assert!(size > 0);
+        assert_eq!(bar_r(0x1c, 2), 0);
+        let base = 0x1000 * (q + 1);
+        bar_w(0x20, base, 4);
+        bar_w(0x24, 0, 4);
+        bar_w(0x28, base + 0x400, 4);
+        bar_w(0x2c, 0, 4);
+        bar_w(0x30, base + 0x800, 4);
+        bar_w(0x34, 0, 4);
+        bar_w(0x1a, q + 1, 2);
+        assert_eq!(bar_r(0x1a, 2), q + 1);
+        assert_eq!(bar_r(0x1e, 2), q);
+    }
+    for q in 0..2 {
+        bar_w(0x16, q, 2);
+        bar_w(0x1c, 1, 2);
+    }
+    bar_w(0x14, 0xf, 1);
+    assert_eq!(bar_r(0x14, 1), 0xf);
+    assert!(pci.lock().unwrap().is_activated());
+    let irq = fake.lock().unwrap().interrupt.clone().unwrap();
+    irq.trigger(InterruptKind::Queue(0)).unwrap();
+    irq.trigger(InterruptKind::Config).unwrap();
+    assert_eq!(routing.take(), vec![Call::Fire(1), Call::Fire(0)]);
+    // Unplug: the slot reads all ones again.
+    root.lock().unwrap().remove(slot).unwrap();
+    assert_eq!(cfg_r(0, 4), u32::MAX);
+}
