@@ -20,11 +20,16 @@
 //! into the shell's or kuml's stderr; a socket gets O_NONBLOCK directly, restored on drop. An
 //! input terminal is put in raw mode (as UML does) and restored on drop.
 //!
-//! Implemented: `fd`, `null`, `pts`, `pty` (served by a Unix98 pts), `tty`, `file`. Not yet:
-//! `port`, `xterm` ([`ChanError::Unsupported`]).
+//! Implemented: `fd`, `null`, `pts`, `pty` (served by a Unix98 pts), `tty`, `file`, and `port`
+//! as a built-in telnet server (UML runs the host's in.telnetd and its port-helper; kuml needs
+//! neither): it listens on `0.0.0.0:P` from the start, and the first client gets the line.
+//! Lines sharing a port each listen on it (SO_REUSEPORT); a connected line stops listening,
+//! so a client is refused once every line on the port has one. Output while no client is
+//! connected is discarded. Not yet: `xterm` ([`ChanError::Unsupported`]).
 
 pub mod spec;
 mod sys;
+pub mod telnet;
 
 use std::collections::VecDeque;
 use std::io;
@@ -64,6 +69,15 @@ pub enum ChanError {
     Open {
         /// The path.
         path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// A `port:` channel could not listen (UML: `binding to port %d failed`).
+    #[error("binding to port {port} failed")]
+    Listen {
+        /// The TCP port.
+        port: u16,
         /// The cause.
         #[source]
         source: io::Error,
@@ -182,6 +196,21 @@ pub struct Channel {
     // terminal program closes it.
     _pts_keepalive: Option<OwnedFd>,
     announcement: Option<String>,
+    /// A `port:` channel: a telnet server.
+    tcp: Option<TcpState>,
+    /// Descriptors replaced while the channel lives (a port channel's listener and past
+    /// connections); kept open until [`Channel::reap`], after the event loop let go of them.
+    retired: Vec<Arc<Handle>>,
+}
+
+/// The state of a `port:` channel. While no client is connected the channel's input is the
+/// listening socket; once one is, input and output are the connection, and the listener is
+/// closed so that further clients go to other lines on the same port.
+#[derive(Debug)]
+struct TcpState {
+    port: u16,
+    listener: Option<Arc<Handle>>,
+    decoder: telnet::TelnetDecoder,
 }
 
 impl Channel {
@@ -202,6 +231,16 @@ impl Channel {
             ));
             ch.pts_path = Some(path);
             ch._pts_keepalive = Some(keep);
+            return Ok(ch);
+        }
+        if let (true, Chan::Port(port)) = (spec.is_single(), &spec.input) {
+            let port = *port;
+            let l = sys::tcp_listen(port).map_err(|source| ChanError::Listen { port, source })?;
+            ch.tcp = Some(TcpState {
+                port,
+                listener: Some(Arc::new(Handle::owned(l, FdKind::Socket))),
+                decoder: telnet::TelnetDecoder::new(),
+            });
             return Ok(ch);
         }
         if spec.is_single() {
@@ -265,7 +304,20 @@ impl Channel {
             pts_path: None,
             _pts_keepalive: None,
             announcement: None,
+            tcp: None,
+            retired: Vec::new(),
         }
+    }
+
+    /// Closes descriptors the channel replaced; call once the event loop stopped watching
+    /// them (the console device does this after each watch-list update).
+    pub fn reap(&mut self) {
+        self.retired.clear();
+    }
+
+    /// For a `port:` channel: whether a client is connected.
+    pub fn is_connected(&self) -> bool {
+        self.tcp.is_some() && self.live_input().is_some()
     }
 
     /// The spec this channel was opened from.
@@ -300,7 +352,13 @@ impl Channel {
 
     /// The descriptor to watch for readability, if the input can be polled.
     pub fn input_fd(&self) -> Option<RawFd> {
-        self.live_input().filter(|h| h.pollable).map(|h| h.fd)
+        if let Some(h) = self.live_input() {
+            return Some(h.fd).filter(|_| h.pollable);
+        }
+        self.tcp
+            .as_ref()
+            .and_then(|t| t.listener.as_ref())
+            .map(|h| h.fd)
     }
 
     fn live_input(&self) -> Option<&Handle> {
@@ -318,11 +376,84 @@ impl Channel {
 
     /// True while the channel has an input at all.
     pub fn has_input(&self) -> bool {
-        self.live_input().is_some()
+        self.live_input().is_some() || self.tcp.as_ref().is_some_and(|t| t.listener.is_some())
     }
 
     /// Reads what is available, without blocking.
     pub fn read(&mut self, buf: &mut [u8]) -> ChanRead {
+        if self.tcp.is_none() {
+            return self.read_fd(buf);
+        }
+        if self.live_input().is_none() {
+            self.accept();
+            return ChanRead::WouldBlock;
+        }
+        match self.read_fd(buf) {
+            ChanRead::Data(n) => {
+                let mut out = Vec::with_capacity(n);
+                if let Some(t) = self.tcp.as_mut() {
+                    t.decoder.decode(&buf[..n], &mut out);
+                }
+                buf[..out.len()].copy_from_slice(&out);
+                if out.is_empty() {
+                    ChanRead::WouldBlock
+                } else {
+                    ChanRead::Data(out.len())
+                }
+            }
+            ChanRead::WouldBlock => ChanRead::WouldBlock,
+            ChanRead::Closed => {
+                self.disconnect();
+                ChanRead::WouldBlock
+            }
+        }
+    }
+
+    // A port channel's listener is readable: take the client.
+    fn accept(&mut self) {
+        let Some(t) = self.tcp.as_mut() else {
+            return;
+        };
+        let Some(l) = t.listener.as_ref() else {
+            return;
+        };
+        match sys::accept(l.fd) {
+            Ok(conn) => {
+                log::info!("port {}: client connected", t.port);
+                // Offer echo and character mode; a failure shows up on the next read.
+                let _ = sys::write(conn.as_raw_fd(), telnet::NEGOTIATION);
+                let h = Arc::new(Handle::owned(conn, FdKind::Socket));
+                t.decoder = telnet::TelnetDecoder::new();
+                if let Some(l) = t.listener.take() {
+                    self.retired.push(l);
+                }
+                self.input = Some(h.clone());
+                self.output = Some(h);
+                self.input_closed = false;
+                self.output_closed = false;
+                self.out_buf.clear();
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => warn!("port {}: accept failed: {e}", t.port),
+        }
+    }
+
+    // A port channel's client left: listen again.
+    fn disconnect(&mut self) {
+        let Some(t) = self.tcp.as_mut() else {
+            return;
+        };
+        log::info!("port {}: client disconnected", t.port);
+        self.retired.extend(self.input.take());
+        self.retired.extend(self.output.take());
+        self.out_buf.clear();
+        match sys::tcp_listen(t.port) {
+            Ok(l) => t.listener = Some(Arc::new(Handle::owned(l, FdKind::Socket))),
+            Err(e) => warn!("port {}: cannot listen again: {e}", t.port),
+        }
+    }
+
+    fn read_fd(&mut self, buf: &mut [u8]) -> ChanRead {
         let Some(fd) = self.live_input().map(|h| h.fd) else {
             return ChanRead::Closed;
         };
@@ -357,7 +488,14 @@ impl Channel {
         if self.live_output().is_none() || data.is_empty() {
             return;
         }
+        let escaped;
         let mut data = data;
+        if self.tcp.is_some() {
+            let mut v = Vec::with_capacity(data.len());
+            telnet::escape(data, &mut v);
+            escaped = v;
+            data = &escaped;
+        }
         if self.out_buf.is_empty() {
             let n = self.write_now(data);
             data = &data[n..];
@@ -476,7 +614,9 @@ fn open_half(chan: &Chan, write: bool) -> Result<Option<Arc<Handle>>, ChanError>
         Chan::Pts | Chan::Pty => Err(ChanError::Unsupported(
             "pts/pty as one half of a pair (use it for both directions)",
         )),
-        Chan::Port(_) => Err(ChanError::Unsupported("port")),
+        Chan::Port(_) => Err(ChanError::Unsupported(
+            "port as one half of a pair (use it for both directions)",
+        )),
         Chan::Xterm => Err(ChanError::Unsupported("xterm")),
     }
 }
@@ -650,6 +790,70 @@ mod tests {
         let mut w = std::fs::File::from(OwnedFd::from(w));
         w.write_all(b"ab").unwrap();
         assert_eq!(ch.read(&mut buf), ChanRead::Data(2));
+    }
+
+    #[test]
+    fn test_port_channel_speaks_telnet_and_relistens() {
+        use std::net::{TcpListener, TcpStream};
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let spec = parse_line(&format!("port:{port}")).unwrap().unwrap();
+        let mut ch = Channel::open(&spec, LineClass::Serial, 1).unwrap();
+        assert_eq!(ch.describe(), format!("port:{port}"));
+        let listen_fd = ch.input_fd().unwrap();
+        let mut buf = [0u8; 64];
+        // Output with no client is dropped.
+        ch.write(b"nobody");
+        assert_eq!(ch.read(&mut buf), ChanRead::WouldBlock);
+        let mut client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let mut connected = false;
+        for _ in 0..1000 {
+            let _ = ch.read(&mut buf);
+            if ch.is_connected() {
+                connected = true;
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert!(connected);
+        ch.reap();
+        assert_ne!(ch.input_fd(), Some(listen_fd));
+        let mut neg = vec![0u8; telnet::NEGOTIATION.len()];
+        client.read_exact(&mut neg).unwrap();
+        assert_eq!(neg, telnet::NEGOTIATION);
+        client
+            .write_all(&[telnet::IAC, 253, 1, b'l', b's', b'\r', b'\n'])
+            .unwrap();
+        let mut got = Vec::new();
+        for _ in 0..1000 {
+            if let ChanRead::Data(n) = ch.read(&mut buf) {
+                got.extend_from_slice(&buf[..n]);
+            }
+            if got.len() >= 3 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert_eq!(got, b"ls\r");
+        ch.write(&[b'a', telnet::IAC]);
+        let mut out = [0u8; 3];
+        client.read_exact(&mut out).unwrap();
+        assert_eq!(out, [b'a', telnet::IAC, telnet::IAC]);
+        drop(client);
+        for _ in 0..1000 {
+            let _ = ch.read(&mut buf);
+            if !ch.is_connected() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert!(!ch.is_connected());
+        assert!(ch.input_fd().is_some());
+        // The line listens again.
+        let _second = TcpStream::connect(("127.0.0.1", port)).unwrap();
     }
 
     #[test]

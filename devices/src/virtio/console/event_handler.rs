@@ -378,6 +378,9 @@ impl Console {
             }
         }
         self.retired.clear();
+        for p in self.ports.values_mut() {
+            p.channel.reap();
+        }
         for (fd, w) in want {
             if self.registered.contains_key(&fd) {
                 continue;
