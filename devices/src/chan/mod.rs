@@ -25,7 +25,9 @@
 //! neither): it listens on `0.0.0.0:P` from the start, and the first client gets the line.
 //! Lines sharing a port each listen on it (SO_REUSEPORT); a connected line stops listening,
 //! so a client is refused once every line on the port has one. Output while no client is
-//! connected is discarded. Not yet: `xterm` ([`ChanError::Unsupported`]).
+//! connected is discarded. `xterm` is a pts with a terminal window attached by a shell relay
+//! (UML's port-helper is not needed). A channel type used as one half of an `in,out` pair
+//! where that makes no sense (`pts`, `port`, `xterm`) is [`ChanError::Unsupported`].
 
 pub mod spec;
 mod sys;
@@ -40,8 +42,9 @@ use std::sync::{Arc, Mutex};
 use log::{debug, warn};
 
 pub use spec::{
-    default_line, parse_chan, parse_line, resolve_line, resolve_lines, Chan, ChanSpecError,
-    ChannelSpec, LineClass, LineSpecError,
+    default_line, parse_chan, parse_line, parse_xterm_option, resolve_line, resolve_lines,
+    xterm_command, xterm_title, Chan, ChanSpecError, ChannelSpec, LineClass, LineSpecError,
+    XtermConfig,
 };
 
 use sys::FdKind;
@@ -82,6 +85,12 @@ pub enum ChanError {
         #[source]
         source: io::Error,
     },
+    /// An `xterm` channel without `$DISPLAY` (UML: `xterm_open: $DISPLAY not set.`).
+    #[error("xterm_open: $DISPLAY not set.")]
+    NoDisplay,
+    /// The terminal emulator could not be started.
+    #[error("cannot start the terminal emulator '{0}'")]
+    Xterm(String, #[source] io::Error),
     /// The channel type is parsed but not implemented yet.
     #[error("channel type '{0}' is not supported yet")]
     Unsupported(&'static str),
@@ -213,11 +222,59 @@ struct TcpState {
     decoder: telnet::TelnetDecoder,
 }
 
+/// What opening a channel may need besides its spec.
+#[derive(Debug, Clone, Default)]
+pub struct ChanContext {
+    /// The instance name, shown in xterm titles.
+    pub umid: Option<String>,
+    /// The terminal emulator for `xterm` (UML's `xterm=` option).
+    pub xterm: XtermConfig,
+    /// Whether `$DISPLAY` is set (an `xterm` needs it).
+    pub display: bool,
+}
+
+impl ChanContext {
+    /// No umid, the default emulator, and `$DISPLAY` as the environment has it.
+    pub fn from_env() -> Self {
+        Self {
+            display: std::env::var_os("DISPLAY").is_some_and(|d| !d.is_empty()),
+            ..Self::default()
+        }
+    }
+}
+
 impl Channel {
     /// Opens `spec` for line `index` of `class` (the class and index name the line in the
-    /// pts announcement).
+    /// pts announcement) with [`ChanContext::from_env`].
     pub fn open(spec: &ChannelSpec, class: LineClass, index: u32) -> Result<Self, ChanError> {
+        Channel::open_in(spec, class, index, &ChanContext::from_env())
+    }
+
+    /// Opens `spec` for line `index` of `class`.
+    ///
+    /// `xterm` opens a pts (as `pts`) and starts the emulator in the background, attached to
+    /// it; closing the window leaves the line usable (reopen it with `screen` on
+    /// [`Channel::pts_path`]).
+    pub fn open_in(
+        spec: &ChannelSpec,
+        class: LineClass,
+        index: u32,
+        ctx: &ChanContext,
+    ) -> Result<Self, ChanError> {
         let mut ch = Channel::empty(spec.clone());
+        if let (true, Chan::Xterm) = (spec.is_single(), &spec.input) {
+            if !ctx.display {
+                return Err(ChanError::NoDisplay);
+            }
+            let mut ch = Channel::open_in(&ChannelSpec::single(Chan::Pts), class, index, ctx)?;
+            ch.spec = spec.clone();
+            ch.announcement = None;
+            let slave = ch.pts_path.clone().unwrap_or_default();
+            let title = xterm_title(class, index, ctx.umid.as_deref());
+            let cmd = xterm_command(&ctx.xterm, &title, &slave);
+            spawn_detached(&cmd).map_err(|e| ChanError::Xterm(ctx.xterm.emulator.clone(), e))?;
+            return Ok(ch);
+        }
         if spec.is_single() && matches!(spec.input, Chan::Pts | Chan::Pty) {
             let (master, path) = sys::open_pts().map_err(ChanError::Pts)?;
             let keep = sys::open_path(&path, true, true, false).map_err(ChanError::Pts)?;
@@ -575,6 +632,25 @@ impl Channel {
     }
 }
 
+// Starts `cmd` in the background through `sh`, which exits at once: the program is
+// reparented to init and never becomes kuml's zombie.
+fn spawn_detached(cmd: &[String]) -> io::Result<()> {
+    let status = std::process::Command::new("/bin/sh")
+        .arg("-c")
+        .arg("\"$@\" </dev/null >/dev/null 2>&1 &")
+        .arg("sh")
+        .args(cmd)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!("sh exited with {status}")))
+    }
+}
+
 // Opens one direction of a pair.
 fn open_half(chan: &Chan, write: bool) -> Result<Option<Arc<Handle>>, ChanError> {
     match chan {
@@ -617,7 +693,9 @@ fn open_half(chan: &Chan, write: bool) -> Result<Option<Arc<Handle>>, ChanError>
         Chan::Port(_) => Err(ChanError::Unsupported(
             "port as one half of a pair (use it for both directions)",
         )),
-        Chan::Xterm => Err(ChanError::Unsupported("xterm")),
+        Chan::Xterm => Err(ChanError::Unsupported(
+            "xterm as one half of a pair (use it for both directions)",
+        )),
     }
 }
 
@@ -854,6 +932,66 @@ mod tests {
         assert!(ch.input_fd().is_some());
         // The line listens again.
         let _second = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    }
+
+    #[test]
+    fn test_xterm_without_display_fails_like_uml() {
+        let ctx = ChanContext::default();
+        let err = Channel::open_in(
+            &ChannelSpec::single(Chan::Xterm),
+            LineClass::Console,
+            2,
+            &ctx,
+        )
+        .unwrap_err();
+        assert_eq!(err.to_string(), "xterm_open: $DISPLAY not set.");
+    }
+
+    #[test]
+    fn test_xterm_starts_the_emulator_on_a_pts() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("ran");
+        // A fake emulator that records its arguments.
+        let fake = dir.path().join("fake-term");
+        std::fs::write(
+            &fake,
+            format!("#!/bin/sh\necho \"$@\" > '{}'\n", marker.display()),
+        )
+        .unwrap();
+        std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let ctx = ChanContext {
+            umid: Some("t1".into()),
+            xterm: XtermConfig {
+                emulator: fake.display().to_string(),
+                ..XtermConfig::default()
+            },
+            display: true,
+        };
+        let Ok(ch) = Channel::open_in(
+            &ChannelSpec::single(Chan::Xterm),
+            LineClass::Console,
+            2,
+            &ctx,
+        ) else {
+            return; // no /dev/ptmx here
+        };
+        assert_eq!(ch.describe(), "xterm");
+        assert!(ch.announcement().is_none());
+        let mut args = String::new();
+        for _ in 0..2000 {
+            if let Ok(a) = std::fs::read_to_string(&marker) {
+                if !a.is_empty() {
+                    args = a;
+                    break;
+                }
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert!(
+            args.starts_with("-T Virtual Console #2 (t1) -e sh -c"),
+            "{args}"
+        );
     }
 
     #[test]

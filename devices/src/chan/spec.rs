@@ -307,10 +307,110 @@ pub fn resolve_lines(
     Ok(out)
 }
 
+/// The terminal emulator the `xterm` channel runs (UML's `xterm=` option).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct XtermConfig {
+    /// The program.
+    pub emulator: String,
+    /// The switch that sets the window title.
+    pub title_switch: String,
+    /// The switch that runs a command.
+    pub exec_switch: String,
+}
+
+impl Default for XtermConfig {
+    /// UML's upstream default, `xterm,-T,-e`.
+    fn default() -> Self {
+        Self {
+            emulator: "xterm".into(),
+            title_switch: "-T".into(),
+            exec_switch: "-e".into(),
+        }
+    }
+}
+
+/// Parses UML's `xterm=<emulator>[,<title switch>[,<exec switch>]]`; missing switches keep
+/// their defaults.
+pub fn parse_xterm_option(s: &str) -> Result<XtermConfig, ChanSpecError> {
+    let mut cfg = XtermConfig::default();
+    let mut parts = s.split(',');
+    match parts.next() {
+        Some(e) if !e.is_empty() => cfg.emulator = e.to_owned(),
+        _ => return Err(ChanSpecError::Empty),
+    }
+    if let Some(t) = parts.next().filter(|t| !t.is_empty()) {
+        cfg.title_switch = t.to_owned();
+    }
+    if let Some(x) = parts.next().filter(|x| !x.is_empty()) {
+        cfg.exec_switch = x.to_owned();
+    }
+    if parts.next().is_some() {
+        return Err(ChanSpecError::TooMany(s.to_owned()));
+    }
+    Ok(cfg)
+}
+
+/// The window title UML gives a line's xterm: `Virtual Console #1 (umid)`.
+pub fn xterm_title(class: LineClass, index: u32, umid: Option<&str>) -> String {
+    let base = match class {
+        LineClass::Console => format!("Virtual Console #{index}"),
+        LineClass::Serial => format!("Serial Line #{index}"),
+    };
+    match umid {
+        Some(u) => format!("{base} ({u})"),
+        None => base,
+    }
+}
+
+/// The command line that opens a terminal window attached to pts `slave`: the window's own
+/// terminal goes raw and two `cat`s relay bytes both ways (UML runs its port-helper instead).
+pub fn xterm_command(cfg: &XtermConfig, title: &str, slave: &std::path::Path) -> Vec<String> {
+    let slave = slave.display().to_string().replace('\'', "");
+    let relay = format!("stty raw -echo; cat '{slave}' & exec cat > '{slave}'");
+    vec![
+        cfg.emulator.clone(),
+        cfg.title_switch.clone(),
+        title.to_owned(),
+        cfg.exec_switch.clone(),
+        "sh".into(),
+        "-c".into(),
+        relay,
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn test_xterm_option_and_command() {
+        assert_eq!(parse_xterm_option("xterm").unwrap(), XtermConfig::default());
+        let c = parse_xterm_option("gnome-terminal,-t,-x").unwrap();
+        assert_eq!(c.emulator, "gnome-terminal");
+        assert_eq!(c.title_switch, "-t");
+        assert_eq!(c.exec_switch, "-x");
+        let c = parse_xterm_option("konsole,,--e").unwrap();
+        assert_eq!(c.title_switch, "-T");
+        assert_eq!(c.exec_switch, "--e");
+        assert!(parse_xterm_option("").is_err());
+        assert!(parse_xterm_option("a,b,c,d").is_err());
+        assert_eq!(
+            xterm_title(LineClass::Console, 1, Some("web1")),
+            "Virtual Console #1 (web1)"
+        );
+        assert_eq!(xterm_title(LineClass::Serial, 0, None), "Serial Line #0");
+        let cmd = xterm_command(
+            &XtermConfig::default(),
+            "Virtual Console #1",
+            std::path::Path::new("/dev/pts/4"),
+        );
+        assert_eq!(cmd[..5], ["xterm", "-T", "Virtual Console #1", "-e", "sh"]);
+        assert_eq!(
+            cmd[6],
+            "stty raw -echo; cat '/dev/pts/4' & exec cat > '/dev/pts/4'"
+        );
+    }
 
     #[test]
     fn test_parse_line_single_and_pair() {
