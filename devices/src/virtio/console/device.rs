@@ -8,7 +8,7 @@ use virtio_queue::QueueT;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::control::HostMsg;
-use crate::chan::Channel;
+use crate::chan::{ChanContext, ChanError, Channel, ChannelSpec, LineClass};
 use crate::virtio::{
     types, ActivateError, ActiveQueue, GuestMemory, VirtioDevice, VirtioInterrupt,
     VIRTIO_F_VERSION_1,
@@ -58,6 +58,15 @@ pub enum ConsoleError {
     /// `max_nr_ports` is 0 or too large.
     #[error("a console device needs 1 to {MAX_PORTS_LIMIT} ports, not {0}")]
     BadMaxPorts(u32),
+    /// The port's channel could not be opened.
+    #[error("cannot open the channel of console {id}")]
+    Channel {
+        /// The port.
+        id: u32,
+        /// The cause.
+        #[source]
+        source: ChanError,
+    },
     /// The device's wake-up eventfd could not be created.
     #[error("cannot create the console's eventfd")]
     EventFd(#[source] std::io::Error),
@@ -255,6 +264,51 @@ impl Console {
     }
 }
 
+/// A console device built from the command line's lines (see [`open_consoles`]).
+#[derive(Debug)]
+pub struct OpenedConsoles {
+    /// The device, one port per line that opened.
+    pub console: Console,
+    /// UML's announcements (`Virtual console 1 assigned device '/dev/pts/3'`), to print.
+    pub announcements: Vec<String>,
+    /// Lines that could not be set up; UML boots without them, printing why.
+    pub failures: Vec<ConsoleError>,
+}
+
+/// Opens every console line (from [`crate::chan::resolve_lines`]) and builds the device with
+/// one port per line. A line whose channel fails is left out and reported in `failures`, as
+/// UML boots without the lines it cannot set up.
+pub fn open_consoles(
+    lines: &[(u32, ChannelSpec)],
+    max_ports: u32,
+    ctx: &ChanContext,
+) -> Result<OpenedConsoles, ConsoleError> {
+    let mut console = Console::new(max_ports)?;
+    let mut announcements = Vec::new();
+    let mut failures = Vec::new();
+    for (id, spec) in lines {
+        if *id >= max_ports {
+            failures.push(ConsoleError::OutOfRange {
+                id: *id,
+                max: max_ports,
+            });
+            continue;
+        }
+        match Channel::open_in(spec, LineClass::Console, *id, ctx) {
+            Ok(ch) => {
+                announcements.extend(ch.announcement().map(str::to_owned));
+                console.add_port(*id, ch)?;
+            }
+            Err(source) => failures.push(ConsoleError::Channel { id: *id, source }),
+        }
+    }
+    Ok(OpenedConsoles {
+        console,
+        announcements,
+        failures,
+    })
+}
+
 impl VirtioDevice for Console {
     fn device_type(&self) -> u32 {
         types::CONSOLE
@@ -392,6 +446,27 @@ mod tests {
         c.ack_features(u64::MAX);
         assert_eq!(c.acked_features, c.features());
         assert!(c.features() & (1 << VIRTIO_CONSOLE_F_MULTIPORT) != 0);
+    }
+
+    #[test]
+    fn test_open_consoles_skips_failed_lines() {
+        let lines = vec![
+            (0, ChannelSpec::single(crate::chan::Chan::Null)),
+            (1, ChannelSpec::single(crate::chan::Chan::Xterm)),
+            (2, ChannelSpec::single(crate::chan::Chan::Null)),
+            (40, ChannelSpec::single(crate::chan::Chan::Null)),
+        ];
+        let o = open_consoles(&lines, 16, &ChanContext::default()).unwrap();
+        assert_eq!(o.console.port_ids(), vec![0, 2]);
+        assert_eq!(o.failures.len(), 2);
+        assert!(matches!(
+            o.failures[0],
+            ConsoleError::Channel {
+                id: 1,
+                source: ChanError::NoDisplay
+            }
+        ));
+        assert!(o.announcements.is_empty());
     }
 
     #[test]

@@ -17,14 +17,17 @@
 //!
 //! Wiring (VMM side):
 //! ```ignore
-//! let console = Arc::new(Mutex::new(Console::new(DEFAULT_MAX_PORTS)?));
-//! for (id, spec) in chan::resolve_lines(LineClass::Console, all, &each, 16, display_set)? {
-//!     let ch = Channel::open(&spec, LineClass::Console, id)?;
-//!     if let Some(msg) = ch.announcement() { println!("{msg}"); }
-//!     console.lock().unwrap().add_port(id, ch)?;
-//! }
+//! let ctx = ChanContext { umid: Some(umid), xterm: XtermConfig::default(), display };
+//! let lines = chan::resolve_lines(LineClass::Console, cfg.con.all.as_deref(), &cfg.con.each,
+//!                                 DEFAULT_MAX_PORTS, ctx.display)?;
+//! let opened = open_consoles(&lines, DEFAULT_MAX_PORTS, &ctx)?;
+//! for e in &opened.failures { log::warn!("{}", error_chain(e)); }
+//! for a in &opened.announcements { println!("{a}"); }
+//! let console = Arc::new(Mutex::new(opened.console));
 //! event_manager.add_subscriber(console.clone());   // Arc<Mutex<Console>>
 //! transport = VirtioPci::new(console.clone() as Arc<Mutex<dyn VirtioDevice>>, …);
+//! // mconsole `config con3=pts`: console.lock().unwrap().add_port(3, Channel::open_in(…)?)
+//! // mconsole `remove con3` / `config con3=none`: console.lock().unwrap().remove_port(3)
 //! ```
 //!
 //! [`Channel`]: crate::chan::Channel
@@ -35,8 +38,8 @@ pub mod event_handler;
 pub mod port;
 
 pub use device::{
-    Console, ConsoleError, DEFAULT_MAX_PORTS, INPUT_BUFFER_MAX, QUEUE_SIZE,
-    VIRTIO_CONSOLE_F_EMERG_WRITE, VIRTIO_CONSOLE_F_MULTIPORT,
+    open_consoles, Console, ConsoleError, OpenedConsoles, DEFAULT_MAX_PORTS, INPUT_BUFFER_MAX,
+    QUEUE_SIZE, VIRTIO_CONSOLE_F_EMERG_WRITE, VIRTIO_CONSOLE_F_MULTIPORT,
 };
 
 #[cfg(test)]
