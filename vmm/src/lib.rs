@@ -3,6 +3,7 @@
 pub mod arch;
 pub mod builder;
 pub mod config;
+pub mod device_manager;
 pub mod event_loop;
 pub mod exit;
 pub mod terminal;
