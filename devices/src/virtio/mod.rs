@@ -12,6 +12,7 @@
 //! eventfds it was given.
 
 pub mod console;
+pub mod net;
 
 use std::io;
 use std::sync::Arc;

@@ -1,0 +1,456 @@
+//! The event-loop side of virtio-net: queue notifications, backend readiness, and moving
+//! frames between the rings and the backend.
+//!
+//! Event data: [`WAKE`] for the device's wake-up eventfd (activation, reset, link change,
+//! close, and work left over when a round hit its budget), [`RX_NOTIFY`] / [`TX_NOTIFY`] for
+//! the queues' notify eventfds, [`BACKEND`] for the backend's fd. After every event the
+//! handler brings the watch list in line with the device state (`sync`):
+//!
+//! * the backend is watched for input only while no received frame waits for a guest buffer:
+//!   when the guest posts none, one frame is kept and the rest stay in the host queue (the
+//!   guest's rx notification resumes reading, with VIRTIO_RING_F_EVENT_IDX asking for it);
+//! * the backend is watched for output only while a frame it refused (`WouldBlock`) waits;
+//!   the transmit ring is not read meanwhile, so the guest keeps its place and sees
+//!   backpressure through a full ring.
+//!
+//! Each round handles at most [`BUDGET`] chains per queue, then wakes itself to go on, so one
+//! busy direction cannot starve the other or the rest of the event loop.
+
+use std::io;
+use std::os::fd::AsRawFd;
+
+use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+use log::{debug, warn};
+use virtio_queue::desc::split::Descriptor;
+use virtio_queue::{QueueOwnedT, QueueT};
+
+use super::device::{Active, Net, MTU, RX_QUEUE, TX_QUEUE};
+use super::rxtx::{read_tx_frame, write_rx_frame, ChainError};
+use crate::virtio::{ActiveQueue, InterruptKind};
+
+/// Event data of the wake-up eventfd.
+pub const WAKE: u32 = 0;
+/// Event data of the receive queue's notify eventfd.
+pub const RX_NOTIFY: u32 = 1;
+/// Event data of the transmit queue's notify eventfd.
+pub const TX_NOTIFY: u32 = 2;
+/// Event data of the backend's fd.
+pub const BACKEND: u32 = 3;
+
+/// Chains handled per queue and round.
+pub const BUDGET: usize = 256;
+
+/// The longest frame given to the guest: the MTU plus an Ethernet header with a VLAN tag
+/// (VIRTIO_NET_F_MTU: the device must not pass longer frames).
+pub const RX_FRAME_MAX: usize = MTU as usize + 14 + 4;
+
+// Logs the 1st, 2nd, 4th, 8th, … occurrence of a repeated problem.
+fn sparse(count: u64) -> bool {
+    count.is_power_of_two()
+}
+
+enum Pop {
+    Chain(u16, Vec<Descriptor>),
+    Empty,
+}
+
+impl Active {
+    fn queue(&mut self, qi: usize) -> &mut ActiveQueue {
+        if qi == RX_QUEUE {
+            &mut self.rx
+        } else {
+            &mut self.tx
+        }
+    }
+
+    fn mark_broken(&mut self, why: &str) {
+        if !self.broken {
+            warn!("net: {why}; the device needs a reset");
+            self.broken = true;
+            self.interrupt.needs_reset();
+        }
+    }
+
+    // The next available chain of queue `qi`.
+    fn pop(&mut self, qi: usize) -> Pop {
+        if self.broken {
+            return Pop::Empty;
+        }
+        let mem = &self.mem;
+        let q = if qi == RX_QUEUE {
+            &mut self.rx
+        } else {
+            &mut self.tx
+        };
+        let next = match q.queue.iter(mem) {
+            Ok(mut it) => it
+                .next()
+                .map(|chain| (chain.head_index(), chain.collect::<Vec<_>>())),
+            Err(e) => {
+                let why = format!("queue {qi}: bad available ring ({e})");
+                self.mark_broken(&why);
+                return Pop::Empty;
+            }
+        };
+        match next {
+            Some((head, descs)) => Pop::Chain(head, descs),
+            None => Pop::Empty,
+        }
+    }
+
+    // Returns a chain to the guest.
+    fn used(&mut self, qi: usize, head: u16, len: u32) {
+        let mem = self.mem.clone();
+        if let Err(e) = self.queue(qi).queue.add_used(&mem, head, len) {
+            let why = format!("queue {qi}: cannot add a used entry ({e})");
+            self.mark_broken(&why);
+        }
+    }
+
+    fn disable_notification(&mut self, qi: usize) {
+        let mem = self.mem.clone();
+        if let Err(e) = self.queue(qi).queue.disable_notification(&mem) {
+            let why = format!("queue {qi}: cannot suppress notifications ({e})");
+            self.mark_broken(&why);
+        }
+    }
+
+    // Asks the guest to notify the queue again; true if chains arrived meanwhile.
+    fn enable_notification(&mut self, qi: usize) -> bool {
+        if self.broken {
+            return false;
+        }
+        let mem = self.mem.clone();
+        match self.queue(qi).queue.enable_notification(&mem) {
+            Ok(more) => more,
+            Err(e) => {
+                let why = format!("queue {qi}: cannot enable notifications ({e})");
+                self.mark_broken(&why);
+                false
+            }
+        }
+    }
+
+    // Interrupts the guest for queue `qi` if it wants to be.
+    fn notify(&mut self, qi: usize) {
+        let mem = self.mem.clone();
+        let q = self.queue(qi);
+        let index = q.index;
+        let wanted = q.queue.needs_notification(&mem).unwrap_or(true);
+        if wanted {
+            if let Err(e) = self.interrupt.trigger(InterruptKind::Queue(index)) {
+                warn!("net: cannot interrupt the guest for queue {qi}: {e}");
+            }
+        }
+    }
+}
+
+/// What became of a frame handed to the backend.
+enum Sent {
+    Done,
+    Dropped,
+    WouldBlock,
+}
+
+impl Net {
+    // Sends the frame in `tx_buf`.
+    fn send_frame(&mut self) -> Sent {
+        let len = self.tx_buf.len() as u64;
+        let backend = match self.backend.as_mut() {
+            Some(b) if self.link_up => b,
+            _ => {
+                self.stats.tx_dropped += 1;
+                debug!("net {}: link down, dropping a guest frame", self.mac);
+                return Sent::Dropped;
+            }
+        };
+        loop {
+            match backend.send(&self.tx_buf) {
+                Ok(()) => {
+                    self.stats.tx_frames += 1;
+                    self.stats.tx_bytes += len;
+                    return Sent::Done;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Sent::WouldBlock,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    self.stats.tx_dropped += 1;
+                    if sparse(self.stats.tx_dropped) {
+                        warn!(
+                            "net {}: backend send failed, frame dropped ({} dropped): {e}",
+                            self.mac, self.stats.tx_dropped
+                        );
+                    }
+                    return Sent::Dropped;
+                }
+            }
+        }
+    }
+
+    /// Moves guest frames from the transmit ring to the backend.
+    pub(super) fn process_tx(&mut self) {
+        if !self.active.as_ref().is_some_and(|a| !a.broken) {
+            return;
+        }
+        let mut any = false;
+        if let Some(head) = self.tx_pending {
+            if let Sent::WouldBlock = self.send_frame() {
+                return;
+            }
+            self.tx_pending = None;
+            self.used(TX_QUEUE, head, 0);
+            any = true;
+        }
+        let mut budget = BUDGET;
+        'rounds: loop {
+            self.with_active(|a| a.disable_notification(TX_QUEUE));
+            while budget > 0 {
+                let Some(Pop::Chain(head, descs)) = self.with_active(|a| a.pop(TX_QUEUE)) else {
+                    break;
+                };
+                budget -= 1;
+                any = true;
+                let parsed = match self.active.as_ref() {
+                    Some(a) => read_tx_frame(&a.mem, &descs, &mut self.tx_buf),
+                    None => break 'rounds,
+                };
+                match parsed {
+                    Ok(hdr) => {
+                        if hdr.wants_offload() {
+                            debug!("net {}: guest asked for an offload: {hdr:?}", self.mac);
+                        }
+                        if let Sent::WouldBlock = self.send_frame() {
+                            // Keep the chain: it is retried once the backend is writable.
+                            self.tx_pending = Some(head);
+                            break 'rounds;
+                        }
+                    }
+                    Err(e) => {
+                        self.stats.tx_dropped += 1;
+                        if sparse(self.stats.tx_dropped) {
+                            warn!(
+                                "net {}: dropping a bad transmit chain ({} dropped): {e}",
+                                self.mac, self.stats.tx_dropped
+                            );
+                        }
+                    }
+                }
+                self.used(TX_QUEUE, head, 0);
+            }
+            if budget == 0 {
+                self.kick();
+                break;
+            }
+            if !self
+                .with_active(|a| a.enable_notification(TX_QUEUE))
+                .unwrap_or(false)
+            {
+                break;
+            }
+        }
+        if any {
+            self.with_active(|a| a.notify(TX_QUEUE));
+        }
+    }
+
+    /// Moves host frames from the backend to the receive ring.
+    pub(super) fn process_rx(&mut self) {
+        if !self.active.as_ref().is_some_and(|a| !a.broken) {
+            return;
+        }
+        let mut any = false;
+        let mut budget = BUDGET;
+        while budget > 0 {
+            budget -= 1;
+            let len = match self.rx_pending {
+                Some(n) => n,
+                None => {
+                    let Some(b) = self.backend.as_mut() else {
+                        break;
+                    };
+                    match b.recv(&mut self.rx_buf) {
+                        Ok(n) => n,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(e) => {
+                            self.stats.rx_dropped += 1;
+                            if sparse(self.stats.rx_dropped) {
+                                warn!("net {}: backend receive failed: {e}", self.mac);
+                            }
+                            continue;
+                        }
+                    }
+                }
+            };
+            if !self.link_up || len > RX_FRAME_MAX {
+                self.rx_pending = None;
+                self.stats.rx_dropped += 1;
+                if self.link_up && sparse(self.stats.rx_dropped) {
+                    warn!(
+                        "net {}: dropping a {len}-byte host frame, longer than the MTU allows \
+                         ({} dropped)",
+                        self.mac, self.stats.rx_dropped
+                    );
+                }
+                continue;
+            }
+            self.rx_pending = Some(len);
+            let Some(active) = self.active.as_mut() else {
+                break;
+            };
+            let (head, descs) = match active.pop(RX_QUEUE) {
+                Pop::Chain(head, descs) => (head, descs),
+                Pop::Empty => {
+                    if active.enable_notification(RX_QUEUE) {
+                        continue;
+                    }
+                    // The frame waits; the guest's rx notification resumes.
+                    break;
+                }
+            };
+            let frame = self.rx_buf.get(..len).unwrap_or_default();
+            match write_rx_frame(&active.mem, &descs, frame) {
+                Ok(n) => {
+                    active.used(RX_QUEUE, head, n);
+                    self.rx_pending = None;
+                    self.stats.rx_frames += 1;
+                    self.stats.rx_bytes += len as u64;
+                    any = true;
+                }
+                Err(ChainError::BufferTooSmall { need, have }) => {
+                    // Keep the guest's buffer for the next frame; this one cannot fit.
+                    active.rx.queue.go_to_previous_position();
+                    self.rx_pending = None;
+                    self.stats.rx_dropped += 1;
+                    if sparse(self.stats.rx_dropped) {
+                        warn!(
+                            "net {}: dropping a host frame: {need} bytes do not fit a \
+                             {have}-byte guest buffer ({} dropped)",
+                            self.mac, self.stats.rx_dropped
+                        );
+                    }
+                }
+                Err(e) => {
+                    // A bad buffer goes back unused; the frame waits for the next one.
+                    active.used(RX_QUEUE, head, 0);
+                    any = true;
+                    warn!("net {}: bad receive chain: {e}", self.mac);
+                }
+            }
+        }
+        if budget == 0 {
+            self.kick();
+        }
+        if any {
+            self.with_active(|a| a.notify(RX_QUEUE));
+        }
+    }
+
+    fn with_active<T>(&mut self, f: impl FnOnce(&mut Active) -> T) -> Option<T> {
+        self.active.as_mut().map(f)
+    }
+
+    fn used(&mut self, qi: usize, head: u16, len: u32) {
+        self.with_active(|a| a.used(qi, head, len));
+    }
+
+    fn on_wake(&mut self) {
+        let _ = self.wake.read();
+        self.process_tx();
+        self.process_rx();
+    }
+
+    fn on_backend(&mut self, set: EventSet) {
+        if set.contains(EventSet::HANG_UP) && !set.contains(EventSet::IN) && !self.backend_hung_up {
+            warn!("net {}: the backend hung up; no more host frames", self.mac);
+            self.backend_hung_up = true;
+        }
+        if set.intersects(EventSet::OUT | EventSet::ERROR | EventSet::HANG_UP) {
+            self.process_tx();
+        }
+        if set.intersects(EventSet::IN | EventSet::ERROR) {
+            self.process_rx();
+        }
+    }
+
+    /// Brings the event loop's watch list in line with the device state.
+    pub(super) fn sync(&mut self, ops: &mut EventOps) {
+        let mut want: Vec<(i32, u32, EventSet)> = vec![(self.wake.as_raw_fd(), WAKE, EventSet::IN)];
+        let live = self.active.as_ref().filter(|a| !a.broken);
+        if let Some(a) = live {
+            want.push((a.rx.notify.as_raw_fd(), RX_NOTIFY, EventSet::IN));
+            want.push((a.tx.notify.as_raw_fd(), TX_NOTIFY, EventSet::IN));
+        }
+        if let Some(b) = self.backend.as_ref() {
+            let mut set = EventSet::empty();
+            if live.is_some() && self.rx_pending.is_none() && !self.backend_hung_up {
+                set |= EventSet::IN;
+            }
+            if live.is_some() && self.tx_pending.is_some() {
+                set |= EventSet::OUT;
+            }
+            if !set.is_empty() {
+                want.push((b.as_raw_fd(), BACKEND, set));
+            }
+        }
+        // Remove first, while retired descriptors are still open; then let them go.
+        let registered = std::mem::take(&mut self.registered);
+        for (fd, have) in registered {
+            match want.iter().find(|w| w.0 == fd) {
+                None => {
+                    if let Err(e) = ops.remove(Events::empty_raw(fd)) {
+                        warn!("net {}: cannot stop watching fd {fd}: {e}", self.mac);
+                    }
+                }
+                Some(&(_, data, set)) => {
+                    if (data, set.bits()) != have {
+                        if let Err(e) = ops.modify(Events::with_data_raw(fd, data, set)) {
+                            warn!("net {}: cannot change the watch on fd {fd}: {e}", self.mac);
+                        }
+                    }
+                    self.registered.insert(fd, (data, set.bits()));
+                }
+            }
+        }
+        self.retired.clear();
+        for (fd, data, set) in want {
+            if self.registered.contains_key(&fd) {
+                continue;
+            }
+            match ops.add(Events::with_data_raw(fd, data, set)) {
+                Ok(()) => {
+                    self.registered.insert(fd, (data, set.bits()));
+                }
+                Err(e) => warn!("net {}: cannot watch fd {fd}: {e}", self.mac),
+            }
+        }
+    }
+}
+
+impl MutEventSubscriber for Net {
+    fn init(&mut self, ops: &mut EventOps) {
+        self.sync(ops);
+    }
+
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        let set = events.event_set();
+        match events.data() {
+            WAKE => self.on_wake(),
+            RX_NOTIFY => {
+                if let Some(a) = self.active.as_ref() {
+                    let _ = a.rx.notify.read();
+                }
+                self.process_rx();
+            }
+            TX_NOTIFY => {
+                if let Some(a) = self.active.as_ref() {
+                    let _ = a.tx.notify.read();
+                }
+                self.process_tx();
+            }
+            BACKEND => self.on_backend(set),
+            data => warn!("net {}: unexpected event data {data:#x}", self.mac),
+        }
+        self.sync(ops);
+    }
+}

@@ -1,0 +1,34 @@
+//! virtio-net: UML's `ethN` as a virtio network card over a [`netdev::Backend`].
+//!
+//! Features: VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_NET_F_MAC,
+//! VIRTIO_NET_F_STATUS, VIRTIO_NET_F_MTU (1500). No offloads, no mergeable receive buffers,
+//! no control queue: queue 0 receives, queue 1 transmits, 256 entries each.
+//!
+//! * [`header`] (PURE): the 12-byte `virtio_net_hdr_v1`.
+//! * [`rxtx`]: descriptor chains to frames and back.
+//! * [`device`]: configuration space, features, link status, activation, reset, close ([`Net`]).
+//! * [`event_handler`]: the event-manager subscriber moving frames between rings and backend.
+//!
+//! Wiring (VMM side):
+//! ```ignore
+//! let mac = spec.mac_or_derived(umid, index);
+//! let backend = netdev::open_backend(&spec, mac)?;
+//! let net = Arc::new(Mutex::new(Net::new(backend, mac)?));
+//! let sub_id = event_manager.add_subscriber(net.clone());   // Arc<Mutex<Net>>
+//! transport = VirtioPciDevice::new(net.clone() as Arc<Mutex<dyn VirtioDevice>>, …);
+//! // hot-unplug, once the guest ejected the slot:
+//! net.lock().unwrap().close();                 // link down, backend released by the loop
+//! event_manager.remove_subscriber(sub_id);     // then drop the transport and `net`
+//! ```
+
+pub mod device;
+pub mod event_handler;
+pub mod header;
+pub mod rxtx;
+
+pub use device::{Net, NetError, NetStats, MTU, QUEUE_SIZE};
+pub use header::{NetHdr, NET_HDR_LEN};
+pub use rxtx::{ChainError, TX_FRAME_MAX};
+
+#[cfg(test)]
+mod tests;
