@@ -94,6 +94,9 @@ pub(super) struct Active {
     pub(super) queues: Vec<Option<ActiveQueue>>,
     /// The guest broke the device; it waits for a reset.
     pub(super) broken: bool,
+    /// NEEDS_RESET was signalled for `broken` (activation defers it to the event loop, so
+    /// that the transport is not called back while it activates the device).
+    pub(super) reset_signalled: bool,
 }
 
 impl std::fmt::Debug for Active {
@@ -388,14 +391,18 @@ impl VirtioDevice for Console {
                 broken = true;
             }
         }
-        if broken {
-            interrupt.needs_reset();
+        if let Some(old) = self.active.take() {
+            warn!("console: activated twice without a reset");
+            for q in old.queues.into_iter().flatten() {
+                self.retired.push(Retired::Queue { _notify: q.notify });
+            }
         }
         self.active = Some(Active {
             mem,
             interrupt,
             queues: slots,
             broken,
+            reset_signalled: false,
         });
         self.kick();
         Ok(())

@@ -80,6 +80,13 @@ impl Active {
         if !self.broken {
             warn!("console: {why}; the device needs a reset");
             self.broken = true;
+        }
+        self.signal_reset();
+    }
+
+    fn signal_reset(&mut self) {
+        if self.broken && !self.reset_signalled {
+            self.reset_signalled = true;
             self.interrupt.needs_reset();
         }
     }
@@ -320,6 +327,9 @@ impl Console {
 
     fn on_wake(&mut self) {
         let _ = self.wake.read();
+        if let Some(a) = self.active.as_mut() {
+            a.signal_reset();
+        }
         self.flush_control();
         let ids: Vec<u32> = self.ports.keys().copied().collect();
         for id in ids {

@@ -10,7 +10,7 @@ use event_manager::{EventManager, SubscriberOps};
 use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
-use virtio_queue::Queue;
+use virtio_queue::{Queue, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -456,6 +456,36 @@ fn test_reset_then_reactivate_renegotiates() {
         .unwrap();
     r.run();
     handshake(&mut d2, &mut r, &[0]);
+}
+
+#[test]
+fn test_invalid_queue_at_activation_asks_for_reset_from_the_event_loop() {
+    let m = mem();
+    let d = Driver::new(&m, 10);
+    let mut c = Console::new(MAX_PORTS).unwrap();
+    let irq = Arc::new(TestInterrupt::default());
+    let mut qs = d.active_queues();
+    // Ring addresses outside guest memory.
+    qs[1].queue = {
+        let mut q = Queue::new(QLEN).unwrap();
+        q.set_size(QLEN);
+        q.set_desc_table_address(Some(0xffff_0000), Some(0xffff));
+        q.set_ready(true);
+        q
+    };
+    c.activate(m.clone(), irq.clone(), qs).unwrap();
+    assert_eq!(irq.resets.load(Ordering::SeqCst), 0);
+    let console = Arc::new(Mutex::new(c));
+    let mut em = EventManager::<Arc<Mutex<Console>>>::new().unwrap();
+    em.add_subscriber(console.clone());
+    let mut r = Rig { console, em, irq };
+    r.run();
+    assert_eq!(r.irq.resets.load(Ordering::SeqCst), 1);
+    // A broken device ignores the guest until it is reset.
+    let mut d = d;
+    d.send(3, &GuestMsg::DeviceReady { ok: true }.encode());
+    r.run();
+    assert!(d.used(3).is_empty());
 }
 
 #[test]
