@@ -37,8 +37,8 @@ pub const TX_NOTIFY: u32 = 2;
 /// Event data of the backend's fd.
 pub const BACKEND: u32 = 3;
 
-/// Chains handled per queue and round.
-pub const BUDGET: usize = 256;
+/// Chains handled per queue and round (small under test, so that tests cross rounds).
+pub const BUDGET: usize = if cfg!(test) { 16 } else { 256 };
 
 /// The longest frame given to the guest: the MTU plus an Ethernet header with a VLAN tag
 /// (VIRTIO_NET_F_MTU: the device must not pass longer frames).
@@ -189,7 +189,7 @@ impl Net {
 
     /// Moves guest frames from the transmit ring to the backend.
     pub(super) fn process_tx(&mut self) {
-        if !self.active.as_ref().is_some_and(|a| !a.broken) {
+        if self.active.as_ref().is_none_or(|a| a.broken) {
             return;
         }
         let mut any = false;
@@ -255,7 +255,7 @@ impl Net {
 
     /// Moves host frames from the backend to the receive ring.
     pub(super) fn process_rx(&mut self) {
-        if !self.active.as_ref().is_some_and(|a| !a.broken) {
+        if self.active.as_ref().is_none_or(|a| a.broken) {
             return;
         }
         let mut any = false;

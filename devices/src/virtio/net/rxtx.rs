@@ -281,7 +281,7 @@ mod tests {
         ];
         let f = frame(60);
         assert_eq!(write_rx_frame(&m, &chain, &f), Ok(72));
-        let mut got = vec![0u8; 72];
+        let mut got = [0u8; 72];
         m.read_slice(&mut got[..4], GuestAddress(0x1000)).unwrap();
         m.read_slice(&mut got[4..14], GuestAddress(0x2000)).unwrap();
         m.read_slice(&mut got[14..], GuestAddress(0x3000)).unwrap();
