@@ -59,6 +59,8 @@ pub struct NetStats {
     pub rx_bytes: u64,
     /// Host frames dropped: too long for the MTU or the guest's buffers, link down.
     pub rx_dropped: u64,
+    /// Malformed receive chains returned unused (the frame waited for the next one).
+    pub rx_bad_buffers: u64,
 }
 
 /// What exists once the driver set DRIVER_OK.

@@ -26,7 +26,7 @@ use virtio_queue::{QueueOwnedT, QueueT};
 
 use super::device::{Active, Net, MTU, RX_QUEUE, TX_QUEUE};
 use super::rxtx::{read_tx_frame, write_rx_frame, ChainError};
-use crate::virtio::{ActiveQueue, InterruptKind};
+use crate::virtio::{ActiveQueue, GuestMemory, InterruptKind};
 
 /// Event data of the wake-up eventfd.
 pub const WAKE: u32 = 0;
@@ -55,12 +55,14 @@ enum Pop {
 }
 
 impl Active {
-    fn queue(&mut self, qi: usize) -> &mut ActiveQueue {
-        if qi == RX_QUEUE {
+    // Guest memory and queue `qi`, borrowed together.
+    fn split(&mut self, qi: usize) -> (&GuestMemory, &mut ActiveQueue) {
+        let q = if qi == RX_QUEUE {
             &mut self.rx
         } else {
             &mut self.tx
-        }
+        };
+        (&self.mem, q)
     }
 
     fn mark_broken(&mut self, why: &str) {
@@ -76,12 +78,7 @@ impl Active {
         if self.broken {
             return Pop::Empty;
         }
-        let mem = &self.mem;
-        let q = if qi == RX_QUEUE {
-            &mut self.rx
-        } else {
-            &mut self.tx
-        };
+        let (mem, q) = self.split(qi);
         let next = match q.queue.iter(mem) {
             Ok(mut it) => it
                 .next()
@@ -100,16 +97,16 @@ impl Active {
 
     // Returns a chain to the guest.
     fn used(&mut self, qi: usize, head: u16, len: u32) {
-        let mem = self.mem.clone();
-        if let Err(e) = self.queue(qi).queue.add_used(&mem, head, len) {
+        let (mem, q) = self.split(qi);
+        if let Err(e) = q.queue.add_used(mem, head, len) {
             let why = format!("queue {qi}: cannot add a used entry ({e})");
             self.mark_broken(&why);
         }
     }
 
     fn disable_notification(&mut self, qi: usize) {
-        let mem = self.mem.clone();
-        if let Err(e) = self.queue(qi).queue.disable_notification(&mem) {
+        let (mem, q) = self.split(qi);
+        if let Err(e) = q.queue.disable_notification(mem) {
             let why = format!("queue {qi}: cannot suppress notifications ({e})");
             self.mark_broken(&why);
         }
@@ -120,8 +117,8 @@ impl Active {
         if self.broken {
             return false;
         }
-        let mem = self.mem.clone();
-        match self.queue(qi).queue.enable_notification(&mem) {
+        let (mem, q) = self.split(qi);
+        match q.queue.enable_notification(mem) {
             Ok(more) => more,
             Err(e) => {
                 let why = format!("queue {qi}: cannot enable notifications ({e})");
@@ -133,10 +130,9 @@ impl Active {
 
     // Interrupts the guest for queue `qi` if it wants to be.
     fn notify(&mut self, qi: usize) {
-        let mem = self.mem.clone();
-        let q = self.queue(qi);
+        let (mem, q) = self.split(qi);
         let index = q.index;
-        let wanted = q.queue.needs_notification(&mem).unwrap_or(true);
+        let wanted = q.queue.needs_notification(mem).unwrap_or(true);
         if wanted {
             if let Err(e) = self.interrupt.trigger(InterruptKind::Queue(index)) {
                 warn!("net: cannot interrupt the guest for queue {qi}: {e}");
@@ -334,7 +330,13 @@ impl Net {
                     // A bad buffer goes back unused; the frame waits for the next one.
                     active.used(RX_QUEUE, head, 0);
                     any = true;
-                    warn!("net {}: bad receive chain: {e}", self.mac);
+                    self.stats.rx_bad_buffers += 1;
+                    if sparse(self.stats.rx_bad_buffers) {
+                        warn!(
+                            "net {}: bad receive chain ({} so far): {e}",
+                            self.mac, self.stats.rx_bad_buffers
+                        );
+                    }
                 }
             }
         }

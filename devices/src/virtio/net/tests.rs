@@ -9,7 +9,9 @@ use std::sync::{Arc, Mutex};
 use event_manager::{EventManager, SubscriberOps};
 use netdev::{FakeBackend, MacAddr};
 use proptest::prelude::*;
-use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+use virtio_bindings::bindings::virtio_ring::{
+    VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
+};
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
 use virtio_queue::{Queue, QueueT};
@@ -480,6 +482,7 @@ fn test_malformed_rx_chains_do_not_lose_frames() {
     r.run();
     assert_eq!(d.received(), vec![frame(70, 5)]);
     assert_eq!(r.net.lock().unwrap().stats().rx_dropped, 2);
+    assert_eq!(r.net.lock().unwrap().stats().rx_bad_buffers, 2);
     assert_eq!(r.resets(), 0);
 }
 
@@ -623,7 +626,7 @@ proptest! {
     #[test]
     fn prop_hostile_chains_never_panic(
         chains in proptest::collection::vec(
-            proptest::collection::vec((any::<u64>(), any::<u32>(), any::<bool>()), 1..5),
+            proptest::collection::vec((any::<u64>(), any::<u32>(), any::<u16>()), 1..5),
             1..12,
         ),
         rx_frames in proptest::collection::vec(0usize..2000, 0..6),
@@ -634,9 +637,11 @@ proptest! {
         for (i, c) in chains.iter().enumerate() {
             let descs: Vec<SplitDescriptor> = c
                 .iter()
-                .map(|(a, l, w)| {
+                .map(|(a, l, f)| {
                     let a = if *a % 2 == 0 { a % 0x500_0000 } else { *a };
-                    SplitDescriptor::new(a, l % 0x2_0000, if *w { W } else { 0 }, 0)
+                    // Device-writable and indirect flags at random.
+                    let flags = f & (W | VRING_DESC_F_INDIRECT as u16);
+                    SplitDescriptor::new(a, l % 0x2_0000, flags, 0)
                 })
                 .collect();
             d.add(i % 2, &descs);
