@@ -204,6 +204,18 @@ impl Net {
         }
     }
 
+    // Drops the active state; its notify eventfds leave the event loop before they close.
+    fn retire_queues(&mut self) {
+        if let Some(a) = self.active.take() {
+            self.retired.push(Retired::Queue {
+                _notify: a.rx.notify,
+            });
+            self.retired.push(Retired::Queue {
+                _notify: a.tx.notify,
+            });
+        }
+    }
+
     fn config_bytes(&self) -> [u8; CONFIG_LEN] {
         let mut cfg = [0u8; CONFIG_LEN];
         cfg[0..6].copy_from_slice(&self.mac.octets());
@@ -268,6 +280,8 @@ impl VirtioDevice for Net {
         interrupt: Arc<dyn VirtioInterrupt>,
         queues: Vec<ActiveQueue>,
     ) -> Result<(), ActivateError> {
+        // A second activation without a reset replaces the first one's queues.
+        self.retire_queues();
         let got = queues.len();
         let mut rx = None;
         let mut tx = None;
@@ -303,14 +317,7 @@ impl VirtioDevice for Net {
     }
 
     fn reset(&mut self) -> bool {
-        if let Some(a) = self.active.take() {
-            self.retired.push(Retired::Queue {
-                _notify: a.rx.notify,
-            });
-            self.retired.push(Retired::Queue {
-                _notify: a.tx.notify,
-            });
-        }
+        self.retire_queues();
         self.tx_pending = None;
         self.acked_features = 0;
         self.kick();

@@ -514,6 +514,25 @@ fn test_broken_available_ring_needs_reset() {
 }
 
 #[test]
+fn test_activate_twice_without_reset() {
+    let m = mem();
+    let d = Driver::new(&m);
+    let mut r = rig(&d);
+    let mut d2 = Driver::new(&m);
+    r.net
+        .lock()
+        .unwrap()
+        .activate(m.clone(), r.irq.clone(), d2.active_queues())
+        .unwrap();
+    r.run();
+    d2.send(&frame(64, 1));
+    d2.kick(TX);
+    r.run();
+    assert_eq!(r.host.take_sent(), vec![frame(64, 1)]);
+    assert_eq!(r.em.run_with_timeout(0).unwrap(), 0);
+}
+
+#[test]
 fn test_activate_needs_both_queues() {
     let m = mem();
     let d = Driver::new(&m);
