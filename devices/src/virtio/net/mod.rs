@@ -12,13 +12,14 @@
 //! Wiring (VMM side):
 //! ```ignore
 //! let mac = spec.mac_or_derived(umid, index);
-//! let backend = netdev::open_backend(&spec, mac)?;
+//! let backend = netdev::open_backend(&spec, mac)?;           // Box<dyn netdev::Backend>
 //! let net = Arc::new(Mutex::new(Net::new(backend, mac)?));
 //! let sub_id = event_manager.add_subscriber(net.clone());   // Arc<Mutex<Net>>
-//! transport = VirtioPciDevice::new(net.clone() as Arc<Mutex<dyn VirtioDevice>>, …);
+//! let pci = VirtioPciDevice::new(net.clone() as Arc<Mutex<dyn VirtioDevice>>, mem, routing, bar)?;
+//! // at run time: net.lock().unwrap().set_link_up(false) / stats()
 //! // hot-unplug, once the guest ejected the slot:
-//! net.lock().unwrap().close();                 // link down, backend released by the loop
-//! event_manager.remove_subscriber(sub_id);     // then drop the transport and `net`
+//! net.lock().unwrap().close();                 // link down; the loop unwatches and closes the backend
+//! event_manager.remove_subscriber(sub_id)?;    // then drop the transport and `net`
 //! ```
 
 pub mod device;

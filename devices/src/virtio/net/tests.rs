@@ -224,6 +224,7 @@ struct Rig {
     em: EventManager<Arc<Mutex<Net>>>,
     irq: Arc<TestInterrupt>,
     host: FakeBackend,
+    id: event_manager::SubscriberId,
 }
 
 impl Rig {
@@ -252,13 +253,19 @@ fn rig(driver: &Driver) -> Rig {
     n.ack_features(n.features());
     let net = Arc::new(Mutex::new(n));
     let mut em = EventManager::<Arc<Mutex<Net>>>::new().unwrap();
-    em.add_subscriber(net.clone());
+    let id = em.add_subscriber(net.clone());
     let irq = Arc::new(TestInterrupt::default());
     net.lock()
         .unwrap()
         .activate(driver.mem.clone(), irq.clone(), driver.active_queues())
         .unwrap();
-    let mut r = Rig { net, em, irq, host };
+    let mut r = Rig {
+        net,
+        em,
+        irq,
+        host,
+        id,
+    };
     r.run();
     r
 }
@@ -589,10 +596,12 @@ fn test_close_releases_the_backend() {
     assert!(r.host.take_sent().is_empty());
     assert_eq!(d.used(TX).len(), 1);
     assert!(d.used(RX).is_empty());
-    // The event loop can drop the device afterwards.
-    let net = r.net.clone();
-    drop(r);
-    assert_eq!(Arc::strong_count(&net), 1);
+    // Hot-unplug: the event loop lets go of the device, which can then be dropped.
+    let removed = r.em.remove_subscriber(r.id).unwrap();
+    assert!(Arc::ptr_eq(&removed, &r.net));
+    drop(removed);
+    assert_eq!(Arc::strong_count(&r.net), 1);
+    assert_eq!(r.em.run_with_timeout(0).unwrap(), 0);
 }
 
 #[test]
