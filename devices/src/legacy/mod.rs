@@ -1,6 +1,7 @@
 //! Legacy PC devices on the port-I/O bus: 16550 UARTs, the i8042, the ACPI power-management
-//! block, pvpanic and the test exit port.
+//! block, pvpanic and the test exit port; and the Generic Event Device on the MMIO bus.
 
+pub mod ged;
 pub mod i8042;
 pub mod pm;
 pub mod serial;
