@@ -11,6 +11,7 @@
 //! eventfd, which its subscriber watches from the start; on that event it registers the queue
 //! eventfds it was given.
 
+pub mod block;
 pub mod console;
 pub mod net;
 

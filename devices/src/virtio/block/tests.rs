@@ -1,0 +1,768 @@
+//! Device tests with a driver-side queue in guest memory (virtio-queue's mock), over an
+//! in-memory disk and a real image file, with a real event-manager loop (epoll only: no
+//! threads, no privileges).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use event_manager::{EventManager, SubscriberOps};
+use proptest::prelude::*;
+use ubd::{Disk, DiskError, MemDisk, UbdSpec};
+use virtio_bindings::bindings::virtio_ring::{
+    VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
+};
+use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
+use virtio_queue::mock::MockSplitQueue;
+use virtio_queue::Queue;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::request::*;
+use super::{Block, BlockConfig};
+use crate::virtio::{ActiveQueue, InterruptKind, VirtioDevice, VirtioInterrupt};
+
+const QLEN: u16 = 256;
+const W: u16 = VRING_DESC_F_WRITE as u16;
+const DISK_LEN: usize = 1 << 20;
+
+#[derive(Default)]
+struct TestInterrupt {
+    triggers: Mutex<Vec<InterruptKind>>,
+    resets: AtomicUsize,
+}
+
+impl VirtioInterrupt for TestInterrupt {
+    fn trigger(&self, kind: InterruptKind) -> std::io::Result<()> {
+        self.triggers.lock().unwrap().push(kind);
+        Ok(())
+    }
+    fn needs_reset(&self) {
+        self.resets.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// A MemDisk the test can look at while the device owns it.
+#[derive(Clone, Default)]
+struct SharedDisk(Arc<Mutex<MemDisk>>);
+
+impl Disk for SharedDisk {
+    fn len(&self) -> u64 {
+        self.0.lock().unwrap().len()
+    }
+    fn is_read_only(&self) -> bool {
+        self.0.lock().unwrap().is_read_only()
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), DiskError> {
+        self.0.lock().unwrap().read_at(buf, offset)
+    }
+    fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<(), DiskError> {
+        self.0.lock().unwrap().write_at(buf, offset)
+    }
+    fn flush(&mut self) -> Result<(), DiskError> {
+        self.0.lock().unwrap().flush()
+    }
+    fn discard(&mut self, offset: u64, len: u64) -> Result<(), DiskError> {
+        self.0.lock().unwrap().discard(offset, len)
+    }
+    fn write_zeroes(&mut self, offset: u64, len: u64) -> Result<(), DiskError> {
+        self.0.lock().unwrap().write_zeroes(offset, len)
+    }
+}
+
+/// The guest driver's side of the request queue.
+struct Driver<'a> {
+    mem: &'a GuestMemoryMmap,
+    q: MockSplitQueue<'a, GuestMemoryMmap>,
+    next_desc: u16,
+    seen_used: u16,
+    notify: EventFd,
+    next_buf: u64,
+}
+
+impl<'a> Driver<'a> {
+    fn new(mem: &'a GuestMemoryMmap) -> Self {
+        Self {
+            mem,
+            q: MockSplitQueue::create(mem, GuestAddress(0), QLEN),
+            next_desc: 0,
+            seen_used: 0,
+            notify: EventFd::new(EFD_NONBLOCK).unwrap(),
+            next_buf: 0x10_0000,
+        }
+    }
+
+    fn active_queue(&self) -> ActiveQueue {
+        ActiveQueue {
+            index: 0,
+            queue: self.q.create_queue::<Queue>().unwrap(),
+            notify: self.notify.try_clone().unwrap(),
+        }
+    }
+
+    fn buf(&mut self, len: u32) -> u64 {
+        let a = self.next_buf;
+        self.next_buf += u64::from(len).max(1).next_multiple_of(0x1000);
+        a
+    }
+
+    /// Adds a chain; NEXT flags and indices are filled in.
+    fn add(&mut self, descs: &[SplitDescriptor]) {
+        let base = self.next_desc;
+        let raw: Vec<RawDescriptor> = descs
+            .iter()
+            .enumerate()
+            .map(|(k, d)| {
+                let last = k + 1 == descs.len();
+                let flags = if last {
+                    d.flags() & !(VRING_DESC_F_NEXT as u16)
+                } else {
+                    d.flags() | VRING_DESC_F_NEXT as u16
+                };
+                RawDescriptor::from(SplitDescriptor::new(
+                    d.addr().0,
+                    d.len(),
+                    flags,
+                    base + k as u16 + 1,
+                ))
+            })
+            .collect();
+        self.q.add_desc_chains(&raw, base).unwrap();
+        self.next_desc += descs.len() as u16;
+    }
+
+    /// A header in its own buffer.
+    fn header(&mut self, kind: u32, sector: u64) -> SplitDescriptor {
+        let a = self.buf(16);
+        let mut h = [0u8; 16];
+        h[0..4].copy_from_slice(&kind.to_le_bytes());
+        h[8..16].copy_from_slice(&sector.to_le_bytes());
+        self.mem.write_slice(&h, GuestAddress(a)).unwrap();
+        SplitDescriptor::new(a, 16, 0, 0)
+    }
+
+    fn data_out(&mut self, bytes: &[u8]) -> SplitDescriptor {
+        let a = self.buf(bytes.len() as u32);
+        self.mem.write_slice(bytes, GuestAddress(a)).unwrap();
+        SplitDescriptor::new(a, bytes.len() as u32, 0, 0)
+    }
+
+    fn data_in(&mut self, len: u32) -> SplitDescriptor {
+        let a = self.buf(len);
+        self.mem
+            .write_slice(&vec![0xee; len as usize], GuestAddress(a))
+            .unwrap();
+        SplitDescriptor::new(a, len, W, 0)
+    }
+
+    fn status(&mut self) -> SplitDescriptor {
+        let a = self.buf(1);
+        self.mem.write_obj(0xffu8, GuestAddress(a)).unwrap();
+        SplitDescriptor::new(a, 1, W, 0)
+    }
+
+    fn kick(&self) {
+        self.notify.write(1).unwrap();
+    }
+
+    /// Used entries since the last call: (head, len).
+    fn used(&mut self) -> Vec<(u32, u32)> {
+        let idx = self.q.used().idx().load();
+        let mut out = Vec::new();
+        while self.seen_used != idx {
+            let e = self
+                .q
+                .used()
+                .ring()
+                .ref_at(usize::from(self.seen_used % QLEN))
+                .unwrap()
+                .load();
+            out.push((e.id(), e.len()));
+            self.seen_used = self.seen_used.wrapping_add(1);
+        }
+        out
+    }
+
+    fn read(&self, d: &SplitDescriptor) -> Vec<u8> {
+        let mut b = vec![0u8; d.len() as usize];
+        self.mem.read_slice(&mut b, d.addr()).unwrap();
+        b
+    }
+
+    fn status_of(&self, d: &SplitDescriptor) -> u8 {
+        self.mem.read_obj(d.addr()).unwrap()
+    }
+}
+
+struct Rig {
+    block: Arc<Mutex<Block>>,
+    em: EventManager<Arc<Mutex<Block>>>,
+    irq: Arc<TestInterrupt>,
+}
+
+impl Rig {
+    fn run(&mut self) {
+        for _ in 0..100 {
+            if self.em.run_with_timeout(0).unwrap() == 0 {
+                return;
+            }
+        }
+    }
+
+    fn resets(&self) -> usize {
+        self.irq.resets.load(Ordering::SeqCst)
+    }
+}
+
+fn mem() -> GuestMemoryMmap {
+    GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x200_0000)]).unwrap()
+}
+
+fn config() -> BlockConfig {
+    BlockConfig::from_spec(&UbdSpec::default(), false)
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+fn rig_with(driver: &Driver, disk: Box<dyn Disk>, cfg: &BlockConfig, features: u64) -> Rig {
+    let mut b = Block::new(disk, cfg).unwrap();
+    b.ack_features(features);
+    let block = Arc::new(Mutex::new(b));
+    let mut em = EventManager::<Arc<Mutex<Block>>>::new().unwrap();
+    em.add_subscriber(block.clone());
+    let irq = Arc::new(TestInterrupt::default());
+    block
+        .lock()
+        .unwrap()
+        .activate(driver.mem.clone(), irq.clone(), vec![driver.active_queue()])
+        .unwrap();
+    let mut r = Rig { block, em, irq };
+    r.run();
+    r
+}
+
+fn rig(driver: &Driver, cfg: &BlockConfig) -> (Rig, SharedDisk) {
+    let disk = SharedDisk::default();
+    disk.0.lock().unwrap().data = vec![0; DISK_LEN];
+    let r = rig_with(driver, Box::new(disk.clone()), cfg, u64::MAX);
+    (r, disk)
+}
+
+#[test]
+fn test_write_then_read_across_multi_descriptor_chains() {
+    let m = mem();
+    let mut d = Driver::new(&m);
+    let (mut r, disk) = rig(&d, &config());
+    let data = pattern(3 * 512, 7);
+
+    // Write: the header split over two descriptors, the data over three (one not
+    // sector-sized).
+    let h = d.header(VIRTIO_BLK_T_OUT, 5);
+    let h1 = SplitDescriptor::new(h.addr().0, 6, 0, 0);
+    let h2 = SplitDescriptor::new(h.addr().0 + 6, 10, 0, 0);
+    let a = d.data_out(&data[..100]);
+    let b = d.data_out(&data[100..1024]);
+    let c = d.data_out(&data[1024..]);
+    let s = d.status();
+    d.add(&[h1, h2, a, b, c, s]);
+    d.kick();
+    r.run();
+    assert_eq!(d.used(), vec![(0, 1)]);
+    assert_eq!(d.status_of(&s), VIRTIO_BLK_S_OK);
+    assert_eq!(
+        &disk.0.lock().unwrap().data[5 * 512..8 * 512],
+        &data[..],
+        "the data reached the disk"
+    );
+
+    // Read it back into two buffers of other sizes.
+    let h = d.header(VIRTIO_BLK_T_IN, 5);
+    let x = d.data_in(512 + 17);
+    let y = d.data_in(1024 - 17);
+    let s = d.status();
+    d.add(&[h, x, y, s]);
+    d.kick();
+    r.run();
+    assert_eq!(d.used(), vec![(6, 3 * 512 + 1)]);
+    assert_eq!(d.status_of(&s), VIRTIO_BLK_S_OK);
+    let mut back = d.read(&x);
+    back.extend(d.read(&y));
+    assert_eq!(back, data);
+    assert_eq!(
+        r.irq.triggers.lock().unwrap().as_slice(),
+        &[InterruptKind::Queue(0), InterruptKind::Queue(0)]
+    );
+    assert_eq!(r.resets(), 0);
+}
+
+#[test]
+fn test_large_request_goes_through_the_bounce_buffer_in_pieces() {
+    let m = mem();
+    let mut d = Driver::new(&m);
+    let (mut r, disk) = rig(&d, &config());
+    let data = pattern(600 << 10, 3);
+    let h = d.header(VIRTIO_BLK_T_OUT, 1);
+    let a = d.data_out(&data);
+    let s = d.status();
+    d.add(&[h, a, s]);
+    let h = d.header(VIRTIO_BLK_T_IN, 1);
+    let x = d.data_in(data.len() as u32);
+    let s2 = d.status();
+    d.add(&[h, x, s2]);
+    d.kick();
+    r.run();
+    assert_eq!(d.used(), vec![(0, 1), (3, data.len() as u32 + 1)]);
+    assert_eq!(d.status_of(&s), VIRTIO_BLK_S_OK);
+    assert_eq!(d.read(&x), data);
+    assert_eq!(
+        &disk.0.lock().unwrap().data[512..512 + data.len()],
+        &data[..]
+    );
+}
+
+#[test]
+fn test_indirect_chain() {
+    let m = mem();
+    let mut d = Driver::new(&m);
+    let (mut r, disk) = rig(&d, &config());
+    disk.0.lock().unwrap().data[..512].copy_from_slice(&pattern(512, 9));
+    let h = d.header(VIRTIO_BLK_T_IN, 0);
+    let x = d.data_in(512);
+    let s = d.status();
+    let table = [
+        SplitDescriptor::new(h.addr().0, 16, VRING_DESC_F_NEXT as u16, 1),
+        SplitDescriptor::new(x.addr().0, 512, W | VRING_DESC_F_NEXT as u16, 2),
+        SplitDescriptor::new(s.addr().0, 1, W, 0),
+    ];
+    let t = d.buf(48);
+    for (i, e) in table.iter().enumerate() {
+        m.write_obj(RawDescriptor::from(*e), GuestAddress(t + 16 * i as u64))
+            .unwrap();
+    }
+    d.add(&[SplitDescriptor::new(t, 48, VRING_DESC_F_INDIRECT as u16, 0)]);
+    d.kick();
+    r.run();
+    assert_eq!(d.used(), vec![(0, 513)]);
+    assert_eq!(d.status_of(&s), VIRTIO_BLK_S_OK);
+    assert_eq!(d.read(&x), pattern(512, 9));
+}
+
+#[test]
+fn test_get_id_flush_and_unsupported() {
+    let m = mem();
+    let mut d = Driver::new(&m);
+    let cfg = BlockConfig::from_spec(
+        &UbdSpec {
+            unit: 2,
+            ..UbdSpec::default()
+        },
+        false,
+    );
+    let (mut r, disk) = rig(&d, &cfg);
+    let h = d.header(VIRTIO_BLK_T_GET_ID, 0);
+    let id = d.data_in(20);
+    let s1 = d.status();
+    d.add(&[h, id, s1]);
+    let h = d.header(VIRTIO_BLK_T_FLUSH, 0);
+    let s2 = d.status();
+    d.add(&[h, s2]);
+    let h = d.header(VIRTIO_BLK_T_GET_LIFETIME, 0);
+    let l = d.data_in(16);
+    let s3 = d.status();
+    d.add(&[h, l, s3]);
+    d.kick();
+    r.run();
+    assert_eq!(d.used(), vec![(0, 21), (3, 1), (5, 1)]);
+    assert_eq!(d.status_of(&s1), VIRTIO_BLK_S_OK);
+    let mut want = [0u8; 20];
+    want[..4].copy_from_slice(b"ubd2");
+    assert_eq!(d.read(&id), want);
+    assert_eq!(d.status_of(&s2), VIRTIO_BLK_S_OK);
+    assert_eq!(disk.0.lock().unwrap().flushes, 1);
+    assert_eq!(d.status_of(&s3), VIRTIO_BLK_S_UNSUPP);
+    assert_eq!(d.read(&l), vec![0xee; 16], "nothing written for UNSUPP");
+    assert_eq!(r.resets(), 0);
+}
+
+#[test]
+fn test_sync_and_write_through_flush_after_writes() {
+    for (sync, features) in [(true, u64::MAX), (false, 0)] {
+        let m = mem();
+        let mut d = Driver::new(&m);
+        let mut cfg = config();
+        cfg.sync = sync;
+        let disk = SharedDisk::default();
+        disk.0.lock().unwrap().data = vec![0; DISK_LEN];
+        let mut r = rig_with(&d, Box::new(disk.clone()), &cfg, features);
+        let h = d.header(VIRTIO_BLK_T_OUT, 0);
+        let a = d.data_out(&[1; 512]);
+        let s = d.status();
+        d.add(&[h, a, s]);
+        d.kick();
+        r.run();
+        assert_eq!(d.status_of(&s), VIRTIO_BLK_S_OK);
+        assert_eq!(disk.0.lock().unwrap().flushes, 1, "sync={sync}");
+    }
+    // Without sync, with FLUSH negotiated: no flush per write.
+    let m = mem();
+    let mut d = Driver::new(&m);
+    let (mut r, disk) = rig(&d, &config());
+    let h = d.header(VIRTIO_BLK_T_OUT, 0);
+    let a = d.data_out(&[1; 512]);
+    let s = d.status();
+    d.add(&[h, a, s]);
+    d.kick();
+    r.run();
+    assert_eq!(disk.0.lock().unwrap().flushes, 0);
+}
+
+fn segment(sector: u64, n: u32, flags: u32) -> Vec<u8> {
+    let mut s = Vec::with_capacity(16);
+    s.extend(sector.to_le_bytes());
+    s.extend(n.to_le_bytes());
+    s.extend(flags.to_le_bytes());
+    s
+}
+
+#[test]
+fn test_discard_and_write_zeroes() {
+    let m = mem();
+    let mut d = Driver::new(&m);
+    let (mut r, disk) = rig(&d, &config());
+    disk.0.lock().unwrap().data.fill(0xab);
+    // Write zeroes over two ranges (one with UNMAP).
+    let h = d.header(VIRTIO_BLK_T_WRITE_ZEROES, 0);
+    let mut segs = segment(2, 3, VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP);
+    segs.extend(segment(10, 1, 0));
+    let sd = d.data_out(&segs);
+    let s1 = d.status();
+    d.add(&[h, sd, s1]);
+    // Discard one range.
+    let h = d.header(VIRTIO_BLK_T_DISCARD, 0);
+    let sd = d.data_out(&segment(20, 4, 0));
+    let s2 = d.status();
+    d.add(&[h, sd, s2]);
+    // Discard with UNMAP: UNSUPP.
+    let h = d.header(VIRTIO_BLK_T_DISCARD, 0);
+    let sd = d.data_out(&segment(20, 4, VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP));
+    let s3 = d.status();
+    d.add(&[h, sd, s3]);
+    // Write zeroes past the end: IOERR, nothing zeroed.
+    let h = d.header(VIRTIO_BLK_T_WRITE_ZEROES, 0);
+    let mut segs = segment(30, 1, 0);
+    segs.extend(segment((DISK_LEN / 512) as u64, 1, 0));
+    let sd = d.data_out(&segs);
+    let s4 = d.status();
+    d.add(&[h, sd, s4]);
+    d.kick();
+    r.run();
+    assert_eq!(d.used().len(), 4);
+    assert_eq!(d.status_of(&s1), VIRTIO_BLK_S_OK);
+    assert_eq!(d.status_of(&s2), VIRTIO_BLK_S_OK);
+    assert_eq!(d.status_of(&s3), VIRTIO_BLK_S_UNSUPP);
+    assert_eq!(d.status_of(&s4), VIRTIO_BLK_S_IOERR);
+    let disk = disk.0.lock().unwrap();
+    assert!(disk.data[..2 * 512].iter().all(|b| *b == 0xab));
+    assert!(disk.data[2 * 512..5 * 512].iter().all(|b| *b == 0));
+    assert!(disk.data[5 * 512..10 * 512].iter().all(|b| *b == 0xab));
+    assert!(disk.data[10 * 512..11 * 512].iter().all(|b| *b == 0));
+    assert!(disk.data[30 * 512..31 * 512].iter().all(|b| *b == 0xab));
+}
+
+#[test]
+fn test_no_trim_makes_discard_unsupported() {
+    let m = mem();
+    let mut d = Driver::new(&m);
+    let mut cfg = config();
+    cfg.trim = false;
+    let (mut r, _disk) = rig(&d, &cfg);
+    let h = d.header(VIRTIO_BLK_T_DISCARD, 0);
+    let sd = d.data_out(&segment(0, 1, 0));
+    let s = d.status();
+    d.add(&[h, sd, s]);
+    d.kick();
+    r.run();
+    assert_eq!(d.status_of(&s), VIRTIO_BLK_S_UNSUPP);
+}
+
+#[test]
+fn test_read_only_refuses_writes_and_serves_reads() {
+    let m = mem();
+    let mut d = Driver::new(&m);
+    let mut cfg = config();
+    cfg.read_only = true;
+    let (mut r, disk) = rig(&d, &cfg);
+    disk.0.lock().unwrap().data[..512].fill(5);
+    let h = d.header(VIRTIO_BLK_T_OUT, 0);
+    let a = d.data_out(&[9; 512]);
+    let s1 = d.status();
+    d.add(&[h, a, s1]);
+    let h = d.header(VIRTIO_BLK_T_WRITE_ZEROES, 0);
+    let sd = d.data_out(&segment(0, 1, 0));
+    let s2 = d.status();
+    d.add(&[h, sd, s2]);
+    let h = d.header(VIRTIO_BLK_T_IN, 0);
+    let x = d.data_in(512);
+    let s3 = d.status();
+    d.add(&[h, x, s3]);
+    d.kick();
+    r.run();
+    assert_eq!(d.status_of(&s1), VIRTIO_BLK_S_IOERR);
+    // WRITE_ZEROES is not offered on a read-only device.
+    assert_eq!(d.status_of(&s2), VIRTIO_BLK_S_UNSUPP);
+    assert_eq!(d.status_of(&s3), VIRTIO_BLK_S_OK);
+    assert_eq!(d.read(&x), vec![5; 512]);
+    assert!(disk.0.lock().unwrap().data[..512].iter().all(|b| *b == 5));
+}
+
+#[test]
+fn test_out_of_range_and_malformed_requests_get_ioerr() {
+    let m = mem();
+    let mut d = Driver::new(&m);
+    let (mut r, _disk) = rig(&d, &config());
+    let last = (DISK_LEN / 512) as u64;
+    let mut statuses = Vec::new();
+    // Read across the end.
+    let h = d.header(VIRTIO_BLK_T_IN, last - 1);
+    let x = d.data_in(1024);
+    let s = d.status();
+    d.add(&[h, x, s]);
+    statuses.push(s);
+    // Write at u64::MAX.
+    let h = d.header(VIRTIO_BLK_T_OUT, u64::MAX);
+    let a = d.data_out(&[0; 512]);
+    let s = d.status();
+    d.add(&[h, a, s]);
+    statuses.push(s);
+    // A huge data descriptor.
+    let h = d.header(VIRTIO_BLK_T_IN, 0);
+    let s = d.status();
+    d.add(&[h, SplitDescriptor::new(0x40_0000, u32::MAX - 511, W, 0), s]);
+    statuses.push(s);
+    // A data buffer outside guest memory.
+    let h = d.header(VIRTIO_BLK_T_IN, 0);
+    let s = d.status();
+    d.add(&[h, SplitDescriptor::new(0x1_0000_0000, 512, W, 0), s]);
+    statuses.push(s);
+    // A read whose data descriptor is device-readable.
+    let h = d.header(VIRTIO_BLK_T_IN, 0);
+    let a = d.data_out(&[0; 512]);
+    let s = d.status();
+    d.add(&[h, a, s]);
+    statuses.push(s);
+    // A short header.
+    let h = d.header(VIRTIO_BLK_T_IN, 0);
+    let s = d.status();
+    d.add(&[SplitDescriptor::new(h.addr().0, 8, 0, 0), s]);
+    statuses.push(s);
+    // A status descriptor longer than one byte: the status is its last byte, the rest is
+    // read data.
+    let h = d.header(VIRTIO_BLK_T_IN, 0);
+    let big = d.data_in(513);
+    d.add(&[h, big]);
+    d.kick();
+    r.run();
+    let used = d.used();
+    assert_eq!(used.len(), statuses.len() + 1);
+    for (i, s) in statuses.iter().enumerate() {
+        assert_eq!(d.status_of(s), VIRTIO_BLK_S_IOERR, "request {i}");
+        assert_eq!(used[i].1, 1, "request {i}");
+    }
+    assert_eq!(used[statuses.len()].1, 513);
+    assert_eq!(d.read(&big)[512], VIRTIO_BLK_S_OK);
+    assert_eq!(r.resets(), 0);
+}
+
+#[test]
+fn test_chain_without_status_needs_reset() {
+    let m = mem();
+    let mut d = Driver::new(&m);
+    let (mut r, _disk) = rig(&d, &config());
+    let h = d.header(VIRTIO_BLK_T_FLUSH, 0);
+    d.add(&[h]);
+    let h = d.header(VIRTIO_BLK_T_FLUSH, 0);
+    let s = d.status();
+    d.add(&[h, s]);
+    d.kick();
+    r.run();
+    assert_eq!(r.resets(), 1);
+    // The bad chain went back unused, the device stopped there.
+    assert_eq!(d.used(), vec![(0, 0)]);
+    assert_eq!(d.status_of(&s), 0xff);
+    // A reset and a new activation bring it back.
+    {
+        let mut b = r.block.lock().unwrap();
+        assert!(b.reset());
+        b.ack_features(u64::MAX);
+    }
+    r.run();
+    let mut d = Driver::new(&m);
+    r.block
+        .lock()
+        .unwrap()
+        .activate(m.clone(), r.irq.clone(), vec![d.active_queue()])
+        .unwrap();
+    r.run();
+    let h = d.header(VIRTIO_BLK_T_FLUSH, 0);
+    let s = d.status();
+    d.add(&[h, s]);
+    d.kick();
+    r.run();
+    assert_eq!(d.used(), vec![(0, 1)]);
+    assert_eq!(d.status_of(&s), VIRTIO_BLK_S_OK);
+}
+
+#[test]
+fn test_status_outside_memory_and_bad_avail_index_need_reset() {
+    let m = mem();
+    let mut d = Driver::new(&m);
+    let (mut r, _disk) = rig(&d, &config());
+    let h = d.header(VIRTIO_BLK_T_FLUSH, 0);
+    d.add(&[h, SplitDescriptor::new(0x1_0000_0000, 1, W, 0)]);
+    d.kick();
+    r.run();
+    assert_eq!(r.resets(), 1);
+
+    let m = mem();
+    let d = Driver::new(&m);
+    let (mut r, _disk) = rig(&d, &config());
+    // avail.idx 1000 ahead of the device's position: more than the queue size.
+    d.q.avail().idx().store(1000);
+    d.kick();
+    r.run();
+    assert_eq!(r.resets(), 1);
+}
+
+#[test]
+fn test_release_disk_then_requests_fail() {
+    let m = mem();
+    let mut d = Driver::new(&m);
+    let (mut r, disk) = rig(&d, &config());
+    assert!(r.block.lock().unwrap().release_disk().is_some());
+    assert_eq!(disk.0.lock().unwrap().flushes, 1, "flushed on release");
+    assert_eq!(
+        Arc::strong_count(&disk.0),
+        1,
+        "the device let go of the disk"
+    );
+    let h = d.header(VIRTIO_BLK_T_IN, 0);
+    let x = d.data_in(512);
+    let s = d.status();
+    d.add(&[h, x, s]);
+    d.kick();
+    r.run();
+    assert_eq!(d.status_of(&s), VIRTIO_BLK_S_IOERR);
+    assert_eq!(r.resets(), 0);
+}
+
+#[test]
+fn test_real_raw_image_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("disk.img");
+    std::fs::write(&path, pattern(64 << 10, 1)).unwrap();
+    let spec = UbdSpec {
+        unit: 1,
+        file: Some(path.to_str().unwrap().to_string()),
+        sync: true,
+        ..UbdSpec::default()
+    };
+    let image = ubd::open_spec(&spec, false).unwrap();
+    let m = mem();
+    let mut d = Driver::new(&m);
+    let block = Block::from_image(image, &spec, false).unwrap();
+    assert_eq!(block.capacity(), 128);
+    let mut r = {
+        let mut block = block;
+        block.ack_features(u64::MAX);
+        let block = Arc::new(Mutex::new(block));
+        let mut em = EventManager::<Arc<Mutex<Block>>>::new().unwrap();
+        let id = em.add_subscriber(block.clone());
+        let irq = Arc::new(TestInterrupt::default());
+        block
+            .lock()
+            .unwrap()
+            .activate(m.clone(), irq.clone(), vec![d.active_queue()])
+            .unwrap();
+        let mut r = Rig { block, em, irq };
+        r.run();
+        (r, id)
+    };
+    let h = d.header(VIRTIO_BLK_T_OUT, 4);
+    let a = d.data_out(&[0x5a; 1024]);
+    let s1 = d.status();
+    d.add(&[h, a, s1]);
+    let h = d.header(VIRTIO_BLK_T_IN, 0);
+    let x = d.data_in(512);
+    let s2 = d.status();
+    d.add(&[h, x, s2]);
+    let h = d.header(VIRTIO_BLK_T_WRITE_ZEROES, 0);
+    let sd = d.data_out(&segment(100, 8, VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP));
+    let s3 = d.status();
+    d.add(&[h, sd, s3]);
+    let h = d.header(VIRTIO_BLK_T_GET_ID, 0);
+    let id = d.data_in(20);
+    let s4 = d.status();
+    d.add(&[h, id, s4]);
+    d.kick();
+    r.0.run();
+    for s in [s1, s2, s3, s4] {
+        assert_eq!(d.status_of(&s), VIRTIO_BLK_S_OK);
+    }
+    assert_eq!(d.read(&x), pattern(512, 1));
+    assert_eq!(&d.read(&id)[..5], b"ubd1\0");
+    // Hot-unplug: leave the event loop, drop the image.
+    r.0.em.remove_subscriber(r.1).unwrap();
+    drop(r.0.block.lock().unwrap().release_disk());
+    let file = std::fs::read(&path).unwrap();
+    assert_eq!(&file[4 * 512..6 * 512], &[0x5a; 1024][..]);
+    assert!(file[100 * 512..108 * 512].iter().all(|b| *b == 0));
+    assert_eq!(&file[..512], &pattern(512, 1)[..]);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Random chains (addresses, lengths, directions, header contents) through the whole
+    /// device: no panic, every chain comes back or the device asks for a reset, and the
+    /// disk is never touched outside what a valid request covers.
+    #[test]
+    fn prop_random_chains_never_panic(
+        chains in proptest::collection::vec(
+            (
+                prop_oneof![0u32..16, any::<u32>()],
+                prop_oneof![0u64..2100, any::<u64>()],
+                proptest::collection::vec((0u64..0x300_0000, prop_oneof![0u32..0x3000, any::<u32>()], any::<bool>()), 0..6),
+                any::<bool>(),
+            ),
+            1..8),
+    ) {
+        let m = mem();
+        let mut d = Driver::new(&m);
+        let (mut r, _disk) = rig(&d, &config());
+        let mut total = 0;
+        for (kind, sector, descs, with_header) in chains {
+            let mut v = Vec::new();
+            if with_header {
+                v.push(d.header(kind, sector));
+            }
+            for (addr, len, w) in descs {
+                v.push(SplitDescriptor::new(addr, len, if w { W } else { 0 }, 0));
+            }
+            if v.is_empty() {
+                continue;
+            }
+            total += 1;
+            d.add(&v);
+        }
+        d.kick();
+        r.run();
+        let used = d.used();
+        if r.resets() == 0 {
+            prop_assert_eq!(used.len(), total);
+            prop_assert!(used.iter().all(|(_, len)| *len >= 1));
+        }
+    }
+}
