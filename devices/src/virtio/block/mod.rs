@@ -21,7 +21,9 @@
 //! let image = ubd::open_spec(&spec, global_sync)?;              // takes the host locks
 //! let block = Arc::new(Mutex::new(Block::from_image(image, &spec, global_sync)?));
 //! let sub_id = event_manager.add_subscriber(block.clone());     // Arc<Mutex<Block>>
-//! transport = VirtioPci::new(block.clone() as Arc<Mutex<dyn VirtioDevice>>, …);
+//! let pci = VirtioPciDevice::new(block.clone(), mem.clone(), msi_routing, bar_addr)?;
+//! // (register pci.ioeventfds(bar_addr) with KVM; the queue eventfds reach the device at
+//! // activation, its subscriber watches them)
 //! // Hot-unplug, once the guest ejected the slot:
 //! event_manager.remove_subscriber(sub_id)?;
 //! drop(block.lock().unwrap().release_disk());                   // flushes, closes, unlocks
