@@ -14,7 +14,7 @@ use virtio_bindings::bindings::virtio_ring::{
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
 use virtio_queue::Queue;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::request::*;
@@ -765,4 +765,100 @@ proptest! {
             prop_assert!(used.iter().all(|(_, len)| *len >= 1));
         }
     }
+}
+
+#[test]
+fn test_cow_image_keeps_the_backing_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let backing = dir.path().join("base.img");
+    let cow = dir.path().join("vm.cow");
+    std::fs::write(&backing, pattern(64 << 10, 2)).unwrap();
+    let spec = UbdSpec {
+        unit: 0,
+        file: Some(cow.to_str().unwrap().to_string()),
+        backing: Some(backing.to_str().unwrap().to_string()),
+        ..UbdSpec::default()
+    };
+    let image = ubd::open_spec(&spec, false).unwrap();
+    assert!(matches!(image, ubd::Image::Cow(_)));
+    let m = mem();
+    let mut d = Driver::new(&m);
+    let mut r = rig_with(
+        &d,
+        Box::new(image),
+        &BlockConfig::from_spec(&spec, false),
+        u64::MAX,
+    );
+    // Overwrite sector 3, then read sectors 2..5: old, new, old.
+    let h = d.header(VIRTIO_BLK_T_OUT, 3);
+    let a = d.data_out(&[0x77; 512]);
+    let s1 = d.status();
+    d.add(&[h, a, s1]);
+    let h = d.header(VIRTIO_BLK_T_IN, 2);
+    let x = d.data_in(3 * 512);
+    let s2 = d.status();
+    d.add(&[h, x, s2]);
+    let h = d.header(VIRTIO_BLK_T_FLUSH, 0);
+    let s3 = d.status();
+    d.add(&[h, s3]);
+    d.kick();
+    r.run();
+    for s in [s1, s2, s3] {
+        assert_eq!(d.status_of(&s), VIRTIO_BLK_S_OK);
+    }
+    let base = pattern(64 << 10, 2);
+    let got = d.read(&x);
+    assert_eq!(&got[..512], &base[2 * 512..3 * 512]);
+    assert_eq!(&got[512..1024], &[0x77; 512][..]);
+    assert_eq!(&got[1024..], &base[4 * 512..5 * 512]);
+    drop(r.block.lock().unwrap().release_disk());
+    assert_eq!(std::fs::read(&backing).unwrap(), base, "backing untouched");
+}
+
+#[test]
+fn test_event_idx_queue_is_served_and_interrupts() {
+    use virtio_queue::QueueT;
+    let m = mem();
+    let mut d = Driver::new(&m);
+    let disk = SharedDisk::default();
+    disk.0.lock().unwrap().data = vec![0; DISK_LEN];
+    let mut b = Block::new(Box::new(disk), &config()).unwrap();
+    b.ack_features(u64::MAX);
+    let block = Arc::new(Mutex::new(b));
+    let mut em = EventManager::<Arc<Mutex<Block>>>::new().unwrap();
+    em.add_subscriber(block.clone());
+    let irq = Arc::new(TestInterrupt::default());
+    let mut q = d.active_queue();
+    q.queue.set_event_idx(true);
+    block
+        .lock()
+        .unwrap()
+        .activate(m.clone(), irq.clone(), vec![q])
+        .unwrap();
+    let mut r = Rig { block, em, irq };
+    r.run();
+    for round in 0..3u16 {
+        // used_event: interrupt once the first new entry is used.
+        let used_event = d.q.avail_addr().unchecked_add(4 + 2 * u64::from(QLEN));
+        m.write_obj(d.seen_used, used_event).unwrap();
+        for _ in 0..4 {
+            let h = d.header(VIRTIO_BLK_T_FLUSH, 0);
+            let s = d.status();
+            d.add(&[h, s]);
+        }
+        d.kick();
+        r.run();
+        assert_eq!(d.used().len(), 4, "round {round}");
+        assert_eq!(
+            r.irq.triggers.lock().unwrap().len(),
+            usize::from(round) + 1,
+            "one interrupt per batch"
+        );
+        // The device asked to be notified at the next new entry.
+        let avail_event: u16 = m
+            .read_obj(d.q.used_addr().unchecked_add(4 + 8 * u64::from(QLEN)))
+            .unwrap();
+        assert_eq!(avail_event, 4 * (round + 1));
+    }
+    assert_eq!(r.resets(), 0);
 }
