@@ -6,6 +6,7 @@ pub mod acpi;
 pub mod boot;
 pub mod cpuid;
 pub mod gdt;
+pub mod hotplug_aml;
 pub mod layout;
 pub mod msr;
 pub mod regs;
