@@ -7,7 +7,7 @@ use ubd::{Disk, UbdSpec};
 use virtio_queue::QueueT;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::execute::ExecOptions;
+use super::execute::{ExecOptions, WarnBudget};
 use super::request::{
     DiskInfo, ID_BYTES, MAX_DISCARD_SECTORS, MAX_DISCARD_SEG, MAX_WRITE_ZEROES_SECTORS,
     MAX_WRITE_ZEROES_SEG, SECTOR_SHIFT,
@@ -150,6 +150,8 @@ pub struct Block {
     pub(super) registered_wake: bool,
     /// Bounce buffer between the disk and guest memory.
     pub(super) scratch: Vec<u8>,
+    /// Warnings left for failed requests until the next activation.
+    pub(super) warn_budget: WarnBudget,
 }
 
 impl std::fmt::Debug for Block {
@@ -197,6 +199,7 @@ impl Block {
             registered_queue: None,
             registered_wake: false,
             scratch: Vec::new(),
+            warn_budget: WarnBudget::default(),
         })
     }
 
@@ -355,6 +358,7 @@ impl VirtioDevice for Block {
         if let Some(old) = self.active.take() {
             self.retired.push(old.queue.notify);
         }
+        self.warn_budget = WarnBudget::default();
         self.active = Some(Active {
             mem,
             interrupt,

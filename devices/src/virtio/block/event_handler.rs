@@ -56,6 +56,7 @@ impl Block {
                     self.disk.as_deref_mut(),
                     &ctx,
                     &mut self.scratch,
+                    &mut self.warn_budget,
                 );
                 if let Err(e) = active
                     .queue

@@ -4,7 +4,7 @@
 //! through a bounce buffer of at most [`BOUNCE_MAX`] bytes (guest memory is only touched through
 //! vm-memory), so a request of any size costs bounded host memory.
 
-use log::{debug, warn};
+use log::{debug, log, warn, Level};
 use ubd::{Disk, DiskError};
 use virtio_queue::desc::split::Descriptor;
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemory, Permissions};
@@ -182,6 +182,40 @@ fn run<M: GuestMemory, D: Disk + ?Sized>(
     }
 }
 
+/// How many failed or refused requests are logged at `warn` level before the rest go to
+/// `debug` (a misbehaving guest must not flood the host log).
+pub const WARN_BUDGET: u32 = 32;
+
+/// Counts the warnings left for failed or refused requests.
+#[derive(Debug, Clone)]
+pub struct WarnBudget {
+    left: u32,
+}
+
+impl Default for WarnBudget {
+    fn default() -> Self {
+        WarnBudget { left: WARN_BUDGET }
+    }
+}
+
+impl WarnBudget {
+    /// The level for the next request problem.
+    pub fn level(&mut self) -> Level {
+        match self.left {
+            0 => Level::Debug,
+            1 => {
+                self.left = 0;
+                warn!("block: too many failed requests, logging further ones at debug level");
+                Level::Warn
+            }
+            _ => {
+                self.left -= 1;
+                Level::Warn
+            }
+        }
+    }
+}
+
 /// Carries out a parsed request. Errors are logged and become VIRTIO_BLK_S_IOERR.
 pub fn execute<M: GuestMemory, D: Disk + ?Sized>(
     req: &Request,
@@ -190,12 +224,17 @@ pub fn execute<M: GuestMemory, D: Disk + ?Sized>(
     id: &[u8; ID_BYTES],
     opts: ExecOptions,
     scratch: &mut Vec<u8>,
+    warn_budget: &mut WarnBudget,
 ) -> Outcome {
     let mut written = 0u32;
     let status = match run(req, mem, disk, id, opts, scratch, &mut written) {
         Ok(()) => VIRTIO_BLK_S_OK,
         Err(e) => {
-            warn!("block: request failed: {}", error_chain(&e));
+            log!(
+                warn_budget.level(),
+                "block: request failed: {}",
+                error_chain(&e)
+            );
             VIRTIO_BLK_S_IOERR
         }
     };
@@ -236,6 +275,7 @@ pub fn process_chain<M: GuestMemory, D: Disk + ?Sized>(
     disk: Option<&mut D>,
     ctx: &ChainContext<'_>,
     scratch: &mut Vec<u8>,
+    warn_budget: &mut WarnBudget,
 ) -> Option<u32> {
     let layout = match split_chain(descs) {
         Ok(l) => l,
@@ -252,7 +292,7 @@ pub fn process_chain<M: GuestMemory, D: Disk + ?Sized>(
         return None;
     }
     let outcome = match (Request::parse(mem, &layout, &ctx.info), disk) {
-        (Ok(req), Some(disk)) => execute(&req, mem, disk, ctx.id, ctx.opts, scratch),
+        (Ok(req), Some(disk)) => execute(&req, mem, disk, ctx.id, ctx.opts, scratch, warn_budget),
         (Ok(_), None) => {
             debug!("block: request after the image was released");
             Outcome {
@@ -261,7 +301,7 @@ pub fn process_chain<M: GuestMemory, D: Disk + ?Sized>(
             }
         }
         (Err(e), _) => {
-            log_refused(&e);
+            log_refused(&e, warn_budget);
             Outcome {
                 status: e.status(),
                 written: 0,
@@ -274,12 +314,40 @@ pub fn process_chain<M: GuestMemory, D: Disk + ?Sized>(
     Some(outcome.written.saturating_add(1))
 }
 
-fn log_refused(e: &RequestError) {
+fn log_refused(e: &RequestError, warn_budget: &mut WarnBudget) {
     match e {
         // Probing by the guest (an unknown type) is not worth a warning.
         RequestError::Unsupported(_) | RequestError::NotOffered(_) => {
             debug!("block: request refused: {e}")
         }
-        _ => warn!("block: request refused: {e}"),
+        _ => log!(warn_budget.level(), "block: request refused: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_warn_budget_runs_out() {
+        let mut b = WarnBudget::default();
+        for _ in 0..WARN_BUDGET {
+            assert_eq!(b.level(), Level::Warn);
+        }
+        assert_eq!(b.level(), Level::Debug);
+        assert_eq!(b.level(), Level::Debug);
+    }
+
+    #[test]
+    fn test_error_chain_joins_sources() {
+        let e = ExecuteError::Disk(DiskError::OutOfRange {
+            offset: 1,
+            len: 2,
+            disk_len: 3,
+        });
+        assert_eq!(
+            error_chain(&e),
+            "disk I/O failed: request of 2 bytes at offset 1 is beyond the disk end (3 bytes)"
+        );
     }
 }

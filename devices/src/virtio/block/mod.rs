@@ -35,7 +35,7 @@ pub mod execute;
 pub mod request;
 
 pub use device::{Block, BlockConfig, BlockError, QUEUE_SIZE};
-pub use execute::{process_chain, ChainContext, ExecOptions, ExecuteError};
+pub use execute::{process_chain, ChainContext, ExecOptions, ExecuteError, WarnBudget};
 pub use request::{Request, RequestError};
 
 #[cfg(test)]
