@@ -527,6 +527,10 @@ impl Request {
                 Operation::GetId { bufs }
             }
             VIRTIO_BLK_T_DISCARD | VIRTIO_BLK_T_WRITE_ZEROES => {
+                // A read-only device refuses every write with IOERR, offered or not.
+                if info.read_only {
+                    return Err(RequestError::ReadOnly(kind));
+                }
                 let offered = if kind == VIRTIO_BLK_T_DISCARD {
                     info.discard
                 } else {
@@ -534,9 +538,6 @@ impl Request {
                 };
                 if !offered {
                     return Err(RequestError::NotOffered(kind));
-                }
-                if info.read_only {
-                    return Err(RequestError::ReadOnly(kind));
                 }
                 no_data(kind, "device-writable", in_data)?;
                 let segs = parse_segments(mem, kind, &out_data, info)?;
@@ -771,8 +772,11 @@ mod tests {
     #[test]
     fn test_read_only_refuses_writes() {
         let m = mem();
+        // As the device describes itself: read-only, no discard or write zeroes offered.
         let ro = DiskInfo {
             read_only: true,
+            discard: false,
+            write_zeroes: false,
             ..INFO
         };
         let st = Descriptor::new(0x9000, 1, W, 0);
