@@ -38,6 +38,9 @@ pub const VIRTIO_RING_F_EVENT_IDX: u32 = 29;
 pub const QUEUE_SIZE: u16 = 256;
 /// Data segments in one request (`seg_max`): the queue minus the header and status.
 pub const SEG_MAX: u32 = QUEUE_SIZE as u32 - 2;
+/// Requests served per queue event before the event loop gets to run other sources (a guest
+/// that keeps the queue full must not starve the consoles or mconsole).
+pub const BATCH_LIMIT: usize = 4 * QUEUE_SIZE as usize;
 /// The block size the guest is told (`blk_size`).
 pub const BLK_SIZE: u32 = 512;
 /// Discard granularity in sectors (`discard_sector_alignment`): 4 KiB, a file system block.
@@ -152,6 +155,8 @@ pub struct Block {
     pub(super) scratch: Vec<u8>,
     /// Warnings left for failed requests until the next activation.
     pub(super) warn_budget: WarnBudget,
+    /// Requests served per event before the event loop gets to run other sources.
+    pub(super) batch_limit: usize,
 }
 
 impl std::fmt::Debug for Block {
@@ -200,6 +205,7 @@ impl Block {
             registered_wake: false,
             scratch: Vec::new(),
             warn_budget: WarnBudget::default(),
+            batch_limit: BATCH_LIMIT,
         })
     }
 

@@ -30,6 +30,7 @@ impl Block {
             return;
         }
         let mut any = false;
+        let mut served = 0usize;
         loop {
             if let Err(e) = active.queue.queue.disable_notification(&active.mem) {
                 active.mark_broken(&format!("cannot disable notifications ({e})"));
@@ -37,6 +38,17 @@ impl Block {
             }
             let mut progressed = false;
             loop {
+                if served >= self.batch_limit {
+                    // Let the other event sources run; come back through the notify eventfd.
+                    if let Err(e) = active.queue.notify.write(1) {
+                        warn!("block: cannot re-arm the queue eventfd: {e}");
+                    } else {
+                        if any {
+                            notify(active);
+                        }
+                        return;
+                    }
+                }
                 let next = match active.queue.queue.iter(&active.mem) {
                     Ok(mut it) => it
                         .next()
@@ -50,6 +62,7 @@ impl Block {
                     break;
                 };
                 progressed = true;
+                served += 1;
                 let used = process_chain(
                     &active.mem,
                     descs,

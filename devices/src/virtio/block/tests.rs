@@ -862,3 +862,28 @@ fn test_event_idx_queue_is_served_and_interrupts() {
     }
     assert_eq!(r.resets(), 0);
 }
+
+#[test]
+fn test_batch_limit_yields_to_the_event_loop_and_comes_back() {
+    let m = mem();
+    let mut d = Driver::new(&m);
+    let (mut r, _disk) = rig(&d, &config());
+    r.block.lock().unwrap().batch_limit = 2;
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        let h = d.header(VIRTIO_BLK_T_FLUSH, 0);
+        let s = d.status();
+        d.add(&[h, s]);
+        statuses.push(s);
+    }
+    d.kick();
+    // One event serves two requests.
+    assert_eq!(r.em.run_with_timeout(0).unwrap(), 1);
+    assert_eq!(d.used().len(), 2);
+    r.run();
+    assert_eq!(d.used().len(), 3);
+    for s in statuses {
+        assert_eq!(d.status_of(&s), VIRTIO_BLK_S_OK);
+    }
+    assert_eq!(r.irq.triggers.lock().unwrap().len(), 3);
+}
