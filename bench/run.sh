@@ -12,10 +12,10 @@
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
-boot_rounds=5 first_rounds=20 starts=50 mem_rounds=3 bz=
+boot_rounds=5 bz_rounds=2 first_rounds=20 starts=50 mem_rounds=3 bz=
 for a in "$@"; do
     case "$a" in
-        --quick) boot_rounds=2 first_rounds=5 starts=10 mem_rounds=1 ;;
+        --quick) boot_rounds=2 bz_rounds=1 first_rounds=5 starts=10 mem_rounds=1 ;;
         --bzimage) bz=--bzimage ;;
         *) echo "usage: bench/run.sh [--quick] [--bzimage]" >&2; exit 2 ;;
     esac
@@ -35,7 +35,7 @@ fi
 $kb machine --json "$tmp/machine.json"
 $kb first --rounds "$first_rounds" --starts "$starts" --json "$tmp/first.json" ||
     skipped="$skipped|first instruction=the run failed (see the log)"
-$kb boot --rounds "$boot_rounds" $bz --json "$tmp/boot.json" ||
+$kb boot --rounds "$boot_rounds" $bz --bz-rounds "$bz_rounds" --json "$tmp/boot.json" ||
     skipped="$skipped|boot=the run failed (see the log)"
 $kb memory --rounds "$mem_rounds" --json "$tmp/memory.json" ||
     skipped="$skipped|memory=the run failed (see the log)"
