@@ -887,3 +887,89 @@ fn test_batch_limit_yields_to_the_event_loop_and_comes_back() {
     }
     assert_eq!(r.irq.triggers.lock().unwrap().len(), 3);
 }
+
+/// The device behind the virtio-pci transport, driven like Linux's virtio_pci + virtio_blk.
+#[test]
+fn test_through_the_pci_transport() {
+    use crate::bus::BusDevice;
+    use crate::pci::msix::fake::FakeRouting;
+    use crate::pci::virtio::{VirtioPciDevice, DEVICE_CFG_OFFSET, NOTIFY_OFFSET};
+    use crate::virtio::status;
+
+    const BAR: u64 = 0x1_0000_0000;
+    let m = mem();
+    let mut d = Driver::new(&m);
+    let disk = SharedDisk::default();
+    disk.0.lock().unwrap().data = vec![0; DISK_LEN];
+    let block = Arc::new(Mutex::new(
+        Block::new(Box::new(disk.clone()), &config()).unwrap(),
+    ));
+    let mut em = EventManager::<Arc<Mutex<Block>>>::new().unwrap();
+    em.add_subscriber(block.clone());
+    let routing = Arc::new(FakeRouting::default());
+    let mut pci = VirtioPciDevice::new(block.clone(), m.clone(), routing, BAR).unwrap();
+    let w = |pci: &mut VirtioPciDevice, off: u64, val: u64, len: usize| {
+        pci.write(BAR, off, &val.to_le_bytes()[..len]);
+    };
+    let r = |pci: &mut VirtioPciDevice, off: u64, len: usize| {
+        let mut b = [0u8; 8];
+        pci.read(BAR, off, &mut b[..len]);
+        u64::from_le_bytes(b)
+    };
+    assert_eq!(r(&mut pci, DEVICE_CFG_OFFSET, 8), (DISK_LEN / 512) as u64);
+    assert_eq!(r(&mut pci, 0x18, 2), u64::from(QLEN), "queue 0 max size");
+    w(
+        &mut pci,
+        0x14,
+        u64::from(status::ACKNOWLEDGE | status::DRIVER),
+        1,
+    );
+    let mut features = 0u64;
+    for sel in 0..2u64 {
+        w(&mut pci, 0x00, sel, 4);
+        features |= r(&mut pci, 0x04, 4) << (32 * sel);
+    }
+    assert_eq!(features, block.lock().unwrap().features());
+    for sel in 0..2u64 {
+        w(&mut pci, 0x08, sel, 4);
+        w(&mut pci, 0x0c, (features >> (32 * sel)) & 0xffff_ffff, 4);
+    }
+    let st = status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK;
+    w(&mut pci, 0x14, u64::from(st), 1);
+    assert_eq!(r(&mut pci, 0x14, 1), u64::from(st), "features accepted");
+    w(&mut pci, 0x16, 0, 2);
+    w(&mut pci, 0x20, d.q.desc_table_addr().0, 8);
+    w(&mut pci, 0x28, d.q.avail_addr().0, 8);
+    w(&mut pci, 0x30, d.q.used_addr().0, 8);
+    w(&mut pci, 0x1c, 1, 2);
+    w(&mut pci, 0x14, u64::from(st | status::DRIVER_OK), 1);
+    assert!(pci.is_activated());
+    for _ in 0..10 {
+        em.run_with_timeout(0).unwrap();
+    }
+    // A write and a read, notified through the BAR.
+    let data = pattern(4096, 5);
+    let h = d.header(VIRTIO_BLK_T_OUT, 8);
+    let a = d.data_out(&data);
+    let s1 = d.status();
+    d.add(&[h, a, s1]);
+    let h = d.header(VIRTIO_BLK_T_IN, 8);
+    let x = d.data_in(4096);
+    let s2 = d.status();
+    d.add(&[h, x, s2]);
+    w(&mut pci, NOTIFY_OFFSET, 0, 2);
+    for _ in 0..10 {
+        em.run_with_timeout(0).unwrap();
+    }
+    assert_eq!(d.used(), vec![(0, 1), (3, 4097)]);
+    assert_eq!(d.status_of(&s1), VIRTIO_BLK_S_OK);
+    assert_eq!(d.read(&x), data);
+    assert_eq!(pci.device_status() & status::NEEDS_RESET, 0);
+    // The driver resets the device: it stops watching the queue and keeps the disk.
+    w(&mut pci, 0x14, 0, 1);
+    for _ in 0..10 {
+        em.run_with_timeout(0).unwrap();
+    }
+    assert!(!pci.is_activated());
+    assert_eq!(&disk.0.lock().unwrap().data[8 * 512..16 * 512], &data[..]);
+}
