@@ -10,7 +10,8 @@
 //! queue of [`QUEUE_SIZE`] entries. Requests are served synchronously on the event-loop thread
 //! when the queue's notify eventfd fires: the guest's buffers are copied through a bounded
 //! bounce buffer to or from the image with `pread`/`pwrite`, so a slow disk stalls the event
-//! loop for as long as one batch of requests takes.
+//! loop for as long as one batch of requests takes (at most [`BATCH_LIMIT`] per event; the
+//! device then re-arms its queue eventfd and lets the other event sources run).
 //!
 //! A hostile guest cannot make the device panic: a request it gets wrong fails with
 //! VIRTIO_BLK_S_IOERR or VIRTIO_BLK_S_UNSUPP; a chain without a status byte, or a broken
@@ -34,7 +35,7 @@ pub mod event_handler;
 pub mod execute;
 pub mod request;
 
-pub use device::{Block, BlockConfig, BlockError, QUEUE_SIZE};
+pub use device::{Block, BlockConfig, BlockError, BATCH_LIMIT, QUEUE_SIZE};
 pub use execute::{process_chain, ChainContext, ExecOptions, ExecuteError, WarnBudget};
 pub use request::{Request, RequestError};
 
