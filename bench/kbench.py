@@ -357,6 +357,19 @@ def sh(*cmd):
         return None
 
 
+def other_vmms():
+    """How many kuml or QEMU processes run on the host now (other users' VMs compete for CPU)."""
+    n = 0
+    for pid in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{pid}/comm") as f:
+                comm = f.read().strip()
+        except OSError:
+            continue
+        n += comm == "kuml" or comm.startswith("qemu-system")
+    return n
+
+
 def cmd_machine(a):
     cpu = None
     with open("/proc/cpuinfo") as f:
@@ -370,7 +383,8 @@ def cmd_machine(a):
            "cpu": cpu, "cores": os.cpu_count(), "memtotal_mib": meminfo()["MemTotal"] // 1024,
            "host_kernel": os.uname().release, "pvm": is_pvm(),
            "kvm": "PVM (kvm_pvm, guest kernel code emulated)" if is_pvm() else "hardware (VT-x/AMD-V)",
-           "loadavg": open("/proc/loadavg").read().split()[:3],
+           "loadavg": " ".join(open("/proc/loadavg").read().split()[:3]),
+           "other_vmms_running": other_vmms(),
            "qemu": (sh(QEMU, "--version") or "").split("\n")[0],
            "kuml_commit": sh("git", "rev-parse", "--short", "HEAD")
            + (" (+uncommitted changes)" if dirty else ""),
@@ -403,8 +417,9 @@ def cmd_report(a):
     m = figs.get("machine", {})
     L.append(f"# kuml benchmarks, {m.get('date_utc', '?')} UTC\n")
     L.append("| machine | |\n|---|---|")
-    for k in ("cpu", "cores", "memtotal_mib", "host_kernel", "kvm", "loadavg", "qemu",
-              "kuml_commit", "guest_kernel"):
+    m["loadavg_at_end"] = " ".join(open("/proc/loadavg").read().split()[:3])
+    for k in ("cpu", "cores", "memtotal_mib", "host_kernel", "kvm", "qemu", "kuml_commit",
+              "guest_kernel", "loadavg", "other_vmms_running", "loadavg_at_end"):
         L.append(f"| {k} | {m.get(k)} |")
     L.append("")
     L.append("Medians of the rounds below, host wall clock. Ratio = kuml / QEMU microvm.\n")

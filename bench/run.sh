@@ -5,6 +5,7 @@
 #
 # --quick: fewer rounds (for development; the numbers are then rougher).
 # --bzimage: also time the bzImage boot (about 70 s per boot on PVM hosts).
+# Rounds: BOOT_ROUNDS (5), BZ_ROUNDS (2), FIRST_ROUNDS (20), STARTS (50), MEM_ROUNDS (3).
 # Scripts from other issues are run when present: bench/disk.sh, bench/net.sh, bench/hotplug.sh,
 # each called as `<script> --json FILE`; the JSON must have "figure" (disk|net|hotplug) and
 # "rows": [{"label", "kuml", "qemu", "ratio", "target"}]. A figure that cannot be taken is
@@ -12,7 +13,8 @@
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
-boot_rounds=5 bz_rounds=2 first_rounds=20 starts=50 mem_rounds=3 bz=
+boot_rounds=${BOOT_ROUNDS:-5} bz_rounds=${BZ_ROUNDS:-2} first_rounds=${FIRST_ROUNDS:-20}
+starts=${STARTS:-50} mem_rounds=${MEM_ROUNDS:-3} bz=
 for a in "$@"; do
     case "$a" in
         --quick) boot_rounds=2 bz_rounds=1 first_rounds=5 starts=10 mem_rounds=1 ;;
