@@ -1,17 +1,22 @@
 //! Config → a running machine: memory, kernel, ACPI tables, devices, vCPU threads.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 
-use devices::bus::Bus;
+use devices::chan::{self, ChanContext, Channel, ChannelSpec, LineClass};
+use devices::legacy::ged::Ged;
 use devices::legacy::i8042::{self, I8042};
+use devices::pci::{EjectHandler, PciHotplug};
+use vmm_sys_util::eventfd::EventFd;
 use devices::legacy::pm::{ExitPort, PmDevice, PvPanic};
 use devices::legacy::serial::{SerialDevice, COM_PORTS, COM_PORT_LEN};
+use devices::virtio::console::{open_consoles, Console, DEFAULT_MAX_PORTS};
+use event_manager::MutEventSubscriber;
 use vm_memory::{Bytes, GuestAddress};
-use vmm_sys_util::eventfd::EventFd;
 
-use crate::arch::x86_64::{acpi, boot, cpuid, layout, regs};
+use crate::arch::x86_64::{acpi, boot, cpuid, hotplug_aml, layout, regs};
 use crate::config::Config;
+use crate::device_manager::DeviceManager;
 use crate::exit::ExitState;
 use crate::vstate::vcpu::{VcpuContext, VcpuHandle};
 use crate::vstate::vm::{Vm, VmError};
@@ -74,31 +79,44 @@ pub fn guest_cmdline(cfg: &Config) -> String {
             .any(|w| w == key || w.starts_with(&format!("{key}=")))
     };
     if !has("console") {
-        words.push("console=ttyS0".into());
+        words.push("console=hvc0".into());
     }
     words.extend(cfg.guest_args.iter().cloned());
     words.join(" ")
 }
 
-/// Host-side handles of the console devices, for the event loop.
-#[derive(Debug, Clone)]
-pub struct Consoles {
-    /// COM1..COM4.
-    pub serials: Vec<Arc<Mutex<SerialDevice>>>,
-    /// The keyboard controller (Ctrl-Alt-Del injection).
-    pub i8042: Arc<Mutex<I8042>>,
-}
+/// Subscribers the event loop runs for this machine.
+pub type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
 
 /// A running machine.
-#[derive(Debug)]
 pub struct Machine {
     /// Why it stops, once it does.
     pub exit: Arc<ExitState>,
-    /// Console devices.
-    pub consoles: Consoles,
+    /// The keyboard controller (Ctrl-Alt-Del injection).
+    pub i8042: Arc<Mutex<I8042>>,
+    /// Serial lines present (index, UART).
+    pub serials: Vec<(u32, Arc<Mutex<SerialDevice>>)>,
+    /// The virtio console with one port per `conN`.
+    pub console: Arc<Mutex<Console>>,
+    /// Event-loop subscribers (devices with host descriptors or queues).
+    pub subscribers: Vec<Subscriber>,
+    /// Buses, PCI, interrupts.
+    pub devices: DeviceManager,
+    /// The PCI hot-plug register block the DSDT scans.
+    pub hotplug: Arc<Mutex<PciHotplug>>,
+    /// The Generic Event Device that tells the guest to scan.
+    pub ged: Arc<Mutex<Ged>>,
+    /// Slots the guest has ejected, for the event loop to release.
+    pub ejects: Arc<EjectQueue>,
     vcpus: Vec<VcpuHandle>,
     // Dropped after the vCPUs.
     _vm: Vm,
+}
+
+impl std::fmt::Debug for Machine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Machine").field("vcpus", &self.vcpus.len()).finish_non_exhaustive()
+    }
 }
 
 impl Machine {
@@ -120,55 +138,163 @@ impl Machine {
     }
 }
 
-/// Where the guest's serial output goes.
-pub type OutputFactory<'a> = &'a dyn Fn(usize) -> Box<dyn std::io::Write + Send>;
+/// Slots the guest ejected (`_EJ0`), handed from the vCPU that ran the AML to the event loop,
+/// which unplugs the device: the eject handler runs with the MMIO bus locked, so it must not
+/// change the buses itself.
+#[derive(Debug)]
+pub struct EjectQueue {
+    slots: Mutex<Vec<u8>>,
+    /// Readable when slots are waiting.
+    pub evt: EventFd,
+}
+
+impl EjectQueue {
+    fn new() -> std::io::Result<Self> {
+        Ok(EjectQueue {
+            slots: Mutex::new(Vec::new()),
+            evt: EventFd::new(libc::EFD_NONBLOCK)?,
+        })
+    }
+
+    /// Takes the ejected slots.
+    pub fn take(&self) -> Vec<u8> {
+        let _ = self.evt.read();
+        std::mem::take(&mut *self.slots.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+impl EjectHandler for EjectQueue {
+    fn eject(&self, slot: u8) {
+        self.slots.lock().unwrap_or_else(|e| e.into_inner()).push(slot);
+        if let Err(e) = self.evt.write(1) {
+            log::error!("cannot signal the ejection of slot {slot}: {e}");
+        }
+    }
+}
+
+/// Consoles UML has (`MAX_TTYS`): with `con=` given they all exist at boot.
+const UML_CONSOLES: u32 = 16;
+
+/// How many consoles exist at boot: all of UML's when `con=` applies to every console,
+/// otherwise only con0 and the ones named on the command line (each virtio-console port costs
+/// the guest two queues and a round of control messages at boot, so kuml does not create
+/// fifteen unused ones; `config conN=` adds more at run time).
+fn boot_consoles(cfg: &Config) -> u32 {
+    if cfg.con.all.is_some() {
+        UML_CONSOLES
+    } else {
+        1
+    }
+}
+
+fn lines(
+    class: LineClass,
+    opts: &crate::config::IndexedOptions,
+    count: u32,
+    ctx: &ChanContext,
+) -> Result<Vec<(u32, ChannelSpec)>, BuildError> {
+    chan::resolve_lines(class, opts.all.as_deref(), &opts.each, count, ctx.display)
+        .map_err(|e| BuildError::Device(class.display_name(), Box::new(e)))
+}
 
 /// Builds and starts the machine described by `cfg`.
-pub fn build(cfg: &Config, serial_out: OutputFactory) -> Result<Machine, BuildError> {
+pub fn build(cfg: &Config) -> Result<Machine, BuildError> {
     let kernel = resolve_kernel(cfg)?;
     let vm = Vm::new(cfg.mem_size)?;
+    let vm_fd = vm.fd.clone();
     let exit = Arc::new(ExitState::new().map_err(device_err("exit event"))?);
-
-    // Devices on the port-I/O bus.
-    let mut pio = Bus::new();
-    let irq_evt = |gsi: u32| -> Result<EventFd, BuildError> {
-        let evt = EventFd::new(libc::EFD_NONBLOCK).map_err(device_err("interrupt eventfd"))?;
-        vm.fd
-            .register_irqfd(&evt, gsi)
-            .map_err(device_err("interrupt routing"))?;
-        Ok(evt)
+    let mut dm = DeviceManager::new(vm_fd, vm.memory.clone()).map_err(device_err("PCI root"))?;
+    let mut subscribers: Vec<Subscriber> = Vec::new();
+    let ctx = ChanContext {
+        umid: cfg.umid.clone(),
+        ..ChanContext::from_env()
     };
+
+    // Serial lines: COM1..COM4, one UART per line that exists.
     let mut serials = Vec::new();
-    for (i, (port, irq)) in COM_PORTS.iter().enumerate() {
-        let dev = Arc::new(Mutex::new(SerialDevice::new(irq_evt(*irq)?, serial_out(i))));
-        pio.insert(dev.clone(), u64::from(*port), u64::from(COM_PORT_LEN))
-            .map_err(device_err("serial port"))?;
-        serials.push(dev);
+    for (index, spec) in lines(LineClass::Serial, &cfg.ssl, COM_PORTS.len() as u32, &ctx)? {
+        let Some((port, irq)) = COM_PORTS.get(index as usize) else {
+            continue;
+        };
+        let channel = match Channel::open_in(&spec, LineClass::Serial, index, &ctx) {
+            Ok(ch) => {
+                if let Some(msg) = ch.announcement() {
+                    println!("{msg}");
+                }
+                ch
+            }
+            Err(e) => {
+                eprintln!("kuml: serial line {index}: {}", error_chain(&e));
+                Channel::null()
+            }
+        };
+        let irq = dm.legacy_irq(*irq).map_err(device_err("serial line"))?;
+        let dev = Arc::new(Mutex::new(
+            SerialDevice::new(irq, channel).map_err(device_err("serial line"))?,
+        ));
+        dm.add_pio(dev.clone(), u64::from(*port), u64::from(COM_PORT_LEN))
+            .map_err(device_err("serial line"))?;
+        subscribers.push(dev.clone());
+        serials.push((index, dev));
     }
-    let kbd = Arc::new(Mutex::new(I8042::new(exit.clone(), irq_evt(i8042::KBD_IRQ)?)));
-    pio.insert(kbd.clone(), u64::from(i8042::DATA_PORT), 1)
-        .map_err(device_err("i8042"))?;
-    pio.insert(kbd.clone(), u64::from(i8042::COMMAND_PORT), 1)
-        .map_err(device_err("i8042"))?;
-    let pm = Arc::new(Mutex::new(PmDevice::new(
+
+    // Legacy platform devices.
+    let kbd = Arc::new(Mutex::new(I8042::new(
         exit.clone(),
-        acpi::S5_SLP_TYP,
-        acpi::PM_RESET_VALUE,
+        dm.legacy_irq(i8042::KBD_IRQ).map_err(device_err("i8042"))?,
     )));
-    pio.insert(pm, u64::from(acpi::PM_PORTS.0), u64::from(acpi::PM_PORTS.1))
-        .map_err(device_err("power management block"))?;
-    pio.insert(
+    for port in [i8042::DATA_PORT, i8042::COMMAND_PORT] {
+        dm.add_pio(kbd.clone(), u64::from(port), 1)
+            .map_err(device_err("i8042"))?;
+    }
+    let pm = PmDevice::new(exit.clone(), acpi::S5_SLP_TYP, acpi::PM_RESET_VALUE);
+    dm.add_pio(
+        Arc::new(Mutex::new(pm)),
+        u64::from(acpi::PM_PORTS.0),
+        u64::from(acpi::PM_PORTS.1),
+    )
+    .map_err(device_err("power management block"))?;
+    dm.add_pio(
         Arc::new(Mutex::new(PvPanic::new(exit.clone()))),
         u64::from(acpi::PVPANIC_PORT),
         1,
     )
     .map_err(device_err("pvpanic"))?;
-    pio.insert(
+    dm.add_pio(
         Arc::new(Mutex::new(ExitPort::new(exit.clone()))),
         u64::from(EXIT_PORT),
         1,
     )
     .map_err(device_err("exit port"))?;
+
+    // ACPI hot-plug: the register block the DSDT's slot scan reads, and the GED that starts it.
+    let ejects = Arc::new(EjectQueue::new().map_err(device_err("hot-plug"))?);
+    let hotplug = Arc::new(Mutex::new(PciHotplug::new(ejects.clone())));
+    let ged = Arc::new(Mutex::new(Ged::new(
+        dm.legacy_irq(hotplug_aml::GED_GSI).map_err(device_err("GED"))?,
+    )));
+    dm.add_mmio(hotplug.clone(), hotplug_aml::PCI_HOTPLUG_ADDR, hotplug_aml::PCI_HOTPLUG_LEN)
+        .map_err(device_err("PCI hot-plug registers"))?;
+    dm.add_mmio(ged.clone(), hotplug_aml::GED_ADDR, hotplug_aml::GED_LEN)
+        .map_err(device_err("GED"))?;
+
+    // Consoles: one virtio-console port per conN.
+    let opened = open_consoles(
+        &lines(LineClass::Console, &cfg.con, boot_consoles(cfg), &ctx)?,
+        DEFAULT_MAX_PORTS,
+        &ctx,
+    )
+    .map_err(device_err("consoles"))?;
+    for msg in &opened.announcements {
+        println!("{msg}");
+    }
+    for f in &opened.failures {
+        eprintln!("kuml: {}", error_chain(f));
+    }
+    let console = Arc::new(Mutex::new(opened.console));
+    dm.add_virtio(console.clone(), None)
+        .map_err(device_err("virtio console"))?;
+    subscribers.push(console.clone());
 
     // Boot data.
     let loaded = boot::load_kernel(&vm.memory, &kernel)?;
@@ -192,7 +318,7 @@ pub fn build(cfg: &Config, serial_out: OutputFactory) -> Result<Machine, BuildEr
     for t in acpi::build(&acpi::AcpiConfig {
         ncpus: cfg.ncpus,
         mem_size: cfg.mem_size,
-        extra_dsdt: &[],
+        extra_dsdt: &hotplug_aml::hotplug_aml(hotplug_aml::HOTPLUG_SLOTS),
     }) {
         vm.memory
             .write_slice(&t.bytes, GuestAddress(t.addr))
@@ -201,9 +327,9 @@ pub fn build(cfg: &Config, serial_out: OutputFactory) -> Result<Machine, BuildEr
     regs::write_boot_tables(&vm.memory).map_err(device_err("boot page tables"))?;
 
     // vCPUs.
-    let ctx = VcpuContext {
-        pio: Arc::new(RwLock::new(pio)),
-        mmio: Arc::new(RwLock::new(Bus::new())),
+    let vctx = VcpuContext {
+        pio: dm.pio.clone(),
+        mmio: dm.mmio.clone(),
         on_event: {
             let exit = exit.clone();
             Arc::new(move |ev| exit.vcpu_event(ev))
@@ -229,19 +355,35 @@ pub fn build(cfg: &Config, serial_out: OutputFactory) -> Result<Machine, BuildEr
     }
     let mut vcpus = Vec::new();
     for (i, fd) in fds.into_iter().enumerate() {
-        let h = VcpuHandle::spawn(i as u8, fd, ctx.clone())
+        let h = VcpuHandle::spawn(i as u8, fd, vctx.clone())
             .map_err(|e| BuildError::Vcpu(i as u8, Box::new(e)))?;
         vcpus.push(h);
     }
     Ok(Machine {
         exit,
-        consoles: Consoles {
-            serials,
-            i8042: kbd,
-        },
+        i8042: kbd,
+        serials,
+        console,
+        subscribers,
+        devices: dm,
+        hotplug,
+        ged,
+        ejects,
         vcpus,
         _vm: vm,
     })
+}
+
+/// "outer: inner: innermost".
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
 }
 
 #[cfg(test)]
@@ -257,7 +399,7 @@ mod tests {
 
     #[test]
     fn default_console_unless_given() {
-        assert_eq!(guest_cmdline(&cfg(&["quiet"])), "console=ttyS0 quiet");
+        assert_eq!(guest_cmdline(&cfg(&["quiet"])), "console=hvc0 quiet");
         assert_eq!(guest_cmdline(&cfg(&["console=hvc0", "x"])), "console=hvc0 x");
     }
 }

@@ -291,6 +291,15 @@ impl DeviceManager {
         Ok(())
     }
 
+    /// Maps a platform device on the MMIO bus.
+    pub fn add_mmio(&self, dev: Arc<Mutex<dyn BusDevice>>, base: u64, len: u64) -> Result<(), DeviceError> {
+        self.mmio
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(dev, base, len)?;
+        Ok(())
+    }
+
     /// An eventfd routed to legacy IRQ `gsi`.
     pub fn legacy_irq(&self, gsi: u32) -> Result<EventFd, DeviceError> {
         let evt = EventFd::new(libc::EFD_NONBLOCK).map_err(DeviceError::EventFd)?;

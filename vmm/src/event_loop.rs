@@ -1,12 +1,11 @@
 //! The event loop: host input for the consoles, signals, and the machine's exit.
 
-use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex};
 
-use devices::legacy::serial::SerialDevice;
 use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
 use crate::sys::signalfd::SignalFd;
 
+use crate::builder::Subscriber;
 use crate::exit::{ExitState, VmExit};
 
 /// Errors of the event loop.
@@ -18,43 +17,6 @@ pub enum EventLoopError {
     /// The signal descriptor could not be created.
     #[error("cannot watch signals")]
     Signals(#[source] std::io::Error),
-}
-
-/// Host input (a readable fd) feeding a UART.
-struct SerialInput {
-    fd: RawFd,
-    serial: Arc<Mutex<SerialDevice>>,
-}
-
-impl MutEventSubscriber for SerialInput {
-    fn init(&mut self, ops: &mut EventOps) {
-        if let Err(e) = ops.add(Events::new_raw(self.fd, EventSet::IN)) {
-            log::warn!("cannot watch console input: {e:?}");
-        }
-    }
-
-    fn process(&mut self, events: Events, ops: &mut EventOps) {
-        let mut buf = [0u8; 4096];
-        // SAFETY: reading into a local buffer from a descriptor we were given; a bad fd
-        // only makes read fail.
-        let n = unsafe { libc::read(self.fd, buf.as_mut_ptr().cast(), buf.len()) };
-        match n {
-            n if n > 0 => {
-                let mut s = self.serial.lock().unwrap_or_else(|e| e.into_inner());
-                s.enqueue(&buf[..n as usize]);
-            }
-            n if n < 0
-                && std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock => {}
-            _ => {
-                // End of input or an error: the console keeps running without input.
-                log::info!("console input closed");
-                let _ = ops.remove(events);
-            }
-        }
-        if events.event_set().contains(EventSet::HANG_UP) && n <= 0 {
-            let _ = ops.remove(Events::new_raw(self.fd, EventSet::IN));
-        }
-    }
 }
 
 /// SIGTERM, SIGINT and SIGHUP stop the VM cleanly.
@@ -116,20 +78,16 @@ pub fn block_stop_signals() -> std::io::Result<()> {
 }
 
 /// Runs until the machine has a reason to stop; returns it.
-pub fn run(
-    exit: Arc<ExitState>,
-    input: Option<(RawFd, Arc<Mutex<SerialDevice>>)>,
-) -> Result<VmExit, EventLoopError> {
-    let mut em: EventManager<Box<dyn MutEventSubscriber + Send>> =
-        EventManager::new().map_err(EventLoopError::Epoll)?;
+pub fn run(exit: Arc<ExitState>, subscribers: &[Subscriber]) -> Result<VmExit, EventLoopError> {
+    let mut em: EventManager<Subscriber> = EventManager::new().map_err(EventLoopError::Epoll)?;
     let sigfd = SignalFd::new(&STOP_SIGNALS).map_err(EventLoopError::Signals)?;
-    em.add_subscriber(Box::new(Signals {
+    em.add_subscriber(Arc::new(Mutex::new(Signals {
         fd: sigfd,
         exit: exit.clone(),
-    }));
-    em.add_subscriber(Box::new(ExitWatch { exit: exit.clone() }));
-    if let Some((fd, serial)) = input {
-        em.add_subscriber(Box::new(SerialInput { fd, serial }));
+    })));
+    em.add_subscriber(Arc::new(Mutex::new(ExitWatch { exit: exit.clone() })));
+    for s in subscribers {
+        em.add_subscriber(s.clone());
     }
     loop {
         if let Some(reason) = exit.get() {
@@ -137,9 +95,4 @@ pub fn run(
         }
         em.run_with_timeout(1000).map_err(EventLoopError::Epoll)?;
     }
-}
-
-/// Stdin as a raw descriptor.
-pub fn stdin_fd() -> RawFd {
-    std::io::stdin().as_raw_fd()
 }

@@ -6,6 +6,5 @@ pub mod config;
 pub mod device_manager;
 pub mod event_loop;
 pub mod exit;
-pub mod terminal;
 pub mod vstate;
 pub mod sys;

@@ -1,11 +1,10 @@
 //! `kuml`: run a Linux guest on KVM with User-Mode Linux's command line.
 
-use std::io::Write;
 use std::process::ExitCode;
 
 use kuml::config::{self, Action};
 use kuml::exit::{VmExit, EXIT_ERROR, EXIT_USAGE};
-use kuml::{builder, event_loop, terminal, vstate};
+use kuml::{builder, event_loop, vstate};
 
 const USAGE: &str = "\
 kuml — run a Linux kernel on KVM with User-Mode Linux's command line
@@ -31,9 +30,14 @@ Options:
   --help, -h          print this text
   --version, -V       print the version
 
-Console: the guest's console is COM1 (ttyS0) on kuml's stdin and stdout unless the guest
-command line names another console=. A terminal on stdin is put in raw mode, so Ctrl-C
-goes to the guest. SIGTERM, SIGINT (when not from the terminal) and SIGHUP stop the VM.
+Consoles: con0 is the guest's hvc0 and its kernel console (console=hvc0 unless the guest
+command line names another console=), on kuml's stdin and stdout by default (con0=fd:0,fd:1).
+A terminal on stdin is put in raw mode, so Ctrl-C goes to the guest. Other consoles con1..15
+are /dev/hvc1..; serial lines ssl0..ssl3 are COM1..COM4 (/dev/ttyS0..3). A channel is fd:N,
+null, none (the line does not exist), pts, pty, port:P, xterm, tty:DEV or file:PATH, or an
+in,out pair; UML's default for consoles other than con0 and for serial lines is xterm,
+kuml uses pts when DISPLAY is not set. SIGTERM, SIGINT (when not from the terminal) and
+SIGHUP stop the VM.
 
 Exit status:
   0    the guest powered off
@@ -73,46 +77,31 @@ fn main() -> ExitCode {
     };
     match run(&cfg) {
         Ok(exit) => {
+            devices::chan::restore_terminals();
             if let VmExit::Crash(what) = &exit {
                 eprintln!("kuml: the guest crashed: {what}");
             }
             ExitCode::from(exit.code().clamp(0, 255) as u8)
         }
         Err(e) => {
-            terminal::restore();
-            eprintln!("kuml: {}", chain(e.as_ref()));
+            devices::chan::restore_terminals();
+            eprintln!("kuml: {}", builder::error_chain(e.as_ref()));
             ExitCode::from(EXIT_ERROR as u8)
         }
     }
 }
 
-/// "outer: inner: innermost", printed once.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
-
 fn run(cfg: &config::Config) -> Result<VmExit, Box<dyn std::error::Error>> {
     event_loop::block_stop_signals()?;
     vstate::vcpu::install_kick_handler()?;
-    let _raw = terminal::RawMode::enter(event_loop::stdin_fd());
-    let output = |i: usize| -> Box<dyn Write + Send> {
-        if i == 0 {
-            Box::new(std::io::stdout())
-        } else {
-            Box::new(std::io::sink())
-        }
-    };
+    let prev = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        devices::chan::restore_terminals();
+        prev(info);
+    }));
     loop {
-        let mut machine = builder::build(cfg, &output)?;
-        let input = Some((event_loop::stdin_fd(), machine.consoles.serials[0].clone()));
-        let exit = event_loop::run(machine.exit.clone(), input)?;
+        let mut machine = builder::build(cfg)?;
+        let exit = event_loop::run(machine.exit.clone(), &machine.subscribers)?;
         machine.stop();
         drop(machine);
         if exit == VmExit::Reboot && !cfg.noreboot {

@@ -23,6 +23,10 @@ const STATUS_COMMAND: u8 = 1 << 3;
 const STATUS_UNLOCKED: u8 = 1 << 4;
 /// Controller configuration byte: keyboard interrupt enabled.
 const CTR_KBD_INT: u8 = 1 << 0;
+/// Controller configuration byte: keyboard clock disabled.
+const CTR_KBD_DISABLE: u8 = 1 << 4;
+/// Controller configuration byte: mouse clock disabled.
+const CTR_AUX_DISABLE: u8 = 1 << 5;
 /// Controller configuration byte: system flag.
 const CTR_SYSTEM: u8 = 1 << 2;
 /// Controller configuration byte: scancode translation (set 2 to set 1).
@@ -42,6 +46,8 @@ enum Pending {
     WriteCtr,
     /// The output port (after command 0xD1).
     WriteOutputPort,
+    /// A byte for the (absent) mouse port, after 0xD3 (loop back) or 0xD4 (send to mouse).
+    Aux,
 }
 
 /// The controller.
@@ -102,7 +108,12 @@ impl I8042 {
             0xaa => self.reply(&[0x55]), // controller self-test passed
             0xab => self.reply(&[0x00]), // keyboard interface test passed
             0xa9 => self.reply(&[0x01]), // aux interface: clock stuck low, i.e. no mouse port
+            0xa7 => self.ctr |= CTR_AUX_DISABLE,
+            0xa8 => self.ctr &= !CTR_AUX_DISABLE,
+            0xad => self.ctr |= CTR_KBD_DISABLE,
+            0xae => self.ctr &= !CTR_KBD_DISABLE,
             0xd1 => self.pending = Pending::WriteOutputPort,
+            0xd3 | 0xd4 => self.pending = Pending::Aux,
             0xfe => self.events.report(GuestEvent::Reset),
             // Enable/disable ports, and anything else: accepted without a reply.
             _ => log::trace!("i8042 command {cmd:#x}"),
@@ -117,6 +128,9 @@ impl I8042 {
                     self.events.report(GuestEvent::Reset);
                 }
             }
+            // There is no mouse port: a loop-back byte comes back as keyboard data (not AUX),
+            // which Linux reads as "no AUX port" without waiting for a timeout.
+            Pending::Aux => self.reply(&[0x00]),
             Pending::Keyboard => match value {
                 0xff => self.reply(&[ACK, 0xaa]),       // reset and self-test
                 0xf2 => self.reply(&[ACK, 0xab, 0x83]), // identify: MF2 keyboard
@@ -203,6 +217,19 @@ mod tests {
         d.write(u64::from(COMMAND_PORT), 0, &[0xaa]);
         assert_eq!(read(&mut d, DATA_PORT), 0x55);
         assert_eq!(read(&mut d, COMMAND_PORT) & STATUS_OUTPUT_FULL, 0);
+    }
+
+    #[test]
+    fn no_mouse_port() {
+        let (mut d, _) = dev();
+        d.write(u64::from(COMMAND_PORT), 0, &[0xd3]);
+        d.write(u64::from(DATA_PORT), 0, &[0x5a]);
+        let status = read(&mut d, COMMAND_PORT);
+        assert_eq!(status & (STATUS_OUTPUT_FULL | (1 << 5)), STATUS_OUTPUT_FULL);
+        assert_eq!(read(&mut d, DATA_PORT), 0x00);
+        d.write(u64::from(COMMAND_PORT), 0, &[0xa7]);
+        d.write(u64::from(COMMAND_PORT), 0, &[0x20]);
+        assert_ne!(read(&mut d, DATA_PORT) & CTR_AUX_DISABLE, 0);
     }
 
     #[test]

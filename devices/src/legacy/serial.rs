@@ -1,23 +1,37 @@
-//! A 16550A UART (vm-superio) on the port-I/O bus, with input buffered beyond its FIFO.
+//! A 16550A UART (vm-superio) on the port-I/O bus: UML's serial lines `ssl0`..`ssl3`.
 //!
-//! The guest's output goes to a writer; write errors (a closed terminal or pipe) are logged
-//! once and the output is dropped, so a vanished reader never stops the VM. Input that does not
-//! fit in the UART's 64-byte FIFO waits in a host-side queue and is moved in as the guest reads.
+//! The guest's output goes to the line's [`Channel`], which never blocks and never fails (a
+//! vanished reader detaches it). Input read from the channel that does not fit in the UART's
+//! 64-byte FIFO waits in a host-side queue and moves in as the guest reads; while that queue is
+//! full the channel is not read, so nothing is lost and the host side feels the backpressure.
+//!
+//! The device is an event-manager subscriber: it watches the channel's input descriptor (which
+//! changes when a `port:` client connects) and, while output is buffered, its output descriptor.
 
 use std::collections::VecDeque;
-use std::io::{self, Write};
+use std::io;
+use std::os::fd::RawFd;
 
+use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::bus::BusDevice;
+use crate::chan::{ChanRead, Channel};
 
 /// The I/O ports and IRQs of COM1 to COM4.
 pub const COM_PORTS: [(u16, u32); 4] = [(0x3f8, 4), (0x2f8, 3), (0x3e8, 4), (0x2e8, 3)];
 /// Registers per UART.
 pub const COM_PORT_LEN: u16 = 8;
-/// Most input bytes held for the guest before further input is dropped.
-const MAX_PENDING: usize = 1 << 20;
+/// Input held for the guest beyond the FIFO before the channel is no longer read.
+const MAX_PENDING: usize = 64 << 10;
+
+/// Event data: the channel's input is readable.
+const EV_INPUT: u32 = 1;
+/// Event data: the channel's output is writable.
+const EV_OUTPUT: u32 = 2;
+/// Event data: the guest drained the FIFO; read input again.
+const EV_DRAINED: u32 = 3;
 
 /// Raises the UART's interrupt by writing an eventfd that KVM routes to its IRQ line.
 #[derive(Debug)]
@@ -30,20 +44,13 @@ impl Trigger for IrqTrigger {
     }
 }
 
-/// Guest output sink that never fails: errors are logged once and the data dropped.
-struct Sink {
-    out: Box<dyn Write + Send>,
-    broken: bool,
-}
+/// The UART's output side: the line's channel.
+#[derive(Debug)]
+struct Sink(Channel);
 
-impl Write for Sink {
+impl io::Write for Sink {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if !self.broken {
-            if let Err(e) = self.out.write_all(buf).and_then(|_| self.out.flush()) {
-                log::warn!("serial output is gone ({e}); dropping further output");
-                self.broken = true;
-            }
-        }
+        self.0.write(buf);
         Ok(buf.len())
     }
     fn flush(&mut self) -> io::Result<()> {
@@ -51,10 +58,15 @@ impl Write for Sink {
     }
 }
 
-/// One UART with its pending input.
+/// One UART with its channel and pending input.
 pub struct SerialDevice {
     uart: Serial<IrqTrigger, vm_superio::serial::NoEvents, Sink>,
     pending: VecDeque<u8>,
+    /// Written when the guest empties the FIFO while input waits, so that the event loop
+    /// resumes reading a channel it stopped reading.
+    drained: EventFd,
+    watched_in: Option<RawFd>,
+    watched_out: Option<RawFd>,
 }
 
 impl std::fmt::Debug for SerialDevice {
@@ -66,21 +78,30 @@ impl std::fmt::Debug for SerialDevice {
 }
 
 impl SerialDevice {
-    /// A UART raising `irq` and writing the guest's output to `out`.
-    pub fn new(irq: EventFd, out: Box<dyn Write + Send>) -> Self {
-        SerialDevice {
-            uart: Serial::new(IrqTrigger(irq), Sink { out, broken: false }),
+    /// A UART raising `irq` and connected to `channel`.
+    pub fn new(irq: EventFd, channel: Channel) -> io::Result<Self> {
+        Ok(SerialDevice {
+            uart: Serial::new(IrqTrigger(irq), Sink(channel)),
             pending: VecDeque::new(),
-        }
+            drained: EventFd::new(libc::EFD_NONBLOCK)?,
+            watched_in: None,
+            watched_out: None,
+        })
+    }
+
+    /// The line's channel.
+    pub fn channel(&self) -> &Channel {
+        &self.uart.writer().0
+    }
+
+    /// Replaces the line's channel (mconsole `config sslN=`); returns the old one.
+    pub fn set_channel(&mut self, channel: Channel) -> Channel {
+        std::mem::replace(&mut self.uart.writer_mut().0, channel)
     }
 
     /// Queues input for the guest; returns how many bytes were accepted.
     pub fn enqueue(&mut self, input: &[u8]) -> usize {
-        let room = MAX_PENDING.saturating_sub(self.pending.len());
-        let n = input.len().min(room);
-        if n < input.len() {
-            log::warn!("serial input queue full, dropping {} bytes", input.len() - n);
-        }
+        let n = input.len().min(MAX_PENDING.saturating_sub(self.pending.len()));
         self.pending.extend(&input[..n]);
         self.refill();
         n
@@ -101,6 +122,50 @@ impl SerialDevice {
             log::debug!("serial input not delivered: {e:?}");
         }
     }
+
+    /// Reads the channel while there is room for its input.
+    fn read_input(&mut self) {
+        let mut buf = [0u8; 4096];
+        while self.pending.len() < MAX_PENDING {
+            let room = (MAX_PENDING - self.pending.len()).min(buf.len());
+            match self.uart.writer_mut().0.read(&mut buf[..room]) {
+                ChanRead::Data(n) => {
+                    self.enqueue(&buf[..n]);
+                }
+                ChanRead::WouldBlock | ChanRead::Closed => break,
+            }
+        }
+    }
+
+    /// Brings the epoll registrations in line with the channel's descriptors.
+    fn update_watches(&mut self, ops: &mut EventOps) {
+        let chan = &self.uart.writer().0;
+        let want_in = chan.input_fd().filter(|_| self.pending.len() < MAX_PENDING);
+        let want_out = chan.output_fd().filter(|_| chan.wants_writable());
+        if want_in != self.watched_in {
+            if let Some(fd) = self.watched_in.take() {
+                let _ = ops.remove(Events::with_data_raw(fd, EV_INPUT, EventSet::IN));
+            }
+            if let Some(fd) = want_in {
+                match ops.add(Events::with_data_raw(fd, EV_INPUT, EventSet::IN)) {
+                    Ok(()) => self.watched_in = Some(fd),
+                    Err(e) => log::warn!("cannot watch serial input: {e:?}"),
+                }
+            }
+        }
+        if want_out != self.watched_out {
+            if let Some(fd) = self.watched_out.take() {
+                let _ = ops.remove(Events::with_data_raw(fd, EV_OUTPUT, EventSet::OUT));
+            }
+            if let Some(fd) = want_out {
+                match ops.add(Events::with_data_raw(fd, EV_OUTPUT, EventSet::OUT)) {
+                    Ok(()) => self.watched_out = Some(fd),
+                    Err(e) => log::warn!("cannot watch serial output: {e:?}"),
+                }
+            }
+        }
+        self.uart.writer_mut().0.reap();
+    }
 }
 
 impl BusDevice for SerialDevice {
@@ -109,7 +174,11 @@ impl BusDevice for SerialDevice {
         if let (Some(b), Ok(off)) = (data.first_mut(), u8::try_from(offset)) {
             *b = self.uart.read(off);
         }
+        let was_full = self.pending.len() >= MAX_PENDING;
         self.refill();
+        if was_full && self.pending.len() < MAX_PENDING {
+            let _ = self.drained.write(1);
+        }
     }
 
     fn write(&mut self, _base: u64, offset: u64, data: &[u8]) {
@@ -121,59 +190,79 @@ impl BusDevice for SerialDevice {
     }
 }
 
+impl MutEventSubscriber for SerialDevice {
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::with_data(&self.drained, EV_DRAINED, EventSet::IN)) {
+            log::warn!("cannot watch the serial FIFO: {e:?}");
+        }
+        self.update_watches(ops);
+    }
+
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        match events.data() {
+            EV_DRAINED => {
+                let _ = self.drained.read();
+            }
+            EV_OUTPUT => self.uart.writer_mut().0.flush(),
+            _ => {}
+        }
+        self.read_input();
+        self.update_watches(ops);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::{Arc, Mutex};
-
-    #[derive(Clone, Default)]
-    struct Shared(Arc<Mutex<Vec<u8>>>);
-    impl Write for Shared {
-        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
-
-    struct Broken;
-    impl Write for Broken {
-        fn write(&mut self, _: &[u8]) -> io::Result<usize> {
-            Err(io::Error::from(io::ErrorKind::BrokenPipe))
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
+    use crate::chan::{Chan, ChannelSpec};
+    use std::io::{Read, Write};
+    use std::os::fd::OwnedFd;
+    use std::os::unix::net::UnixStream;
 
     fn evt() -> EventFd {
         EventFd::new(libc::EFD_NONBLOCK).unwrap()
     }
 
-    #[test]
-    fn output_reaches_the_writer() {
-        let out = Shared::default();
-        let mut s = SerialDevice::new(evt(), Box::new(out.clone()));
-        for b in b"hi" {
-            s.write(0x3f8, 0, &[*b]);
-        }
-        assert_eq!(*out.0.lock().unwrap(), b"hi");
+    fn pair_channel() -> (Channel, UnixStream) {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let (a, b) = (ours.try_clone().unwrap(), ours);
+        let ch = Channel::from_fds(
+            ChannelSpec::single(Chan::Fd(3)),
+            Some(OwnedFd::from(a)),
+            Some(OwnedFd::from(b)),
+        )
+        .unwrap();
+        (ch, theirs)
     }
 
     #[test]
-    fn broken_output_is_dropped_quietly() {
-        let mut s = SerialDevice::new(evt(), Box::new(Broken));
-        s.write(0x3f8, 0, &[b'x']);
-        s.write(0x3f8, 0, &[b'y']);
+    fn output_reaches_the_channel() {
+        let (ch, mut peer) = pair_channel();
+        let mut s = SerialDevice::new(evt(), ch).unwrap();
+        for b in b"hi" {
+            s.write(0x3f8, 0, &[*b]);
+        }
+        let mut got = [0u8; 2];
+        peer.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"hi");
+    }
+
+    #[test]
+    fn output_to_a_closed_peer_is_dropped_quietly() {
+        let (ch, peer) = pair_channel();
+        drop(peer);
+        let mut s = SerialDevice::new(evt(), ch).unwrap();
+        s.write(0x3f8, 0, b"x");
+        s.write(0x3f8, 0, b"y");
     }
 
     #[test]
     fn input_beyond_the_fifo_waits() {
-        let mut s = SerialDevice::new(evt(), Box::new(io::sink()));
+        let (ch, mut peer) = pair_channel();
+        let mut s = SerialDevice::new(evt(), ch).unwrap();
         let input: Vec<u8> = (0..200u8).collect();
-        assert_eq!(s.enqueue(&input), 200);
+        peer.write_all(&input).unwrap();
+        s.read_input();
         assert!(s.pending() > 0);
         let mut got = Vec::new();
         for _ in 0..400 {
@@ -187,5 +276,13 @@ mod tests {
             got.push(b[0]);
         }
         assert_eq!(got, input);
+    }
+
+    #[test]
+    fn null_channel_discards() {
+        let mut s = SerialDevice::new(evt(), Channel::null()).unwrap();
+        s.write(0x3f8, 0, b"z");
+        s.read_input();
+        assert_eq!(s.pending(), 0);
     }
 }

@@ -4,6 +4,8 @@ use kvm_bindings::{
     kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_MAX_CPUID_ENTRIES,
     KVM_PIT_SPEAKER_DUMMY,
 };
+use std::sync::Arc;
+
 use kvm_ioctls::{Kvm, VmFd};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
@@ -32,7 +34,7 @@ pub struct Vm {
     /// The KVM system handle.
     pub kvm: Kvm,
     /// The VM handle.
-    pub fd: VmFd,
+    pub fd: Arc<VmFd>,
     /// Guest RAM.
     pub memory: GuestMemoryMmap,
     /// CPUID entries KVM supports on this host.
@@ -95,7 +97,7 @@ impl Vm {
         }
         Ok(Vm {
             kvm,
-            fd,
+            fd: Arc::new(fd),
             memory,
             supported_cpuid,
         })

@@ -54,9 +54,9 @@ pub use devices::legacy::ged::GED_PCI_HOTPLUG;
 
 /// Start of the platform MMIO block (hot-plug registers, GED), below the IOAPIC. Meant to
 /// become `layout::PLATFORM_MMIO`; the 32-bit PCI window ends here.
-pub const PLATFORM_MMIO: u64 = 0xfe00_0000;
+pub const PLATFORM_MMIO: u64 = super::layout::PLATFORM_MMIO;
 /// Size of the platform MMIO block (room for more register blocks later).
-pub const PLATFORM_MMIO_SIZE: u64 = 0x10_0000;
+pub const PLATFORM_MMIO_SIZE: u64 = super::layout::PLATFORM_MMIO_SIZE;
 /// The PCI hot-plug register block (PCIU, PCID, B0EJ, PSEG).
 pub const PCI_HOTPLUG_ADDR: u64 = PLATFORM_MMIO;
 /// Length of the PCI hot-plug register block.

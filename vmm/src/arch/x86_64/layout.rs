@@ -6,7 +6,8 @@
 //! 0x0000_9000  PML4, PDPT, 4 PDs   0x0002_0000  kernel command line
 //! 0x0009_fc00  EBDA .. 1 MiB: reserved; ACPI tables from 0x000e_0000 (RSDP first)
 //! 0x0010_0000  RAM (kernel, initrd at the top of low RAM)
-//! 0xc000_0000  32-bit MMIO hole: PCI BARs up to 0xfec0_0000, IOAPIC, LAPIC
+//! 0xc000_0000  32-bit MMIO hole: PCI BARs up to 0xfe00_0000, platform MMIO (PCI hot-plug
+//!              registers, GED), IOAPIC, LAPIC
 //! 0x1_0000_0000  RAM above 4 GiB, if any; then the 64-bit PCI window
 //! ```
 
@@ -38,8 +39,12 @@ pub const ACPI_END: u64 = 0x10_0000;
 pub const HIMEM: u64 = 0x10_0000;
 /// Start of the 32-bit MMIO hole.
 pub const MMIO32_START: u64 = 0xc000_0000;
-/// End of the part of the hole given to PCI BARs (the IOAPIC follows).
-pub const MMIO32_END: u64 = 0xfec0_0000;
+/// End of the part of the hole given to PCI BARs (platform MMIO follows).
+pub const MMIO32_END: u64 = 0xfe00_0000;
+/// Platform MMIO: the PCI hot-plug register block and the Generic Event Device.
+pub const PLATFORM_MMIO: u64 = 0xfe00_0000;
+/// Size of the platform MMIO block.
+pub const PLATFORM_MMIO_SIZE: u64 = 0x10_0000;
 /// IOAPIC registers.
 pub const IOAPIC: u64 = 0xfec0_0000;
 /// Local APIC registers.
@@ -129,6 +134,12 @@ mod tests {
         );
         assert_eq!(low_ram_end(mem), MMIO32_START);
         assert_eq!(mmio64_start(mem), 6 << 30);
+    }
+
+    #[test]
+    fn windows_do_not_overlap() {
+        const _: () = assert!(MMIO32_END <= PLATFORM_MMIO);
+        const _: () = assert!(PLATFORM_MMIO + PLATFORM_MMIO_SIZE <= IOAPIC);
     }
 
     proptest! {
