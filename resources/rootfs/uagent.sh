@@ -16,7 +16,7 @@ cr=$(printf '\r')
 tmp=${TMPDIR:-/tmp}
 
 ready() { echo "KAGENT ready user $(uname -r)"; }
-ok()    { if [ $# -gt 0 ]; then echo "KAGENT $seq ok $*"; else echo "KAGENT $seq ok"; fi; }
+ok()    { if [ -n "$*" ]; then echo "KAGENT $seq ok $*"; else echo "KAGENT $seq ok"; fi; }
 # err <message from a failed command>: map the usual messages to errno names
 err() {
     m=$(echo "$*" | head -n 1)

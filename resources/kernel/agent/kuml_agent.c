@@ -26,6 +26,7 @@
 #include <linux/file.h>
 #include <linux/namei.h>
 #include <linux/mount.h>
+#include <uapi/linux/mount.h>
 #include <linux/security.h>
 #include <linux/stat.h>
 #include <linux/major.h>
@@ -121,20 +122,26 @@ static void ka_begin(struct kagent *a, const char *status)
 	ka_outf(a, "KAGENT %s %s", a->seq, status);
 }
 
-static void ka_ok(struct kagent *a, const char *fmt, ...)
+/* "KAGENT <seq> ok <payload>" */
+static __printf(2, 3) void ka_ok(struct kagent *a, const char *fmt, ...)
 {
 	va_list ap;
 	int n;
 
 	ka_begin(a, "ok");
-	if (fmt && *fmt) {
-		a->out[a->out_len++] = ' ';
-		va_start(ap, fmt);
-		n = vsnprintf(a->out + a->out_len, KA_OUT_MAX - 2 - a->out_len, fmt, ap);
-		va_end(ap);
-		if (n > 0)
-			a->out_len = min_t(size_t, a->out_len + n, KA_OUT_MAX - 2);
-	}
+	a->out[a->out_len++] = ' ';
+	va_start(ap, fmt);
+	n = vsnprintf(a->out + a->out_len, KA_OUT_MAX - 2 - a->out_len, fmt, ap);
+	va_end(ap);
+	if (n > 0)
+		a->out_len = min_t(size_t, a->out_len + n, KA_OUT_MAX - 2);
+	ka_flush(a);
+}
+
+/* "KAGENT <seq> ok" (no payload) */
+static void ka_done(struct kagent *a)
+{
+	ka_begin(a, "ok");
 	ka_flush(a);
 }
 
@@ -290,7 +297,7 @@ static void cmd_fsync(struct kagent *a, char **tok)
 	fput(f);
 	if (err)
 		return ka_err(a, err);
-	ka_ok(a, NULL);
+	ka_done(a);
 }
 
 static void cmd_stat(struct kagent *a, char **tok)
@@ -384,7 +391,7 @@ static void cmd_mkdir(struct kagent *a, char **tok)
 	done_path_create(&p, d);
 	if (err)
 		return ka_err(a, err);
-	ka_ok(a, NULL);
+	ka_done(a);
 }
 
 static const struct { const char *name; unsigned long set, clear; } ka_mflags[] = {
@@ -429,7 +436,7 @@ static void cmd_mount(struct kagent *a, char **tok)
 	kfree(data);
 	if (err)
 		return ka_err(a, err);
-	ka_ok(a, NULL);
+	ka_done(a);
 }
 
 static void cmd_umount(struct kagent *a, char **tok)
@@ -442,7 +449,7 @@ static void cmd_umount(struct kagent *a, char **tok)
 		err = path_umount(&p, 0);	/* drops the path reference */
 	if (err)
 		return ka_err(a, err);
-	ka_ok(a, NULL);
+	ka_done(a);
 }
 
 /* ---------- dispatch ---------- */
@@ -466,11 +473,14 @@ static enum ka_next ka_dispatch(struct kagent *a, char *line)
 	rest = p ? p : "";	/* untokenised remainder, for echo/panic */
 	pr_info("%s %s\n", a->seq, cmd);
 	if (!strcmp(cmd, "echo")) {
-		ka_ok(a, "%s", rest);
+		if (*rest)
+			ka_ok(a, "%s", rest);
+		else
+			ka_done(a);
 		return KA_CONTINUE;
 	}
 	if (!strcmp(cmd, "panic")) {
-		ka_ok(a, NULL);
+		ka_done(a);
 		panic("%s", *rest ? rest : "kuml-agent panic");
 	}
 	while (p && n <= KA_MAX_TOKENS) {
@@ -500,7 +510,7 @@ static enum ka_next ka_dispatch(struct kagent *a, char *line)
 	} else if (!strcmp(cmd, "sync")) {
 		NEED(0);
 		ksys_sync();
-		ka_ok(a, NULL);
+		ka_done(a);
 	} else if (!strcmp(cmd, "stat")) {
 		NEED(1);
 		cmd_stat(a, tok);
@@ -521,26 +531,26 @@ static enum ka_next ka_dispatch(struct kagent *a, char *line)
 		if (strlen(tok[0]) != 1) {
 			ka_errmsg(a, "EINVAL usage");
 		} else if (strchr("bco", tok[0][0])) {	/* these do not return */
-			ka_ok(a, NULL);
+			ka_done(a);
 			handle_sysrq(tok[0][0]);
 		} else {
 			handle_sysrq(tok[0][0]);
-			ka_ok(a, NULL);
+			ka_done(a);
 		}
 	} else if (!strcmp(cmd, "poweroff")) {
 		NEED(0);
-		ka_ok(a, NULL);
+		ka_done(a);
 		pr_emerg("poweroff requested\n");
 		kernel_power_off();
 		kernel_halt();
 	} else if (!strcmp(cmd, "reboot")) {
 		NEED(0);
-		ka_ok(a, NULL);
+		ka_done(a);
 		pr_emerg("reboot requested\n");
 		kernel_restart(NULL);
 	} else if (!strcmp(cmd, "exec-init")) {
 		NEED(0);
-		ka_ok(a, NULL);
+		ka_done(a);
 		return KA_EXEC_INIT;
 	} else {
 		ka_errmsg(a, "EINVAL unknown-command");
@@ -677,6 +687,8 @@ static bool ka_getline(struct kagent *a)
 		}
 	}
 }
+
+void kuml_agent_run(void);	/* called from kernel_init() (init/main.c) */
 
 void kuml_agent_run(void)
 {
