@@ -10,13 +10,15 @@ use devices::pci::{EjectHandler, PciHotplug};
 use vmm_sys_util::eventfd::EventFd;
 use devices::legacy::pm::{ExitPort, PmDevice, PvPanic};
 use devices::legacy::serial::{SerialDevice, COM_PORTS, COM_PORT_LEN};
+use devices::virtio::block::Block;
 use devices::virtio::console::{open_consoles, Console, DEFAULT_MAX_PORTS};
+use devices::virtio::net::device::Net;
 use event_manager::MutEventSubscriber;
 use vm_memory::{Bytes, GuestAddress};
 
 use crate::arch::x86_64::{acpi, boot, cpuid, hotplug_aml, layout, regs};
 use crate::config::Config;
-use crate::device_manager::DeviceManager;
+use crate::device_manager::{DeviceManager, PluggedDevice};
 use crate::exit::ExitState;
 use crate::vstate::vcpu::{VcpuContext, VcpuHandle};
 use crate::vstate::vm::{Vm, VmError};
@@ -39,6 +41,12 @@ pub enum BuildError {
     /// A vCPU could not be created or set up.
     #[error("cannot set up vCPU {0}")]
     Vcpu(u8, #[source] Box<dyn std::error::Error + Send + Sync>),
+    /// A ubd unit could not be opened (the message is UML's).
+    #[error("ubd{0}")]
+    Disk(usize, #[source] Box<dyn std::error::Error + Send + Sync>),
+    /// A network device could not be set up.
+    #[error("eth{0}")]
+    Nic(u32, #[source] Box<dyn std::error::Error + Send + Sync>),
     /// A device could not be created or registered.
     #[error("cannot set up the {0}")]
     Device(&'static str, #[source] Box<dyn std::error::Error + Send + Sync>),
@@ -70,7 +78,31 @@ pub fn resolve_kernel(cfg: &Config) -> Result<PathBuf, BuildError> {
         .ok_or(BuildError::NoKernel)
 }
 
-/// The guest kernel command line: the user's words plus kuml's defaults.
+/// PURE: `sysname nodename release version machine` from the kernel's banner
+/// (`Linux version 6.1.192-kuml (user@host) (gcc …) #1 SMP … 2026`), as `uname -a` prints it
+/// before the guest has set a host name.
+pub fn version_from_banner(image: &[u8]) -> Option<String> {
+    const NEEDLE: &[u8] = b"Linux version ";
+    let start = image.windows(NEEDLE.len()).position(|w| w == NEEDLE)? + NEEDLE.len();
+    let rest = &image[start..];
+    let end = rest.iter().position(|b| *b == b'\n' || *b == 0)?;
+    let banner = std::str::from_utf8(&rest[..end]).ok()?;
+    let release = banner.split_whitespace().next()?;
+    let version = &banner[banner.find(" #")? + 1..];
+    Some(format!("Linux (none) {release} {} x86_64", version.trim_end()))
+}
+
+/// The guest kernel's version text for mconsole `version`, read from the kernel image.
+pub fn guest_version(cfg: &Config) -> String {
+    resolve_kernel(cfg)
+        .ok()
+        .and_then(|k| std::fs::read(k).ok())
+        .and_then(|img| version_from_banner(&img))
+        .unwrap_or_else(|| format!("Linux (none) unknown kuml-{}", env!("CARGO_PKG_VERSION")))
+}
+
+/// The guest kernel command line: kuml's defaults, then the user's words with UML's root
+/// device names mapped to the virtio disks.
 pub fn guest_cmdline(cfg: &Config) -> String {
     let mut words: Vec<String> = Vec::new();
     let has = |key: &str| {
@@ -81,7 +113,11 @@ pub fn guest_cmdline(cfg: &Config) -> String {
     if !has("console") {
         words.push("console=hvc0".into());
     }
-    words.extend(cfg.guest_args.iter().cloned());
+    if !has("net.ifnames") {
+        words.push("net.ifnames=0".into());
+    }
+    let units: Vec<usize> = cfg.ubd.keys().copied().collect();
+    words.extend(crate::config::rewrite_root(&cfg.guest_args, &units));
     words.join(" ")
 }
 
@@ -98,7 +134,12 @@ pub struct Machine {
     pub serials: Vec<(u32, Arc<Mutex<SerialDevice>>)>,
     /// The virtio console with one port per `conN`.
     pub console: Arc<Mutex<Console>>,
-    /// Event-loop subscribers (devices with host descriptors or queues).
+    /// Disks plugged at boot, by ubd unit.
+    pub disks: Vec<(usize, Arc<Mutex<Block>>, PluggedDevice)>,
+    /// Network cards plugged at boot, by ethN index.
+    pub nics: Vec<(u32, Arc<Mutex<Net>>, PluggedDevice)>,
+    /// Event-loop subscribers (devices with host descriptors or queues), besides the disks and
+    /// NICs, which the event loop registers itself so that it can remove them on hot-unplug.
     pub subscribers: Vec<Subscriber>,
     /// Buses, PCI, interrupts.
     pub devices: DeviceManager,
@@ -197,8 +238,24 @@ fn lines(
         .map_err(|e| BuildError::Device(class.display_name(), Box::new(e)))
 }
 
-/// Builds and starts the machine described by `cfg`.
-pub fn build(cfg: &Config) -> Result<Machine, BuildError> {
+/// Opens a ubd unit's image and makes its virtio-blk device.
+pub fn open_disk(spec: &ubd::UbdSpec, global_sync: bool) -> Result<Block, BuildError> {
+    let what = |e: Box<dyn std::error::Error + Send + Sync>| BuildError::Disk(spec.unit, e);
+    let image = ubd::open_spec(spec, global_sync).map_err(|e| what(Box::new(e)))?;
+    Block::from_image(image, spec, global_sync).map_err(|e| what(Box::new(e)))
+}
+
+/// Opens an ethN backend and makes its virtio-net device.
+pub fn open_nic(index: u32, spec: &netdev::NetSpec, umid: &str) -> Result<Net, BuildError> {
+    let what = |e: Box<dyn std::error::Error + Send + Sync>| BuildError::Nic(index, e);
+    let mac = spec.mac_or_derived(umid, index);
+    let backend = netdev::open_backend(spec, mac).map_err(|e| what(Box::new(e)))?;
+    log::info!("eth{index}: {}", spec.transport_line());
+    Net::new(backend, mac).map_err(|e| what(Box::new(e)))
+}
+
+/// Builds and starts the machine described by `cfg`, named `umid`.
+pub fn build(cfg: &Config, umid: &str) -> Result<Machine, BuildError> {
     let kernel = resolve_kernel(cfg)?;
     let vm = Vm::new(cfg.mem_size)?;
     let vm_fd = vm.fd.clone();
@@ -296,6 +353,24 @@ pub fn build(cfg: &Config) -> Result<Machine, BuildError> {
         .map_err(device_err("virtio console"))?;
     subscribers.push(console.clone());
 
+    // Disks in unit order, so that the guest names them vda, vdb, … as `root=` expects.
+    let mut disks = Vec::new();
+    for (unit, spec) in &cfg.ubd {
+        let block = Arc::new(Mutex::new(open_disk(spec, cfg.ubd_sync)?));
+        let plugged = dm
+            .add_virtio(block.clone(), None)
+            .map_err(|e| BuildError::Disk(*unit, Box::new(e)))?;
+        disks.push((*unit, block, plugged));
+    }
+    let mut nics = Vec::new();
+    for (index, spec) in &cfg.eth {
+        let net = Arc::new(Mutex::new(open_nic(*index, spec, umid)?));
+        let plugged = dm
+            .add_virtio(net.clone(), None)
+            .map_err(|e| BuildError::Nic(*index, Box::new(e)))?;
+        nics.push((*index, net, plugged));
+    }
+
     // Boot data.
     let loaded = boot::load_kernel(&vm.memory, &kernel)?;
     let initrd = cfg
@@ -364,6 +439,8 @@ pub fn build(cfg: &Config) -> Result<Machine, BuildError> {
         i8042: kbd,
         serials,
         console,
+        disks,
+        nics,
         subscribers,
         devices: dm,
         hotplug,
@@ -398,8 +475,24 @@ mod tests {
     }
 
     #[test]
+    fn version_text() {
+        let img = b"junk\0Linux version 6.1.192-kuml (root@h) (gcc 12) #3 SMP Sun Nov 29 09:00:00 UTC 2026\n\0";
+        assert_eq!(
+            version_from_banner(img).as_deref(),
+            Some("Linux (none) 6.1.192-kuml #3 SMP Sun Nov 29 09:00:00 UTC 2026 x86_64")
+        );
+        assert_eq!(version_from_banner(b"nothing"), None);
+    }
+
+    #[test]
     fn default_console_unless_given() {
-        assert_eq!(guest_cmdline(&cfg(&["quiet"])), "console=hvc0 quiet");
-        assert_eq!(guest_cmdline(&cfg(&["console=hvc0", "x"])), "console=hvc0 x");
+        assert_eq!(
+            guest_cmdline(&cfg(&["quiet"])),
+            "console=hvc0 net.ifnames=0 quiet"
+        );
+        assert_eq!(
+            guest_cmdline(&cfg(&["console=ttyS0", "x", "ubd0=/i", "root=/dev/ubda"])),
+            "net.ifnames=0 console=ttyS0 x root=/dev/vda"
+        );
     }
 }

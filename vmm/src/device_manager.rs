@@ -233,6 +233,7 @@ pub struct DeviceManager {
     pub pci: Arc<Mutex<PciRoot>>,
     routes: Arc<GsiRoutes>,
     pci_devices: Arc<Mutex<BTreeMap<u8, Arc<Mutex<VirtioPciDevice>>>>>,
+    plugged: BTreeMap<u8, Arc<DeviceMsi>>,
     next_gsi: u32,
     /// Next never-used BAR address in the 32-bit window.
     next_bar: u64,
@@ -276,6 +277,7 @@ impl DeviceManager {
             pci,
             routes,
             pci_devices,
+            plugged: BTreeMap::new(),
             next_gsi: IOAPIC_PINS,
             next_bar: layout::MMIO32_START,
             free_bars: Vec::new(),
@@ -351,7 +353,7 @@ impl DeviceManager {
         let transport = Arc::new(Mutex::new(VirtioPciDevice::new(
             device,
             self.mem.clone(),
-            routing,
+            routing.clone(),
             bar,
         )?));
         let slot = locked(&self.pci).insert(transport.clone(), slot)?;
@@ -365,8 +367,47 @@ impl DeviceManager {
                 .map_err(|e| DeviceError::Kvm("register a queue notifier", e))?;
         }
         locked(&self.pci_devices).insert(slot, transport.clone());
+        self.plugged.insert(slot, routing);
         log::info!("virtio device in PCI slot {slot}, BAR {bar:#x}, GSIs {base}..{}", base + vectors);
         Ok(PluggedDevice { slot, transport })
+    }
+}
+
+impl DeviceManager {
+    /// Unplugs the virtio device in `slot` (after the guest ejected it): the slot, its BAR,
+    /// queue notifiers, interrupt routes and irqfds. Returns the transport, whose device the
+    /// caller then releases.
+    pub fn remove_virtio(&mut self, slot: u8) -> Result<Arc<Mutex<VirtioPciDevice>>, DeviceError> {
+        locked(&self.pci).remove(slot)?;
+        let transport = locked(&self.pci_devices)
+            .remove(&slot)
+            .ok_or(DeviceError::Exhausted("no such PCI slot"))?;
+        let bar = locked(&transport).bar_address();
+        let _ = self
+            .mmio
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(bar);
+        for (addr, fd) in locked(&transport).ioeventfds(bar) {
+            let _ = self
+                .vm
+                .unregister_ioevent(fd, &IoEventAddress::Mmio(addr), NoDatamatch);
+        }
+        if let Some(msi) = self.plugged.remove(&slot) {
+            for (v, fd) in msi.irqfds.iter().enumerate() {
+                let gsi = msi.base + v as u32;
+                let _ = self.vm.unregister_irqfd(fd, gsi);
+                let _ = self.routes.set(gsi, None);
+            }
+        }
+        self.free_bars.push(bar);
+        log::info!("PCI slot {slot} unplugged");
+        Ok(transport)
+    }
+
+    /// The transport in `slot`, if any.
+    pub fn transport(&self, slot: u8) -> Option<Arc<Mutex<VirtioPciDevice>>> {
+        locked(&self.pci_devices).get(&slot).cloned()
     }
 }
 

@@ -5,7 +5,13 @@ use std::sync::{Arc, Mutex};
 use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
 use crate::sys::signalfd::SignalFd;
 
-use crate::builder::Subscriber;
+use std::os::fd::AsRawFd;
+
+use mconsole::{Incoming, Server};
+
+use crate::builder::{Machine, Subscriber};
+use crate::control::{Control, Outcome};
+use crate::device_manager::locked;
 use crate::exit::{ExitState, VmExit};
 
 /// Errors of the event loop.
@@ -77,8 +83,56 @@ pub fn block_stop_signals() -> std::io::Result<()> {
     Ok(())
 }
 
-/// Runs until the machine has a reason to stop; returns it.
-pub fn run(exit: Arc<ExitState>, subscribers: &[Subscriber]) -> Result<VmExit, EventLoopError> {
+/// Reads mconsole requests into a queue the loop handles with the machine at hand.
+struct Mconsole {
+    server: Arc<Mutex<Server>>,
+    queue: Arc<Mutex<Vec<Incoming>>>,
+}
+
+impl MutEventSubscriber for Mconsole {
+    fn init(&mut self, ops: &mut EventOps) {
+        let fd = locked(&self.server).as_raw_fd();
+        if let Err(e) = ops.add(Events::new_raw(fd, EventSet::IN)) {
+            log::error!("cannot watch the mconsole socket: {e:?}");
+        }
+    }
+
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        let mut server = locked(&self.server);
+        loop {
+            match server.recv() {
+                Ok(Some(inc)) => locked(&self.queue).push(inc),
+                Ok(None) => break,
+                Err(e) => {
+                    log::warn!("mconsole: {e}");
+                    break;
+                }
+            }
+        }
+        server.flush();
+    }
+}
+
+/// Wakes the loop when an eventfd is written (the loop then looks at what changed).
+struct Wake(Arc<crate::builder::EjectQueue>);
+
+impl MutEventSubscriber for Wake {
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(&self.0.evt, EventSet::IN)) {
+            log::error!("cannot watch ejections: {e:?}");
+        }
+    }
+
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {}
+}
+
+/// Runs the machine until it has a reason to stop; returns it.
+pub fn run(
+    machine: &mut Machine,
+    control: &mut Control,
+    server: &Arc<Mutex<Server>>,
+) -> Result<VmExit, EventLoopError> {
+    let exit = machine.exit.clone();
     let mut em: EventManager<Subscriber> = EventManager::new().map_err(EventLoopError::Epoll)?;
     let sigfd = SignalFd::new(&STOP_SIGNALS).map_err(EventLoopError::Signals)?;
     em.add_subscriber(Arc::new(Mutex::new(Signals {
@@ -86,13 +140,44 @@ pub fn run(exit: Arc<ExitState>, subscribers: &[Subscriber]) -> Result<VmExit, E
         exit: exit.clone(),
     })));
     em.add_subscriber(Arc::new(Mutex::new(ExitWatch { exit: exit.clone() })));
-    for s in subscribers {
+    let queue = Arc::new(Mutex::new(Vec::new()));
+    em.add_subscriber(Arc::new(Mutex::new(Mconsole {
+        server: server.clone(),
+        queue: queue.clone(),
+    })));
+    em.add_subscriber(Arc::new(Mutex::new(Wake(machine.ejects.clone()))));
+    for s in &machine.subscribers {
         em.add_subscriber(s.clone());
+    }
+    for (_, block, p) in &machine.disks {
+        let id = em.add_subscriber(block.clone());
+        control.set_subscriber(p.slot, id);
+    }
+    for (_, net, p) in &machine.nics {
+        let id = em.add_subscriber(net.clone());
+        control.set_subscriber(p.slot, id);
     }
     loop {
         if let Some(reason) = exit.get() {
             return Ok(reason);
         }
-        em.run_with_timeout(1000).map_err(EventLoopError::Epoll)?;
+        let timeout = if control.has_pending() { 20 } else { 1000 };
+        em.run_with_timeout(timeout).map_err(EventLoopError::Epoll)?;
+        let requests = std::mem::take(&mut *locked(&queue));
+        for inc in requests {
+            match control.handle(machine, &mut em, &inc.client, inc.command) {
+                Outcome::Reply(replies) => locked(server).reply_all(&inc.client, &replies),
+                Outcome::Later => {}
+                Outcome::Exit(reply, why) => {
+                    let mut s = locked(server);
+                    s.reply(&inc.client, &reply);
+                    s.flush();
+                    exit.set(why);
+                }
+            }
+        }
+        control.poll(machine, &mut em, &mut |client, reply| {
+            locked(server).reply(client, &reply)
+        });
     }
 }

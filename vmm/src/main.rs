@@ -4,6 +4,9 @@ use std::process::ExitCode;
 
 use kuml::config::{self, Action};
 use kuml::exit::{VmExit, EXIT_ERROR, EXIT_USAGE};
+use std::sync::{Arc, Mutex};
+
+use kuml::control::Control;
 use kuml::{builder, event_loop, vstate};
 
 const USAGE: &str = "\
@@ -99,9 +102,38 @@ fn run(cfg: &config::Config) -> Result<VmExit, Box<dyn std::error::Error>> {
         devices::chan::restore_terminals();
         prev(info);
     }));
+    let uml_dir = match &cfg.uml_dir {
+        Some(d) => mconsole::umid::expand_uml_dir(&d.to_string_lossy())?,
+        None => mconsole::umid::default_uml_dir()?,
+    };
+    let umid_dir = mconsole::UmidDir::create(&uml_dir, cfg.umid.as_deref())?;
+    if let Some(c) = umid_dir.collision() {
+        eprintln!("kuml: {c}");
+    }
+    let umid = umid_dir.umid().to_owned();
+    let server = Arc::new(Mutex::new(mconsole::Server::bind(umid_dir.socket_path())?));
+    let notifier = cfg
+        .mconsole_notify
+        .as_ref()
+        .map(mconsole::notify::Notifier::new)
+        .transpose()?;
+    if let Some(n) = &notifier {
+        if let Err(e) = n.socket_ready(&umid_dir.socket_path()) {
+            log::warn!("mconsole notification: {e}");
+        }
+    }
+    let version = builder::guest_version(cfg);
     loop {
-        let mut machine = builder::build(cfg)?;
-        let exit = event_loop::run(machine.exit.clone(), &machine.subscribers)?;
+        let mut machine = builder::build(cfg, &umid)?;
+        let mut control = Control::new(cfg, &machine, &umid, version.clone());
+        let exit = event_loop::run(&mut machine, &mut control, &server)?;
+        if exit == VmExit::Panic {
+            if let Some(n) = &notifier {
+                if let Err(e) = n.panic("the guest kernel panicked") {
+                    log::warn!("mconsole notification: {e}");
+                }
+            }
+        }
         machine.stop();
         drop(machine);
         if exit == VmExit::Reboot && !cfg.noreboot {

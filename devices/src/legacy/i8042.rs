@@ -37,6 +37,33 @@ const ACK: u8 = 0xfa;
 /// Set-1 scancodes for Ctrl-Alt-Del press and release (Ctrl, Alt, E0 Del, releases).
 pub const CTRL_ALT_DEL: [u8; 8] = [0x1d, 0x38, 0xe0, 0x53, 0xe0, 0xd3, 0xb8, 0x9d];
 
+/// PURE: the set-1 make code of a letter or digit key.
+fn key_make_code(c: char) -> Option<u8> {
+    const ROW_QWERTY: &[u8] = b"qwertyuiop";
+    const ROW_ASDF: &[u8] = b"asdfghjkl";
+    const ROW_ZXCV: &[u8] = b"zxcvbnm";
+    let c = c.to_ascii_lowercase() as u8;
+    let pos = |row: &[u8]| row.iter().position(|k| *k == c);
+    match c {
+        b'1'..=b'9' => Some(c - b'1' + 0x02),
+        b'0' => Some(0x0b),
+        _ => pos(ROW_QWERTY)
+            .map(|p| 0x10 + p as u8)
+            .or_else(|| pos(ROW_ASDF).map(|p| 0x1e + p as u8))
+            .or_else(|| pos(ROW_ZXCV).map(|p| 0x2c + p as u8)),
+    }
+}
+
+/// PURE: set-1 scancodes for Alt-SysRq-`key` (press Alt, SysRq, the key; release in reverse),
+/// which the guest kernel's keyboard driver turns into its magic SysRq action.
+pub fn sysrq_scancodes(key: char) -> Option<Vec<u8>> {
+    const ALT: u8 = 0x38;
+    const SYSRQ: u8 = 0x54;
+    const BREAK: u8 = 0x80;
+    let k = key_make_code(key)?;
+    Some(vec![ALT, SYSRQ, k, k | BREAK, SYSRQ | BREAK, ALT | BREAK])
+}
+
 /// What the next write to the data port means.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Pending {
@@ -217,6 +244,17 @@ mod tests {
         d.write(u64::from(COMMAND_PORT), 0, &[0xaa]);
         assert_eq!(read(&mut d, DATA_PORT), 0x55);
         assert_eq!(read(&mut d, COMMAND_PORT) & STATUS_OUTPUT_FULL, 0);
+    }
+
+    #[test]
+    fn sysrq_keys() {
+        assert_eq!(key_make_code('h'), Some(0x23));
+        assert_eq!(key_make_code('s'), Some(0x1f));
+        assert_eq!(key_make_code('b'), Some(0x30));
+        assert_eq!(key_make_code('1'), Some(0x02));
+        assert_eq!(key_make_code('0'), Some(0x0b));
+        assert_eq!(key_make_code('!'), None);
+        assert_eq!(sysrq_scancodes('m'), Some(vec![0x38, 0x54, 0x32, 0xb2, 0xd4, 0xb8]));
     }
 
     #[test]

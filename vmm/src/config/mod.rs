@@ -6,11 +6,13 @@
 //! parsed by their device crates when the VM is built, so that this module stays a pure
 //! argv-to-struct step.
 
+mod root;
 mod size;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+pub use root::{rewrite_root, vd_name};
 pub use size::{parse_size, SizeError};
 
 /// Default guest memory, as UML's (`mem=` absent).
@@ -67,10 +69,12 @@ pub struct Config {
     pub initrd: Option<PathBuf>,
     /// Exit instead of restarting when the guest reboots (`noreboot`, as UML).
     pub noreboot: bool,
-    /// Block devices, `ubd<N|letter><flags>=…`, keyed by the text before `=` (`ubd0`, `ubdbr`).
-    pub ubd: Vec<(String, String)>,
-    /// Network devices `ethN=…`.
-    pub eth: BTreeMap<u32, String>,
+    /// Block devices, `ubd<N|letter><flags>=…`, by unit.
+    pub ubd: BTreeMap<usize, ubd::UbdSpec>,
+    /// `ubd=sync`: synchronous writes on every disk.
+    pub ubd_sync: bool,
+    /// Network devices `ethN=…` (and `vecN:transport=tap,…`), by index.
+    pub eth: BTreeMap<u32, netdev::NetSpec>,
     /// Consoles `con=`/`conN=`.
     pub con: IndexedOptions,
     /// Serial lines `ssl=`/`sslN=`.
@@ -91,7 +95,8 @@ impl Default for Config {
             kernel: None,
             initrd: None,
             noreboot: false,
-            ubd: Vec::new(),
+            ubd: BTreeMap::new(),
+            ubd_sync: false,
             eth: BTreeMap::new(),
             con: IndexedOptions::default(),
             ssl: IndexedOptions::default(),
@@ -125,6 +130,24 @@ pub enum ConfigError {
     /// A device option's index is not a number (`con1x=`) or out of range.
     #[error("{0}: bad device index")]
     Index(String),
+    /// A `ubd` option is malformed (UML's message).
+    #[error("{arg}: {source}")]
+    Ubd {
+        /// The argument.
+        arg: String,
+        /// UML's reason.
+        #[source]
+        source: ubd::SpecError,
+    },
+    /// An `eth`/`vec` option is malformed.
+    #[error("{arg}: {source}")]
+    Eth {
+        /// The argument.
+        arg: String,
+        /// What is wrong.
+        #[source]
+        source: netdev::SpecError,
+    },
     /// `mconsole=` holds something other than `notify:<socket>`.
     #[error("mconsole={0}: expected notify:<socket>")]
     Mconsole(String),
@@ -154,6 +177,18 @@ where
                 continue;
             }
             _ => {}
+        }
+        if let Some(after) = arg.strip_prefix("ubd") {
+            apply_ubd(&mut cfg, arg, after)?;
+            continue;
+        }
+        if is_vec_arg(arg) {
+            let (n, spec) = netdev::parse_vec_arg(arg).map_err(|source| ConfigError::Eth {
+                arg: arg.to_owned(),
+                source,
+            })?;
+            cfg.eth.insert(n, spec);
+            continue;
         }
         let Some((name, value)) = arg.split_once('=') else {
             cfg.guest_args.push(arg.to_owned());
@@ -209,13 +244,12 @@ fn apply(cfg: &mut Config, name: &str, value: &str) -> Result<bool, ConfigError>
         "con" => cfg.con.all = Some(nonempty(value)?),
         "ssl" => cfg.ssl.all = Some(nonempty(value)?),
         _ => {
-            if let Some(rest) = name.strip_prefix("ubd") {
-                if rest.is_empty() {
-                    return Ok(false);
-                }
-                cfg.ubd.push((name.to_owned(), value.to_owned()));
-            } else if let Some(n) = indexed(name, "eth", MAX_ETH)? {
-                cfg.eth.insert(n, nonempty(value)?);
+            if let Some(n) = indexed(name, "eth", MAX_ETH)? {
+                let spec = netdev::parse_net_spec(value).map_err(|source| ConfigError::Eth {
+                    arg: format!("{name}={value}"),
+                    source,
+                })?;
+                cfg.eth.insert(n, spec);
             } else if let Some(n) = indexed(name, "con", MAX_CON)? {
                 cfg.con.each.insert(n, nonempty(value)?);
             } else if let Some(n) = indexed(name, "ssl", MAX_SSL)? {
@@ -226,6 +260,30 @@ fn apply(cfg: &mut Config, name: &str, value: &str) -> Result<bool, ConfigError>
         }
     }
     Ok(true)
+}
+
+/// `vec<N>:…`, UML's vector network option.
+fn is_vec_arg(arg: &str) -> bool {
+    arg.strip_prefix("vec").is_some_and(|rest| {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        digits > 0 && rest.as_bytes().get(digits) == Some(&b':')
+    })
+}
+
+/// A `ubd…` word: a device, `ubd=sync`, or UML's obsolete fake major.
+fn apply_ubd(cfg: &mut Config, arg: &str, after: &str) -> Result<(), ConfigError> {
+    let err = |source| ConfigError::Ubd {
+        arg: arg.to_owned(),
+        source,
+    };
+    match ubd::parse_ubd_with(after, |unit| cfg.ubd.contains_key(&unit)).map_err(err)? {
+        ubd::UbdOption::GlobalSync => cfg.ubd_sync = true,
+        ubd::UbdOption::FakeMajor(_) => log::warn!("{arg}: fake major not supported any more"),
+        ubd::UbdOption::Device(spec) => {
+            cfg.ubd.insert(spec.unit, spec);
+        }
+    }
+    Ok(())
 }
 
 /// `eth3` with prefix `eth` → `Some(3)`; a word with another prefix → `None`.
@@ -289,11 +347,10 @@ mod tests {
         assert_eq!(cfg.mem_size, 256 << 20);
         assert_eq!(cfg.ncpus, 2);
         assert_eq!(cfg.umid.as_deref(), Some("web1"));
-        assert_eq!(
-            cfg.ubd,
-            vec![("ubd0".into(), "web1.cow,debian.img".into())]
-        );
-        assert_eq!(cfg.eth.get(&0).map(String::as_str), Some("mcast"));
+        let u0 = &cfg.ubd[&0];
+        assert_eq!(u0.file.as_deref(), Some("web1.cow"));
+        assert_eq!(u0.backing.as_deref(), Some("debian.img"));
+        assert!(matches!(cfg.eth[&0].transport, netdev::Transport::Mcast(_)));
         assert_eq!(cfg.con.get(0), Some("fd:0,fd:1"));
         assert_eq!(cfg.con.get(1), Some("pts"));
         assert_eq!(cfg.con.get(5), Some("null"));
@@ -332,12 +389,14 @@ mod tests {
         assert!(err("eth99=mcast").starts_with("eth99: "));
         assert!(err("ssl4=pts").starts_with("ssl4: "));
         assert!(err("mconsole=foo").starts_with("mconsole=foo: "));
+        assert!(err("ubdz=x").starts_with("ubdz=x: "), "{}", err("ubdz=x"));
+        assert!(err("eth0=carrier-pigeon").starts_with("eth0=carrier-pigeon: "));
     }
 
     #[test]
     fn lookalike_words_go_to_the_guest() {
-        let cfg = run(&["console=ttyS0", "ethtool=1", "conmode=x", "ubd=1"]);
-        assert_eq!(cfg.guest_args, ["console=ttyS0", "ethtool=1", "conmode=x", "ubd=1"]);
+        let cfg = run(&["console=ttyS0", "ethtool=1", "conmode=x"]);
+        assert_eq!(cfg.guest_args, ["console=ttyS0", "ethtool=1", "conmode=x"]);
     }
 
     proptest! {
@@ -356,7 +415,7 @@ mod tests {
                 .into_iter()
                 .filter(|w| {
                     let n = w.split('=').next().unwrap_or("");
-                    !known.contains(&n) && !n.starts_with("ubd")
+                    !known.contains(&n) && !n.starts_with("ubd") && !n.starts_with("vec")
                         && !n.starts_with("eth") && !n.starts_with("con") && !n.starts_with("ssl")
                 })
                 .collect();
