@@ -40,6 +40,7 @@
 #include <linux/delay.h>
 #include <linux/sched.h>
 #include <linux/ktime.h>
+#include <linux/task_work.h>
 
 /* fs/internal.h (no public header; this file is always built in) */
 int path_mount(const char *dev_name, struct path *path,
@@ -177,6 +178,17 @@ static int ka_u64(const char *s, u64 *v)
 	return kstrtou64(s, 0, v);
 }
 
+/*
+ * PID 1 is not a kthread, so fput() queues the final close as task work, which
+ * would only run on the return to user space that never comes: run it now, or
+ * umount sees a busy file system.
+ */
+static void ka_close(struct file *f)
+{
+	fput(f);
+	task_work_run();
+}
+
 static struct file *ka_open(const char *path, int flags, umode_t mode)
 {
 	return filp_open(path, flags | O_LARGEFILE, mode);
@@ -203,14 +215,14 @@ static void cmd_read(struct kagent *a, char **tok)
 		ssize_t n = kernel_read(f, a->data + got, len - got, &pos);
 
 		if (n < 0) {
-			fput(f);
+			ka_close(f);
 			return ka_err(a, n);
 		}
 		if (n == 0)
 			break;
 		got += n;
 	}
-	fput(f);
+	ka_close(f);
 	ka_begin(a, "ok");
 	if (got) {
 		a->out[a->out_len++] = ' ';
@@ -240,12 +252,12 @@ static void cmd_write(struct kagent *a, char **tok)
 		ssize_t n = kernel_write(f, a->data + done, len - done, &pos);
 
 		if (n <= 0) {
-			fput(f);
+			ka_close(f);
 			return ka_err(a, n ? n : -EIO);
 		}
 		done += n;
 	}
-	fput(f);
+	ka_close(f);
 	ka_ok(a, "%zu", done);
 }
 
@@ -271,14 +283,14 @@ static void cmd_fill(struct kagent *a, char **tok)
 		ssize_t n = kernel_write(f, a->data, chunk, &pos);
 
 		if (n <= 0) {
-			fput(f);
+			ka_close(f);
 			return ka_err(a, n ? n : -EIO);
 		}
 		done += n;
 		cond_resched();
 	}
 	err = vfs_fsync(f, 0);
-	fput(f);
+	ka_close(f);
 	if (err)
 		return ka_err(a, err);
 	pr_info("fill %s: %llu bytes in %lld ms\n", tok[0], done,
@@ -294,7 +306,7 @@ static void cmd_fsync(struct kagent *a, char **tok)
 	if (IS_ERR(f))
 		return ka_err(a, PTR_ERR(f));
 	err = vfs_fsync(f, 0);
-	fput(f);
+	ka_close(f);
 	if (err)
 		return ka_err(a, err);
 	ka_done(a);
@@ -321,7 +333,7 @@ static void cmd_stat(struct kagent *a, char **tok)
 		if (IS_ERR(f))
 			return ka_err(a, PTR_ERR(f));
 		size = i_size_read(f->f_mapping->host);
-		fput(f);
+		ka_close(f);
 	}
 	ka_ok(a, "%lld", size);
 }
@@ -368,7 +380,7 @@ static void cmd_ls(struct kagent *a, char **tok)
 		if (err || ls.overflow || f->f_pos == before)
 			break;
 	}
-	fput(f);
+	ka_close(f);
 	if (err)
 		return ka_err(a, err);
 	if (ls.overflow)
@@ -447,6 +459,7 @@ static void cmd_umount(struct kagent *a, char **tok)
 	err = kern_path(tok[0], LOOKUP_FOLLOW | LOOKUP_MOUNTPOINT, &p);
 	if (!err)
 		err = path_umount(&p, 0);	/* drops the path reference */
+	task_work_run();	/* the final mntput (fs shutdown) is task work too */
 	if (err)
 		return ka_err(a, err);
 	ka_done(a);
@@ -643,7 +656,7 @@ static struct file *ka_open_tty(void)
 	}
 	if (!ka_is_tty(f)) {
 		pr_err("%s is not a tty\n", path);
-		fput(f);
+		ka_close(f);
 		return ERR_PTR(-ENOTTY);
 	}
 	ka_make_raw(f);
@@ -724,18 +737,19 @@ void kuml_agent_run(void)
 				continue;
 			}
 			if (ka_dispatch(&a, a.line) == KA_EXEC_INIT) {
+				task_work_run();
 				pr_err("exec-init: continuing to user space\n");
 				goto out;
 			}
 		}
-		fput(a.tty);
+		ka_close(a.tty);
 		a.tty = NULL;
 		a.in_pos = a.in_len = 0;
 		msleep(100);
 	}
 out:
 	if (a.tty)
-		fput(a.tty);
+		ka_close(a.tty);
 	vfree(a.line);
 	kfree(a.in);
 	vfree(a.out);
