@@ -338,7 +338,7 @@ def cmd_memory(a):
         # marginal cost of one more idle VM: its private VMM memory + the guest RAM it touched
         # (shared library pages are paid once per host; kernel-side KVM memory is not in RSS)
         res[vmm]["per_vm_kib"] = (o + g) if o is not None and g is not None else None
-        res[vmm]["vms_per_host"] = (host["MemTotal"] // res[vmm]["per_vm_kib"]
+        res[vmm]["vms_per_host"] = (int(host["MemTotal"] // res[vmm]["per_vm_kib"])
                                     if res[vmm]["per_vm_kib"] else None)
     res["host_memtotal_kib"] = host["MemTotal"]
     mib = lambda k: None if k is None else k / 1024
@@ -349,7 +349,8 @@ def cmd_memory(a):
                      ("process RSS", "rss_kib"),
                      ("host SecPageTables delta (KVM page tables)", "sec_page_tables_delta_kib")):
         vk, vq = mib(res["kuml"][k]), mib(res["qemu"][k])
-        rows.append((label, fmt(vk, "MiB", 1), fmt(vq, "MiB", 1), fmt(ratio(vk, vq), "", 2)))
+        r = ratio(vk, vq) if k != "sec_page_tables_delta_kib" else None
+        rows.append((label, fmt(vk, "MiB", 1), fmt(vq, "MiB", 1), fmt(r, "", 2)))
     rows.append((f"idle {a.mem} MiB VMs in {host['MemTotal'] // 1024} MiB (estimate)",
                  str(res["kuml"]["vms_per_host"]), str(res["qemu"]["vms_per_host"]),
                  fmt(ratio(res["kuml"]["vms_per_host"], res["qemu"]["vms_per_host"]), "", 2)))
@@ -462,8 +463,9 @@ def cmd_report(a):
                               ("guest RAM touched", "guest_rss_kib", ""),
                               ("host SecPageTables delta", "sec_page_tables_delta_kib", "")):
             vk, vq = mib(mm["kuml"][k]), mib(mm["qemu"][k])
+            r = ratio(vk, vq) if k != "sec_page_tables_delta_kib" else None
             L.append(f"| {label}, idle {mm['mem_mib']} MiB guest | {fmt(vk, 'MiB', 1)} "
-                     f"| {fmt(vq, 'MiB', 1)} | {fmt(ratio(vk, vq), '', 2)} | {tgt} |")
+                     f"| {fmt(vq, 'MiB', 1)} | {fmt(r, '', 2)} | {tgt} |")
         L.append(f"| idle {mm['mem_mib']} MiB VMs per host (estimate, {mm['host_memtotal_kib'] // 1024} MiB) "
                  f"| {mm['kuml']['vms_per_host']} | {mm['qemu']['vms_per_host']} "
                  f"| {fmt(ratio(mm['kuml']['vms_per_host'], mm['qemu']['vms_per_host']), '', 2)} | |")
