@@ -422,13 +422,14 @@ def cmd_report(a):
     for s in a.skipped:
         name, why = s.split("=", 1)
         figs.setdefault("not_measured", {})[name] = why
+    if "machine" in figs and not figs["machine"].get("loadavg_at_end"):
+        figs["machine"]["loadavg_at_end"] = " ".join(open("/proc/loadavg").read().split()[:3])
     with open(a.out + ".json", "w") as f:
         json.dump(figs, f, indent=2)
     L = []
     m = figs.get("machine", {})
     L.append(f"# kuml benchmarks, {m.get('date_utc', '?')} UTC\n")
     L.append("| machine | |\n|---|---|")
-    m["loadavg_at_end"] = " ".join(open("/proc/loadavg").read().split()[:3])
     for k in ("cpu", "cores", "memtotal_mib", "host_kernel", "kvm", "qemu", "kuml_commit",
               "guest_kernel", "loadavg", "other_vmms_running", "loadavg_at_end"):
         L.append(f"| {k} | {m.get(k)} |")
@@ -467,7 +468,8 @@ def cmd_report(a):
             L.append(f"| {label}, idle {mm['mem_mib']} MiB guest | {fmt(vk, 'MiB', 1)} "
                      f"| {fmt(vq, 'MiB', 1)} | {fmt(r, '', 2)} | {tgt} |")
         L.append(f"| idle {mm['mem_mib']} MiB VMs per host (estimate, {mm['host_memtotal_kib'] // 1024} MiB) "
-                 f"| {mm['kuml']['vms_per_host']} | {mm['qemu']['vms_per_host']} "
+                 f"| {mm['kuml']['vms_per_host'] and int(mm['kuml']['vms_per_host'])} "
+                 f"| {mm['qemu']['vms_per_host'] and int(mm['qemu']['vms_per_host'])} "
                  f"| {fmt(ratio(mm['kuml']['vms_per_host'], mm['qemu']['vms_per_host']), '', 2)} | |")
     for name in ("disk", "net", "hotplug"):
         d = figs.get(name)
