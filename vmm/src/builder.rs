@@ -83,13 +83,27 @@ pub fn resolve_kernel(cfg: &Config) -> Result<PathBuf, BuildError> {
 /// before the guest has set a host name.
 pub fn version_from_banner(image: &[u8]) -> Option<String> {
     const NEEDLE: &[u8] = b"Linux version ";
-    let start = image.windows(NEEDLE.len()).position(|w| w == NEEDLE)? + NEEDLE.len();
-    let rest = &image[start..];
-    let end = rest.iter().position(|b| *b == b'\n' || *b == 0)?;
-    let banner = std::str::from_utf8(&rest[..end]).ok()?;
-    let release = banner.split_whitespace().next()?;
-    let version = &banner[banner.find(" #")? + 1..];
-    Some(format!("Linux (none) {release} {} x86_64", version.trim_end()))
+    let mut at = 0;
+    while let Some(pos) = image[at..].windows(NEEDLE.len()).position(|w| w == NEEDLE) {
+        let start = at + pos + NEEDLE.len();
+        at = start;
+        let rest = &image[start..];
+        let Some(end) = rest.iter().position(|b| *b == b'\n' || *b == 0) else {
+            continue;
+        };
+        let Ok(banner) = std::str::from_utf8(&rest[..end]) else {
+            continue;
+        };
+        // Skip templates such as "… # SMP": the real banner has a build number.
+        let Some(hash) = banner.find(" #") else { continue };
+        if !banner[hash + 2..].starts_with(|c: char| c.is_ascii_digit()) {
+            continue;
+        }
+        let release = banner.split_whitespace().next()?;
+        let version = banner[hash + 1..].trim_end();
+        return Some(format!("Linux (none) {release} {version} x86_64"));
+    }
+    None
 }
 
 /// The guest kernel's version text for mconsole `version`, read from the kernel image.
@@ -260,7 +274,7 @@ pub fn build(cfg: &Config, umid: &str) -> Result<Machine, BuildError> {
     let vm = Vm::new(cfg.mem_size)?;
     let vm_fd = vm.fd.clone();
     let exit = Arc::new(ExitState::new().map_err(device_err("exit event"))?);
-    let mut dm = DeviceManager::new(vm_fd, vm.memory.clone()).map_err(device_err("PCI root"))?;
+    let mut dm = DeviceManager::new(vm_fd, vm.memory.clone(), cfg.mem_size).map_err(device_err("PCI root"))?;
     let mut subscribers: Vec<Subscriber> = Vec::new();
     let ctx = ChanContext {
         umid: cfg.umid.clone(),
@@ -476,7 +490,7 @@ mod tests {
 
     #[test]
     fn version_text() {
-        let img = b"junk\0Linux version 6.1.192-kuml (root@h) (gcc 12) #3 SMP Sun Nov 29 09:00:00 UTC 2026\n\0";
+        let img = b"junk\0Linux version 6.1.192-kuml (a) # SMP \0Linux version 6.1.192-kuml (root@h) (gcc 12) #3 SMP Sun Nov 29 09:00:00 UTC 2026\n\0";
         assert_eq!(
             version_from_banner(img).as_deref(),
             Some("Linux (none) 6.1.192-kuml #3 SMP Sun Nov 29 09:00:00 UTC 2026 x86_64")

@@ -165,6 +165,8 @@ impl MsiRouting for DeviceMsi {
 /// Moves a BAR's bus range and ioeventfds when the guest reprograms it.
 struct BarMover {
     vm: Arc<VmFd>,
+    /// The PCI windows the DSDT gives the root bridge: BARs may move anywhere inside them.
+    windows: [(u64, u64); 2],
     mmio: Arc<RwLock<Bus>>,
     devices: Arc<Mutex<BTreeMap<u8, Arc<Mutex<VirtioPciDevice>>>>>,
 }
@@ -172,8 +174,9 @@ struct BarMover {
 impl BarHook for BarMover {
     fn bar_moved(&self, slot: u8, mv: BarMove) -> io::Result<()> {
         let in_window = |a: u64| {
-            (layout::MMIO32_START..layout::MMIO32_END).contains(&a)
-                && a + mv.size <= layout::MMIO32_END
+            self.windows
+                .iter()
+                .any(|(start, end)| a >= *start && a.checked_add(mv.size).is_some_and(|e| e <= *end))
         };
         if !in_window(mv.new) {
             return Err(io::Error::other(format!(
@@ -256,13 +259,18 @@ pub fn locked<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl DeviceManager {
     /// A manager with empty buses and the PCI root at 0xCF8.
-    pub fn new(vm: Arc<VmFd>, mem: GuestMemory) -> Result<DeviceManager, DeviceError> {
+    pub fn new(vm: Arc<VmFd>, mem: GuestMemory, mem_size: u64) -> Result<DeviceManager, DeviceError> {
+        let mmio64 = layout::mmio64_start(mem_size);
         let mut pio = Bus::new();
         let mmio = Arc::new(RwLock::new(Bus::new()));
         let pci_devices = Arc::new(Mutex::new(BTreeMap::new()));
         let pci = Arc::new(Mutex::new(PciRoot::new()));
         locked(&pci).set_bar_hook(Arc::new(BarMover {
             vm: vm.clone(),
+            windows: [
+                (layout::MMIO32_START, layout::MMIO32_END),
+                (mmio64, mmio64 + layout::MMIO64_SIZE),
+            ],
             mmio: mmio.clone(),
             devices: pci_devices.clone(),
         }));

@@ -15,6 +15,7 @@ use acpi_tables::rsdp::Rsdp;
 use acpi_tables::sdt::Sdt;
 use acpi_tables::xsdt::XSDT;
 use acpi_tables::Aml;
+use devices::legacy::serial::COM_PORTS;
 
 use super::layout;
 
@@ -119,8 +120,37 @@ pub fn dsdt(cfg: &AcpiConfig) -> Vec<u8> {
     let panic_crs_name = Name::new("_CRS".into(), &panic_crs);
     Device::new("_SB_.PEVT".into(), vec![&panic_hid_name, &panic_crs_name]).to_aml_bytes(&mut body);
 
+    legacy_devices(&mut body);
     body.extend_from_slice(cfg.extra_dsdt);
     body
+}
+
+/// The i8042 and the COM ports as ACPI devices. On a hardware-reduced platform Linux maps
+/// legacy IRQs only for devices the firmware describes, so without these the keyboard and
+/// the UARTs could not get their interrupts.
+fn legacy_devices(body: &mut Vec<u8>) {
+    let kbd_data = aml::IO::new(0x60, 0x60, 1, 1);
+    let kbd_cmd = aml::IO::new(0x64, 0x64, 1, 1);
+    let kbd_irq = aml::Interrupt::new(true, true, false, false, 1);
+    let kbd_crs = ResourceTemplate::new(vec![&kbd_data, &kbd_cmd, &kbd_irq]);
+    let kbd_hid = EISAName::new("PNP0303");
+    let kbd_hid_name = Name::new("_HID".into(), &kbd_hid);
+    let kbd_crs_name = Name::new("_CRS".into(), &kbd_crs);
+    Device::new("_SB_.KBD_".into(), vec![&kbd_hid_name, &kbd_crs_name]).to_aml_bytes(body);
+
+    for (i, (port, irq)) in COM_PORTS.iter().enumerate() {
+        let io = aml::IO::new(*port, *port, 1, 8);
+        // COM1/COM3 and COM2/COM4 share their IRQs.
+        let int = aml::Interrupt::new(true, true, false, true, *irq);
+        let crs = ResourceTemplate::new(vec![&io, &int]);
+        let hid = EISAName::new("PNP0501");
+        let uid = i as u32 + 1;
+        let hid_name = Name::new("_HID".into(), &hid);
+        let uid_name = Name::new("_UID".into(), &uid);
+        let crs_name = Name::new("_CRS".into(), &crs);
+        let path = format!("_SB_.COM{}", i + 1);
+        Device::new(path.as_str().into(), vec![&hid_name, &uid_name, &crs_name]).to_aml_bytes(body);
+    }
 }
 
 fn sdt_with(signature: [u8; 4], revision: u8, body: &[u8]) -> Vec<u8> {
@@ -284,5 +314,7 @@ mod tests {
         assert!(has(b"_S5_"));
         assert!(has(b"PCI0"));
         assert!(has(b"QEMU0001"));
+        assert!(has(b"KBD_"));
+        assert!(has(b"COM4"));
     }
 }
