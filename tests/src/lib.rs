@@ -106,6 +106,8 @@ pub fn host_guest_options() -> Vec<String> {
 #[derive(Debug, Default)]
 struct Console {
     text: Mutex<String>,
+    /// What arrived on kuml's stdout alone (con0 by default).
+    stdout: Mutex<String>,
     grew: Condvar,
     closed: Mutex<bool>,
 }
@@ -121,6 +123,10 @@ pub struct VmOptions {
     pub host_options: bool,
     /// Descriptors to hand to kuml: (child fd number, our fd), e.g. for `con1=fd:3,fd:4`.
     pub extra_fds: Vec<(i32, std::os::fd::RawFd)>,
+    /// Also print the kernel log on COM1 (`ssl0`) to kuml's stderr from the first line on:
+    /// the virtio console (con0, `hvc0`) only shows what the kernel prints once its driver has
+    /// probed (the kernel does not replay earlier lines to it).
+    pub early_log: bool,
 }
 
 impl Default for VmOptions {
@@ -130,6 +136,7 @@ impl Default for VmOptions {
             agent_tty: None,
             host_options: true,
             extra_fds: Vec::new(),
+            early_log: true,
         }
     }
 }
@@ -160,6 +167,9 @@ impl TestVm {
     pub fn start(name: &str, opts: VmOptions) -> TestVm {
         require_kvm();
         let mut args = opts.args.clone();
+        if opts.early_log {
+            args.extend(["ssl0=null,fd:2", "console=ttyS0", "console=hvc0"].map(String::from));
+        }
         if opts.host_options {
             args.extend(host_guest_options());
         }
@@ -200,8 +210,18 @@ impl TestVm {
             std::fs::File::create(&log_path).expect("create the console log"),
         ));
         writeln!(log.lock().unwrap(), "# kuml {}", args.join(" ")).ok();
-        spawn_reader(child.stdout.take().expect("piped stdout"), console.clone(), log.clone(), true);
-        spawn_reader(child.stderr.take().expect("piped stderr"), console.clone(), log, false);
+        spawn_reader(
+            child.stdout.take().expect("piped stdout"),
+            console.clone(),
+            log.clone(),
+            true,
+        );
+        spawn_reader(
+            child.stderr.take().expect("piped stderr"),
+            console.clone(),
+            log,
+            false,
+        );
         TestVm {
             stdin: child.stdin.take(),
             child,
@@ -216,6 +236,11 @@ impl TestVm {
     /// Everything the guest printed so far (and kuml's stderr).
     pub fn output(&self) -> String {
         self.console.text.lock().unwrap().clone()
+    }
+
+    /// What arrived on kuml's stdout only: con0 (the guest's `hvc0`) by default.
+    pub fn stdout(&self) -> String {
+        self.console.stdout.lock().unwrap().clone()
     }
 
     /// Waits until the output contains `pattern`; returns the output. Panics on timeout or
@@ -272,25 +297,10 @@ impl TestVm {
         self.seq += 1;
         let seq = self.seq;
         self.send(format!("{seq} {command}\n").as_bytes());
-        let prefix = format!("KAGENT {seq} ");
         let out = self
-            .wait_until(timeout, |o| {
-                o.lines().any(|l| l.trim_start_matches('\r').starts_with(&prefix) && !l.ends_with(&prefix))
-                    && o.contains('\n')
-            })
+            .wait_until(timeout, |o| reply_line(o, seq).is_some())
             .unwrap_or_else(|| self.fail(&format!("agent command {command:?}")));
-        let line = out
-            .lines()
-            .map(|l| l.trim_matches('\r'))
-            .find_map(|l| l.strip_prefix(&prefix))
-            .unwrap_or_default()
-            .to_owned();
-        match line.split_once(' ') {
-            Some(("ok", p)) => AgentReply::Ok(p.to_owned()),
-            Some(("err", p)) => AgentReply::Err(p.to_owned()),
-            _ if line == "ok" => AgentReply::Ok(String::new()),
-            _ => AgentReply::Err(line),
-        }
+        parse_reply(&reply_line(&out, seq).unwrap_or_default())
     }
 
     /// Like [`TestVm::agent`], but panics unless the reply is `ok`; returns the payload.
@@ -371,7 +381,7 @@ fn spawn_reader(
     stream: impl Read + Send + 'static,
     console: Arc<Console>,
     log: Arc<Mutex<std::fs::File>>,
-    marks_close: bool,
+    is_stdout: bool,
 ) {
     std::thread::spawn(move || {
         let mut stream = stream;
@@ -383,13 +393,127 @@ fn spawn_reader(
                     let s = String::from_utf8_lossy(&buf[..n]);
                     let _ = log.lock().unwrap().write_all(&buf[..n]);
                     console.text.lock().unwrap().push_str(&s);
+                    if is_stdout {
+                        console.stdout.lock().unwrap().push_str(&s);
+                    }
                     console.grew.notify_all();
                 }
             }
         }
-        if marks_close {
+        if is_stdout {
             *console.closed.lock().unwrap() = true;
             console.grew.notify_all();
         }
     });
+}
+
+/// The test agent on a console other than con0, reached over a pair of pipes that kuml gets as
+/// `fd:N,fd:M` (see [`PipeAgent::new`]).
+#[derive(Debug)]
+pub struct PipeAgent {
+    to_guest: std::fs::File,
+    from_guest: Arc<Console>,
+    seq: u32,
+}
+
+impl PipeAgent {
+    /// Pipes for a console line: returns the agent and the `(child fd, our fd)` pairs and the
+    /// channel text (`fd:3,fd:4`) to give kuml for `in_fd`/`out_fd` in the child.
+    pub fn new(in_fd: i32, out_fd: i32) -> (PipeAgent, Vec<(i32, std::os::fd::RawFd)>, String) {
+        use std::os::fd::{FromRawFd, IntoRawFd};
+        let mut to = [0; 2];
+        let mut from = [0; 2];
+        // SAFETY: pipe2 fills the two arrays with new descriptors.
+        unsafe {
+            assert_eq!(libc::pipe2(to.as_mut_ptr(), libc::O_CLOEXEC), 0);
+            assert_eq!(libc::pipe2(from.as_mut_ptr(), libc::O_CLOEXEC), 0);
+        }
+        // SAFETY: the descriptors were just created and are owned here.
+        let (to_read, to_write, from_read, from_write) = unsafe {
+            (
+                std::fs::File::from_raw_fd(to[0]),
+                std::fs::File::from_raw_fd(to[1]),
+                std::fs::File::from_raw_fd(from[0]),
+                std::fs::File::from_raw_fd(from[1]),
+            )
+        };
+        let console = Arc::new(Console::default());
+        let log = Arc::new(Mutex::new(
+            std::fs::File::create("/dev/null").expect("open /dev/null"),
+        ));
+        spawn_reader(from_read, console.clone(), log, true);
+        // The child's copies: kuml reads from `to_read` and writes to `from_write`. They are
+        // leaked into the child by dup2 in pre_exec; ours close when the test ends.
+        let fds = vec![
+            (in_fd, to_read.into_raw_fd()),
+            (out_fd, from_write.into_raw_fd()),
+        ];
+        (
+            PipeAgent {
+                to_guest: to_write,
+                from_guest: console,
+                seq: 1000,
+            },
+            fds,
+            format!("fd:{in_fd},fd:{out_fd}"),
+        )
+    }
+
+    /// Everything the guest wrote on this line.
+    pub fn output(&self) -> String {
+        self.from_guest.text.lock().unwrap().clone()
+    }
+
+    /// Writes raw bytes to the guest on this line.
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.to_guest.write_all(bytes).expect("write to the console pipe");
+    }
+
+    /// Waits until the line's output satisfies `pred`.
+    pub fn wait_until(&self, timeout: Duration, pred: impl Fn(&str) -> bool) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        let mut text = self.from_guest.text.lock().unwrap();
+        loop {
+            if pred(&text) {
+                return Some(text.clone());
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            let (t, _) = self
+                .from_guest
+                .grew
+                .wait_timeout(text, (deadline - now).min(Duration::from_millis(500)))
+                .unwrap();
+            text = t;
+        }
+    }
+
+    /// Sends an agent command on this line and returns its reply.
+    pub fn agent(&mut self, command: &str, timeout: Duration) -> Option<AgentReply> {
+        self.seq += 1;
+        let seq = self.seq;
+        self.send(format!("{seq} {command}\n").as_bytes());
+        let out = self.wait_until(timeout, |o| reply_line(o, seq).is_some())?;
+        Some(parse_reply(&reply_line(&out, seq)?))
+    }
+}
+
+/// The complete reply line to request `seq` in `out`, without its `KAGENT <seq> ` prefix.
+pub fn reply_line(out: &str, seq: u32) -> Option<String> {
+    let prefix = format!("KAGENT {seq} ");
+    let start = out.find(&prefix)? + prefix.len();
+    let end = out[start..].find('\n')? + start;
+    Some(out[start..end].trim_end_matches('\r').to_owned())
+}
+
+/// `ok <payload>` / `err <message>`.
+pub fn parse_reply(line: &str) -> AgentReply {
+    match line.split_once(' ') {
+        Some(("ok", p)) => AgentReply::Ok(p.to_owned()),
+        Some(("err", p)) => AgentReply::Err(p.to_owned()),
+        _ if line == "ok" => AgentReply::Ok(String::new()),
+        _ => AgentReply::Err(line.to_owned()),
+    }
 }

@@ -35,6 +35,10 @@ fn boots_to_init(name: &str, kernel: &str, ncpus: u8, timeout: Duration) {
     let out = vm.wait_for("Run /init as init process", timeout);
     assert!(out.contains(&format!("Brought up 1 node, {n} CPU")), "SMP bring-up: {out}");
     assert!(out.contains("ACPI: "), "the guest read kuml's ACPI tables");
+    assert!(
+        vm.stdout().contains("Run /init as init process"),
+        "the kernel log reaches con0 (hvc0) on kuml's stdout"
+    );
     match host_kind() {
         HostKind::Hardware => {
             vm.wait_for("KUML-INIT: started", SHORT);
@@ -72,7 +76,7 @@ fn bzimage_two_vcpus_reach_init() {
 /// A VM with the test agent on the console (COM1).
 fn agent_vm(name: &str, extra: &[&str]) -> TestVm {
     let mut o = opts("vmlinux", extra);
-    o.agent_tty = Some("ttyS0".into());
+    o.agent_tty = Some("hvc0".into());
     let mut vm = TestVm::start(name, o);
     vm.wait_agent(VMLINUX_BOOT);
     vm
@@ -105,7 +109,7 @@ fn panic_exits_4() {
 fn reboot_restarts_the_vm_and_sigterm_stops_it() {
     let mut o = opts("vmlinux", &[]);
     o.args.retain(|a| a != "noreboot");
-    o.agent_tty = Some("ttyS0".into());
+    o.agent_tty = Some("hvc0".into());
     let mut vm = TestVm::start("reboot-restart", o);
     vm.wait_agent(VMLINUX_BOOT);
     vm.send(b"99 reboot\n");
