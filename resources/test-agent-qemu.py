@@ -10,9 +10,11 @@ Scenarios:
   full      protocol + block I/O: echo/uname/ls/mkdir/mount/read/write/fill/stat/fsync/sync/
             umount/remount/sysrq, then poweroff (QEMU must exit)
   exec-init agent hands over to user space ("Run /init as init process")
-  panic     agent panics the kernel with a message
+  panic     agent panics the kernel with a message (pc: pvpanic must report it to QEMU)
   cad       (pc) QEMU injects ctrl-alt-delete on the i8042 -> kernel restarts
   boot      only measure launch -> agent ready, then poweroff
+  rootfs    no initramfs: root=/dev/vda (rootfs.ext4), data.ext4 as vdb; check the root
+            tree through the agent, then exec-init ("Run /sbin/init as init process")
 Adds resources/pvm-cmdline.sh output on PVM hosts. Exit 0 when every check passed.
 """
 import argparse
@@ -53,7 +55,7 @@ def main():
     ap.add_argument("--machine", default="microvm", choices=["microvm", "pc"])
     ap.add_argument("--image", default="vmlinux", choices=["vmlinux", "bzImage"])
     ap.add_argument("--scenario", default="full",
-                    choices=["full", "exec-init", "panic", "cad", "boot"])
+                    choices=["full", "exec-init", "panic", "cad", "boot", "rootfs"])
     ap.add_argument("--guest-dir", default=os.environ.get(
         "KUML_GUEST_DIR", os.path.join(os.path.dirname(HERE), "build", "guest")))
     ap.add_argument("--mem", default="256")
@@ -73,23 +75,33 @@ def main():
     pvm = subprocess.run([os.path.join(HERE, "pvm-cmdline.sh")],
                          capture_output=True, text=True).stdout.strip()
 
+    rootfs = os.path.join(tmp, "rootfs.ext4")
     q = ["qemu-system-x86_64", "-accel", "kvm", "-cpu", "host", "-m", o.mem, "-smp", "1",
          "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-         "-kernel", os.path.join(g, o.image),
-         "-initrd", os.path.join(g, o.initrd),
+         "-kernel", os.path.join(g, o.image)]
+    if o.scenario == "rootfs":
+        subprocess.run(["cp", "--sparse=always", os.path.join(g, "rootfs.ext4"), rootfs], check=True)
+        q += ["-drive", f"id=r0,file={rootfs},format=raw,if=none,cache=unsafe"]
+        o.extra = ("root=/dev/vda rw " + o.extra).strip()
+    else:
+        q += ["-initrd", os.path.join(g, o.initrd)]
+    q += [
          "-serial", "file:" + con,
          "-chardev", f"socket,id=ag,path={sock},server=on,wait=off",
          "-monitor", f"unix:{mon},server=on,wait=off",
          "-drive", f"id=d0,file={data},format=raw,if=none,cache=unsafe"]
     if o.machine == "microvm":
         agent_tty = "hvc0"
-        q = q[:1] + ["-M", "microvm"] + q[1:] + [
+        q = q[:1] + ["-M", "microvm"] + q[1:] + (
+            ["-device", "virtio-blk-device,drive=r0"] if o.scenario == "rootfs" else []) + [
             "-device", "virtio-blk-device,drive=d0",
             "-device", "virtio-serial-device", "-device", "virtconsole,chardev=ag"]
     else:
         agent_tty = "ttyS1"
         q = q[:1] + ["-M", "pc"] + q[1:] + [
-            "-serial", "chardev:ag", "-device", "virtio-blk-pci,drive=d0"]
+            "-serial", "chardev:ag", "-device", "virtio-blk-pci,drive=d0",
+            # ISA pvpanic, described in the DSDT as ACPI QEMU0001 (like kuml's)
+            "-device", "pvpanic", "-action", "panic=exit-failure"]
     cmdline = f"console=ttyS0 panic=-1 kuml.agent={agent_tty} {pvm} {o.extra}".strip()
     q += ["-append", cmdline]
     print("cmdline:", cmdline, flush=True)
@@ -120,13 +132,24 @@ def main():
             check(wait_log(con, "Run /init as init process", 60), "kernel ran /init")
             # on PVM hosts user space cannot run: the kernel then panics ("Attempted to kill init")
             wait_log(con, "KUML-INIT: started", 20)
+        elif o.scenario == "rootfs":
+            check(wait_log(con, "VFS: Mounted root (ext4 filesystem)", 10), "ext4 root mounted")
+            sbin = a.call("ls", "/sbin").split()
+            check("init" in sbin and "kuml-uagent" in sbin, "rootfs has /sbin/init and kuml-uagent")
+            check(a.read_bytes("/sbin/init", 0, 9) == b"#!/bin/sh", "read /sbin/init")
+            check(int(a.call("stat", "/dev/vdb")) == 64 << 20, "data disk is vdb")
+            check(a.call("exec-init") == "", "exec-init acknowledged")
+            check(wait_log(con, "Run /sbin/init as init process", 60), "kernel ran /sbin/init")
+            wait_log(con, "KUML-INIT: started", 20)
         elif o.scenario == "panic":
             a.request("panic", "kuml", "test", "panic", timeout=30)
             check(wait_log(con, "Kernel panic - not syncing: kuml test panic", 60),
                   "panic message on the console")
             try:
-                qemu.wait(timeout=60)
-                check(True, "QEMU exited after the panic (panic=-1, -no-reboot)")
+                rc = qemu.wait(timeout=60)
+                check(True, f"QEMU exited after the panic (rc={rc})")
+                if o.machine == "pc":
+                    check(rc == 1, "pvpanic reported the panic (QEMU panic=exit-failure -> rc 1)")
             except subprocess.TimeoutExpired:
                 check(False, "QEMU exited after the panic")
         elif o.scenario == "cad":
