@@ -132,6 +132,20 @@ def start_until(cmd, marker, timeout, stdout_log=None):
             return p, now - t0, buf
 
 
+def snapshot(paths, into):
+    """Copies the guest images into a private directory, so that a rebuild of build/guest
+    during a long run cannot mix two kernels; returns the copies' paths and a description."""
+    out, desc = [], {}
+    for p in paths:
+        q = os.path.join(into, os.path.basename(p))
+        shutil.copyfile(p, q)
+        st = os.stat(p)
+        desc[os.path.basename(p)] = {"bytes": st.st_size, "mtime_utc": time.strftime(
+            "%Y-%m-%d %H:%M:%S", time.gmtime(st.st_mtime))}
+        out.append(q)
+    return out, desc
+
+
 def table(title, rows, head=("", "kuml", "QEMU microvm", "kuml/QEMU")):
     print(f"\n{title}")
     w = [max(len(str(r[i])) for r in rows + [head]) for i in range(len(head))]
@@ -159,6 +173,9 @@ def cmd_boot(a):
     rows = []
     udir = tempfile.mkdtemp(prefix="kbench-")
     try:
+        copies, res["images"] = snapshot([k for _, k in kernels] + [initrd], udir)
+        kernels = [(n, c) for (n, _), c in zip(kernels, copies)]
+        initrd = copies[-1]
         for name, kpath in kernels:
             times = {"kuml": [], "qemu": []}
             guest = {"kuml": [], "qemu": []}  # the guest's printk clock at the marker
@@ -173,7 +190,8 @@ def cmd_boot(a):
                     stop(p)
                     if t is None:
                         fails[vmm] += 1
-                        sys.stderr.write(f"boot {name} {vmm} round {i}: no marker; last output:\n"
+                        sys.stderr.write(f"boot {name} {vmm} round {i}: no marker (exit status "
+                                         f"{p.returncode}); last output:\n"
                                          + out[-800:].decode(errors="replace") + "\n")
                     else:
                         times[vmm].append(t)
@@ -295,6 +313,7 @@ def cmd_memory(a):
     udir = tempfile.mkdtemp(prefix="kbench-")
     samples = {"kuml": [], "qemu": []}
     try:
+        (kernel,), res["images"] = snapshot([kernel], udir)
         for i in range(a.rounds):
             for vmm in (("kuml", "qemu") if i % 2 == 0 else ("qemu", "kuml")):
                 cmd = (kuml_cmd(kernel, a.mem, None, append, udir) if vmm == "kuml"
@@ -303,7 +322,8 @@ def cmd_memory(a):
                 p, t, out = start_until(cmd, IDLE_MARKER, a.timeout)
                 try:
                     if t is None:
-                        sys.stderr.write(f"memory {vmm}: guest did not reach idle; last output:\n"
+                        sys.stderr.write(f"memory {vmm}: guest did not reach idle (exit status "
+                                         f"{p.poll()}); last output:\n"
                                          + out[-800:].decode(errors="replace") + "\n")
                         continue
                     time.sleep(a.settle)
