@@ -22,4 +22,4 @@ if [ -n "$pvm" ]; then
     echo "build-and-boot: guest user space cannot run here; the boot ends in the kernel" >&2
 fi
 # shellcheck disable=SC2086
-exec target/release/kuml kernel=$guest/vmlinux initrd=$guest/initramfs.cpio.gz mem=256M $pvm "$@"
+exec target/release/kuml kernel=$guest/vmlinux initrd=$guest/initramfs.cpio mem=256M $pvm "$@"

@@ -14,7 +14,7 @@ const SHORT: Duration = Duration::from_secs(60);
 fn opts(kernel: &str, extra: &[&str]) -> VmOptions {
     let mut args = vec![
         format!("kernel={}", artifact(kernel).display()),
-        format!("initrd={}", artifact("initramfs.cpio.gz").display()),
+        format!("initrd={}", artifact("initramfs.cpio").display()),
         "mem=128M".to_owned(),
         "noreboot".to_owned(),
     ];
