@@ -7,3 +7,15 @@ pub mod chan;
 pub mod legacy;
 pub mod pci;
 pub mod virtio;
+
+/// An error and its sources, joined with ": " (how kuml prints errors, once).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

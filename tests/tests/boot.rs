@@ -7,9 +7,9 @@ use kuml_e2e::{artifact, host_kind, HostKind, TestVm, VmOptions};
 
 /// Boot under PVM emulation takes ~20 s from a vmlinux and ~70 s from a bzImage; these bounds
 /// only catch hangs.
-const VMLINUX_BOOT: Duration = Duration::from_secs(240);
-const BZIMAGE_BOOT: Duration = Duration::from_secs(480);
-const SHORT: Duration = Duration::from_secs(60);
+const VMLINUX_BOOT: Duration = Duration::from_secs(600);
+const BZIMAGE_BOOT: Duration = Duration::from_secs(900);
+const SHORT: Duration = Duration::from_secs(180);
 
 fn opts(kernel: &str, extra: &[&str]) -> VmOptions {
     let mut args = vec![

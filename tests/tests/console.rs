@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use kuml_e2e::{artifact, AgentReply, PipeAgent, TestVm, VmOptions};
 
-const BOOT: Duration = Duration::from_secs(240);
-const SHORT: Duration = Duration::from_secs(60);
+const BOOT: Duration = Duration::from_secs(600);
+const SHORT: Duration = Duration::from_secs(180);
 
 fn base_args() -> Vec<String> {
     vec![

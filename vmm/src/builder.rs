@@ -465,17 +465,7 @@ pub fn build(cfg: &Config, umid: &str) -> Result<Machine, BuildError> {
     })
 }
 
-/// "outer: inner: innermost".
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
+pub use devices::error_chain;
 
 #[cfg(test)]
 mod tests {

@@ -122,3 +122,16 @@ pub trait VirtioDevice: Send {
     /// device cannot be reset (the transport then leaves it failed).
     fn reset(&mut self) -> bool;
 }
+
+/// Copies `data.len()` bytes of a device's configuration space `config` from `offset`;
+/// bytes past its end read as zero.
+pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+    for (i, b) in data.iter_mut().enumerate() {
+        *b = usize::try_from(offset)
+            .ok()
+            .and_then(|o| o.checked_add(i))
+            .and_then(|o| config.get(o))
+            .copied()
+            .unwrap_or(0);
+    }
+}

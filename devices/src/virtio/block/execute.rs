@@ -241,17 +241,7 @@ pub fn execute<M: GuestMemory, D: Disk + ?Sized>(
     Outcome { status, written }
 }
 
-/// `e` and its sources, joined with ": ".
-pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
+pub(super) use crate::error_chain;
 
 /// Everything the device knows when it handles a chain.
 #[derive(Debug, Clone, Copy)]

@@ -337,14 +337,7 @@ impl VirtioDevice for Console {
         cfg[2..4].copy_from_slice(&self.rows.to_le_bytes());
         cfg[4..8].copy_from_slice(&self.max_ports.to_le_bytes());
         // emerg_wr reads as 0.
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = usize::try_from(offset)
-                .ok()
-                .and_then(|o| o.checked_add(i))
-                .and_then(|o| cfg.get(o))
-                .copied()
-                .unwrap_or(0);
-        }
+        crate::virtio::read_config_bytes(&cfg, offset, data);
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
