@@ -6,7 +6,7 @@
 # Inputs : resources/kernel/kuml.fragment, resources/kernel/patches/*.patch,
 #          resources/kernel/agent/kuml_agent.c (copied to drivers/misc/), this script.
 # Output : ${KUML_GUEST_DIR:-<checkout>/build/guest}/{vmlinux,bzImage,kernel.config,kernel.release}
-# Cache  : ${KUML_CACHE:-/var/cache/kuml}
+# Cache  : ${KUML_CACHE:-/var/cache/kuml} (or ~/.cache/kuml when that is not writable)
 #            kernel-<key>/         finished outputs; key = hash of all inputs above
 #            linux-source-6.1/     one extracted source tree, patched in place (the applied
 #                                  patch set is recorded in .kuml-applied/ and swapped when it changes)
@@ -17,7 +17,12 @@ set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(dirname "$here")
-cache=${KUML_CACHE:-/var/cache/kuml}
+if [ -n "${KUML_CACHE:-}" ]; then
+    cache=$KUML_CACHE
+else
+    cache=/var/cache/kuml
+    { mkdir -p "$cache" 2>/dev/null && [ -w "$cache" ]; } || cache=${XDG_CACHE_HOME:-$HOME/.cache}/kuml
+fi
 out=${KUML_GUEST_DIR:-$root/build/guest}
 tarball=${KUML_KERNEL_TAR:-/usr/src/linux-source-6.1.tar.xz}
 jobs=${KUML_JOBS:-$(nproc)}
@@ -51,7 +56,7 @@ fi
 
 mkdir -p "$cache"
 exec 9>"$cache/.build-kernel.lock"
-log "waiting for the cache lock" ; flock 9
+flock -n 9 || { log "waiting for another build (lock $cache/.build-kernel.lock)"; flock 9; }
 if [ $force = 0 ] && [ -f "$res/.done" ]; then   # someone else built it meanwhile
     install_outputs
     exit 0
