@@ -19,6 +19,7 @@ Adds resources/pvm-cmdline.sh output on PVM hosts. Exit 0 when every check passe
 """
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -63,6 +64,7 @@ def main():
                     help="initramfs.cpio (fast on PVM) or initramfs.cpio.gz")
     ap.add_argument("--timeout", type=float, default=300)
     ap.add_argument("--extra", default="", help="extra kernel command line")
+    ap.add_argument("--keep", action="store_true", help="keep the temp dir even if all passed")
     o = ap.parse_args()
 
     g = o.guest_dir
@@ -171,7 +173,7 @@ def main():
             qemu.wait()
         if a:
             a.close()
-    print(f"console log: {con}")
+    print(f"console log: {con}" + ("" if failures or o.keep else " (removed: all passed)"))
     if failures:
         print("--- console tail ---")
         with open(con, errors="replace") as f:
@@ -179,6 +181,8 @@ def main():
         print(f"{len(failures)} FAILED: {failures}")
         return 1
     print("ALL PASSED")
+    if not o.keep:
+        shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
 
