@@ -495,8 +495,10 @@ def cmd_report(a):
         d = figs.get(name)
         if d and "rows" in d:  # scripts from other issues: a list of row dicts
             for r in d["rows"]:
+                rr = r.get("ratio")
+                rr = fmt(rr, "", 2) if isinstance(rr, (int, float)) else (rr or "n/a")
                 L.append(f"| {r.get('label')} | {r.get('kuml')} | {r.get('qemu')} | "
-                         f"{r.get('ratio')} | {r.get('target', '')} |")
+                         f"{rr} | {r.get('target', '')} |")
     for name, why in figs.get("not_measured", {}).items():
         L.append(f"| {name} | not measured: {why} | | | |")
     L.append("")
