@@ -13,9 +13,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use kuml_e2e::{artifact, kuml_bin, TestVm, VmOptions};
 
-/// Boot under PVM emulation takes ~35-60 s to the agent; these bounds only catch hangs.
-const BOOT: Duration = Duration::from_secs(240);
-const SHORT: Duration = Duration::from_secs(60);
+/// Boot under PVM emulation takes ~35-60 s to the agent alone, minutes on a loaded host; these
+/// bounds only catch hangs.
+const BOOT: Duration = Duration::from_secs(600);
+const SHORT: Duration = Duration::from_secs(120);
 /// Sustained disk writes in the emulated guest are slow; only a hang bound.
 const FILL: Duration = Duration::from_secs(600);
 
@@ -261,11 +262,19 @@ fn second_kuml_on_the_same_cow_is_refused_by_the_lock() {
     assert_eq!(vm.agent_ok("echo first guest up", SHORT), "first guest up");
 
     let start = Instant::now();
-    let second = Command::new(kuml_bin())
+    let mut child = Command::new(kuml_bin())
         .args(base_args(&[spec]))
         .stdin(std::process::Stdio::null())
-        .output()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .expect("start the second kuml");
+    // It must fail at once; a second guest that boots instead is killed after SHORT.
+    while child.try_wait().expect("wait").is_none() && start.elapsed() < SHORT {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let second = child.wait_with_output().expect("collect the second kuml");
     let err = String::from_utf8_lossy(&second.stderr);
     assert!(
         !second.status.success() && second.status.code().is_some(),
