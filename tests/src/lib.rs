@@ -85,7 +85,10 @@ pub fn require_kvm() {
         .write(true)
         .open("/dev/kvm")
         .is_ok();
-    assert!(ok, "/dev/kvm is not usable on this host: the e2e tests need KVM");
+    assert!(
+        ok,
+        "/dev/kvm is not usable on this host: the e2e tests need KVM"
+    );
 }
 
 /// Extra guest kernel options this host needs (from resources/pvm-cmdline.sh).
@@ -274,7 +277,10 @@ impl TestVm {
     /// Writes raw bytes to the console (kuml's stdin).
     pub fn send(&mut self, bytes: &[u8]) {
         let stdin = self.stdin.as_mut().expect("stdin still open");
-        stdin.write_all(bytes).and_then(|_| stdin.flush()).expect("write to kuml's stdin");
+        stdin
+            .write_all(bytes)
+            .and_then(|_| stdin.flush())
+            .expect("write to kuml's stdin");
     }
 
     /// Closes kuml's stdin.
@@ -466,7 +472,9 @@ impl PipeAgent {
 
     /// Writes raw bytes to the guest on this line.
     pub fn send(&mut self, bytes: &[u8]) {
-        self.to_guest.write_all(bytes).expect("write to the console pipe");
+        self.to_guest
+            .write_all(bytes)
+            .expect("write to the console pipe");
     }
 
     /// Waits until the line's output satisfies `pred`.

@@ -33,7 +33,10 @@ fn boots_to_init(name: &str, kernel: &str, ncpus: u8, timeout: Duration) {
     let mut vm = TestVm::start(name, opts(kernel, &[&format!("ncpus={n}")]));
     vm.wait_for("Linux version", timeout);
     let out = vm.wait_for("Run /init as init process", timeout);
-    assert!(out.contains(&format!("Brought up 1 node, {n} CPU")), "SMP bring-up: {out}");
+    assert!(
+        out.contains(&format!("Brought up 1 node, {n} CPU")),
+        "SMP bring-up: {out}"
+    );
     assert!(out.contains("ACPI: "), "the guest read kuml's ACPI tables");
     assert!(
         vm.stdout().contains("Run /init as init process"),
@@ -85,7 +88,10 @@ fn agent_vm(name: &str, extra: &[&str]) -> TestVm {
 #[test]
 fn poweroff_exits_0() {
     let mut vm = agent_vm("poweroff", &[]);
-    assert_eq!(vm.agent_ok("echo hello from the guest", SHORT), "hello from the guest");
+    assert_eq!(
+        vm.agent_ok("echo hello from the guest", SHORT),
+        "hello from the guest"
+    );
     vm.send(b"99 poweroff\n");
     assert_eq!(vm.wait_exit(SHORT), 0);
 }

@@ -5,7 +5,10 @@ use std::process::Command;
 use kuml_e2e::kuml_bin;
 
 fn run(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(kuml_bin()).args(args).output().expect("run kuml");
+    let out = Command::new(kuml_bin())
+        .args(args)
+        .output()
+        .expect("run kuml");
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -17,7 +20,15 @@ fn run(args: &[&str]) -> (i32, String, String) {
 fn help_lists_options_and_exit_codes() {
     let (code, out, _) = run(&["--help"]);
     assert_eq!(code, 0);
-    for needle in ["mem=", "ncpus=", "umid=", "kernel=", "initrd=", "Exit status", "143"] {
+    for needle in [
+        "mem=",
+        "ncpus=",
+        "umid=",
+        "kernel=",
+        "initrd=",
+        "Exit status",
+        "143",
+    ] {
         assert!(out.contains(needle), "--help lacks {needle}");
     }
 }
@@ -31,7 +42,11 @@ fn version() {
 
 #[test]
 fn bad_values_are_usage_errors_naming_the_argument() {
-    for (arg, name) in [("mem=12Q", "mem=12Q"), ("ncpus=0", "ncpus=0"), ("umid=", "umid=")] {
+    for (arg, name) in [
+        ("mem=12Q", "mem=12Q"),
+        ("ncpus=0", "ncpus=0"),
+        ("umid=", "umid="),
+    ] {
         let (code, _, err) = run(&[arg]);
         assert_eq!(code, 2, "{arg}");
         assert!(err.starts_with(&format!("kuml: {name}")), "{arg}: {err}");

@@ -67,13 +67,25 @@ fn con0_is_hvc0_and_carries_the_boot_log() {
     );
     vm.wait_agent(BOOT);
     let early = vm.output();
-    assert!(early.contains("printk: console [hvc0] enabled"), "hvc0 is a console");
-    assert!(early.contains("virtio-pci 0000:00:"), "the kernel probed virtio-pci");
+    assert!(
+        early.contains("printk: console [hvc0] enabled"),
+        "hvc0 is a console"
+    );
+    assert!(
+        early.contains("virtio-pci 0000:00:"),
+        "the kernel probed virtio-pci"
+    );
     let con0 = vm.stdout();
-    assert!(con0.contains("KAGENT ready"), "con0 carries the agent: {con0}");
+    assert!(
+        con0.contains("KAGENT ready"),
+        "con0 carries the agent: {con0}"
+    );
     assert!(con0.contains("] "), "con0 carries kernel log lines");
     assert!(!early.contains("ACPI Error") && !early.contains("ACPI BIOS Error"));
-    assert!(!early.contains("ACPI Warning"), "the ACPI tables load cleanly");
+    assert!(
+        !early.contains("ACPI Warning"),
+        "the ACPI tables load cleanly"
+    );
     assert_eq!(vm.agent_ok("echo over con0", SHORT), "over con0");
     vm.send(b"99 poweroff\n");
     assert_eq!(vm.wait_exit(SHORT), 0);
@@ -91,10 +103,17 @@ fn second_console_carries_text_both_ways() {
 
 #[test]
 fn serial_line_carries_the_log_and_input() {
-    let (mut vm, mut agent) =
-        vm_with_pipe_agent("ssl1-fd", "ssl1", "ttyS1", &["console=ttyS1", "console=hvc0"]);
+    let (mut vm, mut agent) = vm_with_pipe_agent(
+        "ssl1-fd",
+        "ssl1",
+        "ttyS1",
+        &["console=ttyS1", "console=hvc0"],
+    );
     ready(&vm, &agent);
-    assert!(agent.output().contains("Linux version"), "the kernel log on COM2");
+    assert!(
+        agent.output().contains("Linux version"),
+        "the kernel log on COM2"
+    );
     echo(&mut agent, "typed-into-the-uart");
     vm.send(b"99 poweroff\n");
     assert_eq!(vm.wait_exit(SHORT), 0);
@@ -200,7 +219,8 @@ fn file_serial_line_gets_the_log() {
 fn connect(port: u16) -> std::net::TcpStream {
     for _ in 0..100 {
         if let Ok(s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
-            s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+            s.set_read_timeout(Some(Duration::from_millis(500)))
+                .unwrap();
             return s;
         }
         std::thread::sleep(Duration::from_millis(100));

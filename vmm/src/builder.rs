@@ -6,15 +6,15 @@ use std::sync::{Arc, Mutex};
 use devices::chan::{self, ChanContext, Channel, ChannelSpec, LineClass};
 use devices::legacy::ged::Ged;
 use devices::legacy::i8042::{self, I8042};
-use devices::pci::{EjectHandler, PciHotplug};
-use vmm_sys_util::eventfd::EventFd;
 use devices::legacy::pm::{ExitPort, PmDevice, PvPanic};
 use devices::legacy::serial::{SerialDevice, COM_PORTS, COM_PORT_LEN};
+use devices::pci::{EjectHandler, PciHotplug};
 use devices::virtio::block::Block;
 use devices::virtio::console::{open_consoles, Console, DEFAULT_MAX_PORTS};
 use devices::virtio::net::device::Net;
 use event_manager::MutEventSubscriber;
 use vm_memory::{Bytes, GuestAddress};
+use vmm_sys_util::eventfd::EventFd;
 
 use crate::arch::x86_64::{acpi, boot, cpuid, hotplug_aml, layout, regs};
 use crate::config::Config;
@@ -49,10 +49,15 @@ pub enum BuildError {
     Nic(u32, #[source] Box<dyn std::error::Error + Send + Sync>),
     /// A device could not be created or registered.
     #[error("cannot set up the {0}")]
-    Device(&'static str, #[source] Box<dyn std::error::Error + Send + Sync>),
+    Device(
+        &'static str,
+        #[source] Box<dyn std::error::Error + Send + Sync>,
+    ),
 }
 
-fn device_err<E: std::error::Error + Send + Sync + 'static>(what: &'static str) -> impl FnOnce(E) -> BuildError {
+fn device_err<E: std::error::Error + Send + Sync + 'static>(
+    what: &'static str,
+) -> impl FnOnce(E) -> BuildError {
     move |e| BuildError::Device(what, Box::new(e))
 }
 
@@ -95,7 +100,9 @@ pub fn version_from_banner(image: &[u8]) -> Option<String> {
             continue;
         };
         // Skip templates such as "… # SMP": the real banner has a build number.
-        let Some(hash) = banner.find(" #") else { continue };
+        let Some(hash) = banner.find(" #") else {
+            continue;
+        };
         if !banner[hash + 2..].starts_with(|c: char| c.is_ascii_digit()) {
             continue;
         }
@@ -170,7 +177,9 @@ pub struct Machine {
 
 impl std::fmt::Debug for Machine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Machine").field("vcpus", &self.vcpus.len()).finish_non_exhaustive()
+        f.debug_struct("Machine")
+            .field("vcpus", &self.vcpus.len())
+            .finish_non_exhaustive()
     }
 }
 
@@ -220,7 +229,10 @@ impl EjectQueue {
 
 impl EjectHandler for EjectQueue {
     fn eject(&self, slot: u8) {
-        self.slots.lock().unwrap_or_else(|e| e.into_inner()).push(slot);
+        self.slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(slot);
         if let Err(e) = self.evt.write(1) {
             log::error!("cannot signal the ejection of slot {slot}: {e}");
         }
@@ -274,7 +286,8 @@ pub fn build(cfg: &Config, umid: &str) -> Result<Machine, BuildError> {
     let vm = Vm::new(cfg.mem_size)?;
     let vm_fd = vm.fd.clone();
     let exit = Arc::new(ExitState::new().map_err(device_err("exit event"))?);
-    let mut dm = DeviceManager::new(vm_fd, vm.memory.clone(), cfg.mem_size).map_err(device_err("PCI root"))?;
+    let mut dm = DeviceManager::new(vm_fd, vm.memory.clone(), cfg.mem_size)
+        .map_err(device_err("PCI root"))?;
     let mut subscribers: Vec<Subscriber> = Vec::new();
     let ctx = ChanContext {
         umid: cfg.umid.clone(),
@@ -342,10 +355,15 @@ pub fn build(cfg: &Config, umid: &str) -> Result<Machine, BuildError> {
     let ejects = Arc::new(EjectQueue::new().map_err(device_err("hot-plug"))?);
     let hotplug = Arc::new(Mutex::new(PciHotplug::new(ejects.clone())));
     let ged = Arc::new(Mutex::new(Ged::new(
-        dm.legacy_irq(hotplug_aml::GED_GSI).map_err(device_err("GED"))?,
+        dm.legacy_irq(hotplug_aml::GED_GSI)
+            .map_err(device_err("GED"))?,
     )));
-    dm.add_mmio(hotplug.clone(), hotplug_aml::PCI_HOTPLUG_ADDR, hotplug_aml::PCI_HOTPLUG_LEN)
-        .map_err(device_err("PCI hot-plug registers"))?;
+    dm.add_mmio(
+        hotplug.clone(),
+        hotplug_aml::PCI_HOTPLUG_ADDR,
+        hotplug_aml::PCI_HOTPLUG_LEN,
+    )
+    .map_err(device_err("PCI hot-plug registers"))?;
     dm.add_mmio(ged.clone(), hotplug_aml::GED_ADDR, hotplug_aml::GED_LEN)
         .map_err(device_err("GED"))?;
 
@@ -393,7 +411,10 @@ pub fn build(cfg: &Config, umid: &str) -> Result<Machine, BuildError> {
         .map(|p| boot::load_initrd(&vm.memory, p, cfg.mem_size, loaded.setup_header.as_ref()))
         .transpose()?;
     let cmdline = guest_cmdline(cfg);
-    log::info!("guest kernel {} with command line: {cmdline}", kernel.display());
+    log::info!(
+        "guest kernel {} with command line: {cmdline}",
+        kernel.display()
+    );
     boot::write_boot_params(
         &vm.memory,
         &boot::BootInfo {

@@ -292,7 +292,9 @@ impl Control {
                 }
             }
             Device::Con | Device::Ssl => now(self.configure_line(machine, d)),
-            Device::Vec => now(Reply::error("kuml supports vec devices only on the command line")),
+            Device::Vec => now(Reply::error(
+                "kuml supports vec devices only on the command line",
+            )),
             Device::Mem => now(Reply::with_err(
                 -libc::EINVAL,
                 "kuml cannot change the memory size of a running guest",
@@ -307,7 +309,12 @@ impl Control {
         let value = d.value().unwrap_or_default();
         let spec = match chan::parse_line(value) {
             Ok(Some(s)) => s,
-            Ok(None) => return Reply::with_err(-libc::EINVAL, "kuml cannot configure a line to none; remove it"),
+            Ok(None) => {
+                return Reply::with_err(
+                    -libc::EINVAL,
+                    "kuml cannot configure a line to none; remove it",
+                )
+            }
             Err(e) => return Reply::with_err(-libc::EINVAL, e.to_string()),
         };
         let class = if d.device == Device::Con {
@@ -398,10 +405,13 @@ impl Control {
             while i < self.pending.len() {
                 if self.pending[i].slot == slot {
                     let p = self.pending.remove(i);
-                    answer(&p.client, match p.what {
-                        PendingKind::Removed => Reply::ok(""),
-                        PendingKind::Added => Reply::error("the guest ejected the new device"),
-                    });
+                    answer(
+                        &p.client,
+                        match p.what {
+                            PendingKind::Removed => Reply::ok(""),
+                            PendingKind::Added => Reply::error("the guest ejected the new device"),
+                        },
+                    );
                 } else {
                     i += 1;
                 }
@@ -509,7 +519,12 @@ impl Control {
             }
             Device::Vec => return now(Reply::no_device()),
         };
-        let Some(slot) = self.slots.iter().find(|(_, u, _)| *u == target).map(|s| s.0) else {
+        let Some(slot) = self
+            .slots
+            .iter()
+            .find(|(_, u, _)| *u == target)
+            .map(|s| s.0)
+        else {
             return now(Reply::no_device());
         };
         if self.pending.iter().any(|p| p.slot == slot) {
@@ -530,6 +545,8 @@ impl Control {
 }
 
 /// A virtio device that is also an event-loop subscriber.
-pub trait VirtioSub: devices::virtio::VirtioDevice + event_manager::MutEventSubscriber + Send {}
+pub trait VirtioSub:
+    devices::virtio::VirtioDevice + event_manager::MutEventSubscriber + Send
+{
+}
 impl<T: devices::virtio::VirtioDevice + event_manager::MutEventSubscriber + Send> VirtioSub for T {}
-

@@ -148,7 +148,9 @@ struct DeviceMsi {
 impl MsiRouting for DeviceMsi {
     fn set_vector(&self, vector: u16, msg: Option<MsiMessage>) -> io::Result<()> {
         if usize::from(vector) >= self.irqfds.len() {
-            return Err(io::Error::other(format!("MSI-X vector {vector} out of range")));
+            return Err(io::Error::other(format!(
+                "MSI-X vector {vector} out of range"
+            )));
         }
         let gsi = self.base + u32::from(vector);
         self.routes.set(gsi, msg.map(|m| msi_route(gsi, m)))
@@ -157,7 +159,9 @@ impl MsiRouting for DeviceMsi {
     fn trigger(&self, vector: u16) -> io::Result<()> {
         match self.irqfds.get(usize::from(vector)) {
             Some(fd) => fd.write(1),
-            None => Err(io::Error::other(format!("MSI-X vector {vector} out of range"))),
+            None => Err(io::Error::other(format!(
+                "MSI-X vector {vector} out of range"
+            ))),
         }
     }
 }
@@ -174,9 +178,9 @@ struct BarMover {
 impl BarHook for BarMover {
     fn bar_moved(&self, slot: u8, mv: BarMove) -> io::Result<()> {
         let in_window = |a: u64| {
-            self.windows
-                .iter()
-                .any(|(start, end)| a >= *start && a.checked_add(mv.size).is_some_and(|e| e <= *end))
+            self.windows.iter().any(|(start, end)| {
+                a >= *start && a.checked_add(mv.size).is_some_and(|e| e <= *end)
+            })
         };
         if !in_window(mv.new) {
             return Err(io::Error::other(format!(
@@ -259,7 +263,11 @@ pub fn locked<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl DeviceManager {
     /// A manager with empty buses and the PCI root at 0xCF8.
-    pub fn new(vm: Arc<VmFd>, mem: GuestMemory, mem_size: u64) -> Result<DeviceManager, DeviceError> {
+    pub fn new(
+        vm: Arc<VmFd>,
+        mem: GuestMemory,
+        mem_size: u64,
+    ) -> Result<DeviceManager, DeviceError> {
         let mmio64 = layout::mmio64_start(mem_size);
         let mut pio = Bus::new();
         let mmio = Arc::new(RwLock::new(Bus::new()));
@@ -293,7 +301,12 @@ impl DeviceManager {
     }
 
     /// Maps a legacy device at fixed ports.
-    pub fn add_pio(&self, dev: Arc<Mutex<dyn BusDevice>>, base: u64, len: u64) -> Result<(), DeviceError> {
+    pub fn add_pio(
+        &self,
+        dev: Arc<Mutex<dyn BusDevice>>,
+        base: u64,
+        len: u64,
+    ) -> Result<(), DeviceError> {
         self.pio
             .write()
             .unwrap_or_else(|e| e.into_inner())
@@ -302,7 +315,12 @@ impl DeviceManager {
     }
 
     /// Maps a platform device on the MMIO bus.
-    pub fn add_mmio(&self, dev: Arc<Mutex<dyn BusDevice>>, base: u64, len: u64) -> Result<(), DeviceError> {
+    pub fn add_mmio(
+        &self,
+        dev: Arc<Mutex<dyn BusDevice>>,
+        base: u64,
+        len: u64,
+    ) -> Result<(), DeviceError> {
         self.mmio
             .write()
             .unwrap_or_else(|e| e.into_inner())
@@ -376,7 +394,10 @@ impl DeviceManager {
         }
         locked(&self.pci_devices).insert(slot, transport.clone());
         self.plugged.insert(slot, routing);
-        log::info!("virtio device in PCI slot {slot}, BAR {bar:#x}, GSIs {base}..{}", base + vectors);
+        log::info!(
+            "virtio device in PCI slot {slot}, BAR {bar:#x}, GSIs {base}..{}",
+            base + vectors
+        );
         Ok(PluggedDevice { slot, transport })
     }
 }
@@ -437,10 +458,19 @@ mod tests {
 
     #[test]
     fn msi_route_splits_the_address() {
-        let e = msi_route(30, MsiMessage { address: 0x1_fee0_1000, data: 0x4041 });
+        let e = msi_route(
+            30,
+            MsiMessage {
+                address: 0x1_fee0_1000,
+                data: 0x4041,
+            },
+        );
         // SAFETY: reading the union member this route was built with.
         let msi = unsafe { e.u.msi };
         assert_eq!((e.gsi, e.type_), (30, KVM_IRQ_ROUTING_MSI));
-        assert_eq!((msi.address_lo, msi.address_hi, msi.data), (0xfee0_1000, 1, 0x4041));
+        assert_eq!(
+            (msi.address_lo, msi.address_hi, msi.data),
+            (0xfee0_1000, 1, 0x4041)
+        );
     }
 }

@@ -2,8 +2,8 @@
 
 use std::sync::{Arc, Mutex};
 
-use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
 use crate::sys::signalfd::SignalFd;
+use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
 
 use std::os::fd::AsRawFd;
 
@@ -162,7 +162,8 @@ pub fn run(
             return Ok(reason);
         }
         let timeout = if control.has_pending() { 20 } else { 1000 };
-        em.run_with_timeout(timeout).map_err(EventLoopError::Epoll)?;
+        em.run_with_timeout(timeout)
+            .map_err(EventLoopError::Epoll)?;
         let requests = std::mem::take(&mut *locked(&queue));
         for inc in requests {
             match control.handle(machine, &mut em, &inc.client, inc.command) {

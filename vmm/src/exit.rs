@@ -86,7 +86,10 @@ impl ExitState {
 
     /// The reason, if any.
     pub fn get(&self) -> Option<VmExit> {
-        self.reason.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.reason
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Maps a vCPU event.

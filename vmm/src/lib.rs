@@ -7,5 +7,5 @@ pub mod control;
 pub mod device_manager;
 pub mod event_loop;
 pub mod exit;
-pub mod vstate;
 pub mod sys;
+pub mod vstate;

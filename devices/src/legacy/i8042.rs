@@ -254,7 +254,10 @@ mod tests {
         assert_eq!(key_make_code('1'), Some(0x02));
         assert_eq!(key_make_code('0'), Some(0x0b));
         assert_eq!(key_make_code('!'), None);
-        assert_eq!(sysrq_scancodes('m'), Some(vec![0x38, 0x54, 0x32, 0xb2, 0xd4, 0xb8]));
+        assert_eq!(
+            sysrq_scancodes('m'),
+            Some(vec![0x38, 0x54, 0x32, 0xb2, 0xd4, 0xb8])
+        );
     }
 
     #[test]
@@ -275,7 +278,11 @@ mod tests {
         let (mut d, _) = dev();
         d.write(u64::from(DATA_PORT), 0, &[0xf2]);
         assert_eq!(
-            [read(&mut d, DATA_PORT), read(&mut d, DATA_PORT), read(&mut d, DATA_PORT)],
+            [
+                read(&mut d, DATA_PORT),
+                read(&mut d, DATA_PORT),
+                read(&mut d, DATA_PORT)
+            ],
             [ACK, 0xab, 0x83]
         );
         d.inject_scancodes(&CTRL_ALT_DEL);

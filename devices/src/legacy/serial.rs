@@ -101,7 +101,9 @@ impl SerialDevice {
 
     /// Queues input for the guest; returns how many bytes were accepted.
     pub fn enqueue(&mut self, input: &[u8]) -> usize {
-        let n = input.len().min(MAX_PENDING.saturating_sub(self.pending.len()));
+        let n = input
+            .len()
+            .min(MAX_PENDING.saturating_sub(self.pending.len()));
         self.pending.extend(&input[..n]);
         self.refill();
         n

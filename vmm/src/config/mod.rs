@@ -378,7 +378,11 @@ mod tests {
     #[test]
     fn bad_values_name_the_argument() {
         let err = |a: &str| parse([a]).unwrap_err().to_string();
-        assert!(err("mem=12Q").starts_with("mem=12Q: "), "{}", err("mem=12Q"));
+        assert!(
+            err("mem=12Q").starts_with("mem=12Q: "),
+            "{}",
+            err("mem=12Q")
+        );
         assert!(err("ncpus=0").starts_with("ncpus=0: "));
         assert!(err("ncpus=65").starts_with("ncpus=65: "));
         assert!(err("ncpus=x").starts_with("ncpus=x: "));

@@ -29,7 +29,11 @@ pub fn vd_name(position: usize) -> String {
 fn vd_for(unit: u32, part: u32, units: &[usize]) -> Option<String> {
     let pos = units.iter().position(|u| *u as u32 == unit)?;
     let disk = vd_name(pos);
-    Some(if part == 0 { disk } else { format!("{disk}{part}") })
+    Some(if part == 0 {
+        disk
+    } else {
+        format!("{disk}{part}")
+    })
 }
 
 /// `ubda`, `ubdb3`, `ubd0`, `ubd1p2`… → (unit, partition).
@@ -38,7 +42,11 @@ fn parse_ubd_name(name: &str) -> Option<(u32, u32)> {
     let first = rest.chars().next()?;
     if first.is_ascii_lowercase() {
         let part = &rest[1..];
-        let part = if part.is_empty() { 0 } else { part.parse().ok()? };
+        let part = if part.is_empty() {
+            0
+        } else {
+            part.parse().ok()?
+        };
         return Some((u32::from(first as u8 - b'a'), part));
     }
     let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
@@ -69,9 +77,14 @@ fn rewrite_value(value: &str, units: &[usize]) -> Option<String> {
 pub fn rewrite_root(words: &[String], units: &[usize]) -> Vec<String> {
     let mut out: Vec<String> = words
         .iter()
-        .map(|w| match w.strip_prefix("root=").and_then(|v| rewrite_value(v, units)) {
-            Some(v) => format!("root={v}"),
-            None => w.clone(),
+        .map(|w| {
+            match w
+                .strip_prefix("root=")
+                .and_then(|v| rewrite_value(v, units))
+            {
+                Some(v) => format!("root={v}"),
+                None => w.clone(),
+            }
         })
         .collect();
     if !words.iter().any(|w| w.starts_with("root=")) && units.contains(&0) {
@@ -106,19 +119,40 @@ mod tests {
     #[test]
     fn rewrites_uml_roots() {
         let units = [0, 2];
-        assert_eq!(rewrite_root(&w(&["root=/dev/ubda"]), &units), w(&["root=/dev/vda"]));
-        assert_eq!(rewrite_root(&w(&["root=98:0"]), &units), w(&["root=/dev/vda"]));
-        assert_eq!(rewrite_root(&w(&["root=98:33"]), &units), w(&["root=/dev/vdb1"]));
-        assert_eq!(rewrite_root(&w(&["root=/dev/ubdc1"]), &units), w(&["root=/dev/vdb1"]));
+        assert_eq!(
+            rewrite_root(&w(&["root=/dev/ubda"]), &units),
+            w(&["root=/dev/vda"])
+        );
+        assert_eq!(
+            rewrite_root(&w(&["root=98:0"]), &units),
+            w(&["root=/dev/vda"])
+        );
+        assert_eq!(
+            rewrite_root(&w(&["root=98:33"]), &units),
+            w(&["root=/dev/vdb1"])
+        );
+        assert_eq!(
+            rewrite_root(&w(&["root=/dev/ubdc1"]), &units),
+            w(&["root=/dev/vdb1"])
+        );
         // Not a plugged unit, or not a ubd: left alone.
-        assert_eq!(rewrite_root(&w(&["root=/dev/ubdb"]), &units), w(&["root=/dev/ubdb"]));
-        assert_eq!(rewrite_root(&w(&["root=/dev/sda1"]), &units), w(&["root=/dev/sda1"]));
+        assert_eq!(
+            rewrite_root(&w(&["root=/dev/ubdb"]), &units),
+            w(&["root=/dev/ubdb"])
+        );
+        assert_eq!(
+            rewrite_root(&w(&["root=/dev/sda1"]), &units),
+            w(&["root=/dev/sda1"])
+        );
         assert_eq!(rewrite_root(&w(&["root=8:1"]), &units), w(&["root=8:1"]));
     }
 
     #[test]
     fn default_root_is_the_first_disk() {
-        assert_eq!(rewrite_root(&w(&["quiet"]), &[0]), w(&["quiet", "root=/dev/vda"]));
+        assert_eq!(
+            rewrite_root(&w(&["quiet"]), &[0]),
+            w(&["quiet", "root=/dev/vda"])
+        );
         assert_eq!(rewrite_root(&w(&["quiet"]), &[1]), w(&["quiet"]));
         assert_eq!(rewrite_root(&w(&["quiet"]), &[]), w(&["quiet"]));
     }

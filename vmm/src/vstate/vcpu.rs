@@ -106,9 +106,17 @@ impl VcpuHandle {
 
     /// Pauses the vCPU and waits until it is out of KVM_RUN.
     pub fn pause(&self) {
-        *self.control.paused.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        *self
+            .control
+            .paused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = true;
         for _ in 0..500 {
-            if *self.control.parked.lock().unwrap_or_else(|e| e.into_inner())
+            if *self
+                .control
+                .parked
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
                 || self.thread.as_ref().is_none_or(|t| t.is_finished())
             {
                 return;
@@ -121,7 +129,11 @@ impl VcpuHandle {
 
     /// Resumes a paused vCPU.
     pub fn resume(&self) {
-        *self.control.paused.lock().unwrap_or_else(|e| e.into_inner()) = false;
+        *self
+            .control
+            .paused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = false;
         self.control.cond.notify_all();
     }
 
@@ -193,7 +205,9 @@ fn run(index: u8, vcpu: &mut VcpuFd, ctx: &VcpuContext, control: &VcpuControl) {
                 vcpu.set_kvm_immediate_exit(0);
                 None
             }
-            Err(e) => Some(VcpuEvent::Crash(format!("vCPU {index}: KVM_RUN failed: {e}"))),
+            Err(e) => Some(VcpuEvent::Crash(format!(
+                "vCPU {index}: KVM_RUN failed: {e}"
+            ))),
         };
         if let Some(ev) = event {
             (ctx.on_event)(ev);

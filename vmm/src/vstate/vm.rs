@@ -55,7 +55,9 @@ impl Vm {
                 return Err(VmError::Unsupported(what));
             }
         }
-        let fd = kvm.create_vm().map_err(|e| VmError::Kvm("create a VM", e))?;
+        let fd = kvm
+            .create_vm()
+            .map_err(|e| VmError::Kvm("create a VM", e))?;
         let supported_cpuid = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(|e| VmError::Kvm("report its CPUID", e))?;

@@ -10,7 +10,9 @@ use acpi_tables::aml::{
 };
 use acpi_tables::fadt::{FADTBuilder, Flags};
 use acpi_tables::gas::{AccessSize, AddressSpace as GasSpace, GAS};
-use acpi_tables::madt::{EnabledStatus, IoApic, LocalInterruptController, ProcessorLocalApic, MADT};
+use acpi_tables::madt::{
+    EnabledStatus, IoApic, LocalInterruptController, ProcessorLocalApic, MADT,
+};
 use acpi_tables::rsdp::Rsdp;
 use acpi_tables::sdt::Sdt;
 use acpi_tables::xsdt::XSDT;
@@ -70,7 +72,13 @@ pub struct AcpiConfig<'a> {
 }
 
 fn io_gas(port: u16) -> GAS {
-    GAS::new(GasSpace::SystemIo, 8, 0, AccessSize::ByteAccess, u64::from(port))
+    GAS::new(
+        GasSpace::SystemIo,
+        8,
+        0,
+        AccessSize::ByteAccess,
+        u64::from(port),
+    )
 }
 
 /// The DSDT body: `\_S5`, the PCI root bridge and the pvpanic device.
@@ -80,7 +88,12 @@ pub fn dsdt(cfg: &AcpiConfig) -> Vec<u8> {
 
     let mmio64_start = layout::mmio64_start(cfg.mem_size);
     let bus = AddressSpace::new_bus_number(0u16, 0u16);
-    let cfg_io = aml::IO::new(PCI_CONFIG_PORTS.0, PCI_CONFIG_PORTS.0, 1, PCI_CONFIG_PORTS.1 as u8);
+    let cfg_io = aml::IO::new(
+        PCI_CONFIG_PORTS.0,
+        PCI_CONFIG_PORTS.0,
+        1,
+        PCI_CONFIG_PORTS.1 as u8,
+    );
     let io_low = AddressSpace::new_io(0u16, PCI_CONFIG_PORTS.0 - 1, None);
     let io_high = AddressSpace::new_io(0xd00u16, 0xffffu16, None);
     let mem32 = AddressSpace::new_memory(
@@ -212,11 +225,26 @@ pub fn build(cfg: &AcpiConfig) -> Vec<Table> {
 
     let rsdp_bytes = to_bytes(&Rsdp::new(OEM_ID, xsdt_addr));
     vec![
-        Table { addr: layout::RSDP, bytes: rsdp_bytes },
-        Table { addr: dsdt_addr, bytes: dsdt_bytes },
-        Table { addr: fadt_addr, bytes: fadt_bytes },
-        Table { addr: madt_addr, bytes: madt_bytes },
-        Table { addr: xsdt_addr, bytes: xsdt_bytes },
+        Table {
+            addr: layout::RSDP,
+            bytes: rsdp_bytes,
+        },
+        Table {
+            addr: dsdt_addr,
+            bytes: dsdt_bytes,
+        },
+        Table {
+            addr: fadt_addr,
+            bytes: fadt_bytes,
+        },
+        Table {
+            addr: madt_addr,
+            bytes: madt_bytes,
+        },
+        Table {
+            addr: xsdt_addr,
+            bytes: xsdt_bytes,
+        },
     ]
 }
 
@@ -302,7 +330,10 @@ mod tests {
         assert_ne!(flags & (1 << 20), 0, "hardware-reduced");
         // Reset register GAS at 116: system I/O, port PM_RESET.
         assert_eq!(fadt[116], 1);
-        assert_eq!(u64::from_le_bytes(fadt[120..128].try_into().unwrap()), u64::from(PM_RESET));
+        assert_eq!(
+            u64::from_le_bytes(fadt[120..128].try_into().unwrap()),
+            u64::from(PM_RESET)
+        );
         assert_eq!(fadt[128], PM_RESET_VALUE);
     }
 

@@ -177,7 +177,10 @@ pub struct BootInfo<'a> {
 }
 
 /// PURE: builds the zero page.
-pub fn boot_params_for(info: &BootInfo, hdr: Option<&setup_header>) -> Result<boot_params, BootError> {
+pub fn boot_params_for(
+    info: &BootInfo,
+    hdr: Option<&setup_header>,
+) -> Result<boot_params, BootError> {
     if info.cmdline.len() > layout::CMDLINE_MAX {
         return Err(BootError::CmdlineTooLong(info.cmdline.len()));
     }
@@ -244,10 +247,19 @@ mod tests {
 
     #[test]
     fn initrd_goes_high_and_aligned() {
-        assert_eq!(initrd_address(0x1800, 0x800_0000, u64::MAX, 0), Some(0x7ffe000));
-        assert_eq!(initrd_address(0x1000, 0x1_0000_0000, 0x7fff_ffff, 0), Some(0x7fff_f000));
+        assert_eq!(
+            initrd_address(0x1800, 0x800_0000, u64::MAX, 0),
+            Some(0x7ffe000)
+        );
+        assert_eq!(
+            initrd_address(0x1000, 0x1_0000_0000, 0x7fff_ffff, 0),
+            Some(0x7fff_f000)
+        );
         assert_eq!(initrd_address(0x900_0000, 0x800_0000, u64::MAX, 0), None);
-        assert_eq!(initrd_address(0x100_0000, 0x800_0000, u64::MAX, 0x780_0000), None);
+        assert_eq!(
+            initrd_address(0x100_0000, 0x800_0000, u64::MAX, 0x780_0000),
+            None
+        );
     }
 
     #[test]
@@ -260,7 +272,12 @@ mod tests {
         };
         let p = boot_params_for(&info, None).unwrap();
         let hdr = p.hdr;
-        let (header, flag, ptr, size) = (hdr.header, hdr.boot_flag, hdr.cmd_line_ptr, hdr.cmdline_size);
+        let (header, flag, ptr, size) = (
+            hdr.header,
+            hdr.boot_flag,
+            hdr.cmd_line_ptr,
+            hdr.cmdline_size,
+        );
         assert_eq!(header, HDRS_MAGIC);
         assert_eq!(flag, BOOT_FLAG);
         assert_eq!(ptr, layout::CMDLINE as u32);
@@ -271,7 +288,13 @@ mod tests {
         assert_eq!(rsdp, layout::RSDP);
         assert_eq!(p.e820_entries, 3);
         let long = "x".repeat(layout::CMDLINE_MAX + 1);
-        let info = BootInfo { cmdline: &long, ..info };
-        assert!(matches!(boot_params_for(&info, None), Err(BootError::CmdlineTooLong(_))));
+        let info = BootInfo {
+            cmdline: &long,
+            ..info
+        };
+        assert!(matches!(
+            boot_params_for(&info, None),
+            Err(BootError::CmdlineTooLong(_))
+        ));
     }
 }

@@ -18,7 +18,9 @@ const LEVEL_CORE: u32 = 2;
 
 /// Bits needed to number `n` cores (`ceil(log2(n))`).
 fn id_bits(n: u8) -> u32 {
-    (u32::from(n.max(1)) - 1).checked_ilog2().map_or(0, |b| b + 1)
+    (u32::from(n.max(1)) - 1)
+        .checked_ilog2()
+        .map_or(0, |b| b + 1)
 }
 
 /// Rewrites `entries` for vCPU `cpu` of `ncpus`.
@@ -107,9 +109,6 @@ mod tests {
 
     #[test]
     fn id_bits_rounds_up() {
-        assert_eq!(
-            [1, 2, 3, 4, 5, 64].map(id_bits),
-            [0, 1, 2, 2, 3, 6]
-        );
+        assert_eq!([1, 2, 3, 4, 5, 64].map(id_bits), [0, 1, 2, 2, 3, 6]);
     }
 }

@@ -1,6 +1,6 @@
 //! Boot-time vCPU state: registers, segments, page tables, FPU and local APIC.
 
-use kvm_bindings::{kvm_fpu, kvm_regs, kvm_sregs, Msrs, kvm_msr_entry};
+use kvm_bindings::{kvm_fpu, kvm_msr_entry, kvm_regs, kvm_sregs, Msrs};
 use kvm_ioctls::VcpuFd;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -59,7 +59,8 @@ pub fn setup_boot_cpu(vcpu: &VcpuFd, entry: u64) -> Result<(), RegsError> {
         rsi: layout::ZERO_PAGE,
         ..Default::default()
     };
-    vcpu.set_regs(&regs).map_err(|e| RegsError::Kvm("registers", e))?;
+    vcpu.set_regs(&regs)
+        .map_err(|e| RegsError::Kvm("registers", e))?;
 
     let mut sregs: kvm_sregs = vcpu
         .get_sregs()
@@ -98,7 +99,8 @@ pub fn setup_common(vcpu: &VcpuFd) -> Result<(), RegsError> {
         .collect();
     let msrs = Msrs::from_entries(&entries)
         .map_err(|_| RegsError::Kvm("MSRs", kvm_ioctls::Error::new(libc::E2BIG)))?;
-    vcpu.set_msrs(&msrs).map_err(|e| RegsError::Kvm("MSRs", e))?;
+    vcpu.set_msrs(&msrs)
+        .map_err(|e| RegsError::Kvm("MSRs", e))?;
 
     let fpu = kvm_fpu {
         fcw: 0x37f,
@@ -111,7 +113,8 @@ pub fn setup_common(vcpu: &VcpuFd) -> Result<(), RegsError> {
     let mut lapic = vcpu.get_lapic().map_err(|e| RegsError::Kvm("LAPIC", e))?;
     set_lvt(&mut lapic.regs, 0x350, 0x7 << 8);
     set_lvt(&mut lapic.regs, 0x360, 0x4 << 8);
-    vcpu.set_lapic(&lapic).map_err(|e| RegsError::Kvm("LAPIC", e))
+    vcpu.set_lapic(&lapic)
+        .map_err(|e| RegsError::Kvm("LAPIC", e))
 }
 
 /// Sets the delivery mode of the LVT register at `offset` in the LAPIC page.
