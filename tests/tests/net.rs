@@ -1,0 +1,903 @@
+//! Network: kuml guests on the tuntap, mcast and daemon (uml_switch) transports, reached by
+//! ARP and ICMP echo that the guest KERNEL answers (`ip=` configures eth0 without user space,
+//! so this works on PVM hosts too), and QEMU as a second, independent implementation on the
+//! same multicast group.
+//!
+//! NETWORK SAFETY: every test creates its own named network namespace (`ip netns add`) and
+//! deletes it on drop, also when the test panics. The test body runs on a thread that has
+//! joined that namespace with setns(2); kuml, QEMU and uml_switch are spawned from that thread
+//! and therefore run in the namespace exactly as under `ip netns exec <ns>`. Packets only go to
+//! addresses that exist inside the namespace.
+
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use kuml_e2e::{artifact, host_guest_options, TestVm, VmOptions};
+
+/// Boot bounds only catch hangs (PVM boots take ~35-60 s, more on a loaded host).
+const BOOT: Duration = Duration::from_secs(300);
+/// How long a guest kernel may take to answer (emulated on PVM hosts).
+const ANSWER: Duration = Duration::from_secs(60);
+
+const MASK: &str = "255.255.255.0";
+const GUEST_A: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 15);
+const GUEST_B: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 16);
+const QEMU_GUEST: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 17);
+const HOST: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 1);
+/// The test peer on the mcast group / switch.
+const PEER: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 99);
+const PEER_MAC: [u8; 6] = [0x02, 0x6b, 0x75, 0x6d, 0x6c, 0x99];
+/// An address outside the guests' /24: replies to it go through the guest's gateway.
+const FAR: Ipv4Addr = Ipv4Addr::new(10, 9, 9, 9);
+const GROUP: Ipv4Addr = Ipv4Addr::new(239, 192, 168, 1);
+const MCAST_PORT: u16 = 1102;
+
+// ------------------------------------------------------------------ namespaces
+
+/// A named network namespace, deleted on drop (also when the test panics).
+struct Netns {
+    name: String,
+}
+
+impl Netns {
+    fn new(tag: &str) -> Netns {
+        let name = format!("kuml-e2e-{tag}-{}", std::process::id());
+        // A stale one from a killed run of this same test and pid cannot exist; any other
+        // name is not ours and is left alone.
+        run("ip", &["netns", "add", &name]);
+        let ns = Netns { name };
+        ns.ip("link set lo up");
+        ns
+    }
+
+    /// `ip -n <ns> <args>`, panicking on failure.
+    fn ip(&self, args: &str) {
+        let mut a = vec!["-n", &self.name];
+        a.extend(args.split_whitespace());
+        run("ip", &a);
+    }
+
+    /// Output of `ip -n <ns> <args>`.
+    fn ip_out(&self, args: &str) -> String {
+        let out = Command::new("ip")
+            .args(["-n", &self.name])
+            .args(args.split_whitespace())
+            .output()
+            .expect("TEST CANNOT RUN: cannot run `ip`");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Multicast on the namespace's loopback (the mcast transport's only interface).
+    fn multicast(&self) {
+        self.ip("link set lo multicast on");
+        self.ip("route add 224.0.0.0/4 dev lo");
+    }
+
+    /// Runs `f` on a thread that has joined this namespace; processes it spawns run there.
+    fn run<R: Send + 'static>(&self, f: impl FnOnce() -> R + Send + 'static) -> R {
+        let path = PathBuf::from("/run/netns").join(&self.name);
+        let t = std::thread::spawn(move || {
+            let ns = std::fs::File::open(&path)
+                .unwrap_or_else(|e| panic!("TEST CANNOT RUN: open {}: {e}", path.display()));
+            // SAFETY: setns on a descriptor we own; CLONE_NEWNET moves only this thread.
+            let r = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(
+                r,
+                0,
+                "TEST CANNOT RUN: setns into {}: {} (needs root)",
+                path.display(),
+                std::io::Error::last_os_error()
+            );
+            f()
+        });
+        t.join().unwrap_or_else(|e| std::panic::resume_unwind(e))
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+fn run(prog: &str, args: &[&str]) {
+    let out = Command::new(prog)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("TEST CANNOT RUN: cannot run `{prog}`: {e}"));
+    assert!(
+        out.status.success(),
+        "{prog} {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+// ------------------------------------------------------------------ guests
+
+/// `ip=<addr>::<gw>:<mask>::eth0:off`: the guest kernel configures eth0 by itself.
+fn ip_arg(addr: Ipv4Addr, gw: Ipv4Addr) -> String {
+    format!("ip={addr}::{gw}:{MASK}::eth0:off")
+}
+
+/// Starts a kuml guest with `eth0=<eth>`, `ip=` and `extra` guest words (several guests boot
+/// in parallel; [`ready`] waits for each).
+fn start_guest(name: &str, eth: &str, addr: Ipv4Addr, gw: Ipv4Addr, extra: &[&str]) -> TestVm {
+    let mut args = vec![
+        format!("kernel={}", artifact("vmlinux").display()),
+        format!("initrd={}", artifact("initramfs.cpio.gz").display()),
+        "mem=128M".to_owned(),
+        "noreboot".to_owned(),
+        format!("eth0={eth}"),
+        ip_arg(addr, gw),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    TestVm::start(
+        name,
+        VmOptions {
+            args,
+            agent_tty: Some("hvc0".into()),
+            ..VmOptions::default()
+        },
+    )
+}
+
+/// Waits until the guest's kernel has configured eth0 with `addr` and the test agent is up
+/// (the agent only proves the kernel got that far and is alive).
+fn ready(vm: &mut TestVm, addr: Ipv4Addr) {
+    let out = vm.wait_for("IP-Config: Complete", BOOT);
+    vm.wait_agent(BOOT);
+    let tail = &out[out.rfind("IP-Config: Complete").unwrap_or(0)..];
+    assert!(
+        tail.contains(&format!("addr={addr}")),
+        "the kernel did not take the ip= address {addr}: {tail}"
+    );
+}
+
+fn kuml_guest(name: &str, eth: &str, addr: Ipv4Addr, gw: Ipv4Addr) -> TestVm {
+    let mut vm = start_guest(name, eth, addr, gw, &[]);
+    ready(&mut vm, addr);
+    vm
+}
+
+/// A QEMU microvm guest with the same kernel, a virtio-net-device on `-netdev <netdev>` and
+/// `ip=`; the in-kernel agent on ttyS0 keeps the kernel alive without user space. Killed (by
+/// its own pid) on drop.
+struct Qemu {
+    child: Child,
+    log: PathBuf,
+    _stdin: Option<std::process::ChildStdin>,
+}
+
+impl Qemu {
+    fn start(log: &Path, netdev: &str, mac: &str, addr: Ipv4Addr, gw: Ipv4Addr) -> Qemu {
+        let mut append = vec![
+            "console=ttyS0".to_owned(),
+            "kuml.agent=ttyS0".to_owned(),
+            ip_arg(addr, gw),
+        ];
+        append.extend(host_guest_options());
+        let out = std::fs::File::create(log).expect("create the QEMU log");
+        let mut child = Command::new("qemu-system-x86_64")
+            .args([
+                "-M", "microvm", "-accel", "kvm", "-cpu", "host", "-m", "128",
+            ])
+            .args([
+                "-smp",
+                "1",
+                "-nodefaults",
+                "-no-user-config",
+                "-display",
+                "none",
+            ])
+            .args(["-no-reboot", "-serial", "stdio"])
+            .arg("-kernel")
+            .arg(artifact("vmlinux"))
+            .arg("-initrd")
+            .arg(artifact("initramfs.cpio.gz"))
+            .args(["-append", &append.join(" ")])
+            .args(["-netdev", &format!("{netdev},id=n0")])
+            .args(["-device", &format!("virtio-net-device,netdev=n0,mac={mac}")])
+            .stdin(Stdio::piped())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("TEST CANNOT RUN: cannot start qemu-system-x86_64");
+        let stdin = child.stdin.take();
+        Qemu {
+            child,
+            log: log.to_owned(),
+            _stdin: stdin,
+        }
+    }
+
+    fn output(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(&self.log).unwrap_or_default()).into_owned()
+    }
+
+    fn wait_for(&mut self, pattern: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let out = self.output();
+            if out.contains(pattern) {
+                return;
+            }
+            let exited = self.child.try_wait().ok().flatten();
+            if exited.is_some() || Instant::now() >= deadline {
+                let tail: Vec<&str> = out.lines().rev().take(30).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                panic!(
+                    "QEMU guest: {pattern:?} not seen ({})\n{}",
+                    exited.map_or("timeout".to_owned(), |s| format!("exited: {s}")),
+                    tail.join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Qemu {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("QEMU log kept: {}", self.log.display());
+        }
+    }
+}
+
+/// A process (uml_switch) killed by its own pid on drop.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+// ------------------------------------------------------------------ frames
+
+fn eth_header(dst: [u8; 6], src: [u8; 6], ethertype: u16) -> Vec<u8> {
+    let mut f = Vec::with_capacity(64);
+    f.extend_from_slice(&dst);
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&ethertype.to_be_bytes());
+    f
+}
+
+/// A broadcast ARP request "who has `target`? tell `sip` at `smac`".
+fn arp_request(smac: [u8; 6], sip: Ipv4Addr, target: Ipv4Addr) -> Vec<u8> {
+    let mut f = eth_header([0xff; 6], smac, 0x0806);
+    f.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
+    f.extend_from_slice(&smac);
+    f.extend_from_slice(&sip.octets());
+    f.extend_from_slice(&[0; 6]);
+    f.extend_from_slice(&target.octets());
+    f
+}
+
+/// An ARP reply "`sip` is at `smac`" to `tmac`/`tip`.
+fn arp_reply(smac: [u8; 6], sip: Ipv4Addr, tmac: [u8; 6], tip: Ipv4Addr) -> Vec<u8> {
+    let mut f = eth_header(tmac, smac, 0x0806);
+    f.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 2]);
+    f.extend_from_slice(&smac);
+    f.extend_from_slice(&sip.octets());
+    f.extend_from_slice(&tmac);
+    f.extend_from_slice(&tip.octets());
+    f
+}
+
+/// (opcode, sender MAC, sender IP, target MAC, target IP) of an ARP frame.
+fn parse_arp(f: &[u8]) -> Option<(u16, [u8; 6], Ipv4Addr, [u8; 6], Ipv4Addr)> {
+    if f.len() < 42 || f[12..14] != [8, 6] || f[14..20] != [0, 1, 8, 0, 6, 4] {
+        return None;
+    }
+    let ip = |o: usize| Ipv4Addr::new(f[o], f[o + 1], f[o + 2], f[o + 3]);
+    let mac = |o: usize| <[u8; 6]>::try_from(&f[o..o + 6]).unwrap();
+    Some((
+        u16::from_be_bytes([f[20], f[21]]),
+        mac(22),
+        ip(28),
+        mac(32),
+        ip(38),
+    ))
+}
+
+fn checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = data
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// An ICMP echo request frame.
+fn icmp_echo(
+    dst: [u8; 6],
+    src: [u8; 6],
+    sip: Ipv4Addr,
+    dip: Ipv4Addr,
+    id: u16,
+    seq: u16,
+) -> Vec<u8> {
+    let payload = b"kuml-e2e network test payload";
+    let mut icmp = vec![8, 0, 0, 0];
+    icmp.extend_from_slice(&id.to_be_bytes());
+    icmp.extend_from_slice(&seq.to_be_bytes());
+    icmp.extend_from_slice(payload);
+    let c = checksum(&icmp);
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    let total = (20 + icmp.len()) as u16;
+    let mut iph = vec![0x45, 0];
+    iph.extend_from_slice(&total.to_be_bytes());
+    iph.extend_from_slice(&[0, 0, 0x40, 0, 64, 1, 0, 0]);
+    iph.extend_from_slice(&sip.octets());
+    iph.extend_from_slice(&dip.octets());
+    let c = checksum(&iph);
+    iph[10..12].copy_from_slice(&c.to_be_bytes());
+    let mut f = eth_header(dst, src, 0x0800);
+    f.extend_from_slice(&iph);
+    f.extend_from_slice(&icmp);
+    f
+}
+
+/// (destination MAC, source IP, destination IP, id, seq) of an ICMP echo reply frame whose
+/// checksum is right and whose payload is ours.
+fn parse_echo_reply(f: &[u8]) -> Option<([u8; 6], Ipv4Addr, Ipv4Addr, u16, u16)> {
+    if f.len() < 34 || f[12..14] != [8, 0] || f[23] != 1 {
+        return None;
+    }
+    let ihl = usize::from(f[14] & 0x0f) * 4;
+    let total = usize::from(u16::from_be_bytes([f[16], f[17]]));
+    let icmp = f.get(14 + ihl..14 + total)?;
+    if icmp.len() < 8 || icmp[0] != 0 || checksum(icmp) != 0 {
+        return None;
+    }
+    if &icmp[8..] != b"kuml-e2e network test payload" {
+        return None;
+    }
+    let ip = |o: usize| Ipv4Addr::new(f[o], f[o + 1], f[o + 2], f[o + 3]);
+    Some((
+        <[u8; 6]>::try_from(&f[0..6]).unwrap(),
+        ip(26),
+        ip(30),
+        u16::from_be_bytes([icmp[4], icmp[5]]),
+        u16::from_be_bytes([icmp[6], icmp[7]]),
+    ))
+}
+
+fn mac_str(m: [u8; 6]) -> String {
+    m.map(|b| format!("{b:02x}")).join(":")
+}
+
+// ------------------------------------------------------------------ test peers
+
+/// Something that carries raw Ethernet frames: a multicast group or a switch port.
+trait Wire {
+    fn send_frame(&mut self, f: &[u8]);
+    /// The next frame within `timeout` (frames we sent ourselves are skipped).
+    fn recv_frame(&mut self, timeout: Duration) -> Option<Vec<u8>>;
+}
+
+/// A plain UDP socket joined to the group, written here independently of kuml's backend.
+struct McastPeer {
+    sock: UdpSocket,
+}
+
+impl McastPeer {
+    fn join() -> McastPeer {
+        // SAFETY: plain socket calls on a descriptor created and owned here; the option
+        // values live across the calls.
+        let sock = unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+            assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+            let sock = UdpSocket::from_raw_fd(fd);
+            let one: libc::c_int = 1;
+            let len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+            let p = (&one as *const libc::c_int).cast();
+            assert_eq!(
+                libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, p, len),
+                0
+            );
+            let addr = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: MCAST_PORT.to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from(GROUP).to_be(),
+                },
+                sin_zero: [0; 8],
+            };
+            let r = libc::bind(
+                fd,
+                (&addr as *const libc::sockaddr_in).cast(),
+                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            );
+            assert_eq!(
+                r,
+                0,
+                "bind {GROUP}:{MCAST_PORT}: {}",
+                std::io::Error::last_os_error()
+            );
+            sock
+        };
+        sock.set_multicast_loop_v4(true).unwrap();
+        sock.set_multicast_ttl_v4(1).unwrap();
+        sock.join_multicast_v4(&GROUP, &Ipv4Addr::UNSPECIFIED)
+            .expect("join the group (multicast route in the namespace?)");
+        McastPeer { sock }
+    }
+}
+
+impl Wire for McastPeer {
+    fn send_frame(&mut self, f: &[u8]) {
+        self.sock
+            .send_to(f, SocketAddrV4::new(GROUP, MCAST_PORT))
+            .expect("send to the group");
+    }
+
+    fn recv_frame(&mut self, timeout: Duration) -> Option<Vec<u8>> {
+        let deadline = Instant::now() + timeout;
+        let mut buf = [0u8; 2048];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            self.sock.set_read_timeout(Some(left)).unwrap();
+            match self.sock.recv(&mut buf) {
+                Ok(n) if n >= 14 && buf[6..12] != PEER_MAC => return Some(buf[..n].to_vec()),
+                Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(e) => panic!("recv from the group: {e}"),
+            }
+        }
+    }
+}
+
+/// A port on uml_switch through netdev's DaemonBackend.
+struct SwitchPeer(netdev::DaemonBackend);
+
+impl Wire for SwitchPeer {
+    fn send_frame(&mut self, f: &[u8]) {
+        netdev::Backend::send(&mut self.0, f).expect("send to the switch");
+    }
+
+    fn recv_frame(&mut self, timeout: Duration) -> Option<Vec<u8>> {
+        let deadline = Instant::now() + timeout;
+        let mut buf = vec![0u8; netdev::RECV_BUF_LEN];
+        loop {
+            match netdev::Backend::recv(&mut self.0, &mut buf) {
+                Ok(n) => return Some(buf[..n].to_vec()),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("recv from the switch: {e}"),
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            let mut pfd = libc::pollfd {
+                fd: self.0.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            let ms = i32::try_from(left.as_millis().max(1)).unwrap_or(i32::MAX);
+            // SAFETY: polls one live pollfd.
+            unsafe { libc::poll(&mut pfd, 1, ms) };
+        }
+    }
+}
+
+/// Sends `request` every second until `pick` accepts a received frame; panics after
+/// `timeout` naming `what` and how many frames were seen.
+fn exchange<T>(
+    w: &mut dyn Wire,
+    what: &str,
+    request: Option<&[u8]>,
+    timeout: Duration,
+    mut pick: impl FnMut(&[u8]) -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    let mut seen = 0;
+    loop {
+        if let Some(r) = request {
+            w.send_frame(r);
+        }
+        let round = Instant::now() + Duration::from_secs(1);
+        while Instant::now() < round {
+            let Some(f) = w.recv_frame(round.saturating_duration_since(Instant::now())) else {
+                break;
+            };
+            seen += 1;
+            // The peer plays HOST (the guests' default gateway) and PEER.
+            if let Some((1, smac, sip, _, tip)) = parse_arp(&f) {
+                if tip == HOST || tip == PEER {
+                    w.send_frame(&arp_reply(PEER_MAC, tip, smac, sip));
+                    continue;
+                }
+            }
+            if let Some(t) = pick(&f) {
+                return t;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: no answer within {timeout:?} ({seen} other frames seen)"
+        );
+    }
+}
+
+/// ARP-resolves `target` from the peer; returns its MAC.
+fn resolve(w: &mut dyn Wire, target: Ipv4Addr) -> [u8; 6] {
+    let req = arp_request(PEER_MAC, PEER, target);
+    exchange(
+        w,
+        &format!("ARP for {target}"),
+        Some(&req),
+        ANSWER,
+        |f| match parse_arp(f) {
+            Some((2, mac, sip, tmac, tip)) if sip == target && tip == PEER && tmac == PEER_MAC => {
+                Some(mac)
+            }
+            _ => None,
+        },
+    )
+}
+
+/// ICMP echo from the peer (as `from`) to `target` at `mac`; returns (the reply's
+/// destination MAC, round trip).
+fn ping(
+    w: &mut dyn Wire,
+    from: Ipv4Addr,
+    mac: [u8; 6],
+    target: Ipv4Addr,
+    seq: u16,
+) -> ([u8; 6], Duration) {
+    let req = icmp_echo(mac, PEER_MAC, from, target, 0x4b55, seq);
+    let t0 = Instant::now();
+    let dst = exchange(
+        w,
+        &format!("ICMP echo {from} -> {target}"),
+        Some(&req),
+        ANSWER,
+        |f| match parse_echo_reply(f) {
+            Some((dst, s, d, 0x4b55, q)) if s == target && d == from && q == seq => Some(dst),
+            _ => None,
+        },
+    );
+    (dst, t0.elapsed())
+}
+
+// ------------------------------------------------------------------ tuntap
+
+/// An ICMP echo from the namespace's own IP stack (a raw ICMP socket, i.e. what `ping`
+/// does) to `target`, resent every second until the reply arrives.
+fn host_ping(target: Ipv4Addr) -> Duration {
+    // SAFETY: creates a raw socket owned by the UdpSocket wrapper below (only used for
+    // send_to/recv, which are the same system calls on any datagram-style socket).
+    let sock = unsafe {
+        let fd = libc::socket(
+            libc::AF_INET,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::IPPROTO_ICMP,
+        );
+        assert!(
+            fd >= 0,
+            "TEST CANNOT RUN: raw ICMP socket: {}",
+            std::io::Error::last_os_error()
+        );
+        UdpSocket::from_raw_fd(fd)
+    };
+    let id = (std::process::id() & 0xffff) as u16;
+    let deadline = Instant::now() + ANSWER;
+    let t0 = Instant::now();
+    let mut seq = 0u16;
+    let mut buf = [0u8; 2048];
+    loop {
+        seq += 1;
+        let f = icmp_echo([0; 6], [0; 6], HOST, target, id, seq);
+        let icmp = &f[34..];
+        // Sent before the neighbour is resolved: the host kernel ARPs through the tap.
+        let _ = sock.send_to(icmp, SocketAddrV4::new(target, 0));
+        let round = Instant::now() + Duration::from_secs(1);
+        while let Some(left) = round.checked_duration_since(Instant::now()) {
+            sock.set_read_timeout(Some(left.max(Duration::from_millis(1))))
+                .unwrap();
+            let Ok((n, from)) = sock.recv_from(&mut buf) else {
+                break;
+            };
+            // Raw sockets deliver the IP header; a fake Ethernet header keeps one parser.
+            let mut frame = eth_header([0; 6], [0; 6], 0x0800);
+            frame.extend_from_slice(&buf[..n]);
+            if let Some((_, s, _, rid, _)) = parse_echo_reply(&frame) {
+                if s == target && rid == id && from.ip() == std::net::IpAddr::V4(target) {
+                    return t0.elapsed();
+                }
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no ICMP echo reply from {target} over the tap"
+        );
+    }
+}
+
+#[test]
+fn tuntap_existing_tap_guest_answers_arp_and_ping() {
+    let ns = Netns::new("tap");
+    ns.ip("tuntap add tap0 mode tap");
+    ns.ip(&format!("addr add {HOST}/24 dev tap0"));
+    ns.ip("link set tap0 up");
+    let _vm = ns.run(|| kuml_guest("net-tap", "tuntap,tap0", GUEST_A, HOST));
+    let rtt = ns.run(|| host_ping(GUEST_A));
+    eprintln!("guest answered the namespace's ping after {rtt:?}");
+    // The namespace's kernel resolved the guest over the tap.
+    let neigh = ns.ip_out("neigh show dev tap0");
+    assert!(
+        neigh.contains(&GUEST_A.to_string()) && neigh.contains("lladdr"),
+        "no neighbour entry for the guest: {neigh}"
+    );
+}
+
+#[test]
+fn tuntap_kuml_creates_the_tap_with_a_gate() {
+    let ns = Netns::new("tapgate");
+    // kuml creates tapN in the namespace and configures its host side like UML's uml_net
+    // helper: the gate address /32, link up; the route to the guest is learned from the
+    // guest's own frames.
+    let _vm = ns.run(|| kuml_guest("net-tapgate", &format!("tuntap,,,{HOST}"), GUEST_A, HOST));
+    let addrs = ns.ip_out("-o -4 addr show");
+    let line = addrs
+        .lines()
+        .find(|l| l.contains(&format!("inet {HOST}/32")))
+        .unwrap_or_else(|| panic!("no interface with the gate address {HOST}/32: {addrs}"));
+    let dev = line.split_whitespace().nth(1).unwrap().to_owned();
+    assert!(dev.starts_with("tap"), "gate on {dev}, not a tap: {line}");
+    ns.run(move || {
+        // The guest sends a frame when asked: an ARP request through the tap.
+        arp_via_packet_socket(&dev, GUEST_A);
+        let rtt = host_ping(GUEST_A);
+        eprintln!("guest behind {dev} answered after {rtt:?}");
+    });
+    let routes = ns.ip_out("route show");
+    assert!(
+        routes.contains(&GUEST_A.to_string()),
+        "no learned route: {routes}"
+    );
+}
+
+/// Sends ARP requests for `target` out of `dev` with an AF_PACKET socket (from the gate's
+/// address) until the guest's reply arrives.
+fn arp_via_packet_socket(dev: &str, target: Ipv4Addr) {
+    let cdev = std::ffi::CString::new(dev).unwrap();
+    // SAFETY: if_nametoindex reads a NUL-terminated string.
+    let ifindex = unsafe { libc::if_nametoindex(cdev.as_ptr()) };
+    assert!(ifindex > 0, "no interface {dev}");
+    // SAFETY: a packet socket owned by the wrapper below; sendto/recv on it.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            i32::from((libc::ETH_P_ARP as u16).to_be()),
+        )
+    };
+    assert!(
+        fd >= 0,
+        "TEST CANNOT RUN: packet socket: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: fd was just created and is owned here (closed by the wrapper).
+    let sock = unsafe { UdpSocket::from_raw_fd(fd) };
+    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    sll.sll_family = libc::AF_PACKET as u16;
+    sll.sll_protocol = (libc::ETH_P_ARP as u16).to_be();
+    sll.sll_ifindex = ifindex as i32;
+    sll.sll_halen = 6;
+    sll.sll_addr[..6].copy_from_slice(&[0xff; 6]);
+    let req = arp_request(PEER_MAC, HOST, target);
+    let deadline = Instant::now() + ANSWER;
+    let mut buf = [0u8; 2048];
+    loop {
+        // SAFETY: sendto with a valid buffer and sockaddr_ll.
+        unsafe {
+            libc::sendto(
+                fd,
+                req.as_ptr().cast(),
+                req.len(),
+                0,
+                (&sll as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+            )
+        };
+        sock.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+        while let Ok(n) = sock.recv(&mut buf) {
+            if let Some((2, _, sip, _, _)) = parse_arp(&buf[..n]) {
+                if sip == target {
+                    return;
+                }
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no ARP reply from {target} on {dev}"
+        );
+    }
+}
+
+// ------------------------------------------------------------------ mcast
+
+#[test]
+fn mcast_guest_answers_arp_and_icmp_from_a_peer_on_the_group() {
+    let ns = Netns::new("mcast");
+    ns.multicast();
+    ns.run(|| {
+        let mut peer = McastPeer::join();
+        let mut vm = kuml_guest("net-mcast", "mcast", GUEST_A, HOST);
+        let mac = resolve(&mut peer, GUEST_A);
+        let (dst, rtt) = ping(&mut peer, PEER, mac, GUEST_A, 1);
+        assert_eq!(dst, PEER_MAC, "the echo reply goes back to the peer");
+        eprintln!("guest {} answered on the group, rtt {rtt:?}", mac_str(mac));
+        let _ = vm.wait_until(Duration::from_millis(1), |_| false);
+    });
+}
+
+/// ICMP echo from FAR to `target`, handed to `router`'s MAC: `router` (a guest with
+/// `ip_forward=1` whose gateway is HOST, played by the peer) forwards it to `target` (ARP both
+/// ways, then the request), `target` answers through its gateway `router`, which forwards the
+/// reply to the peer. The reply must arrive from `router`'s MAC with `target`'s address:
+/// frames crossed router -> target and target -> router.
+fn routed_ping(w: &mut dyn Wire, router_mac: [u8; 6], target: Ipv4Addr, seq: u16, what: &str) {
+    let req = icmp_echo(router_mac, PEER_MAC, FAR, target, 0x4b55, seq);
+    exchange(w, what, Some(&req), ANSWER, |f| match parse_echo_reply(f) {
+        Some((dst, s, d, 0x4b55, q)) if s == target && d == FAR && q == seq => {
+            assert_eq!(dst, PEER_MAC, "{what}: forwarded to the gateway (the peer)");
+            assert_eq!(
+                f[6..12],
+                router_mac,
+                "{what}: the reply comes through the router"
+            );
+            Some(())
+        }
+        _ => None,
+    });
+}
+
+/// Makes a guest route between its peers on the wire.
+const FORWARD: &str = "sysctl.net.ipv4.ip_forward=1";
+
+#[test]
+fn mcast_two_kuml_guests_reach_each_other() {
+    let ns = Netns::new("mcast2");
+    ns.multicast();
+    ns.run(|| {
+        let mut peer = McastPeer::join();
+        // A (all defaults) routes; B (explicit form) has A as its gateway.
+        let b_mac = [0x02, 0x4b, 0x55, 0x4d, 0x4c, 0x0b];
+        let b_eth = format!("mcast,{},{GROUP},{MCAST_PORT},1", mac_str(b_mac));
+        let mut a = start_guest("net-mcast-a", "mcast", GUEST_A, HOST, &[FORWARD]);
+        let mut b = start_guest("net-mcast-b", &b_eth, GUEST_B, GUEST_A, &[]);
+        ready(&mut a, GUEST_A);
+        ready(&mut b, GUEST_B);
+        let a_mac = resolve(&mut peer, GUEST_A);
+        assert_eq!(
+            resolve(&mut peer, GUEST_B),
+            b_mac,
+            "B uses the MAC given in eth0="
+        );
+        assert_ne!(a_mac, b_mac);
+        routed_ping(
+            &mut peer,
+            a_mac,
+            GUEST_B,
+            7,
+            "peer -> kuml A -> kuml B and back",
+        );
+    });
+}
+
+#[test]
+fn mcast_kuml_guest_and_qemu_guest_reach_each_other() {
+    let ns = Netns::new("mcastq");
+    ns.multicast();
+    ns.run(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let mut peer = McastPeer::join();
+        // QEMU's guest has the kuml guest as its gateway; the kuml guest routes.
+        let q_mac = [0x52, 0x54, 0x00, 0x12, 0x34, 0x17];
+        let mut qemu = Qemu::start(
+            &dir.path().join("qemu.log"),
+            &format!("socket,mcast={GROUP}:{MCAST_PORT}"),
+            &mac_str(q_mac),
+            QEMU_GUEST,
+            GUEST_A,
+        );
+        let mut vm = start_guest("net-mcast-qemu", "mcast", GUEST_A, HOST, &[FORWARD]);
+        ready(&mut vm, GUEST_A);
+        qemu.wait_for("IP-Config: Complete", BOOT);
+        let a_mac = resolve(&mut peer, GUEST_A);
+        assert_eq!(
+            resolve(&mut peer, QEMU_GUEST),
+            q_mac,
+            "QEMU's guest answers ARP"
+        );
+        let (dst, _) = ping(&mut peer, PEER, q_mac, QEMU_GUEST, 3);
+        assert_eq!(dst, PEER_MAC);
+        routed_ping(
+            &mut peer,
+            a_mac,
+            QEMU_GUEST,
+            8,
+            "peer -> kuml -> QEMU guest and back",
+        );
+    });
+}
+
+// ------------------------------------------------------------------ daemon
+
+#[test]
+fn daemon_two_guests_on_uml_switch() {
+    let ns = Netns::new("daemon");
+    ns.run(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let ctl = dir.path().join("ctl");
+        let log = dir.path().join("switch.log");
+        let logf = std::fs::File::create(&log).unwrap();
+        let _switch = Proc(
+            Command::new("uml_switch")
+                .arg("-unix")
+                .arg(&ctl)
+                .stdin(Stdio::null())
+                .stdout(logf.try_clone().unwrap())
+                .stderr(logf)
+                .spawn()
+                .expect("TEST CANNOT RUN: cannot start uml_switch (apt-get install uml-utilities)"),
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !ctl.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "uml_switch made no {}",
+                ctl.display()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let eth = format!("daemon,,unix,{}", ctl.display());
+        let mut a = start_guest("net-daemon-a", &eth, GUEST_A, HOST, &[FORWARD]);
+        let mut b = start_guest("net-daemon-b", &eth, GUEST_B, GUEST_A, &[]);
+        ready(&mut a, GUEST_A);
+        ready(&mut b, GUEST_B);
+        let mut peer = SwitchPeer(
+            netdev::DaemonBackend::connect_path(&ctl).expect("a third port on the switch"),
+        );
+        let a_mac = resolve(&mut peer, GUEST_A);
+        let b_mac = resolve(&mut peer, GUEST_B);
+        assert_ne!(a_mac, b_mac, "the two guests need distinct MACs");
+        let (dst, _) = ping(&mut peer, PEER, a_mac, GUEST_A, 1);
+        assert_eq!(dst, PEER_MAC);
+        let (dst, _) = ping(&mut peer, PEER, b_mac, GUEST_B, 2);
+        assert_eq!(dst, PEER_MAC);
+        routed_ping(
+            &mut peer,
+            a_mac,
+            GUEST_B,
+            9,
+            "switch: peer -> A -> B and back",
+        );
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        assert!(!text.contains("Unknown connection"), "switch log:\n{text}");
+        eprintln!("uml_switch log:\n{text}");
+    });
+}
