@@ -150,12 +150,12 @@ fn start_guest(name: &str, eth: &str, addr: Ipv4Addr, gw: Ipv4Addr, extra: &[&st
 /// Waits until the guest's kernel has configured eth0 with `addr` and the test agent is up
 /// (the agent only proves the kernel got that far and is alive).
 fn ready(vm: &mut TestVm, addr: Ipv4Addr) {
-    let out = vm.wait_for("IP-Config: Complete", BOOT);
+    vm.wait_for("IP-Config: Complete", BOOT);
     vm.wait_agent(BOOT);
-    let tail = &out[out.rfind("IP-Config: Complete").unwrap_or(0)..];
+    let out = vm.output();
     assert!(
-        tail.contains(&format!("addr={addr}")),
-        "the kernel did not take the ip= address {addr}: {tail}"
+        out.contains(&format!("device=eth0, hwaddr=")) && out.contains(&format!("ipaddr={addr},")),
+        "the kernel did not configure eth0 with the ip= address {addr}"
     );
 }
 
@@ -826,7 +826,7 @@ fn mcast_kuml_guest_and_qemu_guest_reach_each_other() {
         );
         let mut vm = start_guest("net-mcast-qemu", "mcast", GUEST_A, HOST, &[FORWARD]);
         ready(&mut vm, GUEST_A);
-        qemu.wait_for("IP-Config: Complete", BOOT);
+        qemu.wait_for(&format!("ipaddr={QEMU_GUEST},"), BOOT);
         let a_mac = resolve(&mut peer, GUEST_A);
         assert_eq!(
             resolve(&mut peer, QEMU_GUEST),
