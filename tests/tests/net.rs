@@ -9,6 +9,8 @@
 //! and therefore run in the namespace exactly as under `ip netns exec <ns>`. Packets only go to
 //! addresses that exist inside the namespace.
 
+#![allow(clippy::tests_outside_test_module)] // integration tests: the crate is the test module
+
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::path::{Path, PathBuf};
@@ -154,7 +156,7 @@ fn ready(vm: &mut TestVm, addr: Ipv4Addr) {
     vm.wait_agent(BOOT);
     let out = vm.output();
     assert!(
-        out.contains(&format!("device=eth0, hwaddr=")) && out.contains(&format!("ipaddr={addr},")),
+        out.contains("device=eth0, hwaddr=") && out.contains(&format!("ipaddr={addr},")),
         "the kernel did not configure eth0 with the ip= address {addr}"
     );
 }
@@ -295,7 +297,9 @@ fn arp_reply(smac: [u8; 6], sip: Ipv4Addr, tmac: [u8; 6], tip: Ipv4Addr) -> Vec<
 }
 
 /// (opcode, sender MAC, sender IP, target MAC, target IP) of an ARP frame.
-fn parse_arp(f: &[u8]) -> Option<(u16, [u8; 6], Ipv4Addr, [u8; 6], Ipv4Addr)> {
+type Arp = (u16, [u8; 6], Ipv4Addr, [u8; 6], Ipv4Addr);
+
+fn parse_arp(f: &[u8]) -> Option<Arp> {
     if f.len() < 42 || f[12..14] != [8, 6] || f[14..20] != [0, 1, 8, 0, 6, 4] {
         return None;
     }
@@ -666,9 +670,20 @@ fn tuntap_kuml_creates_the_tap_with_a_gate() {
         .unwrap_or_else(|| panic!("no interface with the gate address {HOST}/32: {addrs}"));
     let dev = line.split_whitespace().nth(1).unwrap().to_owned();
     assert!(dev.starts_with("tap"), "gate on {dev}, not a tap: {line}");
+    // The tap's own MAC: the guest learns the gate's address from our request.
+    let link = ns.ip_out(&format!("link show dev {dev}"));
+    let mac: Vec<u8> = link
+        .split("link/ether ")
+        .nth(1)
+        .and_then(|t| t.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no MAC for {dev}: {link}"))
+        .split(':')
+        .map(|h| u8::from_str_radix(h, 16).unwrap())
+        .collect();
+    let mac = <[u8; 6]>::try_from(mac).unwrap();
     ns.run(move || {
         // The guest sends a frame when asked: an ARP request through the tap.
-        arp_via_packet_socket(&dev, GUEST_A);
+        arp_via_packet_socket(&dev, mac, GUEST_A);
         let rtt = host_ping(GUEST_A);
         eprintln!("guest behind {dev} answered after {rtt:?}");
     });
@@ -681,7 +696,7 @@ fn tuntap_kuml_creates_the_tap_with_a_gate() {
 
 /// Sends ARP requests for `target` out of `dev` with an AF_PACKET socket (from the gate's
 /// address) until the guest's reply arrives.
-fn arp_via_packet_socket(dev: &str, target: Ipv4Addr) {
+fn arp_via_packet_socket(dev: &str, mac: [u8; 6], target: Ipv4Addr) {
     let cdev = std::ffi::CString::new(dev).unwrap();
     // SAFETY: if_nametoindex reads a NUL-terminated string.
     let ifindex = unsafe { libc::if_nametoindex(cdev.as_ptr()) };
@@ -701,13 +716,14 @@ fn arp_via_packet_socket(dev: &str, target: Ipv4Addr) {
     );
     // SAFETY: fd was just created and is owned here (closed by the wrapper).
     let sock = unsafe { UdpSocket::from_raw_fd(fd) };
+    // SAFETY: sockaddr_ll is plain data; all zeroes is a valid value.
     let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
     sll.sll_family = libc::AF_PACKET as u16;
     sll.sll_protocol = (libc::ETH_P_ARP as u16).to_be();
     sll.sll_ifindex = ifindex as i32;
     sll.sll_halen = 6;
     sll.sll_addr[..6].copy_from_slice(&[0xff; 6]);
-    let req = arp_request(PEER_MAC, HOST, target);
+    let req = arp_request(mac, HOST, target);
     let deadline = Instant::now() + ANSWER;
     let mut buf = [0u8; 2048];
     loop {
