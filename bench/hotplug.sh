@@ -68,6 +68,7 @@ class Console:
 
     def __init__(self, stream, log):
         self.buf = b""
+        self.arrivals = []  # (end offset of a chunk, when it arrived)
         self.cv = threading.Condition()
         self.closed = False
         self.log = log
@@ -81,6 +82,7 @@ class Console:
             self.log.write(b)
             with self.cv:
                 self.buf += b
+                self.arrivals.append((len(self.buf), time.monotonic()))
                 self.cv.notify_all()
         with self.cv:
             self.closed = True
@@ -98,7 +100,9 @@ class Console:
                 if left <= 0 or self.closed:
                     raise RuntimeError(f"timed out waiting for {pattern!r}")
                 self.cv.wait(min(left, 0.5))
-        return time.monotonic()
+            # when the line's last byte arrived (it may have come before we looked)
+            end = self.buf.index(pattern, since) + len(pattern)
+            return next(t for off, t in self.arrivals if off >= end)
 
 
 def image(d, i):
@@ -198,14 +202,17 @@ class Qmp:
             elif "return" in r:
                 return r["return"]
 
-    def wait_event(self, name, timeout=STEP_TIMEOUT):
+    def wait_event(self, name, device, timeout=STEP_TIMEOUT):
+        # virtio-blk-pci sends DEVICE_DELETED twice: for its virtio backend (no "device"
+        # key) and for the device itself; wait for the latter.
         self.s.settimeout(timeout)
         while True:
             for i, e in enumerate(self.events):
-                if e["event"] == name:
+                if e["event"] == name and e.get("data", {}).get("device") == device:
                     del self.events[i]
                     return time.monotonic()
             self.events.append(self._line())
+            self.events = [e for e in self.events if "event" in e]
 
 
 def run_qemu(tmp, log):
@@ -233,7 +240,7 @@ def run_qemu(tmp, log):
             t2 = con.wait(MARK, since=m)
             t3 = time.monotonic()
             q.cmd("device_del", id=f"v{i}")
-            t4 = q.wait_event("DEVICE_DELETED")
+            t4 = q.wait_event("DEVICE_DELETED", f"v{i}")
             q.cmd("blockdev-del", **{"node-name": f"d{i}"})
             res["guest_s"].append(max(t2, t0) - t0)
             res["remove_s"].append(t4 - t3)
