@@ -608,22 +608,27 @@ fn net_suite(mc: Mc) {
     assert!(!g.umid_dir.exists(), "the umid dir is removed on halt");
 }
 
-#[test]
-fn uml_mconsole_drives_a_guest() {
-    guest_suite(Mc::Uml);
-}
+#[cfg(test)]
+mod suites {
+    use super::*;
 
-#[test]
-fn kuml_mconsole_drives_a_guest() {
-    guest_suite(Mc::Kuml);
-}
+    #[test]
+    fn uml_mconsole_drives_a_guest() {
+        guest_suite(Mc::Uml);
+    }
 
-#[test]
-fn uml_mconsole_hotplugs_eth_and_halts() {
-    net_suite(Mc::Uml);
-}
+    #[test]
+    fn kuml_mconsole_drives_a_guest() {
+        guest_suite(Mc::Kuml);
+    }
 
-#[test]
-fn kuml_mconsole_hotplugs_eth_and_halts() {
-    net_suite(Mc::Kuml);
+    #[test]
+    fn uml_mconsole_hotplugs_eth_and_halts() {
+        net_suite(Mc::Uml);
+    }
+
+    #[test]
+    fn kuml_mconsole_hotplugs_eth_and_halts() {
+        net_suite(Mc::Kuml);
+    }
 }
