@@ -555,6 +555,10 @@ fn guest_suite(mc: Mc) {
     // cad: Ctrl-Alt-Del with no init that disabled it restarts the kernel: exit 3.
     mc.expect(&sock, "cad", "OK ", 0);
     assert_eq!(g.vm.wait_exit(SHORT), 3, "cad restarts; noreboot exits 3");
+    assert!(
+        g.vm.output().contains("reboot: Restarting system"),
+        "the guest restarted on Ctrl-Alt-Del"
+    );
     assert_eq!(log_rc, 0, "{mc:?}: `log`'s exit code as uml_mconsole's (0)");
 }
 
