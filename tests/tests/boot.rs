@@ -1,6 +1,9 @@
 //! Boot: the resources/ kernel under kuml, vmlinux and bzImage, 1 and 2 vCPUs, and the exit
 //! codes for poweroff, reboot, panic and signals.
 
+// Integration tests: each file is its own crate of tests.
+#![allow(clippy::tests_outside_test_module)]
+
 use std::time::Duration;
 
 use kuml_e2e::{artifact, host_kind, HostKind, TestVm, VmOptions};

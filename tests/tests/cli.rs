@@ -1,5 +1,8 @@
 //! The command line: usage errors and setup errors are one line naming the argument.
 
+// Integration tests: each file is its own crate of tests.
+#![allow(clippy::tests_outside_test_module)]
+
 use std::process::Command;
 
 use kuml_e2e::kuml_bin;

@@ -1,6 +1,9 @@
 //! Consoles and serial lines: con0 on virtio-console, a second console and the UARTs on
 //! UML's channels (fd, pts, port, file), with text both ways through the in-guest agent.
 
+// Integration tests: each file is its own crate of tests.
+#![allow(clippy::tests_outside_test_module)]
+
 use std::io::{Read, Write};
 use std::time::Duration;
 
