@@ -322,6 +322,10 @@ impl Control {
         } else {
             LineClass::Serial
         };
+        // Refuse before opening: a new pts would be allocated and announced for nothing.
+        if class == LineClass::Console && locked(&machine.console).port_ids().contains(&n) {
+            return Reply::with_err(-libc::EINVAL, "Device is already open");
+        }
         let channel = match Channel::open_in(&spec, class, n, &self.ctx) {
             Ok(c) => c,
             Err(e) => return Reply::with_err(-libc::EINVAL, crate::builder::error_chain(&e)),
@@ -330,11 +334,7 @@ impl Control {
             println!("{msg}");
         }
         if class == LineClass::Console {
-            let mut console = locked(&machine.console);
-            if console.port_ids().contains(&n) {
-                return Reply::with_err(-libc::EINVAL, "Device is already open");
-            }
-            match console.add_port(n, channel) {
+            match locked(&machine.console).add_port(n, channel) {
                 Ok(()) => Reply::ok(""),
                 Err(e) => Reply::with_err(-libc::EINVAL, e.to_string()),
             }

@@ -97,19 +97,20 @@ fn remote(st: &State, command: &str) -> i32 {
     }
 }
 
+/// Sends `text` as `log` requests. Like `uml_mconsole`, the exit status is 0 whatever the
+/// replies were (they are printed).
 fn log_text(st: &State, text: &[u8]) -> i32 {
-    let mut status = 0;
     let mut newline = false;
     for chunk in text.chunks(LOG_CHUNK) {
         let mut cmd = b"log ".to_vec();
         cmd.extend_from_slice(chunk);
-        status = remote(st, &String::from_utf8_lossy(&cmd));
+        remote(st, &String::from_utf8_lossy(&cmd));
         newline = chunk.last() == Some(&b'\n');
     }
     if !newline {
-        status = remote(st, "log \n");
+        remote(st, "log \n");
     }
-    status
+    0
 }
 
 fn log_cmd(st: &State, command: &str) -> i32 {
@@ -128,7 +129,8 @@ fn log_cmd(st: &State, command: &str) -> i32 {
         return log_text(st, &data);
     }
     if arg.is_empty() {
-        return remote(st, "log \n");
+        remote(st, "log \n");
+        return 0;
     }
     log_text(st, arg.as_bytes())
 }
