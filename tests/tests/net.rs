@@ -250,6 +250,8 @@ impl Drop for Qemu {
         let _ = self.child.wait();
         if std::thread::panicking() {
             eprintln!("QEMU log kept: {}", self.log.display());
+        } else {
+            let _ = std::fs::remove_file(&self.log);
         }
     }
 }
@@ -829,12 +831,13 @@ fn mcast_kuml_guest_and_qemu_guest_reach_each_other() {
     let ns = Netns::new("mcastq");
     ns.multicast();
     ns.run(|| {
-        let dir = tempfile::tempdir().unwrap();
         let mut peer = McastPeer::join();
+        let logs = std::env::temp_dir().join("kuml-e2e");
+        std::fs::create_dir_all(&logs).unwrap();
         // QEMU's guest has the kuml guest as its gateway; the kuml guest routes.
         let q_mac = [0x52, 0x54, 0x00, 0x12, 0x34, 0x17];
         let mut qemu = Qemu::start(
-            &dir.path().join("qemu.log"),
+            &logs.join(format!("net-qemu-{}.log", std::process::id())),
             &format!("socket,mcast={GROUP}:{MCAST_PORT}"),
             &mac_str(q_mac),
             QEMU_GUEST,
