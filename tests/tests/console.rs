@@ -100,7 +100,7 @@ fn second_console_carries_text_both_ways() {
     ready(&vm, &agent);
     echo(&mut agent, "hello-from-con1");
     assert!(!vm.stdout().contains("hello-from-con1"), "con1 is not con0");
-    vm.send(b"99 poweroff\n");
+    agent.send(b"99 poweroff\n");
     assert_eq!(vm.wait_exit(SHORT), 0);
 }
 
@@ -118,7 +118,7 @@ fn serial_line_carries_the_log_and_input() {
         "the kernel log on COM2"
     );
     echo(&mut agent, "typed-into-the-uart");
-    vm.send(b"99 poweroff\n");
+    agent.send(b"99 poweroff\n");
     assert_eq!(vm.wait_exit(SHORT), 0);
 }
 
@@ -159,7 +159,16 @@ fn pts_console() {
     let got = read_until(&mut term, "KAGENT 7 ok via-pts", SHORT);
     assert!(got.contains("KAGENT 7 ok via-pts"), "{got}");
     drop(term); // a closed client leaves the VM running
-    vm.send(b"99 poweroff\n");
+    let mut term = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(&pts)
+        .unwrap_or_else(|e| panic!("reopen {pts}: {e}"));
+    term.write_all(b"8 echo still-here\n").unwrap();
+    let got = read_until(&mut term, "KAGENT 8 ok still-here", SHORT);
+    assert!(got.contains("KAGENT 8 ok still-here"), "{got}");
+    term.write_all(b"99 poweroff\n").unwrap();
     assert_eq!(vm.wait_exit(SHORT), 0);
 }
 
@@ -189,7 +198,7 @@ fn port_console_over_tcp() {
     conn.write_all(b"8 echo again\r\n").unwrap();
     let got = read_until(&mut conn, "KAGENT 8 ok again", SHORT);
     assert!(got.contains("KAGENT 8 ok again"), "{got}");
-    vm.send(b"99 poweroff\n");
+    conn.write_all(b"99 poweroff\r\n").unwrap();
     assert_eq!(vm.wait_exit(SHORT), 0);
 }
 
