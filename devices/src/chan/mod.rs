@@ -22,7 +22,8 @@
 //!
 //! Implemented: `fd`, `null`, `pts`, `pty` (served by a Unix98 pts), `tty`, `file`, and `port`
 //! as a built-in telnet server (UML runs the host's in.telnetd and its port-helper; kuml needs
-//! neither): it listens on `0.0.0.0:P` from the start, and the first client gets the line.
+//! neither): it listens on `127.0.0.1:P` (or the address given as `port:ADDR:P`) from the
+//! start, and the first client gets the line.
 //! Lines sharing a port each listen on it (SO_REUSEPORT); a connected line stops listening,
 //! so a client is refused once every line on the port has one. Output while no client is
 //! connected is discarded. `xterm` is a pts with a terminal window attached by a shell relay
@@ -44,7 +45,7 @@ use log::{debug, warn};
 pub use spec::{
     default_line, parse_chan, parse_line, parse_xterm_option, resolve_line, resolve_lines,
     xterm_command, xterm_title, Chan, ChanSpecError, ChannelSpec, LineClass, LineSpecError,
-    XtermConfig,
+    PortAddr, XtermConfig,
 };
 
 use sys::FdKind;
@@ -79,8 +80,8 @@ pub enum ChanError {
     /// A `port:` channel could not listen (UML: `binding to port %d failed`).
     #[error("binding to port {port} failed")]
     Listen {
-        /// The TCP port.
-        port: u16,
+        /// The TCP address and port.
+        port: spec::PortAddr,
         /// The cause.
         #[source]
         source: io::Error,
@@ -217,7 +218,7 @@ pub struct Channel {
 /// closed so that further clients go to other lines on the same port.
 #[derive(Debug)]
 struct TcpState {
-    port: u16,
+    port: spec::PortAddr,
     listener: Option<Arc<Handle>>,
     decoder: telnet::TelnetDecoder,
 }

@@ -53,6 +53,36 @@ impl LineClass {
     }
 }
 
+/// Where a `port:` channel listens: 127.0.0.1 unless the spec names an address
+/// (`port:0.0.0.0:9000` listens on every address, as UML's `port:9000` does).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PortAddr {
+    /// The IPv4 address to listen on.
+    pub host: std::net::Ipv4Addr,
+    /// The TCP port (not 0).
+    pub port: u16,
+}
+
+impl PortAddr {
+    /// Port `port` on 127.0.0.1, kuml's default.
+    pub fn local(port: u16) -> Self {
+        PortAddr {
+            host: std::net::Ipv4Addr::LOCALHOST,
+            port,
+        }
+    }
+}
+
+impl fmt::Display for PortAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host == std::net::Ipv4Addr::LOCALHOST {
+            write!(f, "{}", self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
 /// One direction of a line: where bytes come from or go to.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Chan {
@@ -60,8 +90,8 @@ pub enum Chan {
     Fd(i32),
     /// `null`: reads never return data, writes are discarded.
     Null,
-    /// `port:P`: a telnet server on TCP port P.
-    Port(u16),
+    /// `port:P` (on 127.0.0.1) or `port:ADDR:P`: a telnet server on TCP port P.
+    Port(PortAddr),
     /// `pty`: UML's legacy BSD pty; kuml serves it with a Unix98 pts.
     Pty,
     /// `pts`: a new Unix98 pseudo-terminal; its slave path is announced.
@@ -176,11 +206,19 @@ pub fn parse_chan(s: &str) -> Result<Chan, ChanSpecError> {
             .ok_or_else(|| ChanSpecError::FdParse(a.to_owned())),
         ("null", None) => Ok(Chan::Null),
         ("port", None) => Err(ChanSpecError::PortMissing),
-        ("port", Some(a)) => parse_c_ulong(a)
-            .and_then(|n| u16::try_from(n).ok())
-            .filter(|p| *p != 0)
-            .map(Chan::Port)
-            .ok_or_else(|| ChanSpecError::PortParse(a.to_owned())),
+        ("port", Some(a)) => {
+            let (host, port) = match a.rsplit_once(':') {
+                Some((h, p)) => (h.parse().ok(), p),
+                None => (Some(std::net::Ipv4Addr::LOCALHOST), a),
+            };
+            host.zip(
+                parse_c_ulong(port)
+                    .and_then(|n| u16::try_from(n).ok())
+                    .filter(|p| *p != 0),
+            )
+            .map(|(host, port)| Chan::Port(PortAddr { host, port }))
+            .ok_or_else(|| ChanSpecError::PortParse(a.to_owned()))
+        }
         ("pty", None) => Ok(Chan::Pty),
         ("pts", None) => Ok(Chan::Pts),
         ("tty", None) | ("tty", Some("")) => Err(ChanSpecError::TtyMissing),
@@ -435,8 +473,17 @@ mod tests {
         );
         assert_eq!(
             parse_line("port:9000").unwrap(),
-            Some(ChannelSpec::single(Chan::Port(9000)))
+            Some(ChannelSpec::single(Chan::Port(PortAddr::local(9000))))
         );
+        assert_eq!(
+            parse_line("port:0.0.0.0:9000").unwrap(),
+            Some(ChannelSpec::single(Chan::Port(PortAddr {
+                host: std::net::Ipv4Addr::UNSPECIFIED,
+                port: 9000
+            })))
+        );
+        assert!(parse_line("port:localhost:9000").is_err());
+        assert!(parse_line("port:1.2.3.4:0").is_err());
         assert_eq!(
             parse_line("tty:/dev/tty8").unwrap(),
             Some(ChannelSpec::single(Chan::Tty("/dev/tty8".into())))
@@ -577,7 +624,11 @@ mod tests {
         prop_oneof![
             (0i32..=i32::MAX).prop_map(Chan::Fd),
             Just(Chan::Null),
-            (1u16..=u16::MAX).prop_map(Chan::Port),
+            (1u16..=u16::MAX).prop_map(|p| Chan::Port(PortAddr::local(p))),
+            (any::<[u8; 4]>(), 1u16..=u16::MAX).prop_map(|(h, port)| Chan::Port(PortAddr {
+                host: h.into(),
+                port
+            })),
             Just(Chan::Pty),
             Just(Chan::Pts),
             "/[a-z0-9/._-]{0,20}".prop_map(|p| Chan::Tty(p.into())),

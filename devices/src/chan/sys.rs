@@ -217,10 +217,9 @@ pub(crate) fn write(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
     }
 }
 
-/// A nonblocking TCP socket listening on `0.0.0.0:port` with a backlog of 1, as UML's port
-/// channel. SO_REUSEPORT lets every line configured with the same port listen on it: the
+/// A nonblocking TCP socket listening on `addr` with a backlog of 1, as UML's port channel. SO_REUSEPORT lets every line configured with the same port listen on it: the
 /// kernel hands each new connection to one of the lines still waiting.
-pub(crate) fn tcp_listen(port: u16) -> io::Result<OwnedFd> {
+pub(crate) fn tcp_listen(addr: super::spec::PortAddr) -> io::Result<OwnedFd> {
     // SAFETY: socket takes plain arguments and returns a new descriptor or -1.
     let fd = unsafe {
         libc::socket(
@@ -252,9 +251,9 @@ pub(crate) fn tcp_listen(port: u16) -> io::Result<OwnedFd> {
     }
     let addr = libc::sockaddr_in {
         sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: port.to_be(),
+        sin_port: addr.port.to_be(),
         sin_addr: libc::in_addr {
-            s_addr: libc::INADDR_ANY,
+            s_addr: u32::from(addr.host).to_be(),
         },
         sin_zero: [0; 8],
     };
