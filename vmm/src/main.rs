@@ -38,9 +38,9 @@ command line names another console=), on kuml's stdin and stdout by default (con
 A terminal on stdin is put in raw mode, so Ctrl-C goes to the guest. Other consoles con1..15
 are /dev/hvc1..; serial lines ssl0..ssl3 are COM1..COM4 (/dev/ttyS0..3). A channel is fd:N,
 null, none (the line does not exist), pts, pty, port:P (telnet on 127.0.0.1; port:ADDR:P
-listens on ADDR), xterm, tty:DEV or file:PATH, or an
-in,out pair; UML's default for consoles other than con0 and for serial lines is xterm,
-kuml uses pts when DISPLAY is not set. SIGTERM, SIGINT (when not from the terminal) and
+listens on ADDR), xterm, tty:DEV or file:PATH, or an in,out pair. UML's default for consoles
+other than con0 and for serial lines is xterm; kuml uses pts when DISPLAY is not set.
+Consoles beyond con0 exist at boot only when named (all 16 with con=). SIGTERM, SIGINT (when not from the terminal) and
 SIGHUP stop the VM.
 
 Exit status:
