@@ -130,6 +130,8 @@ pub struct VmOptions {
     /// the virtio console (con0, `hvc0`) only shows what the kernel prints once its driver has
     /// probed (the kernel does not replay earlier lines to it).
     pub early_log: bool,
+    /// Extra environment for kuml (e.g. `DISPLAY`).
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for VmOptions {
@@ -140,6 +142,7 @@ impl Default for VmOptions {
             host_options: true,
             extra_fds: Vec::new(),
             early_log: true,
+            env: Vec::new(),
         }
     }
 }
@@ -187,6 +190,7 @@ impl TestVm {
         let log_path = log_dir.join(format!("{name}-{}.log", std::process::id()));
         let mut cmd = Command::new(kuml_bin());
         cmd.args(&args)
+            .envs(opts.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());

@@ -198,6 +198,14 @@ fn port_console_over_tcp() {
     conn.write_all(b"8 echo again\r\n").unwrap();
     let got = read_until(&mut conn, "KAGENT 8 ok again", SHORT);
     assert!(got.contains("KAGENT 8 ok again"), "{got}");
+    drop(conn);
+    // Debian's telnet client works too.
+    let out = telnet_client(port, "9 echo from-telnet");
+    assert!(
+        out.contains("KAGENT 9 ok from-telnet"),
+        "telnet client saw: {out}"
+    );
+    let mut conn = connect(port);
     conn.write_all(b"99 poweroff\r\n").unwrap();
     assert_eq!(vm.wait_exit(SHORT), 0);
 }
@@ -226,6 +234,129 @@ fn file_serial_line_gets_the_log() {
     assert!(text.contains("Linux version"), "{text}");
     vm.send(b"99 poweroff\n");
     assert_eq!(vm.wait_exit(SHORT), 0);
+}
+
+/// Runs Debian's `telnet` with `line` as input; returns what it printed.
+fn telnet_client(port: u16, line: &str) -> String {
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("telnet")
+        .args(["127.0.0.1", &port.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run telnet (package telnet, installed by resources/setup-host.sh)");
+    let mut stdin = child.stdin.take().unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    stdin.write_all(format!("{line}\r\n").as_bytes()).unwrap();
+    std::thread::sleep(Duration::from_secs(10));
+    drop(stdin);
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn xterm_console_starts_a_terminal_on_the_display() {
+    use std::process::{Command, Stdio};
+    let display = 90 + (std::process::id() % 9);
+    let mut xvfb = Command::new("Xvfb")
+        .args([format!(":{display}"), "-nolisten".into(), "tcp".into()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run Xvfb (package xvfb, installed by resources/setup-host.sh)");
+    let sock = format!("/tmp/.X11-unix/X{display}");
+    for _ in 0..100 {
+        if std::path::Path::new(&sock).exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut args = base_args();
+    args.push("con1=xterm".into());
+    let mut vm = TestVm::start(
+        "con1-xterm",
+        VmOptions {
+            args,
+            env: vec![("DISPLAY".into(), format!(":{display}"))],
+            ..VmOptions::default()
+        },
+    );
+    // The xterm kuml starts runs on the display, attached to the console's pts.
+    let mut found = None;
+    for _ in 0..300 {
+        let ps = Command::new("ps")
+            .args(["-eo", "pid,args"])
+            .output()
+            .expect("ps");
+        let text = String::from_utf8_lossy(&ps.stdout).into_owned();
+        if let Some(l) = text
+            .lines()
+            .find(|l| l.contains("xterm") && l.contains("-T"))
+        {
+            found = Some(l.to_owned());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let line = found.unwrap_or_else(|| panic!("no xterm started; kuml said:\n{}", vm.output()));
+    let pid: i32 = line.split_whitespace().next().unwrap().parse().unwrap();
+    let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+    assert!(
+        String::from_utf8_lossy(&env).contains(&format!("DISPLAY=:{display}")),
+        "the xterm runs on the test's display"
+    );
+    vm.signal(libc::SIGTERM);
+    assert_eq!(vm.wait_exit(SHORT), 143);
+    let _ = xvfb.kill();
+    let _ = xvfb.wait();
+}
+
+#[test]
+fn tty_console_attaches_to_a_host_terminal() {
+    // A pseudo-terminal pair stands for a host terminal: kuml gets its slave as tty:.
+    let mut master = 0;
+    let mut slave = 0;
+    // SAFETY: openpty fills the two descriptors; the name/termios/winsize pointers may be null.
+    let rc = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(rc, 0, "openpty");
+    let slave_path = std::fs::read_link(format!("/proc/self/fd/{slave}")).unwrap();
+    // SAFETY: `master` is ours; File takes ownership.
+    let mut term = unsafe {
+        use std::os::fd::FromRawFd;
+        std::fs::File::from_raw_fd(master)
+    };
+    // SAFETY: fcntl on our own descriptor.
+    unsafe { libc::fcntl(master, libc::F_SETFL, libc::O_NONBLOCK) };
+    let mut args = base_args();
+    args.push(format!("con1=tty:{}", slave_path.display()));
+    let vm = TestVm::start(
+        "con1-tty",
+        VmOptions {
+            args,
+            agent_tty: Some("hvc1".into()),
+            ..VmOptions::default()
+        },
+    );
+    let got = read_until(&mut term, "KAGENT ready", BOOT);
+    assert!(got.contains("KAGENT ready"), "{got}\n{}", vm.output());
+    term.write_all(b"7 echo via-tty\n").unwrap();
+    let got = read_until(&mut term, "KAGENT 7 ok via-tty", SHORT);
+    assert!(got.contains("KAGENT 7 ok via-tty"), "{got}");
+    term.write_all(b"99 poweroff\n").unwrap();
+    let mut vm = vm;
+    assert_eq!(vm.wait_exit(SHORT), 0);
+    // SAFETY: closing our copy of the slave.
+    unsafe { libc::close(slave) };
 }
 
 fn connect(port: u16) -> std::net::TcpStream {
