@@ -10,4 +10,4 @@ resources/setup-host.sh
 resources/build-guest.sh
 cargo build --workspace --bins
 # One e2e guest per core: more would only slow every boot under emulation.
-cargo test --workspace -- --test-threads="$(nproc)"
+cargo test --workspace --no-fail-fast -- --test-threads="$(nproc)"

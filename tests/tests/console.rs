@@ -186,8 +186,19 @@ fn port_console_over_tcp() {
         },
     );
     vm.wait_for("Linux version", BOOT);
+    // Output while no client is connected is dropped, as UML's port channel does: ask the
+    // agent to say it is ready again (an empty line) until it answers.
     let mut conn = connect(port);
-    let got = read_until(&mut conn, "KAGENT ready", BOOT);
+    let mut got = String::new();
+    let deadline = std::time::Instant::now() + BOOT;
+    while !got.contains("KAGENT ready") && std::time::Instant::now() < deadline {
+        conn.write_all(b"\r\n").unwrap();
+        got.push_str(&read_until(
+            &mut conn,
+            "KAGENT ready",
+            Duration::from_secs(5),
+        ));
+    }
     assert!(got.contains("KAGENT ready"), "{got}");
     conn.write_all(b"7 echo via-telnet\r\n").unwrap();
     let got = read_until(&mut conn, "KAGENT 7 ok via-telnet", SHORT);
