@@ -135,3 +135,16 @@ pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
             .unwrap_or(0);
     }
 }
+
+/// Takes the next available descriptor chain of `queue`: its head index and descriptors.
+/// `Err` means the driver's available ring is unusable (the device should ask for a reset).
+pub fn next_chain(
+    queue: &mut Queue,
+    mem: &GuestMemory,
+) -> Result<Option<(u16, Vec<virtio_queue::desc::split::Descriptor>)>, virtio_queue::Error> {
+    use virtio_queue::QueueOwnedT;
+    Ok(queue
+        .iter(mem)?
+        .next()
+        .map(|chain| (chain.head_index(), chain.collect())))
+}

@@ -13,7 +13,7 @@ use std::os::fd::AsRawFd;
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use log::{debug, warn};
 use virtio_queue::desc::split::Descriptor;
-use virtio_queue::{QueueOwnedT, QueueT};
+use virtio_queue::QueueT;
 
 use super::control::{GuestMsg, HostMsg};
 use super::device::{Active, Console, INPUT_BUFFER_MAX};
@@ -99,10 +99,8 @@ impl Active {
         let Some(Some(q)) = self.queues.get_mut(qi) else {
             return Pop::Empty;
         };
-        let next = match q.queue.iter(&self.mem) {
-            Ok(mut it) => it
-                .next()
-                .map(|chain| (chain.head_index(), chain.collect::<Vec<_>>())),
+        let next = match crate::virtio::next_chain(&mut q.queue, &self.mem) {
+            Ok(next) => next,
             Err(e) => {
                 let why = format!("queue {qi}: bad available ring ({e})");
                 self.mark_broken(&why);

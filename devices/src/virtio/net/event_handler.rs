@@ -79,10 +79,8 @@ impl Active {
             return Pop::Empty;
         }
         let (mem, q) = self.split(qi);
-        let next = match q.queue.iter(mem) {
-            Ok(mut it) => it
-                .next()
-                .map(|chain| (chain.head_index(), chain.collect::<Vec<_>>())),
+        let next = match crate::virtio::next_chain(&mut q.queue, mem) {
+            Ok(next) => next,
             Err(e) => {
                 let why = format!("queue {qi}: bad available ring ({e})");
                 self.mark_broken(&why);
