@@ -71,6 +71,7 @@ struct kagent {
 	bool line_overflow;
 	char *in;		/* raw input buffer */
 	size_t in_pos, in_len;
+	bool after_cr;		/* the last line ended with '\r' */
 	char *out;		/* reply being built */
 	size_t out_len;
 	u8 *data;		/* scratch for file I/O */
@@ -672,9 +673,16 @@ static bool ka_getline(struct kagent *a)
 		while (a->in_pos < a->in_len) {
 			char c = a->in[a->in_pos++];
 
-			if (c == '\n') {	/* a "\r\n" ending is accepted too */
-				if (a->line_len && a->line[a->line_len - 1] == '\r')
-					a->line_len--;
+			/*
+			 * A line ends at '\n', '\r' or "\r\n": a terminal or a telnet
+			 * client (CR as Enter) drives the agent as well as a pipe.
+			 */
+			if (c == '\n' && a->after_cr) {
+				a->after_cr = false;
+				continue;
+			}
+			a->after_cr = c == '\r';
+			if (c == '\n' || c == '\r') {
 				a->line[a->line_len] = '\0';
 				return true;
 			}
