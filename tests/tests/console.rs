@@ -144,8 +144,15 @@ fn pts_console() {
             ..VmOptions::default()
         },
     );
-    let out = vm.wait_for("Virtual console 1 assigned device '/dev/pts/", SHORT);
+    // The pts is allocated and announced when the guest opens the console, after its kernel
+    // started.
+    let out = vm.wait_for("Virtual console 1 assigned device '/dev/pts/", BOOT);
     let pts = announced_pts(&out, "Virtual console 1 assigned device");
+    let started = out.find("Linux version").expect("the kernel log on COM1");
+    assert!(
+        started < out.find("Virtual console 1 assigned").unwrap(),
+        "pts announced before the guest opened the console:\n{out}"
+    );
     use std::os::unix::fs::OpenOptionsExt;
     let mut term = std::fs::OpenOptions::new()
         .read(true)
@@ -173,48 +180,193 @@ fn pts_console() {
     assert_eq!(vm.wait_exit(SHORT), 0);
 }
 
+/// Two consoles on one `port:` with the agent on the first (`hvc1`); the second (`hvc2`) gets
+/// text the agent writes to `/dev/hvc2`. Also: refusal while no line waits, a console
+/// hot-plugged while the guest is stopped, and Debian's `telnet` client.
 #[test]
-fn port_console_over_tcp() {
+fn port_consoles_share_a_port_and_take_telnet_clients() {
     let port = 20000 + (std::process::id() % 20000) as u16;
+    let late = if port < 39999 { port + 1 } else { port - 1 };
+    let dir = tempfile::tempdir().unwrap();
     let mut args = base_args();
-    args.push(format!("con1=port:{port}"));
+    args.extend([
+        format!("con1=port:{port}"),
+        format!("con2=port:{port}"),
+        format!("uml_dir={}", dir.path().display()),
+        "umid=portvm".into(),
+    ]);
     let mut vm = TestVm::start(
-        "con1-port",
+        "con-port",
         VmOptions {
             args,
             agent_tty: Some("hvc1".into()),
             ..VmOptions::default()
         },
     );
-    vm.wait_for("Linux version", BOOT);
-    // Output while no client is connected is dropped, as UML's port channel does: ask the
-    // agent to say it is ready again (an empty line) until it answers. Lines end with LF: the
-    // agent reads its tty raw, and a telnet client's Enter (CR NUL / CR LF) arrives as CR.
-    let mut conn = connect(port);
-    let mut got = String::new();
+    let sock = dir.path().join("portvm/mconsole");
+    // The lines take clients once the guest opened them; each client gets its own line.
+    let mut a = connect_when_open(port, BOOT);
+    let mut b = connect_when_open(port, SHORT);
+    assert!(
+        refused(port),
+        "both lines have a client: a third must be refused"
+    );
+    // Which session is the agent's: output while no client was connected was dropped, so ask
+    // for the ready line again (an empty line) on both until one answers.
     let deadline = std::time::Instant::now() + BOOT;
-    while !got.contains("KAGENT ready") && std::time::Instant::now() < deadline {
-        conn.write_all(b"\n").unwrap();
-        got.push_str(&read_until(
-            &mut conn,
-            "KAGENT ready",
-            Duration::from_secs(5),
-        ));
+    let (mut agent, mut other) = loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no agent answered on either session; kuml output:\n{}",
+            vm.output()
+        );
+        a.write_all(b"\n").unwrap();
+        b.write_all(b"\n").unwrap();
+        if read_until(&mut a, "KAGENT ready", Duration::from_secs(3)).contains("KAGENT ready") {
+            break (a, b);
+        }
+        if read_until(&mut b, "KAGENT ready", Duration::from_secs(3)).contains("KAGENT ready") {
+            break (b, a);
+        }
+    };
+    // Text typed into the session reaches the guest; the answer comes back.
+    agent.write_all(b"7 echo via-port\n").unwrap();
+    let got = read_until(&mut agent, "KAGENT 7 ok via-port", SHORT);
+    assert!(got.contains("KAGENT 7 ok via-port"), "{got}");
+    // The other session is the other console: what the guest writes to hvc2 shows there.
+    let hex: String = b"hello-hvc2\n".iter().map(|b| format!("{b:02x}")).collect();
+    agent
+        .write_all(format!("8 write /dev/hvc2 0 {hex}\n").as_bytes())
+        .unwrap();
+    let got = read_until(&mut agent, "KAGENT 8 ", SHORT);
+    assert!(got.contains("KAGENT 8 ok 11"), "{got}");
+    let got = read_until(&mut other, "hello-hvc2", SHORT);
+    assert!(got.contains("hello-hvc2"), "second session saw: {got:?}");
+    assert!(!got.contains("KAGENT"), "the sessions are mixed: {got:?}");
+    // A client that leaves frees its line for the next one.
+    drop(agent);
+    let mut again = connect_when_open(port, SHORT);
+    again.write_all(b"9 echo again\n").unwrap();
+    let got = read_until(&mut again, "KAGENT 9 ok again", SHORT);
+    assert!(got.contains("KAGENT 9 ok again"), "{got}");
+    drop(again);
+
+    // A console added while the guest is stopped refuses clients until the guest opens it.
+    mconsole(&sock, "stop");
+    mconsole(&sock, &format!("config con3=port:{late}"));
+    for _ in 0..10 {
+        assert!(
+            refused(late),
+            "con3 took a client before the guest opened it"
+        );
+        std::thread::sleep(Duration::from_millis(200));
     }
-    assert!(got.contains("KAGENT ready"), "{got}");
-    conn.write_all(b"7 echo via-telnet\n").unwrap();
-    let got = read_until(&mut conn, "KAGENT 7 ok via-telnet", SHORT);
-    assert!(got.contains("KAGENT 7 ok via-telnet"), "{got}");
-    drop(conn);
-    // A later connection gets the console back.
-    let mut conn = connect(port);
-    conn.write_all(b"8 echo again\n").unwrap();
-    let got = read_until(&mut conn, "KAGENT 8 ok again", SHORT);
-    assert!(got.contains("KAGENT 8 ok again"), "{got}");
-    drop(conn);
-    let mut conn = connect(port);
+    mconsole(&sock, "go");
+    let mut c3 = connect_when_open(late, SHORT);
+    let mut neg = [0u8; 3];
+    c3.set_read_timeout(Some(SHORT)).unwrap();
+    c3.read_exact(&mut neg).unwrap();
+    assert_eq!(
+        neg,
+        [255, 251, 1],
+        "telnet negotiation (IAC WILL ECHO) first"
+    );
+    drop(c3);
+
+    // Debian's telnet client, in character mode on a terminal (script gives it a pty): its
+    // Enter (CR) ends the request line.
+    let out = telnet_session(port, &["10 echo from-telnet\r"], "KAGENT 10 ok from-telnet");
+    assert!(
+        out.contains("KAGENT 10 ok from-telnet"),
+        "telnet showed: {out}"
+    );
+    drop(other);
+    let mut conn = connect_when_open(port, SHORT);
     conn.write_all(b"99 poweroff\n").unwrap();
     assert_eq!(vm.wait_exit(SHORT), 0);
+}
+
+/// Runs Debian's `telnet` on a pty (through `script`), types `lines` once it is connected and
+/// returns what it showed once `until` appeared (or after a timeout).
+fn telnet_session(port: u16, lines: &[&str], until: &str) -> String {
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("script")
+        .args(["-qfec", &format!("telnet 127.0.0.1 {port}"), "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run script(1) with telnet (packages bsdutils, telnet: resources/setup-host.sh)");
+    let mut stdin = child.stdin.take().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let sink = seen.clone();
+    std::thread::spawn(move || {
+        let mut stdout = stdout;
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    let wait = |what: &str, t: Duration| {
+        let deadline = std::time::Instant::now() + t;
+        while std::time::Instant::now() < deadline && !seen.lock().unwrap().contains(what) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    wait("Escape character", SHORT);
+    for l in lines {
+        stdin.write_all(l.as_bytes()).unwrap();
+    }
+    wait(until, SHORT);
+    let _ = child.kill();
+    let _ = child.wait();
+    let out = seen.lock().unwrap().clone();
+    out
+}
+
+/// Sends `cmd` with Debian's uml_mconsole; panics unless it succeeds.
+fn mconsole(sock: &std::path::Path, cmd: &str) {
+    let out = std::process::Command::new("uml_mconsole")
+        .arg(sock)
+        .args(cmd.split(' '))
+        .output()
+        .expect("run uml_mconsole (package uml-utilities)");
+    assert!(
+        out.status.success(),
+        "uml_mconsole {cmd}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// True when a TCP connection to `port` is refused.
+fn refused(port: u16) -> bool {
+    std::net::TcpStream::connect(("127.0.0.1", port))
+        .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused)
+}
+
+/// Connects to `port`, retrying while it is refused (no line waits yet), for up to `timeout`.
+fn connect_when_open(port: u16, timeout: Duration) -> std::net::TcpStream {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        match std::net::TcpStream::connect(("127.0.0.1", port)) {
+            Ok(s) => {
+                s.set_read_timeout(Some(Duration::from_millis(500)))
+                    .unwrap();
+                return s;
+            }
+            Err(e) if std::time::Instant::now() >= deadline => {
+                panic!("cannot connect to port {port}: {e}")
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
 }
 
 #[test]
@@ -270,9 +422,11 @@ fn xterm_console_starts_a_terminal_on_the_display() {
             ..VmOptions::default()
         },
     );
-    // The xterm kuml starts runs on the display, attached to the console's pts.
+    // The xterm kuml starts (when the guest opens the console) runs on the display, attached
+    // to the console's pts.
     let mut found = None;
-    for _ in 0..300 {
+    let deadline = std::time::Instant::now() + BOOT;
+    while std::time::Instant::now() < deadline {
         let ps = Command::new("ps")
             .args(["-eo", "pid,args"])
             .output()
@@ -293,6 +447,26 @@ fn xterm_console_starts_a_terminal_on_the_display() {
     assert!(
         String::from_utf8_lossy(&env).contains(&format!("DISPLAY=:{display}")),
         "the xterm runs on the test's display"
+    );
+    let pts = line
+        .split("cat '")
+        .nth(1)
+        .and_then(|r| r.split('\'').next())
+        .unwrap_or_else(|| panic!("no pts in the xterm's command: {line}"))
+        .to_owned();
+    assert!(pts.starts_with("/dev/pts/"), "{line}");
+    // The window's relay (two `cat`s started by the xterm) holds the console's pts open.
+    let mut holders = Vec::new();
+    for _ in 0..300 {
+        holders = processes_holding(&pts);
+        if holders.iter().filter(|c| c.as_str() == "cat").count() >= 2 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        holders.iter().filter(|c| c.as_str() == "cat").count() >= 2,
+        "the relay does not hold {pts}: {holders:?}"
     );
     vm.signal(libc::SIGTERM);
     assert_eq!(vm.wait_exit(SHORT), 143);
@@ -346,18 +520,6 @@ fn tty_console_attaches_to_a_host_terminal() {
     unsafe { libc::close(slave) };
 }
 
-fn connect(port: u16) -> std::net::TcpStream {
-    for _ in 0..100 {
-        if let Ok(s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
-            s.set_read_timeout(Some(Duration::from_millis(500)))
-                .unwrap();
-            return s;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("cannot connect to port {port}");
-}
-
 fn make_raw(f: &std::fs::File) {
     use std::os::fd::AsRawFd;
     // SAFETY: termios calls on a descriptor we own.
@@ -395,4 +557,25 @@ fn read_until(r: &mut impl Read, needle: &str, timeout: Duration) -> String {
         }
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The names (comm) of the processes that have `path` open.
+fn processes_holding(path: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for p in procs.flatten() {
+        let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else {
+            continue;
+        };
+        let holds = fds
+            .flatten()
+            .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == path));
+        if holds {
+            let comm = std::fs::read_to_string(p.path().join("comm")).unwrap_or_default();
+            out.push(comm.trim().to_owned());
+        }
+    }
+    out
 }

@@ -300,13 +300,9 @@ pub fn build(cfg: &Config, umid: &str) -> Result<Machine, BuildError> {
         let Some((port, irq)) = COM_PORTS.get(index as usize) else {
             continue;
         };
+        // A UART cannot be seen to open: its channel opens (pts announced) now.
         let channel = match Channel::open_in(&spec, LineClass::Serial, index, &ctx) {
-            Ok(ch) => {
-                if let Some(msg) = ch.announcement() {
-                    println!("{msg}");
-                }
-                ch
-            }
+            Ok(ch) => ch,
             Err(e) => {
                 eprintln!("kuml: serial line {index}: {}", error_chain(&e));
                 Channel::null()
@@ -374,9 +370,6 @@ pub fn build(cfg: &Config, umid: &str) -> Result<Machine, BuildError> {
         &ctx,
     )
     .map_err(device_err("consoles"))?;
-    for msg in &opened.announcements {
-        println!("{msg}");
-    }
     for f in &opened.failures {
         eprintln!("kuml: {}", error_chain(f));
     }

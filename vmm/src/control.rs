@@ -326,13 +326,16 @@ impl Control {
         if class == LineClass::Console && locked(&machine.console).port_ids().contains(&n) {
             return Reply::with_err(-libc::EINVAL, "Device is already open");
         }
-        let channel = match Channel::open_in(&spec, class, n, &self.ctx) {
+        // A console's pts is allocated when the guest opens the new port; a serial line's now.
+        let opened = if class == LineClass::Console {
+            Channel::prepare(&spec, class, n, &self.ctx)
+        } else {
+            Channel::open_in(&spec, class, n, &self.ctx)
+        };
+        let channel = match opened {
             Ok(c) => c,
             Err(e) => return Reply::with_err(-libc::EINVAL, crate::builder::error_chain(&e)),
         };
-        if let Some(msg) = channel.announcement() {
-            println!("{msg}");
-        }
         if class == LineClass::Console {
             match locked(&machine.console).add_port(n, channel) {
                 Ok(()) => Reply::ok(""),

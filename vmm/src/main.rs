@@ -40,6 +40,10 @@ are /dev/hvc1..; serial lines ssl0..ssl3 are COM1..COM4 (/dev/ttyS0..3). A chann
 null, none (the line does not exist), pts, pty, port:P (telnet on 127.0.0.1; port:ADDR:P
 listens on ADDR), xterm, tty:DEV or file:PATH, or an in,out pair. UML's default for consoles
 other than con0 and for serial lines is xterm; kuml uses pts when DISPLAY is not set.
+A console's pts is allocated and announced (Virtual console N assigned device '/dev/pts/M'),
+and its xterm started, when the guest opens it; a serial line's at start. Lines may share a
+port: each telnet client takes the next line the guest has open and no client holds;
+connections are refused while there is none.
 Consoles beyond con0 exist at boot only when named (all 16 with con=). SIGTERM, SIGINT (when not from the terminal) and
 SIGHUP stop the VM.
 

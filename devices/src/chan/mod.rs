@@ -22,14 +22,21 @@
 //!
 //! Implemented: `fd`, `null`, `pts`, `pty` (served by a Unix98 pts), `tty`, `file`, and `port`
 //! as a built-in telnet server (UML runs the host's in.telnetd and its port-helper; kuml needs
-//! neither): it listens on `127.0.0.1:P` (or the address given as `port:ADDR:P`) from the
-//! start, and the first client gets the line.
-//! Lines sharing a port each listen on it (SO_REUSEPORT); a connected line stops listening,
-//! so a client is refused once every line on the port has one. Output while no client is
-//! connected is discarded. `xterm` is a pts with a terminal window attached by a shell relay
-//! (UML's port-helper is not needed). A channel type used as one half of an `in,out` pair
-//! where that makes no sense (`pts`, `port`, `xterm`) is [`ChanError::Unsupported`].
+//! neither) on `127.0.0.1:P` (or the address given as `port:ADDR:P`). `xterm` is a pts with a
+//! terminal window attached by a shell relay (UML's port-helper is not needed). A channel type
+//! used as one half of an `in,out` pair where that makes no sense (`pts`, `port`, `xterm`) is
+//! [`ChanError::Unsupported`].
+//!
+//! Opening happens in two steps, as in UML, where a line's host side comes up when the guest
+//! opens the line: [`Channel::prepare`] checks what can be checked at start (the `port:`
+//! address is bound, `$DISPLAY` is set for `xterm`), and [`Channel::set_guest_open`] does the
+//! rest when the guest opens the device: the pts is allocated and announced, the terminal
+//! window started, the port's lines start waiting for clients ([`port`]). Connections to a
+//! port are refused while none of its lines waits; output while no client is connected is
+//! discarded. [`Channel::open_in`] does both steps at once (serial lines, which the guest
+//! cannot be seen to open).
 
+pub mod port;
 pub mod spec;
 mod sys;
 pub mod telnet;
@@ -208,19 +215,58 @@ pub struct Channel {
     announcement: Option<String>,
     /// A `port:` channel: a telnet server.
     tcp: Option<TcpState>,
+    /// A pts, pty or xterm line waiting for the guest to open it.
+    deferred: Option<Deferred>,
     /// Descriptors replaced while the channel lives (a port channel's listener and past
     /// connections); kept open until [`Channel::reap`], after the event loop let go of them.
     retired: Vec<Arc<Handle>>,
 }
 
-/// The state of a `port:` channel. While no client is connected the channel's input is the
-/// listening socket; once one is, input and output are the connection, and the listener is
-/// closed so that further clients go to other lines on the same port.
+/// The state of a `port:` channel. While the guest has the line open and no client is
+/// connected, the line waits on the shared listening socket (its input is the line's own
+/// descriptor of it); once a client is connected, input and output are the connection.
 #[derive(Debug)]
 struct TcpState {
-    port: spec::PortAddr,
-    listener: Option<Arc<Handle>>,
+    hub: Arc<port::PortHub>,
+    waiter: Option<port::Waiter>,
+    guest_open: bool,
     decoder: telnet::TelnetDecoder,
+}
+
+/// A pts, pty or xterm line set up but not allocated until the guest opens it.
+#[derive(Debug)]
+struct Deferred {
+    class: LineClass,
+    index: u32,
+    ctx: ChanContext,
+}
+
+/// Where a channel's announcements go (`Virtual console 1 assigned device '/dev/pts/3'`):
+/// standard output by default, as UML prints them.
+#[derive(Clone)]
+pub struct Announcer(Arc<dyn Fn(&str) + Send + Sync>);
+
+impl Announcer {
+    /// Announcements go to `f`.
+    pub fn new(f: impl Fn(&str) + Send + Sync + 'static) -> Self {
+        Announcer(Arc::new(f))
+    }
+
+    fn announce(&self, msg: &str) {
+        (self.0)(msg)
+    }
+}
+
+impl Default for Announcer {
+    fn default() -> Self {
+        Announcer::new(|msg| println!("{msg}"))
+    }
+}
+
+impl std::fmt::Debug for Announcer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Announcer")
+    }
 }
 
 /// What opening a channel may need besides its spec.
@@ -232,6 +278,8 @@ pub struct ChanContext {
     pub xterm: XtermConfig,
     /// Whether `$DISPLAY` is set (an `xterm` needs it).
     pub display: bool,
+    /// Where pts announcements go.
+    pub announcer: Announcer,
 }
 
 impl ChanContext {
@@ -251,79 +299,162 @@ impl Channel {
         Channel::open_in(spec, class, index, &ChanContext::from_env())
     }
 
-    /// Opens `spec` for line `index` of `class`.
-    ///
-    /// `xterm` opens a pts (as `pts`) and starts the emulator in the background, attached to
-    /// it; closing the window leaves the line usable (reopen it with `screen` on
-    /// [`Channel::pts_path`]).
+    /// Opens `spec` for line `index` of `class` as a line the guest has open from the start
+    /// ([`Channel::prepare`] then [`Channel::set_guest_open`]).
     pub fn open_in(
         spec: &ChannelSpec,
         class: LineClass,
         index: u32,
         ctx: &ChanContext,
     ) -> Result<Self, ChanError> {
+        let mut ch = Channel::prepare(spec, class, index, ctx)?;
+        ch.set_guest_open(true)?;
+        Ok(ch)
+    }
+
+    /// Sets up `spec` for line `index` of `class` without allocating what UML allocates only
+    /// when the guest opens the line: a `pts`/`pty` is allocated, an `xterm` started, and a
+    /// `port:` line waits for clients from [`Channel::set_guest_open`] on. What can fail early
+    /// fails here: the `port:` address is bound (a clash is reported now) and `xterm` needs
+    /// `$DISPLAY`.
+    pub fn prepare(
+        spec: &ChannelSpec,
+        class: LineClass,
+        index: u32,
+        ctx: &ChanContext,
+    ) -> Result<Self, ChanError> {
         let mut ch = Channel::empty(spec.clone());
-        if let (true, Chan::Xterm) = (spec.is_single(), &spec.input) {
-            if !ctx.display {
-                return Err(ChanError::NoDisplay);
-            }
-            let mut ch = Channel::open_in(&ChannelSpec::single(Chan::Pts), class, index, ctx)?;
-            ch.spec = spec.clone();
-            ch.announcement = None;
-            let slave = ch.pts_path.clone().unwrap_or_default();
-            let title = xterm_title(class, index, ctx.umid.as_deref());
-            let cmd = xterm_command(&ctx.xterm, &title, &slave);
-            spawn_detached(&cmd).map_err(|e| ChanError::Xterm(ctx.xterm.emulator.clone(), e))?;
-            return Ok(ch);
-        }
-        if spec.is_single() && matches!(spec.input, Chan::Pts | Chan::Pty) {
-            let (master, path) = sys::open_pts().map_err(ChanError::Pts)?;
-            let keep = sys::open_path(&path, true, true, false).map_err(ChanError::Pts)?;
-            let h = Arc::new(Handle::owned(master, FdKind::Tty));
-            ch.input = Some(h.clone());
-            ch.output = Some(h);
-            ch.announcement = Some(format!(
-                "{} {index} assigned device '{}'",
-                class.display_name(),
-                path.display()
-            ));
-            ch.pts_path = Some(path);
-            ch._pts_keepalive = Some(keep);
-            return Ok(ch);
-        }
-        if let (true, Chan::Port(port)) = (spec.is_single(), &spec.input) {
-            let port = *port;
-            let l = sys::tcp_listen(port).map_err(|source| ChanError::Listen { port, source })?;
-            ch.tcp = Some(TcpState {
-                port,
-                listener: Some(Arc::new(Handle::owned(l, FdKind::Socket))),
-                decoder: telnet::TelnetDecoder::new(),
-            });
-            return Ok(ch);
-        }
         if spec.is_single() {
-            if let Chan::Tty(path) = &spec.input {
-                let fd =
-                    sys::open_path(path, true, true, false).map_err(|source| ChanError::Open {
-                        path: path.clone(),
-                        source,
-                    })?;
-                let mut h = Handle::owned(fd, FdKind::Tty);
-                if sys::is_tty(h.fd) {
-                    h.make_raw().map_err(|source| ChanError::Open {
-                        path: path.clone(),
-                        source,
-                    })?;
+            match &spec.input {
+                Chan::Xterm if !ctx.display => return Err(ChanError::NoDisplay),
+                Chan::Xterm | Chan::Pts | Chan::Pty => {
+                    ch.deferred = Some(Deferred {
+                        class,
+                        index,
+                        ctx: ctx.clone(),
+                    });
+                    return Ok(ch);
                 }
-                let h = Arc::new(h);
-                ch.input = Some(h.clone());
-                ch.output = Some(h);
-                return Ok(ch);
+                Chan::Port(port) => {
+                    let port = *port;
+                    let hub = port::PortHub::get(port)
+                        .map_err(|source| ChanError::Listen { port, source })?;
+                    ch.tcp = Some(TcpState {
+                        hub,
+                        waiter: None,
+                        guest_open: false,
+                        decoder: telnet::TelnetDecoder::new(),
+                    });
+                    return Ok(ch);
+                }
+                Chan::Tty(path) => {
+                    let err = |source| ChanError::Open {
+                        path: path.clone(),
+                        source,
+                    };
+                    let fd = sys::open_path(path, true, true, false).map_err(err)?;
+                    let mut h = Handle::owned(fd, FdKind::Tty);
+                    if sys::is_tty(h.fd) {
+                        h.make_raw().map_err(err)?;
+                    }
+                    let h = Arc::new(h);
+                    ch.input = Some(h.clone());
+                    ch.output = Some(h);
+                    return Ok(ch);
+                }
+                _ => {}
             }
         }
         ch.input = open_half(&spec.input, false)?;
         ch.output = open_half(&spec.output, true)?;
         Ok(ch)
+    }
+
+    /// The guest opened (`true`) or closed (`false`) the line.
+    ///
+    /// The first open allocates a deferred pts (announced through the context's
+    /// [`Announcer`], as UML prints `Virtual console N assigned device '/dev/pts/M'`) or
+    /// starts the `xterm` on one (closing the window leaves the line usable: reopen it with
+    /// `screen` on [`Channel::pts_path`]); the pts then stays for the channel's lifetime. A
+    /// `port:` line waits for a client while the guest has it open and none is connected; a
+    /// connected client stays connected when the guest closes the line. An error leaves the
+    /// line unattached.
+    pub fn set_guest_open(&mut self, open: bool) -> Result<(), ChanError> {
+        if let Some(t) = self.tcp.as_mut() {
+            t.guest_open = open;
+            if open {
+                self.start_waiting();
+            } else {
+                self.stop_waiting();
+            }
+            return Ok(());
+        }
+        match self.deferred.take() {
+            Some(d) if open => self.allocate_pts(d),
+            d => {
+                self.deferred = d;
+                Ok(())
+            }
+        }
+    }
+
+    // Allocates the pts of a deferred pts, pty or xterm line.
+    fn allocate_pts(&mut self, d: Deferred) -> Result<(), ChanError> {
+        let (master, path) = sys::open_pts().map_err(ChanError::Pts)?;
+        let keep = sys::open_path(&path, true, true, false).map_err(ChanError::Pts)?;
+        let h = Arc::new(Handle::owned(master, FdKind::Tty));
+        self.input = Some(h.clone());
+        self.output = Some(h);
+        self.pts_path = Some(path.clone());
+        self._pts_keepalive = Some(keep);
+        if self.spec.input == Chan::Xterm {
+            let title = xterm_title(d.class, d.index, d.ctx.umid.as_deref());
+            let cmd = xterm_command(&d.ctx.xterm, &title, &path);
+            return spawn_detached(&cmd)
+                .map_err(|e| ChanError::Xterm(d.ctx.xterm.emulator.clone(), e));
+        }
+        if self.spec.input == Chan::Pty {
+            warn!(
+                "{} {}: pty is served by a Unix98 pts (hosts have no BSD ptys)",
+                d.class.display_name(),
+                d.index
+            );
+        }
+        let msg = format!(
+            "{} {} assigned device '{}'",
+            d.class.display_name(),
+            d.index,
+            path.display()
+        );
+        d.ctx.announcer.announce(&msg);
+        self.announcement = Some(msg);
+        Ok(())
+    }
+
+    // A `port:` line the guest has open and no client holds starts waiting for one.
+    fn start_waiting(&mut self) {
+        let connected = self.live_input().is_some();
+        let Some(t) = self.tcp.as_mut() else {
+            return;
+        };
+        if !t.guest_open || connected || t.waiter.is_some() {
+            return;
+        }
+        match t.hub.wait() {
+            Ok(w) => t.waiter = Some(w),
+            Err(e) => warn!("port {}: cannot listen: {e}", t.hub.addr()),
+        }
+    }
+
+    fn stop_waiting(&mut self) {
+        let Some(w) = self.tcp.as_mut().and_then(|t| t.waiter.take()) else {
+            return;
+        };
+        // The event loop may still watch the descriptor: keep it until `reap`.
+        if let Some(fd) = w.finish() {
+            self.retired
+                .push(Arc::new(Handle::owned(fd, FdKind::Socket)));
+        }
     }
 
     /// A channel with no input and no output (`null`).
@@ -363,6 +494,7 @@ impl Channel {
             _pts_keepalive: None,
             announcement: None,
             tcp: None,
+            deferred: None,
             retired: Vec::new(),
         }
     }
@@ -415,8 +547,9 @@ impl Channel {
         }
         self.tcp
             .as_ref()
-            .and_then(|t| t.listener.as_ref())
-            .map(|h| h.fd)
+            .and_then(|t| t.waiter.as_ref())
+            .and_then(|w| w.fd())
+            .map(|fd| fd.as_raw_fd())
     }
 
     fn live_input(&self) -> Option<&Handle> {
@@ -434,7 +567,7 @@ impl Channel {
 
     /// True while the channel has an input at all.
     pub fn has_input(&self) -> bool {
-        self.live_input().is_some() || self.tcp.as_ref().is_some_and(|t| t.listener.is_some())
+        self.live_input().is_some() || self.tcp.as_ref().is_some_and(|t| t.waiter.is_some())
     }
 
     /// Reads what is available, without blocking.
@@ -467,48 +600,44 @@ impl Channel {
         }
     }
 
-    // A port channel's listener is readable: take the client.
+    // A waiting port line's listener is readable: take the client, unless another line on
+    // the port took it first.
     fn accept(&mut self) {
         let Some(t) = self.tcp.as_mut() else {
             return;
         };
-        let Some(l) = t.listener.as_ref() else {
+        let Some(w) = t.waiter.as_ref() else {
             return;
         };
-        match sys::accept(l.fd) {
-            Ok(conn) => {
-                log::info!("port {}: client connected", t.port);
+        match w.accept() {
+            Ok(Some(conn)) => {
+                log::info!("port {}: client connected", t.hub.addr());
                 // Offer echo and character mode; a failure shows up on the next read.
                 let _ = sys::write(conn.as_raw_fd(), telnet::NEGOTIATION);
                 let h = Arc::new(Handle::owned(conn, FdKind::Socket));
                 t.decoder = telnet::TelnetDecoder::new();
-                if let Some(l) = t.listener.take() {
-                    self.retired.push(l);
-                }
                 self.input = Some(h.clone());
                 self.output = Some(h);
                 self.input_closed = false;
                 self.output_closed = false;
                 self.out_buf.clear();
+                self.stop_waiting();
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => warn!("port {}: accept failed: {e}", t.port),
+            Ok(None) => {}
+            Err(e) => warn!("port {}: accept failed: {e}", t.hub.addr()),
         }
     }
 
-    // A port channel's client left: listen again.
+    // A port line's client left: wait for the next one if the guest has the line open.
     fn disconnect(&mut self) {
-        let Some(t) = self.tcp.as_mut() else {
+        let Some(t) = self.tcp.as_ref() else {
             return;
         };
-        log::info!("port {}: client disconnected", t.port);
+        log::info!("port {}: client disconnected", t.hub.addr());
         self.retired.extend(self.input.take());
         self.retired.extend(self.output.take());
         self.out_buf.clear();
-        match sys::tcp_listen(t.port) {
-            Ok(l) => t.listener = Some(Arc::new(Handle::owned(l, FdKind::Socket))),
-            Err(e) => warn!("port {}: cannot listen again: {e}", t.port),
-        }
+        self.start_waiting();
     }
 
     fn read_fd(&mut self, buf: &mut [u8]) -> ChanRead {
@@ -968,6 +1097,7 @@ mod tests {
                 ..XtermConfig::default()
             },
             display: true,
+            ..ChanContext::default()
         };
         let Ok(ch) = Channel::open_in(
             &ChannelSpec::single(Chan::Xterm),
@@ -1033,5 +1163,124 @@ mod tests {
         // Closing the user's side does not hang up the channel.
         drop(slave);
         assert_eq!(ch.read(&mut got), ChanRead::WouldBlock);
+    }
+
+    // A context whose announcements are collected.
+    fn collecting_ctx() -> (ChanContext, Arc<Mutex<Vec<String>>>) {
+        let said = Arc::new(Mutex::new(Vec::new()));
+        let sink = said.clone();
+        let ctx = ChanContext {
+            announcer: Announcer::new(move |m| sink.lock().unwrap().push(m.to_owned())),
+            ..ChanContext::default()
+        };
+        (ctx, said)
+    }
+
+    #[test]
+    fn test_console_pts_is_allocated_when_the_guest_opens_it() {
+        let (ctx, said) = collecting_ctx();
+        let spec = ChannelSpec::single(Chan::Pts);
+        let mut ch = Channel::prepare(&spec, LineClass::Console, 1, &ctx).unwrap();
+        assert_eq!(ch.pts_path(), None);
+        assert_eq!(ch.describe(), "pts");
+        assert_eq!(ch.input_fd(), None);
+        assert!(said.lock().unwrap().is_empty());
+        ch.set_guest_open(true)
+            .expect("allocate a pts (/dev/ptmx is needed)");
+        let path = ch.pts_path().unwrap().to_path_buf();
+        let msg = format!("Virtual console 1 assigned device '{}'", path.display());
+        assert_eq!(*said.lock().unwrap(), vec![msg]);
+        assert!(ch.input_fd().is_some());
+        // Closing and reopening keeps the same pts, announced once.
+        ch.set_guest_open(false).unwrap();
+        ch.set_guest_open(true).unwrap();
+        assert_eq!(ch.pts_path(), Some(path.as_path()));
+        assert_eq!(said.lock().unwrap().len(), 1);
+    }
+
+    // Polls `ch` until it has a client (true) or gives up.
+    fn wait_connected(ch: &mut Channel) -> bool {
+        let mut buf = [0u8; 16];
+        for _ in 0..1000 {
+            let _ = ch.read(&mut buf);
+            ch.reap();
+            if ch.is_connected() {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        false
+    }
+
+    #[test]
+    fn test_port_lines_share_a_port_and_refuse_until_the_guest_opens() {
+        use std::net::{TcpListener, TcpStream};
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let refused = || {
+            TcpStream::connect(("127.0.0.1", port))
+                .is_err_and(|e| e.kind() == io::ErrorKind::ConnectionRefused)
+        };
+        let spec = parse_line(&format!("port:{port}")).unwrap().unwrap();
+        let ctx = ChanContext::default();
+        let mut a = Channel::prepare(&spec, LineClass::Console, 1, &ctx).unwrap();
+        let mut b = Channel::prepare(&spec, LineClass::Console, 2, &ctx).unwrap();
+        // Bound, but nobody waits: refused.
+        assert!(refused());
+        assert_eq!(a.input_fd(), None);
+        a.set_guest_open(true).unwrap();
+        b.set_guest_open(true).unwrap();
+        let mut c1 = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let first_a = wait_connected(&mut a);
+        let (first, second) = if first_a {
+            (&mut a, &mut b)
+        } else {
+            (&mut b, &mut a)
+        };
+        assert!(first_a || wait_connected(first));
+        assert!(!second.is_connected());
+        let mut c2 = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        assert!(wait_connected(second));
+        // Both lines are taken: a third client is refused.
+        assert!(refused());
+        // Each client talks to its own line.
+        let mut neg = vec![0u8; telnet::NEGOTIATION.len()];
+        c1.read_exact(&mut neg).unwrap();
+        c2.read_exact(&mut neg).unwrap();
+        first.write(b"one");
+        second.write(b"two");
+        let mut got = [0u8; 3];
+        c1.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"one");
+        c2.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"two");
+        // A client that leaves frees its line for the next one.
+        drop(c1);
+        let mut buf = [0u8; 16];
+        for _ in 0..1000 {
+            let _ = first.read(&mut buf);
+            if !first.is_connected() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert!(!first.is_connected());
+        let _c3 = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        assert!(wait_connected(first));
+        // The guest closing a line it has no client for stops the wait.
+        drop(c2);
+        for _ in 0..1000 {
+            let _ = second.read(&mut buf);
+            if !second.is_connected() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        second.set_guest_open(false).unwrap();
+        second.reap();
+        assert!(refused());
     }
 }

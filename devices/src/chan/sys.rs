@@ -217,9 +217,9 @@ pub(crate) fn write(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
     }
 }
 
-/// A nonblocking TCP socket listening on `addr` with a backlog of 1, as UML's port channel. SO_REUSEPORT lets every line configured with the same port listen on it: the
-/// kernel hands each new connection to one of the lines still waiting.
-pub(crate) fn tcp_listen(addr: super::spec::PortAddr) -> io::Result<OwnedFd> {
+/// A nonblocking TCP socket bound to `addr` but not listening yet: the port is taken (a clash
+/// is reported now), and connections are refused until [`listen`].
+pub(crate) fn tcp_bind(addr: super::spec::PortAddr) -> io::Result<OwnedFd> {
     // SAFETY: socket takes plain arguments and returns a new descriptor or -1.
     let fd = unsafe {
         libc::socket(
@@ -234,20 +234,18 @@ pub(crate) fn tcp_listen(addr: super::spec::PortAddr) -> io::Result<OwnedFd> {
     // SAFETY: `fd` was just created and is owned by nobody else.
     let sock = unsafe { OwnedFd::from_raw_fd(fd) };
     let one: libc::c_int = 1;
-    for opt in [libc::SO_REUSEADDR, libc::SO_REUSEPORT] {
-        // SAFETY: `one` is a valid c_int for the duration of the call, its size is passed.
-        let r = unsafe {
-            libc::setsockopt(
-                sock.as_raw_fd(),
-                libc::SOL_SOCKET,
-                opt,
-                (&one as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if r < 0 {
-            return Err(io::Error::last_os_error());
-        }
+    // SAFETY: `one` is a valid c_int for the duration of the call, its size is passed.
+    let r = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
     }
     let addr = libc::sockaddr_in {
         sin_family: libc::AF_INET as libc::sa_family_t,
@@ -268,11 +266,37 @@ pub(crate) fn tcp_listen(addr: super::spec::PortAddr) -> io::Result<OwnedFd> {
     if r < 0 {
         return Err(io::Error::last_os_error());
     }
+    Ok(sock)
+}
+
+/// Starts (or, after [`stop_listening`], resumes) listening, with UML's backlog of 1.
+pub(crate) fn listen(sock: RawFd) -> io::Result<()> {
     // SAFETY: listen takes the socket and a backlog only.
-    if unsafe { libc::listen(sock.as_raw_fd(), 1) } < 0 {
+    if unsafe { libc::listen(sock, 1) } < 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(sock)
+    Ok(())
+}
+
+/// Stops a listening socket without giving up its port: queued connections are reset and new
+/// ones refused until [`listen`] is called again (Linux keeps an explicitly bound port).
+pub(crate) fn stop_listening(sock: RawFd) -> io::Result<()> {
+    // SAFETY: shutdown takes the socket and a constant only.
+    if unsafe { libc::shutdown(sock, libc::SHUT_RD) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// A second, close-on-exec descriptor for the same open file.
+pub(crate) fn dup(fd: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: F_DUPFD_CLOEXEC returns a new descriptor or -1 and touches no memory.
+    let new = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+    if new < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `new` was just returned by fcntl and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(new) })
 }
 
 /// Accepts a connection, nonblocking and close-on-exec.

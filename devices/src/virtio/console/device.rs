@@ -272,8 +272,6 @@ impl Console {
 pub struct OpenedConsoles {
     /// The device, one port per line that opened.
     pub console: Console,
-    /// UML's announcements (`Virtual console 1 assigned device '/dev/pts/3'`), to print.
-    pub announcements: Vec<String>,
     /// Lines that could not be set up; UML boots without them, printing why.
     pub failures: Vec<ConsoleError>,
 }
@@ -287,7 +285,6 @@ pub fn open_consoles(
     ctx: &ChanContext,
 ) -> Result<OpenedConsoles, ConsoleError> {
     let mut console = Console::new(max_ports)?;
-    let mut announcements = Vec::new();
     let mut failures = Vec::new();
     for (id, spec) in lines {
         if *id >= max_ports {
@@ -297,19 +294,12 @@ pub fn open_consoles(
             });
             continue;
         }
-        match Channel::open_in(spec, LineClass::Console, *id, ctx) {
-            Ok(ch) => {
-                announcements.extend(ch.announcement().map(str::to_owned));
-                console.add_port(*id, ch)?;
-            }
+        match Channel::prepare(spec, LineClass::Console, *id, ctx) {
+            Ok(ch) => console.add_port(*id, ch)?,
             Err(source) => failures.push(ConsoleError::Channel { id: *id, source }),
         }
     }
-    Ok(OpenedConsoles {
-        console,
-        announcements,
-        failures,
-    })
+    Ok(OpenedConsoles { console, failures })
 }
 
 impl VirtioDevice for Console {
@@ -413,6 +403,9 @@ impl VirtioDevice for Console {
         for p in self.ports.values_mut() {
             p.ready = false;
             p.guest_open = false;
+            if let Err(e) = p.channel.set_guest_open(false) {
+                warn!("console: {}", crate::error_chain(&e));
+            }
         }
         self.kick();
         true
@@ -466,7 +459,6 @@ mod tests {
                 source: ChanError::NoDisplay
             }
         ));
-        assert!(o.announcements.is_empty());
     }
 
     #[test]

@@ -238,6 +238,9 @@ impl Console {
                     return;
                 };
                 p.guest_open = open;
+                if let Err(e) = p.channel.set_guest_open(open) {
+                    warn!("console {id}: {}", crate::error_chain(&e));
+                }
                 if open {
                     self.fill_rx(id);
                 }

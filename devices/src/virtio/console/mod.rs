@@ -15,22 +15,28 @@
 //! once the guest has the port open (PORT_OPEN); while the buffer is full the channel is not
 //! read, so nothing is lost and the host side feels the backpressure.
 //!
+//! A port's channel is set up with [`Channel::prepare`] and opened when the guest opens the
+//! port (PORT_OPEN 1, which Linux sends as soon as it makes the port an hvc tty): a `pts` is
+//! allocated and announced then, and a `port:` line starts taking telnet clients then
+//! ([`Channel::set_guest_open`]).
+//!
 //! Wiring (VMM side):
 //! ```ignore
-//! let ctx = ChanContext { umid: Some(umid), xterm: XtermConfig::default(), display };
+//! let ctx = ChanContext { umid: Some(umid), ..ChanContext::from_env() };
 //! let lines = chan::resolve_lines(LineClass::Console, cfg.con.all.as_deref(), &cfg.con.each,
 //!                                 DEFAULT_MAX_PORTS, ctx.display)?;
 //! let opened = open_consoles(&lines, DEFAULT_MAX_PORTS, &ctx)?;
 //! for e in &opened.failures { log::warn!("{}", error_chain(e)); }
-//! for a in &opened.announcements { println!("{a}"); }
 //! let console = Arc::new(Mutex::new(opened.console));
 //! event_manager.add_subscriber(console.clone());   // Arc<Mutex<Console>>
 //! transport = VirtioPci::new(console.clone() as Arc<Mutex<dyn VirtioDevice>>, …);
-//! // mconsole `config con3=pts`: console.lock().unwrap().add_port(3, Channel::open_in(…)?)
+//! // mconsole `config con3=pts`: console.lock().unwrap().add_port(3, Channel::prepare(…)?)
 //! // mconsole `remove con3` / `config con3=none`: console.lock().unwrap().remove_port(3)
 //! ```
 //!
 //! [`Channel`]: crate::chan::Channel
+//! [`Channel::prepare`]: crate::chan::Channel::prepare
+//! [`Channel::set_guest_open`]: crate::chan::Channel::set_guest_open
 
 pub mod control;
 pub mod device;
