@@ -529,3 +529,18 @@ pub fn parse_reply(line: &str) -> AgentReply {
         _ => AgentReply::Err(line.to_owned()),
     }
 }
+
+/// Runs `cmd`, panics (with its output) unless it succeeds; returns its standard output.
+pub fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

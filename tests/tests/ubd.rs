@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
-use kuml_e2e::{artifact, kuml_bin, TestVm, VmOptions};
+use kuml_e2e::{artifact, kuml_bin, run_ok as run, TestVm, VmOptions};
 
 /// Boot under PVM emulation takes ~35-60 s to the agent alone, minutes on a loaded host; these
 /// bounds only catch hangs.
@@ -45,21 +45,6 @@ fn ubd_tool(name: &str) -> PathBuf {
         p.display()
     );
     p
-}
-
-/// Runs a command; panics unless it succeeds; returns stdout.
-fn run(cmd: &mut Command) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed ({}):\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// A sparse copy of a guest artifact in `dir`.

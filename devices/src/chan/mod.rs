@@ -1017,17 +1017,7 @@ mod tests {
         ch.write(b"nobody");
         assert_eq!(ch.read(&mut buf), ChanRead::WouldBlock);
         let mut client = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        let mut connected = false;
-        for _ in 0..1000 {
-            let _ = ch.read(&mut buf);
-            if ch.is_connected() {
-                connected = true;
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
-        assert!(connected);
-        ch.reap();
+        assert!(poll_until(&mut ch, true));
         assert_ne!(ch.input_fd(), Some(listen_fd));
         let mut neg = vec![0u8; telnet::NEGOTIATION.len()];
         client.read_exact(&mut neg).unwrap();
@@ -1051,14 +1041,7 @@ mod tests {
         client.read_exact(&mut out).unwrap();
         assert_eq!(out, [b'a', telnet::IAC, telnet::IAC]);
         drop(client);
-        for _ in 0..1000 {
-            let _ = ch.read(&mut buf);
-            if !ch.is_connected() {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
-        assert!(!ch.is_connected());
+        assert!(poll_until(&mut ch, false));
         assert!(ch.input_fd().is_some());
         // The line listens again.
         let _second = TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -1198,18 +1181,22 @@ mod tests {
         assert_eq!(said.lock().unwrap().len(), 1);
     }
 
-    // Polls `ch` until it has a client (true) or gives up.
-    fn wait_connected(ch: &mut Channel) -> bool {
+    // Reads `ch` until it has a client (`connected`) or has none; returns whether it got there.
+    fn poll_until(ch: &mut Channel, connected: bool) -> bool {
         let mut buf = [0u8; 16];
         for _ in 0..1000 {
             let _ = ch.read(&mut buf);
             ch.reap();
-            if ch.is_connected() {
+            if ch.is_connected() == connected {
                 return true;
             }
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
         false
+    }
+
+    fn wait_connected(ch: &mut Channel) -> bool {
+        poll_until(ch, true)
     }
 
     #[test]
@@ -1259,26 +1246,12 @@ mod tests {
         assert_eq!(&got, b"two");
         // A client that leaves frees its line for the next one.
         drop(c1);
-        let mut buf = [0u8; 16];
-        for _ in 0..1000 {
-            let _ = first.read(&mut buf);
-            if !first.is_connected() {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
-        assert!(!first.is_connected());
+        assert!(poll_until(first, false));
         let _c3 = TcpStream::connect(("127.0.0.1", port)).unwrap();
         assert!(wait_connected(first));
         // The guest closing a line it has no client for stops the wait.
         drop(c2);
-        for _ in 0..1000 {
-            let _ = second.read(&mut buf);
-            if !second.is_connected() {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
+        poll_until(second, false);
         second.set_guest_open(false).unwrap();
         second.reap();
         assert!(refused());

@@ -309,6 +309,7 @@ impl Console {
                     0
                 }
             };
+            log::trace!("console: port {id}: {n} bytes into receive chain {head}");
             port.input.drain(..n);
             active.used(qi, head, n);
             any = true;
@@ -413,7 +414,10 @@ fn read_into(port: &mut super::device::Port, max: usize) {
     while port.input.len() < max {
         let room = (max - port.input.len()).min(buf.len());
         match port.channel.read(&mut buf[..room]) {
-            ChanRead::Data(n) => port.input.extend(&buf[..n]),
+            ChanRead::Data(n) => {
+                log::trace!("console: {}: {n} bytes of input", port.name);
+                port.input.extend(&buf[..n])
+            }
             ChanRead::WouldBlock | ChanRead::Closed => break,
         }
     }
