@@ -64,6 +64,24 @@ def kuml_cmd(kernel, mem_mib, initrd=None, append=(), uml_dir=None):
     return cmd + list(append)
 
 
+def uml_bin():
+    """Debian's UML (package user-mode-linux), the anchor kuml replaces, or None."""
+    return os.environ.get("UML") or shutil.which("linux.uml")
+
+
+def uml_cmd(mem_mib, initrd, umid, uml_dir):
+    # UML boots its own kernel (Debian's 6.1 UML build) from the same initramfs; con0 on
+    # stdout, every other console and serial line off.
+    return [uml_bin(), f"mem={mem_mib}M", f"initrd={initrd}", "con=null", "con0=fd:0,fd:1",
+            "ssl=null", f"umid={umid}", f"uml_dir={uml_dir}"]
+
+
+def uml_version():
+    deb = subprocess.run(["dpkg-query", "-W", "-f", "${Version}", "user-mode-linux"],
+                         capture_output=True, text=True).stdout.strip()
+    return f"Debian user-mode-linux {deb}" if deb else uml_bin()
+
+
 def qemu_cmd(kernel, mem_mib, initrd=None, append=(), serial=True, exit_port=False):
     cmd = [QEMU, "-M", "microvm", "-accel", "kvm", "-cpu", "host", "-m", str(mem_mib),
            "-smp", "1", "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
@@ -96,6 +114,14 @@ def fmt(x, unit="s", nd=3):
 
 
 def stop(p):
+    if getattr(p, "own_group", False):
+        # UML runs as a process tree (its ptrace helpers): stop all of it.
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        p.wait()
+        return
     if p.poll() is None:
         p.send_signal(signal.SIGTERM)
         try:
@@ -105,12 +131,14 @@ def stop(p):
             p.wait()
 
 
-def start_until(cmd, marker, timeout, stdout_log=None):
+def start_until(cmd, marker, timeout, own_group=False):
     """Starts cmd, reads its console as it arrives; returns (proc, seconds to marker or None,
-    console bytes). The process is left running."""
+    console bytes). The process is left running (in a process group of its own with
+    own_group, which stop() then kills whole)."""
     t0 = time.monotonic()
     p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                         stderr=subprocess.STDOUT)
+                         stderr=subprocess.STDOUT, start_new_session=own_group)
+    p.own_group = own_group
     buf = b""
     fd = p.stdout.fileno()
     deadline = t0 + timeout
@@ -210,11 +238,39 @@ def cmd_boot(a):
             rows.append((f"{name} ({rounds_of[name]} rounds)", fmt(mk), fmt(mq), fmt(ratio(mk, mq), "", 2)))
             gk, gq = med(guest["kuml"]), med(guest["qemu"])
             rows.append(("  guest printk clock at the marker", fmt(gk), fmt(gq), fmt(ratio(gk, gq), "", 2)))
+        if uml_bin():
+            res["uml"] = boot_uml(a, initrd, udir, med(res["kernels"]["vmlinux"]["kuml_s"]))
+            u = res["uml"]
+            rows.append((f"UML anchor: linux.uml ({a.rounds} rounds; kuml/UML)", fmt(u["kuml_vmlinux_median_s"]),
+                         f"UML {fmt(u['uml_median_s'])}", fmt(u["ratio"], "", 2)))
+        else:
+            res["uml"] = {"not_measured": "linux.uml not found (package user-mode-linux)"}
     finally:
         shutil.rmtree(udir, ignore_errors=True)
     table(f"boot: process start -> '{BOOT_MARKER.decode()}' (medians, "
           f"{a.mem} MiB; target kuml/QEMU <= 0.5)", rows)
     dump(a.json, res)
+
+
+def boot_uml(a, initrd, udir, kuml_median):
+    """UML, the system kuml replaces: process start -> the same marker, from the same
+    initramfs. UML runs its own kernel under ptrace, without KVM."""
+    times, fails = [], 0
+    for i in range(a.rounds):
+        p, t, out = start_until(uml_cmd(a.mem, initrd, f"kbench-uml{i}", udir), BOOT_MARKER,
+                                a.timeout, own_group=True)
+        stop(p)
+        if t is None:
+            fails += 1
+            sys.stderr.write(f"boot UML round {i}: no marker; last output:\n"
+                             + out[-800:].decode(errors="replace") + "\n")
+        else:
+            times.append(t)
+        print(f"  UML round {i + 1}/{a.rounds}: {fmt(t)}", flush=True)
+    mu = med(times)
+    return {"uml": uml_version(), "rounds": a.rounds, "uml_s": times, "uml_median_s": mu,
+            "failures": fails, "kuml_vmlinux_median_s": kuml_median,
+            "ratio": ratio(kuml_median, mu)}
 
 
 # ---------------------------------------------------------------- first instruction
@@ -468,6 +524,13 @@ def cmd_report(a):
                          f"| {fmt(gq)} | {fmt(ratio(gk, gq), '', 2)} | |")
         if "bzImage" not in b["kernels"]:
             L.append("| start -> `Run /init` (bzImage) | not run (--bzimage not given) | | | ratio <= 0.5 |")
+        u = b.get("uml", {})
+        if u.get("uml_median_s") is not None:
+            L.append(f"| start -> `Run /init`, **UML** ({u['uml']}: its own kernel, same initramfs, "
+                     f"{u['rounds']} rounds) against kuml's vmlinux boot | {fmt(u['kuml_vmlinux_median_s'])} "
+                     f"| UML: {fmt(u['uml_median_s'])} | kuml/UML {fmt(u['ratio'], '', 2)} | |")
+        elif u.get("not_measured"):
+            L.append(f"| start -> `Run /init`, UML | not measured: {u['not_measured']} | | | |")
     fi = figs.get("first_instruction")
     if fi:
         L.append(f"| start -> first guest instruction -> exit (tiny ELF, {fi['rounds']} rounds) "

@@ -23,6 +23,8 @@ pkgs=(
     # consoles (port= via telnet, xterm= under Xvfb, pts/tty via tmux/socat), scripts
     qemu-system-x86 uml-utilities iproute2 telnet xvfb xterm tmux socat python3 procps psmisc
     file
+    # benchmarks: real UML, the anchor kuml replaces (bench/kbench.py boot)
+    user-mode-linux
 )
 missing=()
 for p in "${pkgs[@]}"; do
