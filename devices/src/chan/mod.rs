@@ -414,7 +414,7 @@ impl Channel {
                 .map_err(|e| ChanError::Xterm(d.ctx.xterm.emulator.clone(), e));
         }
         if self.spec.input == Chan::Pty {
-            warn!(
+            log::info!(
                 "{} {}: pty is served by a Unix98 pts (hosts have no BSD ptys)",
                 d.class.display_name(),
                 d.index
@@ -612,16 +612,18 @@ impl Channel {
         match w.accept() {
             Ok(Some(conn)) => {
                 log::info!("port {}: client connected", t.hub.addr());
+                t.decoder = telnet::TelnetDecoder::new();
+                // Stop waiting first: once the client hears from us, a port with no other
+                // line waiting already refuses the next client.
+                self.stop_waiting();
                 // Offer echo and character mode; a failure shows up on the next read.
                 let _ = sys::write(conn.as_raw_fd(), telnet::NEGOTIATION);
                 let h = Arc::new(Handle::owned(conn, FdKind::Socket));
-                t.decoder = telnet::TelnetDecoder::new();
                 self.input = Some(h.clone());
                 self.output = Some(h);
                 self.input_closed = false;
                 self.output_closed = false;
                 self.out_buf.clear();
-                self.stop_waiting();
             }
             Ok(None) => {}
             Err(e) => warn!("port {}: accept failed: {e}", t.hub.addr()),
