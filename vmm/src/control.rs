@@ -344,7 +344,7 @@ impl Control {
         } else {
             match machine.serials.iter().find(|(i, _)| *i == n) {
                 Some((_, s)) => {
-                    drop(locked(s).set_channel(channel));
+                    locked(s).set_channel(channel);
                     Reply::ok("")
                 }
                 None => Reply::no_device(),

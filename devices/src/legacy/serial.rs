@@ -63,8 +63,10 @@ pub struct SerialDevice {
     uart: Serial<IrqTrigger, vm_superio::serial::NoEvents, Sink>,
     pending: VecDeque<u8>,
     /// Written when the guest empties the FIFO while input waits, so that the event loop
-    /// resumes reading a channel it stopped reading.
+    /// resumes reading a channel it stopped reading, and when the channel is replaced.
     drained: EventFd,
+    /// Channels replaced at run time, closed once the event loop stopped watching them.
+    retired: Vec<Channel>,
     watched_in: Option<RawFd>,
     watched_out: Option<RawFd>,
 }
@@ -84,6 +86,7 @@ impl SerialDevice {
             uart: Serial::new(IrqTrigger(irq), Sink(channel)),
             pending: VecDeque::new(),
             drained: EventFd::new(libc::EFD_NONBLOCK)?,
+            retired: Vec::new(),
             watched_in: None,
             watched_out: None,
         })
@@ -94,9 +97,14 @@ impl SerialDevice {
         &self.uart.writer().0
     }
 
-    /// Replaces the line's channel (mconsole `config sslN=`); returns the old one.
-    pub fn set_channel(&mut self, channel: Channel) -> Channel {
-        std::mem::replace(&mut self.uart.writer_mut().0, channel)
+    /// Replaces the line's channel (mconsole `config sslN=`). The old one is closed once the
+    /// event loop, woken now, has stopped watching it and watches the new one.
+    pub fn set_channel(&mut self, channel: Channel) {
+        let old = std::mem::replace(&mut self.uart.writer_mut().0, channel);
+        self.retired.push(old);
+        if let Err(e) = self.drained.write(1) {
+            log::warn!("serial line: cannot wake the event loop for the new channel: {e}");
+        }
     }
 
     /// Queues input for the guest; returns how many bytes were accepted.
@@ -167,6 +175,7 @@ impl SerialDevice {
             }
         }
         self.uart.writer_mut().0.reap();
+        self.retired.clear();
     }
 }
 
@@ -286,5 +295,42 @@ mod tests {
         s.write(0x3f8, 0, b"z");
         s.read_input();
         assert_eq!(s.pending(), 0);
+    }
+
+    // Reads what the guest would see in the receive buffer now.
+    fn drain_rbr(s: &mut SerialDevice) -> Vec<u8> {
+        let mut got = Vec::new();
+        loop {
+            let mut lsr = [0u8];
+            s.read(0x3f8, 5, &mut lsr);
+            if lsr[0] & 1 == 0 {
+                return got;
+            }
+            let mut b = [0u8];
+            s.read(0x3f8, 0, &mut b);
+            got.push(b[0]);
+        }
+    }
+
+    #[test]
+    fn a_replaced_channel_is_watched_for_input() {
+        use event_manager::{EventManager, SubscriberOps};
+        use std::sync::{Arc, Mutex};
+        let (old, _old_peer) = pair_channel();
+        let s = Arc::new(Mutex::new(SerialDevice::new(evt(), old).unwrap()));
+        let mut em = EventManager::<Arc<Mutex<dyn MutEventSubscriber + Send>>>::new().unwrap();
+        em.add_subscriber(s.clone());
+        let (new, mut peer) = pair_channel();
+        s.lock().unwrap().set_channel(new);
+        peer.write_all(b"typed").unwrap();
+        let mut got = Vec::new();
+        for _ in 0..20 {
+            em.run_with_timeout(50).unwrap();
+            got.extend(drain_rbr(&mut s.lock().unwrap()));
+            if got.len() >= 5 {
+                break;
+            }
+        }
+        assert_eq!(got, b"typed");
     }
 }
