@@ -115,6 +115,9 @@ struct Console {
     closed: Mutex<bool>,
 }
 
+/// The most descriptors [`VmOptions::extra_fds`] can hand to kuml.
+const MAX_EXTRA_FDS: usize = 8;
+
 /// Options for a test VM.
 #[derive(Debug, Clone)]
 pub struct VmOptions {
@@ -125,6 +128,7 @@ pub struct VmOptions {
     /// Add the host's required guest options (PVM).
     pub host_options: bool,
     /// Descriptors to hand to kuml: (child fd number, our fd), e.g. for `con1=fd:3,fd:4`.
+    /// Ours are handed over: they are closed in this process once kuml has started.
     pub extra_fds: Vec<(i32, std::os::fd::RawFd)>,
     /// Also print the kernel log on COM1 (`ssl0`) to kuml's stderr from the first line on:
     /// the virtio console (con0, `hvc0`) only shows what the kernel prints once its driver has
@@ -195,13 +199,29 @@ impl TestVm {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         if !opts.extra_fds.is_empty() {
-            let fds = opts.extra_fds.clone();
-            // SAFETY: only async-signal-safe calls (dup2, fcntl) between fork and exec.
+            assert!(opts.extra_fds.len() <= MAX_EXTRA_FDS, "too many extra_fds");
+            let mut fds = [(0, 0); MAX_EXTRA_FDS];
+            fds[..opts.extra_fds.len()].copy_from_slice(&opts.extra_fds);
+            let n = opts.extra_fds.len();
+            // SAFETY: only async-signal-safe calls (fcntl, dup2) between fork and exec, on a
+            // fixed-size array (no allocation).
             unsafe {
                 use std::os::unix::process::CommandExt;
                 cmd.pre_exec(move || {
-                    for (target, src) in &fds {
-                        if libc::dup2(*src, *target) < 0 {
+                    // First copy every source above the targets (close-on-exec copies), so
+                    // that no dup2 overwrites a source still to be placed, and a source that
+                    // already has its target's number (dup2 would keep its close-on-exec flag)
+                    // is placed like any other.
+                    let mut moved = [(0, 0); MAX_EXTRA_FDS];
+                    for (m, (target, src)) in moved.iter_mut().zip(&fds[..n]) {
+                        let high = libc::fcntl(*src, libc::F_DUPFD_CLOEXEC, 100);
+                        if high < 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                        *m = (*target, high);
+                    }
+                    for (target, high) in &moved[..n] {
+                        if libc::dup2(*high, *target) < 0 {
                             return Err(std::io::Error::last_os_error());
                         }
                     }
@@ -212,6 +232,11 @@ impl TestVm {
         let mut child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", kuml_bin().display()));
+        for (_, src) in &opts.extra_fds {
+            // SAFETY: the descriptors were handed over to this call (see VmOptions::extra_fds);
+            // kuml has its own copies now.
+            unsafe { libc::close(*src) };
+        }
         let console = Arc::new(Console::default());
         let log = Arc::new(Mutex::new(
             std::fs::File::create(&log_path).expect("create the console log"),
@@ -453,7 +478,8 @@ impl PipeAgent {
         ));
         spawn_reader(from_read, console.clone(), log, true);
         // The child's copies: kuml reads from `to_read` and writes to `from_write`. They are
-        // leaked into the child by dup2 in pre_exec; ours close when the test ends.
+        // handed to TestVm::start (VmOptions::extra_fds), which places them in the child and
+        // closes them here.
         let fds = vec![
             (in_fd, to_read.into_raw_fd()),
             (out_fd, from_write.into_raw_fd()),

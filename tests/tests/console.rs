@@ -38,7 +38,7 @@ fn vm_with_pipe_agent(name: &str, line: &str, tty: &str, extra: &[&str]) -> (Tes
             // test log if that happens again.
             env: vec![(
                 "RUST_LOG".into(),
-                "warn,devices::virtio::console=trace".into(),
+                "warn,devices::virtio::console=trace,devices::legacy::serial=trace".into(),
             )],
             ..VmOptions::default()
         },

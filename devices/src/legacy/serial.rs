@@ -128,6 +128,7 @@ impl SerialDevice {
             return;
         }
         let chunk: Vec<u8> = self.pending.drain(..room.min(self.pending.len())).collect();
+        log::trace!("serial: {} bytes into the FIFO", chunk.len());
         if let Err(e) = self.uart.enqueue_raw_bytes(&chunk) {
             log::debug!("serial input not delivered: {e:?}");
         }
@@ -140,6 +141,7 @@ impl SerialDevice {
             let room = (MAX_PENDING - self.pending.len()).min(buf.len());
             match self.uart.writer_mut().0.read(&mut buf[..room]) {
                 ChanRead::Data(n) => {
+                    log::trace!("serial: {n} bytes of input");
                     self.enqueue(&buf[..n]);
                 }
                 ChanRead::WouldBlock | ChanRead::Closed => break,
@@ -184,6 +186,9 @@ impl BusDevice for SerialDevice {
         data.fill(0);
         if let (Some(b), Ok(off)) = (data.first_mut(), u8::try_from(offset)) {
             *b = self.uart.read(off);
+            if off == 0 && log::log_enabled!(log::Level::Trace) {
+                log::trace!("serial: guest read {:#04x}", *b);
+            }
         }
         let was_full = self.pending.len() >= MAX_PENDING;
         self.refill();
@@ -194,6 +199,9 @@ impl BusDevice for SerialDevice {
 
     fn write(&mut self, _base: u64, offset: u64, data: &[u8]) {
         if let (Some(&v), Ok(off)) = (data.first(), u8::try_from(offset)) {
+            if off == 1 {
+                log::trace!("serial: guest wrote IER {v:#04x}");
+            }
             if let Err(e) = self.uart.write(off, v) {
                 log::debug!("serial register write failed: {e:?}");
             }
