@@ -161,13 +161,7 @@ fn pts_console() {
         started < out.find("Virtual console 1 assigned").unwrap(),
         "pts announced before the guest opened the console:\n{out}"
     );
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut term = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(&pts)
-        .unwrap_or_else(|e| panic!("open {pts}: {e}"));
+    let mut term = open_terminal(&pts);
     make_raw(&term);
     let got = read_until(&mut term, "KAGENT ready", BOOT);
     assert!(got.contains("KAGENT ready"), "{got}");
@@ -175,12 +169,7 @@ fn pts_console() {
     let got = read_until(&mut term, "KAGENT 7 ok via-pts", SHORT);
     assert!(got.contains("KAGENT 7 ok via-pts"), "{got}");
     drop(term); // a closed client leaves the VM running
-    let mut term = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(&pts)
-        .unwrap_or_else(|e| panic!("reopen {pts}: {e}"));
+    let mut term = open_terminal(&pts);
     term.write_all(b"8 echo still-here\n").unwrap();
     let got = read_until(&mut term, "KAGENT 8 ok still-here", SHORT);
     assert!(got.contains("KAGENT 8 ok still-here"), "{got}");
@@ -545,6 +534,18 @@ fn tty_console_attaches_to_a_host_terminal() {
     assert_eq!(vm.wait_exit(SHORT), 0);
     // SAFETY: closing our copy of the slave.
     unsafe { libc::close(slave) };
+}
+
+/// Opens a terminal device as a user's program would attach to it, without making it the
+/// test's controlling terminal.
+fn open_terminal(path: &str) -> std::fs::File {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .unwrap_or_else(|e| panic!("open {path}: {e}"))
 }
 
 fn make_raw(f: &std::fs::File) {

@@ -322,7 +322,7 @@ impl Control {
         } else {
             LineClass::Serial
         };
-        // Refuse before opening: a new pts would be allocated and announced for nothing.
+        // Refuse before setting the channel up: a port: line would bind its port for nothing.
         if class == LineClass::Console && locked(&machine.console).port_ids().contains(&n) {
             return Reply::with_err(-libc::EINVAL, "Device is already open");
         }

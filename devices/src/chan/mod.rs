@@ -1197,10 +1197,6 @@ mod tests {
         false
     }
 
-    fn wait_connected(ch: &mut Channel) -> bool {
-        poll_until(ch, true)
-    }
-
     #[test]
     fn test_port_lines_share_a_port_and_refuse_until_the_guest_opens() {
         use std::net::{TcpListener, TcpStream};
@@ -1223,16 +1219,16 @@ mod tests {
         a.set_guest_open(true).unwrap();
         b.set_guest_open(true).unwrap();
         let mut c1 = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        let first_a = wait_connected(&mut a);
+        let first_a = poll_until(&mut a, true);
         let (first, second) = if first_a {
             (&mut a, &mut b)
         } else {
             (&mut b, &mut a)
         };
-        assert!(first_a || wait_connected(first));
+        assert!(first_a || poll_until(first, true));
         assert!(!second.is_connected());
         let mut c2 = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        assert!(wait_connected(second));
+        assert!(poll_until(second, true));
         // Both lines are taken: a third client is refused.
         assert!(refused());
         // Each client talks to its own line.
@@ -1250,7 +1246,7 @@ mod tests {
         drop(c1);
         assert!(poll_until(first, false));
         let _c3 = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        assert!(wait_connected(first));
+        assert!(poll_until(first, true));
         // The guest closing a line it has no client for stops the wait.
         drop(c2);
         poll_until(second, false);
