@@ -104,6 +104,15 @@ while :; do
     poweroff) need 0 && { ok; sync; poweroff -f; } ;;
     reboot) need 0 && { ok; sync; reboot -f; } ;;
     panic)  ok; echo "kuml-uagent panic: $rest" > /dev/kmsg; echo c > /proc/sysrq-trigger ;;
+    run)    need 1 || continue
+            # a shell script (hex); reply: its exit status, then its output (stdout and
+            # stderr together, hex) when there is any
+            echo "$1" | xxd -r -p > "$tmp/.ua.run"
+            sh "$tmp/.ua.run" </dev/null > "$tmp/.ua.out" 2>&1
+            rc=$?
+            h=$(xxd -p "$tmp/.ua.out" | tr -d '\n')
+            rm -f "$tmp/.ua.run" "$tmp/.ua.out"
+            if [ -n "$h" ]; then ok "$rc $h"; else ok "$rc"; fi ;;
     exec-init) err "ENOSYS kernel-agent-only" ;;
     *)      err "EINVAL unknown-command" ;;
     esac

@@ -7,8 +7,14 @@
 //!
 //! Host kinds: on hosts whose /dev/kvm is PVM (this project's CI), guest user space cannot run,
 //! so the fixture asks for the in-kernel agent (`kuml.agent=`) and adds the kernel options a
-//! PVM host needs (from `resources/pvm-cmdline.sh`). On hardware KVM it uses the user-space
-//! agent (`kuml.uagent=`) that the test init starts. Tests call the same methods either way.
+//! PVM host needs (from `resources/pvm-cmdline.sh`). On hardware KVM (real, or the emulated SVM
+//! of the nested lane, `resources/nested.sh`) it uses the user-space agent (`kuml.uagent=`)
+//! that the test init starts. Tests call the same methods either way.
+//!
+//! User-space tests: [`user_space_or_skip`] at the top of a test that needs guest user space
+//! (on a PVM host it says so loudly and the test returns); [`TestVm::sh`] runs a shell script in
+//! the guest through the user-space agent and returns its exit status and output. See
+//! docs/testing.md, "Writing a test that runs user-space commands in the guest".
 
 use std::io::{Read, Write};
 use std::os::unix::process::ExitStatusExt;
@@ -76,6 +82,42 @@ pub fn host_kind() -> HostKind {
     } else {
         HostKind::Hardware
     }
+}
+
+/// The lane this test runs in: `nested` inside the nested lane's L1 (resources/nested.sh sets
+/// `KUML_LANE`), else `host`.
+pub fn lane() -> String {
+    std::env::var("KUML_LANE").unwrap_or_else(|_| "host".to_owned())
+}
+
+/// For a test that needs guest user space: true when it can run here. On a PVM host it prints
+/// a SKIPPED line naming the test, the lane and why (straight to stderr, past the test
+/// harness's output capture, and appended to `$KUML_SKIP_LOG` when set, which run-tests.sh
+/// lists at the end), and returns false: the test then returns without checking anything.
+pub fn user_space_or_skip() -> bool {
+    if host_kind() == HostKind::Hardware {
+        return true;
+    }
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("<unnamed test>")
+        .to_owned();
+    let line = format!(
+        "SKIPPED {test} [lane {}]: needs guest user space, which this host's /dev/kvm (PVM) \
+         cannot run; it runs in the nested lane (run-tests.sh --nested, resources/nested.sh)\n",
+        lane()
+    );
+    let _ = std::io::stderr().write_all(line.as_bytes());
+    if let Some(path) = std::env::var_os("KUML_SKIP_LOG") {
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            let _ = f.write_all(line.as_bytes());
+        }
+    }
+    false
 }
 
 /// Whether /dev/kvm can be used; tests that need it call [`require_kvm`].
@@ -346,6 +388,28 @@ impl TestVm {
         }
     }
 
+    /// Runs `script` with `sh -c` in the guest through the user-space agent (`run`; needs
+    /// `agent_tty` and guest user space, see [`user_space_or_skip`]); returns its exit status
+    /// and its output (stdout and stderr together).
+    pub fn sh(&mut self, script: &str, timeout: Duration) -> (i32, String) {
+        let payload = self.agent_ok(&format!("run {}", hex(script.as_bytes())), timeout);
+        let (status, out) = payload.split_once(' ').unwrap_or((&payload, ""));
+        let status = status
+            .parse()
+            .unwrap_or_else(|_| self.fail(&format!("a run reply without a status: {payload:?}")));
+        (status, String::from_utf8_lossy(&unhex(out)).into_owned())
+    }
+
+    /// Like [`TestVm::sh`], but panics (with the output) unless the script exits 0; returns its
+    /// output.
+    pub fn sh_ok(&mut self, script: &str, timeout: Duration) -> String {
+        let (status, out) = self.sh(script, timeout);
+        if status != 0 {
+            self.fail(&format!("guest script {script:?} exited {status}:\n{out}"));
+        }
+        out
+    }
+
     /// Waits for kuml to exit; returns its exit code (or 128+signal).
     pub fn wait_exit(&mut self, timeout: Duration) -> i32 {
         let deadline = Instant::now() + timeout;
@@ -544,6 +608,20 @@ pub fn reply_line(out: &str, seq: u32) -> Option<String> {
     let start = out.find(&prefix)? + prefix.len();
     let end = out[start..].find('\n')? + start;
     Some(out[start..end].trim_end_matches('\r').to_owned())
+}
+
+/// Lower-case hex of `bytes` (the agent protocol's binary encoding).
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The bytes of a hex string; panics on a malformed one.
+pub fn unhex(s: &str) -> Vec<u8> {
+    assert!(s.len().is_multiple_of(2), "odd hex length: {s:?}");
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex"))
+        .collect()
 }
 
 /// `ok <payload>` / `err <message>`.

@@ -48,7 +48,13 @@ fn boots_to_init(name: &str, kernel: &str, ncpus: u8, timeout: Duration) {
     match host_kind() {
         HostKind::Hardware => {
             vm.wait_for("KUML-INIT: started", SHORT);
-            vm.close_stdin(); // the console shell exits, the init powers off
+            vm.wait_for("KUML-INIT: shell on console", SHORT);
+            // A command typed on con0 runs in the guest's shell; its `exit` ends the init,
+            // which powers off.
+            vm.send(b"echo typed-on-con0-$((6 * 7)) cpus=$(nproc)\n");
+            vm.wait_for(&format!("typed-on-con0-42 cpus={n}"), SHORT);
+            vm.send(b"exit\n");
+            vm.wait_for("KUML-INIT: poweroff", SHORT);
             assert_eq!(vm.wait_exit(SHORT), 0, "poweroff exit code");
         }
         HostKind::Pvm => {

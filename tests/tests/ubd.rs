@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
-use kuml_e2e::{artifact, kuml_bin, run_ok as run, TestVm, VmOptions};
+use kuml_e2e::{artifact, hex, kuml_bin, run_ok as run, unhex, TestVm, VmOptions};
 
 /// Boot under PVM emulation takes ~35-60 s to the agent alone, minutes on a loaded host; these
 /// bounds only catch hangs.
@@ -23,18 +23,6 @@ const FILL: Duration = Duration::from_secs(600);
 /// A file the tests write into the guest's root file system.
 const PROOF_PATH: &str = "/kuml-ubd-proof.txt";
 const PROOF: &str = "written by kuml-e2e ubd test through a COW root\n";
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(s: &str) -> Vec<u8> {
-    assert!(s.len().is_multiple_of(2), "odd hex length: {s:?}");
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex"))
-        .collect()
-}
 
 /// A host tool from the workspace's target directory (`cargo build -p ubd --bins`).
 fn ubd_tool(name: &str) -> PathBuf {

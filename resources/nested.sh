@@ -1,0 +1,134 @@
+#!/bin/bash
+# Run a command inside the nested test lane's L1 machine: Debian's kernel under QEMU TCG with
+# `-cpu max` (AMD SVM with nested paging, emulated), kvm_amd loaded, the host's root shared
+# read-only (writes land in L1's memory), in the same working directory with the same paths and
+# environment. Guests that kuml starts there run their user space, which this host's /dev/kvm
+# (PVM) cannot. See docs/testing.md, "Lanes".
+#
+#   resources/nested.sh [options] -- <cmd> [args...]
+#
+# Prints the command's stdout and stderr as they come and exits with its exit status; 124 when
+# the timeout ended L1, 125 when L1 failed before or around the command (its console log is
+# printed). Holds /var/lock/kuml-tcg.lock for the whole run: one TCG VM per machine.
+#
+# Options:
+#   --cpus N        L1 vCPUs (default 2)
+#   --mem SIZE      L1 memory (default 3G)
+#   --timeout S     end L1 after S seconds (default 7200)
+#   --rw DIR        share the host directory DIR writable at the same path (repeatable)
+#   --log FILE      keep L1's console log in FILE (default: a temporary file, removed on success)
+#   --tty           run the command on L1's console with your terminal (interactive; the
+#                   default when stdin and stdout are terminals); Ctrl-A x ends QEMU
+#   --no-tty        stdin from /dev/null, stdout/stderr on their own channels (the default
+#                   otherwise)
+# Environment: passed through except host-session variables (DISPLAY, SSH_*, XDG_*, ...);
+# KUML_LANE=nested is added. Set KUML_NESTED_QEMU to use another qemu-system-x86_64.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+cpus=2 mem=3G timeout=7200 log= tty=auto rw=()
+usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit 2; }
+while [ $# -gt 0 ]; do
+    case $1 in
+    --cpus) cpus=$2; shift 2 ;;
+    --mem) mem=$2; shift 2 ;;
+    --timeout) timeout=$2; shift 2 ;;
+    --rw) rw+=("$(realpath -e "$2")"); shift 2 ;;
+    --log) log=$2; shift 2 ;;
+    --tty) tty=1; shift ;;
+    --no-tty) tty=0; shift ;;
+    --) shift; break ;;
+    -h|--help) usage ;;
+    *) echo "nested.sh: unknown option $1 (the command comes after --)" >&2; exit 2 ;;
+    esac
+done
+[ $# -gt 0 ] || usage
+if [ "$tty" = auto ]; then
+    if [ -t 0 ] && [ -t 1 ]; then tty=1; else tty=0; fi
+fi
+say() { echo "nested.sh: $*" >&2; }
+
+l1=$("$here/build-nested.sh")
+qemu=${KUML_NESTED_QEMU:-qemu-system-x86_64}
+command -v "$qemu" >/dev/null || { say "$qemu missing (resources/setup-host.sh)"; exit 125; }
+
+job=$(mktemp -d /tmp/kuml-nested.XXXXXX)
+keep_log=1
+[ -n "$log" ] || { log=$job.console.log; keep_log=0; }
+cleanup() { rm -rf "$job"; [ $keep_log = 1 ] || rm -f "$job.console.log"; }
+trap cleanup EXIT
+
+# The job: config for the L1 init, the environment, the command.
+{
+    echo "mods $l1/modroot"
+    echo "tty $tty"
+    if [ "$tty" = 1 ] && size=$(stty size 2>/dev/null); then
+        echo "rows ${size% *}"; echo "cols ${size#* }"
+    fi
+    i=0
+    for d in "${rw[@]}"; do echo "rw rw$i $d"; i=$((i + 1)); done
+} > "$job/config"
+{
+    while IFS= read -r -d '' kv; do
+        k=${kv%%=*}
+        case $k in
+        ''|*[!A-Za-z0-9_]*|PWD|OLDPWD|SHLVL|_|DISPLAY|XAUTHORITY|SSH_*|XDG_*|DBUS_*|\
+        SESSION_MANAGER|WINDOWID|KUML_LANE) continue ;;
+        esac
+        printf 'export %s=%q\n' "$k" "${kv#*=}"
+    done < /proc/self/environ
+    echo "export KUML_LANE=nested"
+    printf 'cd %q || exit 125\n' "$PWD"
+    printf 'exec'; printf ' %q' "$@"; echo
+} > "$job/cmd"
+
+args=(-accel tcg,thread=multi -M q35 -cpu max -smp "$cpus" -m "$mem"
+      -nodefaults -no-user-config -display none -no-reboot
+      -kernel "$l1/vmlinuz" -initrd "$l1/initramfs.gz"
+      -fsdev "local,id=hostroot,path=/,security_model=none,readonly=on,multidevs=remap"
+      -device virtio-9p-pci,fsdev=hostroot,mount_tag=hostroot
+      -fsdev "local,id=job,path=$job,security_model=none"
+      -device virtio-9p-pci,fsdev=job,mount_tag=job)
+i=0
+for d in "${rw[@]}"; do
+    args+=(-fsdev "local,id=rw$i,path=$d,security_model=none"
+           -device "virtio-9p-pci,fsdev=rw$i,mount_tag=rw$i")
+    i=$((i + 1))
+done
+# L1's kernel panics on a soft lockup (seen after ~20 guest boots in one L1) instead of hanging
+# until the timeout.
+append="console=ttyS0 panic=-1 softlockup_panic=1 watchdog_thresh=30"
+
+status=
+if [ "$tty" = 1 ]; then
+    args+=(-chardev stdio,id=con,mux=on,signal=off -serial chardev:con
+           -mon chardev=con,mode=readline)
+    append="$append quiet loglevel=1"
+    flock /var/lock/kuml-tcg.lock timeout --foreground "$timeout" \
+        "$qemu" "${args[@]}" -append "$append" || status=$?
+else
+    # The command's stdout and stderr reach ours through pipes (cat), so that QEMU's writes do
+    # not disturb the offset of a stdout that is a file.
+    exec 5> >(exec cat) 6> >(exec cat >&2)
+    args+=(-serial "file:$log" -device virtio-serial-pci
+           -chardev file,id=out,path=/proc/self/fd/5 -device virtserialport,chardev=out,name=kuml.stdout
+           -chardev file,id=err,path=/proc/self/fd/6 -device virtserialport,chardev=err,name=kuml.stderr)
+    flock /var/lock/kuml-tcg.lock timeout "$timeout" \
+        "$qemu" "${args[@]}" -append "$append" </dev/null >>"$log" 2>&1 || status=$?
+    exec 5>&- 6>&-
+    wait
+fi
+
+if [ -f "$job/status" ]; then
+    exit "$(cat "$job/status")"
+fi
+keep_log=1
+if [ "${status:-0}" = 124 ]; then
+    say "L1 ran out of time after $timeout s (--timeout); L1 console log: $log"
+    rc=124
+else
+    say "L1 ended without the command's exit status (QEMU exit ${status:-0}); L1 console log: $log"
+    rc=125
+fi
+[ "$tty" = 1 ] || tail -n 40 "$log" | sed 's/^/nested.sh: L1| /' >&2
+exit $rc
