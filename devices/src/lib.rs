@@ -4,6 +4,8 @@
 
 pub mod bus;
 pub mod chan;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod legacy;
 pub mod pci;
 pub mod virtio;

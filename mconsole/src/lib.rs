@@ -38,6 +38,8 @@
 
 pub mod client;
 pub mod command;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod notify;
 pub mod protocol;
 pub mod server;

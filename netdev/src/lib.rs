@@ -18,6 +18,8 @@ pub mod daemon;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod fake;
 pub mod frame;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod mac;
 pub mod mcast;
 pub mod spec;

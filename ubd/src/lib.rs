@@ -8,6 +8,8 @@
 pub mod bitmap;
 pub mod cow;
 pub mod disk;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod geometry;
 pub mod header;
 pub mod image;

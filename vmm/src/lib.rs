@@ -7,5 +7,7 @@ pub mod control;
 pub mod device_manager;
 pub mod event_loop;
 pub mod exit;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod sys;
 pub mod vstate;

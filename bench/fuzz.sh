@@ -1,0 +1,91 @@
+#!/bin/bash
+# Run every libFuzzer target in fuzz/ for a set time, one after the other, and report per
+# target: executions, executions per second, coverage (edges and features libFuzzer counts),
+# corpus size, peak memory and crashes. Writes bench/results/fuzz-<stamp>.md.
+#
+#   bench/fuzz.sh [-t SECONDS] [TARGET...]      (default: 60 s each, every target)
+#
+# Builds on the pinned stable toolchain with RUSTC_BOOTSTRAP=1 (cargo-fuzz passes unstable
+# -Z flags: the sanitizer and coverage instrumentation); see docs/fuzzing.md. Installs
+# cargo-fuzz from crates.io when it is missing. Environment:
+#   FUZZ_SANITIZER  address (default) or none (faster, catches panics and hangs only)
+#   FUZZ_TIMEOUT    seconds one input may take before it counts as a hang (default 10)
+#   FUZZ_KEEP       directory to keep each run's corpus in (default: a temporary one)
+# Crashing inputs are kept in fuzz/artifacts/<target>/ (ignored by git); turn each into a
+# regression test in the crate it belongs to (docs/fuzzing.md).
+set -u
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(dirname "$here")
+secs=60
+while getopts t: o; do
+    case $o in
+        t) secs=$OPTARG ;;
+        *) echo "usage: bench/fuzz.sh [-t SECONDS] [TARGET...]" >&2; exit 2 ;;
+    esac
+done
+shift $((OPTIND - 1))
+sanitizer=${FUZZ_SANITIZER:-address}
+timeout=${FUZZ_TIMEOUT:-10}
+cd "$root/fuzz" || exit 1
+targets=("$@")
+if [ ${#targets[@]} -eq 0 ]; then
+    mapfile -t targets < <(sed -n 's/^name = "\(.*\)"$/\1/p' Cargo.toml | grep -v '^kuml-fuzz$')
+fi
+
+if ! cargo fuzz --version >/dev/null 2>&1; then
+    echo "fuzz.sh: installing cargo-fuzz from crates.io" >&2
+    cargo install cargo-fuzz --locked --version 0.13.2 || exit 1
+fi
+export RUSTC_BOOTSTRAP=1
+echo "fuzz.sh: building ${#targets[@]} targets (sanitizer: $sanitizer)" >&2
+cargo fuzz build --debug-assertions --sanitizer "$sanitizer" || exit 1
+triple=$(rustc -vV | sed -n 's/^host: //p')
+bin="$root/fuzz/target/$triple/release"
+
+stamp=$(date -u +%Y-%m-%dT%H%M)
+work=${FUZZ_KEEP:-$(mktemp -d)}
+[ -n "${FUZZ_KEEP:-}" ] || trap 'rm -rf "$work"' EXIT
+mkdir -p "$here/results" "$work"
+out="$here/results/fuzz-$stamp.md"
+rows=()
+total_crashes=0
+for t in "${targets[@]}"; do
+    corpus="$work/corpus/$t" arts="$root/fuzz/artifacts/$t/"
+    mkdir -p "$corpus" "$arts"
+    log="$work/$t.log"
+    echo "fuzz.sh: $t for ${secs}s" >&2
+    # The first corpus directory takes new inputs; the committed seeds are read only.
+    "$bin/$t" "$corpus" "seeds/$t" -max_total_time="$secs" -timeout="$timeout" \
+        -rss_limit_mb=2048 -print_final_stats=1 -artifact_prefix="$arts" >"$log" 2>&1
+    rc=$?
+    execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
+    rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -1)
+    rss=$(sed -n 's/^stat::peak_rss_mb: *//p' "$log" | tail -1)
+    last=$(grep -E '^#[0-9]+' "$log" | tail -1)
+    cov=$(sed -n 's/.* cov: \([0-9]*\).*/\1/p' <<<"$last")
+    ft=$(sed -n 's/.* ft: \([0-9]*\).*/\1/p' <<<"$last")
+    corp=$(sed -n 's|.* corp: \([0-9]*/[0-9]*[a-zA-Z]*\).*|\1|p' <<<"$last")
+    crashes=$(grep -cE '^==[0-9]+== ?ERROR|^SUMMARY: libFuzzer|panicked at' "$log")
+    found=$(grep -oE "Test unit written to [^ ]+" "$log" | sed 's/Test unit written to //' | head -3)
+    if [ "$rc" -ne 0 ] && [ "$crashes" -eq 0 ]; then crashes=1; fi
+    total_crashes=$((total_crashes + crashes))
+    goal=no
+    [ "${execs:-0}" -ge 1000000 ] && goal=yes
+    note=${found:+ $(echo "$found" | xargs -n1 basename | tr '\n' ' ')}
+    rows+=("| $t | $secs | ${execs:-?} | ${rate:-?} | ${cov:-?} | ${ft:-?} | ${corp:-?} | ${rss:-?} | $crashes$note | $goal |")
+    printf '%s\n' "${rows[-1]}" >&2
+done
+
+{
+    echo "# Fuzzing run $stamp"
+    echo
+    echo "bench/fuzz.sh -t $secs; sanitizer $sanitizer; debug assertions on; one target at a time;"
+    echo "$(nproc) cores, load at start: $(cut -d' ' -f1-3 /proc/loadavg); $(rustc -V); commit $(git -C "$root" rev-parse --short HEAD)."
+    echo
+    echo "| target | s | executions | exec/s | cov | ft | corpus | peak MB | crashes | >= 10^6 |"
+    echo "|---|---|---|---|---|---|---|---|---|---|"
+    printf '%s\n' "${rows[@]}"
+} >"$out"
+echo "fuzz.sh: wrote $out" >&2
+cat "$out"
+[ "$total_crashes" -eq 0 ]

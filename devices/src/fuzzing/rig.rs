@@ -1,0 +1,321 @@
+//! The rig of the device-level harnesses: a small guest, split rings at fixed addresses whose
+//! contents (descriptor tables, available rings, buffers) come from the fuzz input, a real
+//! event-manager loop, and a check that the device wrote only where the guest let it.
+//!
+//! Guest layout ([`MEM_SIZE`] bytes from address 0): queue `q` has its descriptor table at
+//! `q * 0x400`, its available ring at `+0x100` and its used ring at `+0x200`, all of
+//! [`QSIZE`] entries; buffers can be anywhere, rings included, as a hostile guest likes.
+//!
+//! Input layout ([`Input`]):
+//! ```text
+//! [features: u64 LE]  ANDed with what the device offers; the driver acks the result
+//! [option: u8]        device-specific (read-only disk, second port, …)
+//! [k: u8][k bytes]    the script (k <= 32): a byte < 0x80 notifies queue `byte % queues`,
+//!                     higher bytes are host-side events (a frame arrives, a port goes, …)
+//! [m: u16 LE][m bytes] guest memory from address 0 (the rest is zero)
+//! [rest]              host-side data (disk contents, frames, console input)
+//! ```
+
+use std::ops::Range;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use event_manager::{EventManager, MutEventSubscriber};
+use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_WRITE};
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::virtio::{ActiveQueue, GuestMemory, InterruptKind, VirtioInterrupt};
+
+/// Bytes of guest memory.
+pub const MEM_SIZE: usize = 0x1_0000;
+/// Entries in each queue.
+pub const QSIZE: u16 = 16;
+/// Most queues the rig sets up (their rings fill the first 8 KiB).
+pub const MAX_QUEUES: usize = 8;
+/// Longest script.
+pub const MAX_SCRIPT: usize = 32;
+/// The WRITE descriptor flag.
+pub const DESC_F_WRITE: u16 = VRING_DESC_F_WRITE as u16;
+const DESC_F_INDIRECT: u16 = VRING_DESC_F_INDIRECT as u16;
+const QUEUE_STRIDE: u64 = 0x400;
+/// flags, idx, ring, avail_event.
+const USED_LEN: u64 = 4 + 8 * QSIZE as u64 + 2;
+
+/// Descriptor table, available ring and used ring addresses of queue `q`.
+pub fn rings(q: usize) -> (u64, u64, u64) {
+    let base = q as u64 * QUEUE_STRIDE;
+    (base, base + 0x100, base + 0x200)
+}
+
+/// A guest of [`MEM_SIZE`] bytes holding `image` from address 0.
+pub fn guest_memory(image: &[u8]) -> GuestMemory {
+    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)])
+        .expect("mapping a 64 KiB guest");
+    let n = image.len().min(MEM_SIZE);
+    mem.write_slice(&image[..n], GuestAddress(0))
+        .expect("the image fits the guest");
+    mem
+}
+
+/// A device-level input, cut into its parts (see the module docs).
+#[derive(Debug, Clone, Copy)]
+pub struct Input<'a> {
+    /// Features the driver accepts, if offered.
+    pub features: u64,
+    /// Device-specific option bits.
+    pub option: u8,
+    /// Notifications and host-side events, in order.
+    pub script: &'a [u8],
+    /// Guest memory from address 0.
+    pub memory: &'a [u8],
+    /// Host-side data.
+    pub host: &'a [u8],
+}
+
+impl<'a> Input<'a> {
+    /// Cuts `data`; `None` if it is too short for the fixed part.
+    pub fn parse(data: &'a [u8]) -> Option<Self> {
+        let (features, rest) = data.split_first_chunk::<8>()?;
+        let (&option, rest) = rest.split_first()?;
+        let (&k, rest) = rest.split_first()?;
+        let k = usize::from(k).min(MAX_SCRIPT).min(rest.len());
+        let (script, rest) = rest.split_at(k);
+        let (m, rest) = rest.split_first_chunk::<2>()?;
+        let m = usize::from(u16::from_le_bytes(*m)).min(rest.len());
+        let (memory, host) = rest.split_at(m);
+        Some(Input {
+            features: u64::from_le_bytes(*features),
+            option,
+            script,
+            memory,
+            host,
+        })
+    }
+
+    /// The bytes [`Input::parse`] reads back as `self` (for building seeds).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = self.features.to_le_bytes().to_vec();
+        v.push(self.option);
+        v.push(self.script.len().min(MAX_SCRIPT) as u8);
+        v.extend_from_slice(&self.script[..self.script.len().min(MAX_SCRIPT)]);
+        let m = self.memory.len().min(usize::from(u16::MAX));
+        v.extend_from_slice(&(m as u16).to_le_bytes());
+        v.extend_from_slice(&self.memory[..m]);
+        v.extend_from_slice(self.host);
+        v
+    }
+}
+
+/// The queues of a device whose queues may be `max_sizes` long, at the rig's ring addresses,
+/// set up as the virtio-pci transport does; and the eventfds that notify them.
+pub fn queues(max_sizes: &[u16], event_idx: bool) -> (Vec<ActiveQueue>, Vec<EventFd>) {
+    let mut active = Vec::new();
+    let mut kicks = Vec::new();
+    for (i, &max) in max_sizes.iter().enumerate().take(MAX_QUEUES) {
+        let (desc, avail, used) = rings(i);
+        let mut q = Queue::new(max).expect("a device's queue size is valid");
+        q.try_set_size(QSIZE.min(max))
+            .expect("a power of two below the maximum");
+        q.try_set_desc_table_address(GuestAddress(desc))
+            .expect("aligned");
+        q.try_set_avail_ring_address(GuestAddress(avail))
+            .expect("aligned");
+        q.try_set_used_ring_address(GuestAddress(used))
+            .expect("aligned");
+        q.set_event_idx(event_idx);
+        q.set_ready(true);
+        let notify = EventFd::new(EFD_NONBLOCK).expect("an eventfd");
+        kicks.push(notify.try_clone().expect("a second eventfd handle"));
+        active.push(ActiveQueue {
+            index: i as u16,
+            queue: q,
+            notify,
+        });
+    }
+    (active, kicks)
+}
+
+/// An interrupt line that counts.
+#[derive(Debug, Default)]
+pub struct CountingInterrupt {
+    /// Interrupts raised.
+    pub triggers: AtomicUsize,
+    /// NEEDS_RESET requests.
+    pub resets: AtomicUsize,
+}
+
+impl VirtioInterrupt for CountingInterrupt {
+    fn trigger(&self, _kind: InterruptKind) -> std::io::Result<()> {
+        self.triggers.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+    fn needs_reset(&self) {
+        self.resets.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Runs the event loop until it is idle, or for 64 rounds (a backend that is always ready
+/// keeps a device polling; a device that loops forever is a hang libFuzzer reports).
+pub fn run<S: MutEventSubscriber>(em: &mut EventManager<S>) {
+    for _ in 0..64 {
+        match em.run_with_timeout(0) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Guest memory as it was, and where the device may write.
+#[derive(Debug)]
+pub struct WriteCheck {
+    before: Vec<u8>,
+    fixed: Vec<(u64, u64)>,
+    queues: usize,
+}
+
+fn snapshot(mem: &GuestMemory) -> Vec<u8> {
+    let mut v = vec![0u8; MEM_SIZE];
+    mem.read_slice(&mut v, GuestAddress(0))
+        .expect("the guest is MEM_SIZE bytes");
+    v
+}
+
+fn desc_at(bytes: &[u8], at: u64) -> Option<(u64, u64, u16)> {
+    let at = usize::try_from(at).ok()?;
+    let d = bytes.get(at..at.checked_add(16)?)?;
+    let addr = u64::from_le_bytes(d[0..8].try_into().ok()?);
+    let len = u64::from(u32::from_le_bytes(d[8..12].try_into().ok()?));
+    let flags = u16::from_le_bytes([d[12], d[13]]);
+    Some((addr, len, flags))
+}
+
+/// Every buffer a device-writable descriptor of the rings' tables (and of the indirect tables
+/// they point to) names, in memory state `bytes`: a superset of what any chain can name.
+fn writable(bytes: &[u8], queues: usize, out: &mut Vec<(u64, u64)>) {
+    let mut push = |addr: u64, len: u64, flags: u16| {
+        if flags & DESC_F_WRITE != 0 {
+            out.push((addr, addr.saturating_add(len)));
+        }
+    };
+    for q in 0..queues {
+        let table = rings(q).0;
+        for i in 0..u64::from(QSIZE) {
+            let Some((addr, len, flags)) = desc_at(bytes, table + 16 * i) else {
+                continue;
+            };
+            push(addr, len, flags);
+            if flags & DESC_F_INDIRECT != 0 {
+                for j in 0..(len / 16).min(MEM_SIZE as u64 / 16) {
+                    if let Some((a, l, f)) = desc_at(bytes, addr.saturating_add(16 * j)) {
+                        push(a, l, f);
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl WriteCheck {
+    /// Guest memory now; the device may write the used rings of `queues` queues and the
+    /// buffers of device-writable descriptors (as they are now or after the run).
+    pub fn rings(mem: &GuestMemory, queues: usize) -> Self {
+        let fixed = (0..queues)
+            .map(|q| (rings(q).2, rings(q).2 + USED_LEN))
+            .collect();
+        WriteCheck {
+            before: snapshot(mem),
+            fixed,
+            queues,
+        }
+    }
+
+    /// Guest memory now; the device may write only `ranges` (`[start, end)`).
+    pub fn with_ranges(mem: &GuestMemory, ranges: Vec<(u64, u64)>) -> Self {
+        WriteCheck {
+            before: snapshot(mem),
+            fixed: ranges,
+            queues: 0,
+        }
+    }
+
+    /// Whether guest memory is as it was.
+    pub fn unchanged(&self, mem: &GuestMemory) -> bool {
+        snapshot(mem) == self.before
+    }
+
+    /// Panics at the first changed byte outside the allowed ranges.
+    pub fn check(&self, mem: &GuestMemory) {
+        let after = snapshot(mem);
+        let changed: Vec<Range<usize>> = changed_runs(&self.before, &after);
+        if changed.is_empty() {
+            return;
+        }
+        let mut allowed = self.fixed.clone();
+        writable(&self.before, self.queues, &mut allowed);
+        writable(&after, self.queues, &mut allowed);
+        for run in changed {
+            for at in run {
+                let a = at as u64;
+                assert!(
+                    allowed.iter().any(|&(s, e)| s <= a && a < e),
+                    "the device wrote guest byte {a:#x}, which no device-writable buffer names"
+                );
+            }
+        }
+    }
+}
+
+fn changed_runs(a: &[u8], b: &[u8]) -> Vec<Range<usize>> {
+    let mut out: Vec<Range<usize>> = Vec::new();
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        if x != y {
+            match out.last_mut() {
+                Some(r) if r.end == i => r.end = i + 1,
+                _ => out.push(i..i + 1),
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_input_round_trip() {
+        let mem = [1u8, 2, 3];
+        let i = Input {
+            features: 0x1234,
+            option: 5,
+            script: &[0, 0x80],
+            memory: &mem,
+            host: b"host",
+        };
+        let bytes = i.encode();
+        let j = Input::parse(&bytes).unwrap();
+        assert_eq!(
+            (j.features, j.option, j.script, j.memory, j.host),
+            (0x1234, 5, &[0u8, 0x80][..], &mem[..], &b"host"[..])
+        );
+    }
+
+    #[test]
+    fn test_write_check_catches_a_write_outside_writable_buffers() {
+        let mem = guest_memory(&[]);
+        // Queue 0, descriptor 0: a 16-byte device-writable buffer at 0x3000.
+        let mut d = [0u8; 16];
+        d[0..8].copy_from_slice(&0x3000u64.to_le_bytes());
+        d[8..12].copy_from_slice(&16u32.to_le_bytes());
+        d[12..14].copy_from_slice(&DESC_F_WRITE.to_le_bytes());
+        mem.write_slice(&d, GuestAddress(0)).unwrap();
+        let check = WriteCheck::rings(&mem, 1);
+        mem.write_slice(&[1; 16], GuestAddress(0x3000)).unwrap();
+        mem.write_slice(&[1; 4], GuestAddress(0x200)).unwrap();
+        check.check(&mem);
+        mem.write_slice(&[1], GuestAddress(0x3010)).unwrap();
+        let caught = std::panic::catch_unwind(|| check.check(&mem));
+        assert!(caught.is_err(), "a byte past the buffer is reported");
+    }
+}
