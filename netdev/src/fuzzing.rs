@@ -1,7 +1,8 @@
 //! Fuzz harnesses for this crate's parsers and packet codecs (feature `fuzzing`, and tests).
 //!
-//! The libFuzzer targets in `fuzz/fuzz_targets/<name>.rs` only call these; the test below
-//! replays the committed seeds in `fuzz/seeds/<name>/` on the stable toolchain.
+//! The libFuzzer targets in `fuzz/fuzz_targets/<name>.rs` only call these; the `kuml`
+//! crate's `fuzzing::tests` replays the committed seeds in `fuzz/seeds/<name>/` through
+//! [`TARGETS`] on the stable toolchain.
 
 use crate::daemon::{decode_reply, decode_request, encode_reply, encode_request, UnixAddr};
 use crate::daemon::{REQUEST_LEN, SUN_PATH_LEN};
@@ -51,38 +52,4 @@ pub fn switch_packets(data: &[u8]) {
     }
     let _ = sender_ipv4(data);
     let _ = (MacAddr::dst_of(data), MacAddr::src_of(data));
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::path::Path;
-
-    /// Replays every committed seed of every target this crate owns, and checks that
-    /// fuzz/Cargo.toml has a libFuzzer target of the same name that calls the harness.
-    #[test]
-    fn test_seed_corpora_replay() {
-        let fuzz = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
-        let manifest = std::fs::read_to_string(fuzz.join("Cargo.toml")).unwrap();
-        for (name, harness) in TARGETS {
-            assert!(
-                manifest.contains(&format!("name = \"{name}\"")),
-                "fuzz/Cargo.toml has a [[bin]] {name}"
-            );
-            let target = fuzz.join(format!("fuzz_targets/{name}.rs"));
-            let src = std::fs::read_to_string(&target).expect("the fuzz target exists");
-            assert!(
-                src.contains(&format!("netdev::fuzzing::{name}(")),
-                "{} calls netdev::fuzzing::{name}",
-                target.display()
-            );
-            let dir = fuzz.join("seeds").join(name);
-            let mut seen = 0;
-            for e in std::fs::read_dir(&dir).expect("the seed directory exists") {
-                harness(&std::fs::read(e.unwrap().path()).unwrap());
-                seen += 1;
-            }
-            assert!(seen > 0, "{} holds seeds", dir.display());
-        }
-    }
 }

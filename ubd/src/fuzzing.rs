@@ -2,9 +2,9 @@
 //!
 //! Each harness takes the fuzzer's bytes, never panics on its own, and asserts the
 //! invariants the code promises (a round trip, data written is read back). The libFuzzer
-//! targets in `fuzz/fuzz_targets/<name>.rs` only call them; the test below replays the
-//! committed seeds in `fuzz/seeds/<name>/` on the stable toolchain, so a refactor that breaks
-//! a harness fails `cargo test`.
+//! targets in `fuzz/fuzz_targets/<name>.rs` only call them; the `kuml` crate's
+//! `fuzzing::tests` replays the committed seeds in `fuzz/seeds/<name>/` through [`TARGETS`]
+//! on the stable toolchain, so a refactor that breaks a harness fails `cargo test`.
 
 use std::fs::File;
 use std::io::Write;
@@ -136,39 +136,5 @@ pub fn ubd_spec(data: &[u8]) {
     if let Ok(UbdOption::Device(spec)) = parse_ubd_with(&text, configured) {
         assert!(spec.unit < crate::MAX_UNITS, "unit {} in range", spec.unit);
         let _ = spec.config_string();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Replays every committed seed of every target this crate owns, and checks that
-    /// fuzz/Cargo.toml has a libFuzzer target of the same name that calls the harness.
-    #[test]
-    fn test_seed_corpora_replay() {
-        let fuzz = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
-        let manifest = std::fs::read_to_string(fuzz.join("Cargo.toml")).unwrap();
-        for (name, harness) in TARGETS {
-            assert!(
-                manifest.contains(&format!("name = \"{name}\"")),
-                "fuzz/Cargo.toml has a [[bin]] {name}"
-            );
-            let target = fuzz.join(format!("fuzz_targets/{name}.rs"));
-            let src = std::fs::read_to_string(&target).expect("the fuzz target exists");
-            assert!(
-                src.contains(&format!("ubd::fuzzing::{name}(")),
-                "{} calls ubd::fuzzing::{name}",
-                target.display()
-            );
-            let dir = fuzz.join("seeds").join(name);
-            let mut seen = 0;
-            for e in std::fs::read_dir(&dir).expect("the seed directory exists") {
-                let path = e.unwrap().path();
-                harness(&std::fs::read(&path).unwrap());
-                seen += 1;
-            }
-            assert!(seen > 0, "{} holds seeds", dir.display());
-        }
     }
 }

@@ -1,7 +1,10 @@
-//! Fuzz harness for kuml's whole command line (feature `fuzzing`, and tests).
+//! Fuzz harness for kuml's whole command line (feature `fuzzing`, and tests), and the one
+//! stable test that replays every fuzz target's committed seeds.
 //!
-//! The libFuzzer target `fuzz/fuzz_targets/cmdline.rs` only calls [`cmdline`]; the test below
-//! replays the committed seeds in `fuzz/seeds/cmdline/` on the stable toolchain.
+//! The libFuzzer target `fuzz/fuzz_targets/cmdline.rs` only calls [`cmdline`]. The test below
+//! replays `fuzz/seeds/<name>/` through the harness tables of every crate (`TARGETS`; this
+//! crate's dev-dependencies turn on their `fuzzing` features) on the stable toolchain, and
+//! checks that fuzz/Cargo.toml and the harness tables name the same targets.
 
 use devices::chan::{resolve_lines, LineClass};
 
@@ -50,33 +53,52 @@ pub fn cmdline(data: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeSet;
     use std::path::Path;
 
-    /// Replays every committed seed of every target this crate owns, and checks that
-    /// fuzz/Cargo.toml has a libFuzzer target of the same name that calls the harness.
+    /// Every crate's harness table, with the path its targets call it by.
+    fn tables() -> [(&'static str, &'static [(&'static str, Harness)]); 5] {
+        [
+            ("ubd", ubd::fuzzing::TARGETS),
+            ("netdev", netdev::fuzzing::TARGETS),
+            ("mconsole", mconsole::fuzzing::TARGETS),
+            ("devices", devices::fuzzing::TARGETS),
+            ("kuml", TARGETS),
+        ]
+    }
+
+    /// Replays every committed seed of every target, checks that each target's libFuzzer
+    /// wrapper calls its harness, and that fuzz/Cargo.toml has exactly these targets.
     #[test]
     fn test_seed_corpora_replay() {
         let fuzz = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
         let manifest = std::fs::read_to_string(fuzz.join("Cargo.toml")).unwrap();
-        for (name, harness) in TARGETS {
-            assert!(
-                manifest.contains(&format!("name = \"{name}\"")),
-                "fuzz/Cargo.toml has a [[bin]] {name}"
-            );
-            let target = fuzz.join(format!("fuzz_targets/{name}.rs"));
-            let src = std::fs::read_to_string(&target).expect("the fuzz target exists");
-            assert!(
-                src.contains(&format!("kuml::fuzzing::{name}(")),
-                "{} calls kuml::fuzzing::{name}",
-                target.display()
-            );
-            let dir = fuzz.join("seeds").join(name);
-            let mut seen = 0;
-            for e in std::fs::read_dir(&dir).expect("the seed directory exists") {
-                harness(&std::fs::read(e.unwrap().path()).unwrap());
-                seen += 1;
+        let bins: BTreeSet<&str> = manifest
+            .lines()
+            .filter_map(|l| l.strip_prefix("name = \""))
+            .filter_map(|l| l.strip_suffix('"'))
+            .filter(|n| *n != "kuml-fuzz")
+            .collect();
+        let mut named = BTreeSet::new();
+        for (krate, table) in tables() {
+            for (name, harness) in table {
+                named.insert(*name);
+                let target = fuzz.join(format!("fuzz_targets/{name}.rs"));
+                let src = std::fs::read_to_string(&target).expect("the fuzz target exists");
+                assert!(
+                    src.contains(&format!("{krate}::fuzzing::{name}(")),
+                    "{} calls {krate}::fuzzing::{name}",
+                    target.display()
+                );
+                let dir = fuzz.join("seeds").join(name);
+                let mut seen = 0;
+                for e in std::fs::read_dir(&dir).expect("the seed directory exists") {
+                    harness(&std::fs::read(e.unwrap().path()).unwrap());
+                    seen += 1;
+                }
+                assert!(seen > 0, "{} holds seeds", dir.display());
             }
-            assert!(seen > 0, "{} holds seeds", dir.display());
         }
+        assert_eq!(bins, named, "fuzz/Cargo.toml targets = the harness tables");
     }
 }

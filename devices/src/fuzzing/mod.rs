@@ -4,8 +4,9 @@
 //! console models (and the virtio-pci transport) over guest memory and rings built from the
 //! input, are in [`device`], on the rig in [`rig`].
 //!
-//! The libFuzzer targets in `fuzz/fuzz_targets/<name>.rs` only call these; the test at the
-//! end replays the committed seeds in `fuzz/seeds/<name>/` on the stable toolchain.
+//! The libFuzzer targets in `fuzz/fuzz_targets/<name>.rs` only call these; the `kuml`
+//! crate's `fuzzing::tests` replays the committed seeds in `fuzz/seeds/<name>/` through
+//! [`TARGETS`] on the stable toolchain.
 
 pub mod device;
 pub mod rig;
@@ -298,39 +299,5 @@ pub fn pci_config(data: &[u8]) {
             }
         }
         assert_eq!(ident(&cfg), before, "read-only identity changed");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::path::Path;
-
-    /// Replays every committed seed of every target this crate owns, and checks that
-    /// fuzz/Cargo.toml has a libFuzzer target of the same name that calls the harness.
-    #[test]
-    fn test_seed_corpora_replay() {
-        let fuzz = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
-        let manifest = std::fs::read_to_string(fuzz.join("Cargo.toml")).unwrap();
-        for (name, harness) in TARGETS {
-            assert!(
-                manifest.contains(&format!("name = \"{name}\"")),
-                "fuzz/Cargo.toml has a [[bin]] {name}"
-            );
-            let target = fuzz.join(format!("fuzz_targets/{name}.rs"));
-            let src = std::fs::read_to_string(&target).expect("the fuzz target exists");
-            assert!(
-                src.contains(&format!("devices::fuzzing::{name}(")),
-                "{} calls devices::fuzzing::{name}",
-                target.display()
-            );
-            let dir = fuzz.join("seeds").join(name);
-            let mut seen = 0;
-            for e in std::fs::read_dir(&dir).expect("the seed directory exists") {
-                harness(&std::fs::read(e.unwrap().path()).unwrap());
-                seen += 1;
-            }
-            assert!(seen > 0, "{} holds seeds", dir.display());
-        }
     }
 }
