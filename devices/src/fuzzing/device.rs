@@ -1,6 +1,8 @@
 //! Device-level harnesses: the real block, net and console models, and the virtio-pci
 //! transport, driven by guests built from the fuzz input (see [`super::rig`]).
 //!
+//! [`legacy_ports`] does the same for the port and MMIO devices outside virtio.
+//!
 //! Each run checks that nothing panics, that the event loop goes idle (a device that spins
 //! is a libFuzzer timeout), and that the device wrote guest memory only inside the used rings
 //! and the buffers that device-writable descriptors name.
@@ -12,11 +14,18 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use netdev::{FakeBackend, MacAddr};
 use ubd::MemDisk;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::rig::{self, Input, WriteCheck};
 use super::CheckedRouting;
-use crate::bus::BusDevice;
+use crate::bus::{Bus, BusDevice, SharedDevice};
 use crate::chan::{Chan, Channel, ChannelSpec};
+use crate::legacy::ged::{Ged, GED_LEN};
+use crate::legacy::i8042::I8042;
+use crate::legacy::pm::{ExitPort, PmDevice, PvPanic};
+use crate::legacy::serial::SerialDevice;
+use crate::legacy::{GuestEvent, GuestEvents};
+use crate::pci::hotplug::{EjectHandler, PciHotplug, HOTPLUG_LEN};
 use crate::pci::virtio::{msix_vectors, BAR_SIZE};
 use crate::pci::{PciDevice, VirtioPciDevice};
 use crate::virtio::block::{Block, BlockConfig};
@@ -266,5 +275,98 @@ where
             _ => pci.read(BAR, u64::from(offset) % BAR_SIZE, &mut out[..size]),
         }
         rig::run(&mut em);
+    }
+}
+
+/// Records guest events (power off, reset, panic, exit) and hot-unplug requests.
+#[derive(Debug, Default)]
+struct Events(Mutex<Vec<String>>);
+
+impl GuestEvents for Events {
+    fn report(&self, event: GuestEvent) {
+        lock(&self.0).push(format!("{event:?}"));
+    }
+}
+
+impl EjectHandler for Events {
+    fn eject(&self, slot: u8) {
+        assert!(slot < 32, "eject of slot {slot}");
+        lock(&self.0).push(format!("eject {slot}"));
+    }
+}
+
+/// Port and MMIO writes to the legacy devices (a UART on a socket, the i8042, the PM block,
+/// pvpanic, the exit port, the GED and the PCI hot-plug registers) through a real [`Bus`]:
+/// 8-byte records `[kind][address: u16 LE][size][value: u32 LE]`, kind even = write. The bus
+/// answers an access exactly when a device covers it.
+pub fn legacy_ports(data: &[u8]) {
+    let events = Arc::new(Events::default());
+    let Ok((mut peer, ours)) = UnixStream::pair() else {
+        panic!("a socket pair");
+    };
+    let _ = peer.set_nonblocking(true);
+    let (Ok(ours2), Ok(irq)) = (ours.try_clone(), EventFd::new(EFD_NONBLOCK)) else {
+        panic!("fds for the UART");
+    };
+    let Ok(ch) = Channel::from_fds(
+        ChannelSpec::single(Chan::Fd(3)),
+        Some(ours.into()),
+        Some(ours2.into()),
+    ) else {
+        panic!("a channel on a socket");
+    };
+    let irq2 = || EventFd::new(EFD_NONBLOCK).expect("an eventfd");
+    let Ok(uart) = SerialDevice::new(irq, ch) else {
+        panic!("a UART");
+    };
+    let devices: [(SharedDevice, u64, u64); 8] = [
+        (Arc::new(Mutex::new(uart)), 0x3f8, 8),
+        (
+            Arc::new(Mutex::new(I8042::new(events.clone(), irq2()))),
+            0x60,
+            1,
+        ),
+        (
+            Arc::new(Mutex::new(I8042::new(events.clone(), irq2()))),
+            0x64,
+            1,
+        ),
+        (
+            Arc::new(Mutex::new(PmDevice::new(events.clone(), 5, 1))),
+            0x600,
+            8,
+        ),
+        (Arc::new(Mutex::new(PvPanic::new(events.clone()))), 0x505, 1),
+        (Arc::new(Mutex::new(ExitPort::new(events.clone()))), 0xf4, 1),
+        (Arc::new(Mutex::new(Ged::new(irq2()))), 0x6f0, GED_LEN),
+        (
+            Arc::new(Mutex::new(PciHotplug::new(events.clone()))),
+            0x6e0,
+            HOTPLUG_LEN,
+        ),
+    ];
+    let mut bus = Bus::new();
+    for (dev, base, len) in devices {
+        if bus.insert(dev, base, len).is_err() {
+            panic!("the legacy devices do not overlap");
+        }
+    }
+    let mut sink = [0u8; 4096];
+    for op in data.chunks_exact(8).take(512) {
+        let addr = u64::from(u16::from_le_bytes([op[1], op[2]]) % 0x700);
+        let size = [1usize, 2, 4, 8][usize::from(op[3] % 4)];
+        let mut value = [0u8; 8];
+        value[..4].copy_from_slice(&op[4..8]);
+        let covered = bus.resolve(addr, size).is_some();
+        let answered = if op[0] % 2 == 0 {
+            bus.write(addr, &value[..size])
+        } else {
+            bus.read(addr, &mut value[..size])
+        };
+        assert_eq!(answered, covered, "bus access {addr:#x}+{size}");
+        while matches!(peer.read(&mut sink), Ok(n) if n > 0) {}
+        if op[0] == 0xff {
+            let _ = peer.write(&op[4..8]);
+        }
     }
 }

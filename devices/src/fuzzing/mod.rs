@@ -26,7 +26,7 @@ use crate::virtio::console::control::{GuestMsg, HostMsg};
 use crate::virtio::console::port::{read_tx_chain, write_rx_chain};
 use crate::virtio::net::rxtx::{read_tx_frame, write_rx_frame};
 use crate::virtio::net::{NetHdr, NET_HDR_LEN};
-pub use device::{block_device, console_device, net_device, virtio_pci};
+pub use device::{block_device, console_device, legacy_ports, net_device, virtio_pci};
 use rig::WriteCheck;
 
 /// A harness: fuzz input in, panic on a broken invariant.
@@ -44,6 +44,7 @@ pub const TARGETS: &[(&str, Harness)] = &[
     ("net_device", net_device),
     ("console_device", console_device),
     ("virtio_pci", virtio_pci),
+    ("legacy_ports", legacy_ports),
 ];
 
 /// The channel grammar of `conN=`/`sslN=` (and `xterm=`): a parsed line prints back as text
