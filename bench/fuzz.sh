@@ -3,7 +3,10 @@
 # target: executions, executions per second, coverage (edges and features libFuzzer counts),
 # corpus size, peak memory and crashes. Writes bench/results/fuzz-<stamp>.md.
 #
-#   bench/fuzz.sh [-t SECONDS] [TARGET...]      (default: 60 s each, every target)
+#   bench/fuzz.sh [-t SECONDS] [-n RUNS] [TARGET...]   (default: 60 s each, every target)
+#
+# -n RUNS: stop each target after RUNS executions instead (e.g. -n 1000000 for the 10^6 goal),
+# with -t as the cap (default then 1800 s); the table then shows how long each one took.
 #
 # Builds on the pinned stable toolchain with RUSTC_BOOTSTRAP=1 (cargo-fuzz passes unstable
 # -Z flags: the sanitizer and coverage instrumentation); see docs/fuzzing.md. Installs
@@ -16,13 +19,15 @@
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
-secs=60
-while getopts t: o; do
+secs= runs=
+while getopts t:n: o; do
     case $o in
         t) secs=$OPTARG ;;
-        *) echo "usage: bench/fuzz.sh [-t SECONDS] [TARGET...]" >&2; exit 2 ;;
+        n) runs=$OPTARG ;;
+        *) echo "usage: bench/fuzz.sh [-t SECONDS] [-n RUNS] [TARGET...]" >&2; exit 2 ;;
     esac
 done
+if [ -n "$runs" ]; then secs=${secs:-1800}; else secs=${secs:-60}; fi
 shift $((OPTIND - 1))
 sanitizer=${FUZZ_SANITIZER:-address}
 timeout=${FUZZ_TIMEOUT:-10}
@@ -43,6 +48,8 @@ triple=$(rustc -vV | sed -n 's/^host: //p')
 bin="$root/fuzz/target/$triple/release"
 
 stamp=$(date -u +%Y-%m-%dT%H%M)
+load0=$(cut -d' ' -f1-3 /proc/loadavg)
+commit=$(git -C "$root" rev-parse --short HEAD)$(git -C "$root" diff --quiet HEAD -- . ':!fuzz/artifacts' || echo +changes)
 work=${FUZZ_KEEP:-$(mktemp -d)}
 [ -n "${FUZZ_KEEP:-}" ] || trap 'rm -rf "$work"' EXIT
 mkdir -p "$here/results" "$work"
@@ -53,11 +60,14 @@ for t in "${targets[@]}"; do
     corpus="$work/corpus/$t" arts="$root/fuzz/artifacts/$t/"
     mkdir -p "$corpus" "$arts"
     log="$work/$t.log"
-    echo "fuzz.sh: $t for ${secs}s" >&2
+    echo "fuzz.sh: $t for ${secs}s${runs:+ or $runs runs}" >&2
+    start=$(date +%s)
     # The first corpus directory takes new inputs; the committed seeds are read only.
     "$bin/$t" "$corpus" "seeds/$t" -max_total_time="$secs" -timeout="$timeout" \
-        -rss_limit_mb=2048 -print_final_stats=1 -artifact_prefix="$arts" >"$log" 2>&1
+        -rss_limit_mb=2048 -print_final_stats=1 -artifact_prefix="$arts" ${runs:+-runs=$runs} \
+        >"$log" 2>&1
     rc=$?
+    took=$(($(date +%s) - start))
     execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
     rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -1)
     rss=$(sed -n 's/^stat::peak_rss_mb: *//p' "$log" | tail -1)
@@ -72,15 +82,15 @@ for t in "${targets[@]}"; do
     goal=no
     [ "${execs:-0}" -ge 1000000 ] && goal=yes
     note=${found:+ $(echo "$found" | xargs -n1 basename | tr '\n' ' ')}
-    rows+=("| $t | $secs | ${execs:-?} | ${rate:-?} | ${cov:-?} | ${ft:-?} | ${corp:-?} | ${rss:-?} | $crashes$note | $goal |")
+    rows+=("| $t | $took | ${execs:-?} | ${rate:-?} | ${cov:-?} | ${ft:-?} | ${corp:-?} | ${rss:-?} | $crashes$note | $goal |")
     printf '%s\n' "${rows[-1]}" >&2
 done
 
 {
     echo "# Fuzzing run $stamp"
     echo
-    echo "bench/fuzz.sh -t $secs; sanitizer $sanitizer; debug assertions on; one target at a time;"
-    echo "$(nproc) cores, load at start: $(cut -d' ' -f1-3 /proc/loadavg); $(rustc -V); commit $(git -C "$root" rev-parse --short HEAD)."
+    echo "bench/fuzz.sh -t $secs${runs:+ -n $runs}; sanitizer $sanitizer; debug assertions on; one target at a time;"
+    echo "$(nproc) cores, load at start: $load0, at end: $(cut -d' ' -f1-3 /proc/loadavg); $(rustc -V); commit $commit."
     echo
     echo "| target | s | executions | exec/s | cov | ft | corpus | peak MB | crashes | >= 10^6 |"
     echo "|---|---|---|---|---|---|---|---|---|---|"
