@@ -5,7 +5,14 @@
 
 use std::path::Path;
 
-use super::rig::{rings, Input, DESC_F_WRITE, MEM_SIZE};
+use netdev::{FakeBackend, MacAddr};
+use ubd::MemDisk;
+
+use super::rig::{rings, Input, DESC_F_WRITE, MAX_QUEUES, MEM_SIZE, QSIZE};
+use crate::virtio::block::{Block, BlockConfig};
+use crate::virtio::console::Console;
+use crate::virtio::net::Net;
+use crate::virtio::VirtioDevice;
 
 /// A buffer: guest address, length, descriptor flags.
 type Buf = (u64, u32, u16);
@@ -210,10 +217,10 @@ fn pci_op(kind: u8, offset: u16, size_sel: u8, value: u64) -> Vec<u8> {
     v
 }
 
-fn virtio_pci_seeds() -> Seeds {
-    // What a driver does: memory decoding on, MSI-X enabled, vector 0 programmed, status
-    // ACK|DRIVER, features, FEATURES_OK, queue 0 at the rig's rings, DRIVER_OK, a notify.
-    let (desc, avail, used) = rings(0);
+/// What a driver does: memory decoding on, MSI-X enabled, vector 0 programmed, status
+/// ACK|DRIVER, the offered `features` accepted, FEATURES_OK, `queues` queues at the rig's
+/// rings, DRIVER_OK, notifications, then a reset.
+fn driver_ops(features: u64, queues: usize) -> Vec<u8> {
     let mut ops = Vec::new();
     ops.extend(pci_op(0, 0x04, 1, 0x6)); // command: memory + bus master
     ops.extend(pci_op(0, 0x9a, 1, 0x8000)); // MSI-X message control: enable
@@ -221,43 +228,61 @@ fn virtio_pci_seeds() -> Seeds {
     ops.extend(pci_op(2, 0x4008, 2, 0x30)); // data
     ops.extend(pci_op(2, 0x400c, 2, 0)); // unmask
     ops.extend(pci_op(2, 0x14, 0, 3)); // status: ACKNOWLEDGE | DRIVER
-    ops.extend(pci_op(2, 0x00, 2, 0)); // device_feature_select 0
-    ops.extend(pci_op(3, 0x04, 2, 0)); // device_feature
-    ops.extend(pci_op(2, 0x08, 2, 0)); // driver_feature_select 0
-    ops.extend(pci_op(2, 0x0c, 2, 0xffff_ffff));
-    ops.extend(pci_op(2, 0x08, 2, 1)); // driver_feature_select 1
-    ops.extend(pci_op(2, 0x0c, 2, 1)); // VERSION_1
-    ops.extend(pci_op(2, 0x14, 0, 11)); // FEATURES_OK
-    ops.extend(pci_op(2, 0x16, 1, 0)); // queue_select 0
-    ops.extend(pci_op(2, 0x18, 1, 16)); // queue_size
-    ops.extend(pci_op(2, 0x1a, 1, 0)); // queue_msix_vector
-    for (at, addr) in [(0x20, desc), (0x28, avail), (0x30, used)] {
-        ops.extend(pci_op(2, at, 2, addr));
-        ops.extend(pci_op(2, at + 4, 2, 0));
+    for half in 0..2u64 {
+        ops.extend(pci_op(2, 0x00, 2, half)); // device_feature_select
+        ops.extend(pci_op(3, 0x04, 2, 0)); // device_feature
+        ops.extend(pci_op(2, 0x08, 2, half)); // driver_feature_select
+        ops.extend(pci_op(2, 0x0c, 2, (features >> (32 * half)) & 0xffff_ffff));
     }
-    ops.extend(pci_op(2, 0x1c, 1, 1)); // queue_enable
+    ops.extend(pci_op(2, 0x14, 0, 11)); // FEATURES_OK
+    ops.extend(pci_op(3, 0x14, 0, 0)); // read it back
+    for q in 0..queues.min(MAX_QUEUES) {
+        let (desc, avail, used) = rings(q);
+        ops.extend(pci_op(2, 0x16, 1, q as u64)); // queue_select
+        ops.extend(pci_op(2, 0x18, 1, u64::from(QSIZE))); // queue_size
+        ops.extend(pci_op(2, 0x1a, 1, 0)); // queue_msix_vector
+        for (at, addr) in [(0x20, desc), (0x28, avail), (0x30, used)] {
+            ops.extend(pci_op(2, at, 2, addr));
+            ops.extend(pci_op(2, at + 4, 2, 0));
+        }
+        ops.extend(pci_op(2, 0x1c, 1, 1)); // queue_enable
+    }
     ops.extend(pci_op(2, 0x14, 0, 15)); // DRIVER_OK
-    ops.extend(pci_op(2, 0x3000, 1, 0)); // notify queue 0
+    for q in 0..queues.min(4) as u16 {
+        ops.extend(pci_op(2, 0x3000 + 4 * q, 1, u64::from(q))); // notify
+    }
     ops.extend(pci_op(3, 0x1000, 0, 0)); // ISR
     ops.extend(pci_op(1, 0x00, 2, 0));
     ops.extend(pci_op(2, 0x14, 0, 0)); // reset
-    let g = {
-        let mut g = Guest::new();
-        g.put(0x2000, &blk_header(0, 0));
-        g.chain(
-            0,
-            &[
-                (0x2000, 16, 0),
-                (0x3000, 512, DESC_F_WRITE),
-                (0x2f00, 1, DESC_F_WRITE),
-            ],
-        );
-        g
-    };
+    ops
+}
+
+fn virtio_pci_seeds() -> Seeds {
+    let mut g = Guest::new();
+    g.put(0x2000, &blk_header(0, 0));
+    let w = DESC_F_WRITE;
+    g.chain(0, &[(0x2000, 16, 0), (0x3000, 512, w), (0x2f00, 1, w)]);
+    let blk = Block::new(
+        Box::new(MemDisk::new(vec![0; 4096])),
+        &BlockConfig {
+            serial: String::new(),
+            read_only: false,
+            sync: false,
+            trim: true,
+        },
+    )
+    .unwrap();
+    let net = Net::new(
+        Box::new(FakeBackend::new().unwrap()),
+        MacAddr([2, 0, 0, 0, 0, 1]),
+    )
+    .unwrap();
+    let con = Console::new(2).unwrap();
+    let ops = |d: &dyn VirtioDevice| driver_ops(d.features(), d.queue_max_sizes().len());
     vec![
-        ("block_driver", g.input(0, &[], &ops)),
-        ("net_driver", g.input(1, &[], &ops)),
-        ("console_driver", g.input(2, &[], &ops)),
+        ("block_driver", g.input(0, &[], &ops(&blk))),
+        ("net_driver", g.input(1, &[], &ops(&net))),
+        ("console_driver", g.input(2, &[], &ops(&con))),
     ]
 }
 
