@@ -6,8 +6,10 @@
 //! `fuzzing::tests` replays the committed seeds in `fuzz/seeds/<name>/` through [`TARGETS`]
 //! on the stable toolchain, so a refactor that breaks a harness fails `cargo test`.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Write;
+use std::ops::RangeInclusive;
 use std::os::fd::FromRawFd;
 use std::path::Path;
 
@@ -58,10 +60,54 @@ fn memfd(bytes: &[u8]) -> Option<File> {
     Some(f)
 }
 
+/// What the disk must hold: whole sectors, as read before the first change and then changed.
+type Model = BTreeMap<u64, Vec<u8>>;
+
+/// Reads sectors `first..=last` of `disk` into `model` where it has none yet; false if one
+/// cannot be read (the range is then not modelled).
+fn load(disk: &impl Disk, model: &mut Model, first: u64, last: u64) -> bool {
+    for s in first..=last {
+        if model.contains_key(&s) {
+            continue;
+        }
+        let mut buf = vec![0u8; SECTOR as usize];
+        if disk.read_at(&mut buf, s * SECTOR).is_err() {
+            return false;
+        }
+        model.insert(s, buf);
+    }
+    true
+}
+
+/// Applies bytes `data` at `offset` to the modelled sectors.
+fn apply(model: &mut Model, offset: u64, data: &[u8]) {
+    for (i, &b) in data.iter().enumerate() {
+        let at = offset + i as u64;
+        if let Some(sector) = model.get_mut(&(at / SECTOR)) {
+            sector[(at % SECTOR) as usize] = b;
+        }
+    }
+}
+
+/// Panics unless every modelled sector of `disk` in `range` reads as the model says.
+fn verify(disk: &impl Disk, model: &Model, range: RangeInclusive<u64>, when: &str) {
+    for (&s, want) in model.range(range) {
+        let mut got = vec![0u8; SECTOR as usize];
+        disk.read_at(&mut got, s * SECTOR)
+            .expect("a modelled sector reads");
+        assert!(
+            &got == want,
+            "sector {s} differs from what was written ({when})"
+        );
+    }
+}
+
 /// Opening a COW file and using it: the input is `[n: u16 LE][n bytes: COW file][ops]`,
 /// each op 8 bytes `[kind][offset: u32 LE][len: u16 LE][fill]` (kinds: read, write, write
 /// zeroes, discard, flush). The bitmap is loaded from the file as `CowDisk::new` does for a
-/// real image; a write that succeeded must read back.
+/// real image. Every sector a write touches is modelled: reads agree with the model, a
+/// refused write changes nothing, and the file opened again afterwards (header and bitmap
+/// read anew) holds the same data: nothing written is lost.
 pub fn cow_open(data: &[u8]) {
     let Some((n, rest)) = data.split_first_chunk::<2>() else {
         return;
@@ -75,16 +121,19 @@ pub fn cow_open(data: &[u8]) {
     let Some(f) = memfd(file) else {
         return;
     };
-    let Ok(raw) = RawDisk::from_file(f, Path::new("fuzz.cow"), false) else {
+    let (Ok(again), Ok(raw)) = (
+        f.try_clone(),
+        RawDisk::from_file(f, Path::new("fuzz.cow"), false),
+    ) else {
         return;
     };
     let backing_len = header.size.min(BACKING_MAX) as usize;
     let backing: Vec<u8> = (0..backing_len).map(|i| (i / 512) as u8).collect();
-    let Ok(mut disk) = CowDisk::new(raw, MemDisk::new(backing), header, read_only) else {
+    let Ok(mut disk) = CowDisk::new(raw, MemDisk::new(backing.clone()), header, read_only) else {
         return;
     };
-    let len = disk.len();
-    assert_eq!(len % SECTOR, 0, "COW disk length is whole sectors");
+    assert_eq!(disk.len() % SECTOR, 0, "COW disk length is whole sectors");
+    let mut model = Model::new();
     for op in ops
         .get(1..)
         .unwrap_or_default()
@@ -93,36 +142,51 @@ pub fn cow_open(data: &[u8]) {
     {
         let offset = u64::from(u32::from_le_bytes([op[1], op[2], op[3], op[4]]));
         let n = u64::from(u16::from_le_bytes([op[5], op[6]])) % 4096;
+        let sectors = (offset / SECTOR, (offset + n.max(1) - 1) / SECTOR);
         match op[0] % 5 {
             0 => {
                 let mut buf = vec![0u8; n as usize];
                 let _ = disk.read_at(&mut buf, offset);
             }
-            1 => {
-                let buf = vec![op[7]; n as usize];
-                if disk.write_at(&buf, offset).is_ok() {
-                    let mut back = vec![!op[7]; n as usize];
-                    disk.read_at(&mut back, offset)
-                        .expect("a range just written reads back");
-                    assert!(back == buf, "written data reads back");
-                }
-            }
-            2 => {
-                if disk.write_zeroes(offset, n).is_ok() {
-                    let mut back = vec![0xa5; n as usize];
-                    disk.read_at(&mut back, offset)
-                        .expect("a range just zeroed reads back");
-                    assert!(back.iter().all(|&b| b == 0), "zeroed range reads as zeros");
+            k @ (1 | 2) => {
+                let buf = vec![if k == 1 { op[7] } else { 0 }; n as usize];
+                let modelled = n > 0 && load(&disk, &mut model, sectors.0, sectors.1);
+                let done = if k == 1 {
+                    disk.write_at(&buf, offset)
+                } else {
+                    disk.write_zeroes(offset, n)
+                };
+                if done.is_ok() && modelled {
+                    apply(&mut model, offset, &buf);
                 }
             }
             3 => {
-                let _ = disk.discard(offset, n);
+                // A discarded range reads as zeros or as before: no longer modelled.
+                if disk.discard(offset, n).is_ok() {
+                    for s in sectors.0..=sectors.1 {
+                        model.remove(&s);
+                    }
+                }
             }
             _ => {
                 let _ = disk.flush();
             }
         }
+        verify(
+            &disk,
+            &model,
+            sectors.0..=sectors.1,
+            "after an operation on it",
+        );
     }
+    verify(&disk, &model, 0..=u64::MAX, "at the end");
+    drop(disk);
+    let mut head = vec![0u8; MAX_HEADER_LEN];
+    let got = std::os::unix::fs::FileExt::read_at(&again, &mut head, 0).unwrap_or(0);
+    let header = parse_header(&head[..got]).expect("the header still parses");
+    let raw = RawDisk::from_file(again, Path::new("fuzz.cow"), true).expect("reopened");
+    let disk = CowDisk::new(raw, MemDisk::new(backing), header, true).expect("reopens");
+    verify(&disk, &model, 0..=u64::MAX, "after opening the file again");
 }
 
 /// The `ubd` option grammar: any text after `ubd`, with units 0-3 already configured when the
