@@ -10,11 +10,14 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Write;
 use std::ops::RangeInclusive;
-use std::os::fd::FromRawFd;
-use std::path::Path;
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use crate::disk::{Disk, MemDisk, RawDisk, SECTOR};
 use crate::header::{parse_header, CowVersion, MAX_HEADER_LEN};
+use crate::merge::merge;
 use crate::{cow_sizes, parse_ubd_with, CowDisk, UbdOption};
 
 /// A harness: fuzz input in, panic on a broken invariant.
@@ -24,6 +27,7 @@ pub type Harness = fn(&[u8]);
 pub const TARGETS: &[(&str, Harness)] = &[
     ("cow_header", cow_header),
     ("cow_open", cow_open),
+    ("cow_merge", cow_merge),
     ("ubd_spec", ubd_spec),
 ];
 
@@ -182,11 +186,74 @@ pub fn cow_open(data: &[u8]) {
     verify(&disk, &model, 0..=u64::MAX, "at the end");
     drop(disk);
     let mut head = vec![0u8; MAX_HEADER_LEN];
-    let got = std::os::unix::fs::FileExt::read_at(&again, &mut head, 0).unwrap_or(0);
+    let got = FileExt::read_at(&again, &mut head, 0).unwrap_or(0);
     let header = parse_header(&head[..got]).expect("the header still parses");
     let raw = RawDisk::from_file(again, Path::new("fuzz.cow"), true).expect("reopened");
     let disk = CowDisk::new(raw, MemDisk::new(backing), header, true).expect("reopens");
     verify(&disk, &model, 0..=u64::MAX, "after opening the file again");
+}
+
+/// `kuml-moo` (uml_moo's merge) against kuml's own reads: the input is a COW file; with a
+/// backing file of the header's size (up to 64 KiB, mtime set to the header's) on a memfd,
+/// merging into a new image (first byte even) or into the backing file (odd) must give, sector
+/// for sector, what `CowDisk` reads from the same COW file and backing file.
+pub fn cow_merge(data: &[u8]) {
+    let Some((&opt, cow)) = data.split_first() else {
+        return;
+    };
+    let Ok(header) = parse_header(&cow[..cow.len().min(MAX_HEADER_LEN)]) else {
+        return;
+    };
+    if header.size > BACKING_MAX || header.sectorsize != SECTOR as u32 {
+        return;
+    }
+    let backing: Vec<u8> = (0..header.size)
+        .map(|i| (i / SECTOR) as u8 ^ 0x5a)
+        .collect();
+    let (Some(cow_f), Some(back_f), Some(out_f)) = (memfd(cow), memfd(&backing), memfd(&[])) else {
+        return;
+    };
+    let mtime = SystemTime::UNIX_EPOCH + Duration::from_secs(u64::from(header.mtime));
+    let (Ok(()), Ok(cow_again)) = (back_f.set_modified(mtime), cow_f.try_clone()) else {
+        return;
+    };
+    let Ok(raw) = RawDisk::from_file(cow_again, Path::new("fuzz.cow"), true) else {
+        return;
+    };
+    let Ok(view) = CowDisk::new(raw, MemDisk::new(backing), header.clone(), true) else {
+        return;
+    };
+    let mut want = vec![0u8; (header.size / SECTOR * SECTOR) as usize];
+    if view.read_at(&mut want, 0).is_err() {
+        return;
+    }
+    drop(view);
+    let path = |f: &File| PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd()));
+    let into_backing = opt & 1 != 0;
+    let out = (!into_backing).then(|| path(&out_f));
+    let merged = merge(
+        &path(&cow_f),
+        out.as_deref(),
+        Some(&path(&back_f)),
+        &mut Vec::new(),
+        &mut |_, _| {},
+    );
+    if merged.is_err() {
+        return;
+    }
+    let result = if into_backing { &back_f } else { &out_f };
+    let mut got = vec![0u8; want.len()];
+    let n = FileExt::read_at(result, &mut got, 0).unwrap_or(0);
+    got[n..].fill(0);
+    if let Some(at) = (0..want.len())
+        .step_by(SECTOR as usize)
+        .find(|&o| got[o..o + SECTOR as usize] != want[o..o + SECTOR as usize])
+    {
+        panic!(
+            "merged sector {} differs from kuml's read of the COW disk",
+            at / 512
+        );
+    }
 }
 
 /// The `ubd` option grammar: any text after `ubd`, with units 0-3 already configured when the
