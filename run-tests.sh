@@ -1,13 +1,130 @@
 #!/bin/bash
 # Runs kuml's whole test suite: unit and property tests of every crate, the host integration
-# tests (real UML tools, sockets, network namespaces) and the e2e tests that boot real guests
-# on KVM. Builds whatever is missing first (host packages, guest kernel and root filesystems,
-# kuml). Run as root on Debian 12.
-set -euo pipefail
+# tests (real UML tools, sockets, network namespaces) and the e2e tests that boot real guests,
+# in two lanes (docs/testing.md, "Lanes"):
+#   host    the host's own KVM (on PVM hosts: kernel-level proofs; user-space tests say SKIPPED)
+#   nested  the e2e test binaries again inside the nested lane's L1 (resources/nested.sh), where
+#           guest user space runs; one L1 per chunk of tests
+# Builds whatever is missing first (host packages, guest kernel and root filesystems, kuml).
+# Run as root on Debian 12.
+#
+#   ./run-tests.sh [--nested | --no-nested] [--lane host|nested] [--test NAME]... [-- ARGS...]
+#
+#   --nested / --no-nested  run the nested lane or not (default: run it where the host's
+#                           /dev/kvm cannot run guest user space, i.e. PVM; off on hardware KVM)
+#   --lane L                only this lane (host: everything on the host; nested: only the e2e
+#                           binaries in L1)
+#   --test NAME             only this e2e test binary (boot, console, ...; repeatable); unit and
+#                           integration tests are then skipped
+#   -- ARGS                 passed to the test binaries (e.g. a test name filter, --exact)
+# Env: KUML_NESTED_CHUNK (tests per L1, default 6), KUML_NESTED_TIMEOUT (s per L1, default 3600)
+#      KUML_TEST_LOGS (directory for per-lane logs and the summary, default a temporary one)
+set -uo pipefail
 cd "$(dirname "$0")"
 
+nested=auto lanes="host nested" tests=() targs=()
+while [ $# -gt 0 ]; do
+    case $1 in
+    --nested) nested=1; shift ;;
+    --no-nested) nested=0; shift ;;
+    --lane) lanes=$2; shift 2 ;;
+    --test) tests+=("$2"); shift 2 ;;
+    --) shift; targs=("$@"); break ;;
+    *) echo "run-tests.sh: unknown option $1" >&2; exit 2 ;;
+    esac
+done
+if [ "$nested" = auto ]; then
+    if [ -n "$(resources/pvm-cmdline.sh)" ]; then nested=1; else nested=0; fi
+fi
+[ "$lanes" = host ] && nested=0
+[ "$lanes" = nested ] && nested=1
+
+set -e
 resources/setup-host.sh
 resources/build-guest.sh
 cargo build --workspace --bins
-# One e2e guest per core: more would only slow every boot under emulation.
-cargo test --workspace --no-fail-fast -- --test-threads="$(nproc)"
+# The Debian 12 guest (tests/tests/debian.rs) where some lane runs guest user space.
+if [ "$nested" = 1 ] || [ -z "$(resources/pvm-cmdline.sh)" ]; then
+    KUML_DEBIAN_DIR=$(resources/build-debian.sh)
+    export KUML_DEBIAN_DIR
+fi
+set +e
+
+logs=${KUML_TEST_LOGS:-$(mktemp -d /tmp/kuml-tests.XXXXXX)}
+mkdir -p "$logs"
+summary=$logs/summary
+: > "$summary"
+export KUML_SKIP_LOG=$logs/skipped
+: > "$KUML_SKIP_LOG"
+failed=0
+# Every per-test line carries its lane; cargo's closing lines stay as they are.
+mark() { sed -u -E "s/^(test .* \\.\\.\\. [A-Za-z]+)$/\\1 (lane $1)/"; }
+record() { # lane what status seconds
+    printf '%-7s %-28s %-6s %5ss\n' "$1" "$2" "$([ "$3" = 0 ] && echo ok || echo FAILED)" "$4" >> "$summary"
+    [ "$3" = 0 ] || failed=1
+}
+
+e2e_bins=(boot console mconsole net ubd debian)
+[ ${#tests[@]} -gt 0 ] && e2e_bins=("${tests[@]}")
+
+# ---- host lane
+if [ "$lanes" != nested ]; then
+    t0=$SECONDS
+    echo "== lane host: $(if [ -n "$(resources/pvm-cmdline.sh)" ]; then echo "PVM /dev/kvm (guest kernel only)"; else echo "hardware KVM"; fi)"
+    if [ ${#tests[@]} -eq 0 ]; then
+        # One e2e guest per core: more would only slow every boot under emulation.
+        cargo test --workspace --no-fail-fast -- --test-threads="$(nproc)" "${targs[@]}" 2>&1 |
+            mark host | tee "$logs/host.log"
+        record host "all tests" "${PIPESTATUS[0]}" $((SECONDS - t0))
+    else
+        for b in "${tests[@]}"; do
+            t1=$SECONDS
+            cargo test -p kuml-e2e --test "$b" -- --test-threads="$(nproc)" "${targs[@]}" 2>&1 |
+                mark host | tee -a "$logs/host.log"
+            record host "e2e $b" "${PIPESTATUS[0]}" $((SECONDS - t1))
+        done
+    fi
+fi
+
+# ---- nested lane
+if [ "$nested" = 1 ]; then
+    echo "== lane nested: e2e tests in L1 (QEMU TCG, emulated AMD SVM; resources/nested.sh)"
+    # The test binaries, built on the host (L1 sees the host's root read-only).
+    cargo test -p kuml-e2e --no-run --message-format=json 2>/dev/null |
+        python3 -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and "test" in m["target"]["kind"]:
+        print(m["target"]["name"], m["executable"])' > "$logs/bins"
+    chunk=${KUML_NESTED_CHUNK:-6}
+    # The guests' console logs, written by the tests in L1 straight to the host (kept for
+    # failed tests; readable while they run).
+    mkdir -p "$logs/e2e-nested"
+    for b in "${e2e_bins[@]}"; do
+        exe=$(awk -v b="$b" '$1 == b { print $2 }' "$logs/bins")
+        if [ -z "$exe" ]; then
+            echo "run-tests.sh: no e2e test binary '$b'" >&2; record nested "e2e $b" 1 0; continue
+        fi
+        mapfile -t names < <("$exe" --list --format terse "${targs[@]}" 2>/dev/null | sed -n 's/: test$//p')
+        n=${#names[@]} i=0 part=1 parts=$(( (n + chunk - 1) / chunk ))
+        while [ $i -lt $n ]; do
+            sel=("${names[@]:i:chunk}")
+            t1=$SECONDS
+            echo "== lane nested: $b [$part/$parts]: ${sel[*]}"
+            KUML_E2E_LOGS=$logs/e2e-nested resources/nested.sh --timeout "${KUML_NESTED_TIMEOUT:-3600}" \
+                --rw "$logs/e2e-nested" --log "$logs/nested-$b-$part.l1.log" -- "$exe" --test-threads=1 --exact "${sel[@]}" 2>&1 | mark nested | tee -a "$logs/nested.log"
+            record nested "e2e $b [$part/$parts]" "${PIPESTATUS[0]}" $((SECONDS - t1))
+            i=$((i + chunk)) part=$((part + 1))
+        done
+    done
+fi
+
+echo
+echo "== summary (logs: $logs)"
+cat "$summary"
+if [ -s "$KUML_SKIP_LOG" ]; then
+    echo "== tests that could not run in their lane:"
+    sort -u "$KUML_SKIP_LOG"
+fi
+exit $failed

@@ -55,7 +55,7 @@ command -v "$qemu" >/dev/null || { say "$qemu missing (resources/setup-host.sh)"
 job=$(mktemp -d /tmp/kuml-nested.XXXXXX)
 keep_log=1
 [ -n "$log" ] || { log=$job.console.log; keep_log=0; }
-cleanup() { rm -rf "$job"; [ $keep_log = 1 ] || rm -f "$job.console.log"; }
+cleanup() { rm -rf "$job" "$job.monitor"; [ $keep_log = 1 ] || rm -f "$job.console.log"; }
 trap cleanup EXIT
 
 # The job: config for the L1 init, the environment, the command.
@@ -110,6 +110,9 @@ else
     # The command's stdout and stderr reach ours through pipes (cat), so that QEMU's writes do
     # not disturb the offset of a stdout that is a file.
     exec 5> >(exec cat) 6> >(exec cat >&2)
+    # QEMU's monitor, for a look at a stuck L1: socat - UNIX-CONNECT:<job>.monitor
+    echo "nested.sh: QEMU monitor: $job.monitor" >> "$log"
+    args+=(-monitor "unix:$job.monitor,server=on,wait=off")
     args+=(-serial "file:$log" -device virtio-serial-pci
            -chardev file,id=out,path=/proc/self/fd/5 -device virtserialport,chardev=out,name=kuml.stdout
            -chardev file,id=err,path=/proc/self/fd/6 -device virtserialport,chardev=err,name=kuml.stderr)

@@ -19,6 +19,8 @@ pkgs=(
     linux-source-6.1 bc bison flex libelf-dev libssl-dev kmod cpio xz-utils
     # guest root filesystems
     busybox-static e2fsprogs
+    # the nested lane's Debian 12 guest (resources/build-debian.sh)
+    debootstrap
     # tests: reference VMM, UML tools (uml_mconsole, uml_switch, tunctl, uml_moo), networking,
     # consoles (port= via telnet, xterm= under Xvfb, pts/tty via tmux/socat), scripts
     qemu-system-x86 uml-utilities iproute2 telnet xvfb xterm tmux socat python3 procps psmisc

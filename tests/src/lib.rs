@@ -66,6 +66,18 @@ pub fn artifact(name: &str) -> PathBuf {
     p
 }
 
+/// Where the tests keep their console logs: `$KUML_E2E_LOGS` (run-tests.sh points it at a
+/// host directory that the nested lane shares writable, so the logs of tests in L1 can be read
+/// on the host while they run), else `<tmp>/kuml-e2e`. Created if missing.
+pub fn log_dir() -> PathBuf {
+    let dir = std::env::var_os("KUML_E2E_LOGS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| std::env::temp_dir().join("kuml-e2e"));
+    std::fs::create_dir_all(&dir)
+        .unwrap_or_else(|e| panic!("create the log directory {}: {e}", dir.display()));
+    dir
+}
+
 /// What kind of KVM this host has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HostKind {
@@ -98,15 +110,23 @@ pub fn user_space_or_skip() -> bool {
     if host_kind() == HostKind::Hardware {
         return true;
     }
+    skip(
+        "needs guest user space, which this host's /dev/kvm (PVM) cannot run; it runs in the \
+         nested lane (run-tests.sh --nested, resources/nested.sh)",
+    );
+    false
+}
+
+/// Says loudly that the current test cannot run in this lane and why: a `SKIPPED <test> [lane
+/// <lane>]: <why>` line straight to stderr (past the test harness's output capture) and
+/// appended to `$KUML_SKIP_LOG` when set (run-tests.sh lists them at the end). The caller
+/// then returns without checking anything.
+pub fn skip(why: &str) {
     let test = std::thread::current()
         .name()
         .unwrap_or("<unnamed test>")
         .to_owned();
-    let line = format!(
-        "SKIPPED {test} [lane {}]: needs guest user space, which this host's /dev/kvm (PVM) \
-         cannot run; it runs in the nested lane (run-tests.sh --nested, resources/nested.sh)\n",
-        lane()
-    );
+    let line = format!("SKIPPED {test} [lane {}]: {why}\n", lane());
     let _ = std::io::stderr().write_all(line.as_bytes());
     if let Some(path) = std::env::var_os("KUML_SKIP_LOG") {
         if let Ok(mut f) = std::fs::OpenOptions::new()
@@ -117,7 +137,6 @@ pub fn user_space_or_skip() -> bool {
             let _ = f.write_all(line.as_bytes());
         }
     }
-    false
 }
 
 /// Whether /dev/kvm can be used; tests that need it call [`require_kvm`].
@@ -231,8 +250,7 @@ impl TestVm {
                 HostKind::Hardware => format!("kuml.uagent={tty}"),
             });
         }
-        let log_dir = std::env::temp_dir().join("kuml-e2e");
-        std::fs::create_dir_all(&log_dir).expect("create the log directory");
+        let log_dir = log_dir();
         let log_path = log_dir.join(format!("{name}-{}.log", std::process::id()));
         let mut cmd = Command::new(kuml_bin());
         cmd.args(&args)

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use kuml_e2e::{artifact, host_kind, HostKind, TestVm, VmOptions};
+use kuml_e2e::{artifact, host_kind, user_space_or_skip, HostKind, TestVm, VmOptions};
 
 /// Boot under PVM emulation takes ~20 s from a vmlinux and ~70 s from a bzImage; these bounds
 /// only catch hangs.
@@ -134,4 +134,19 @@ fn reboot_restarts_the_vm_and_sigterm_stops_it() {
     assert_eq!(vm.output().matches("Linux version").count(), 2);
     vm.signal(libc::SIGTERM);
     assert_eq!(vm.wait_exit(SHORT), 143);
+}
+
+/// Issue 14 (user space): `reboot -f` typed at the guest's shell on con0 ends kuml with UML's
+/// exit code for a reboot under `noreboot` (3).
+#[test]
+fn reboot_typed_at_the_shell_exits_3() {
+    if !user_space_or_skip() {
+        return;
+    }
+    let mut vm = TestVm::start("reboot-typed", opts("vmlinux", &[]));
+    vm.wait_for("KUML-INIT: shell on console", VMLINUX_BOOT);
+    vm.send(b"echo about-to-reboot-$((40 + 2))\n");
+    vm.wait_for("about-to-reboot-42", SHORT);
+    vm.send(b"reboot -f\n");
+    assert_eq!(vm.wait_exit(SHORT), 3);
 }

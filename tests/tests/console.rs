@@ -7,7 +7,7 @@
 use std::io::{Read, Write};
 use std::time::Duration;
 
-use kuml_e2e::{artifact, run_ok, AgentReply, PipeAgent, TestVm, VmOptions};
+use kuml_e2e::{artifact, run_ok, user_space_or_skip, AgentReply, PipeAgent, TestVm, VmOptions};
 
 const BOOT: Duration = Duration::from_secs(600);
 const SHORT: Duration = Duration::from_secs(180);
@@ -273,6 +273,48 @@ fn port_consoles_share_a_port_and_take_telnet_clients() {
     conn.write_all(b"99 poweroff\n").unwrap();
     assert_eq!(vm.wait_exit(SHORT), 0);
     drop(other);
+}
+
+/// Issue 14 (user space): shells on a `pts` console (hvc1) and a `port:` console (hvc2) run the
+/// commands typed into the host's pseudo-terminal and telnet session.
+#[test]
+fn typed_shell_on_pts_and_port_consoles() {
+    if !user_space_or_skip() {
+        return;
+    }
+    let port = 40000 + (std::process::id() % 20000) as u16;
+    let mut args = base_args();
+    args.extend(["con1=pts".to_owned(), format!("con2=port:{port}")]);
+    let mut vm = TestVm::start(
+        "con-typed",
+        VmOptions {
+            args,
+            agent_tty: Some("hvc0".into()),
+            ..VmOptions::default()
+        },
+    );
+    vm.wait_agent(BOOT);
+    // An interactive shell on each console, as a getty would start it.
+    vm.sh_ok(
+        "setsid -c sh -i </dev/hvc1 >/dev/hvc1 2>&1 & setsid -c sh -i </dev/hvc2 >/dev/hvc2 2>&1 &",
+        SHORT,
+    );
+    let out = vm.wait_for("Virtual console 1 assigned device '/dev/pts/", BOOT);
+    let pts = announced_pts(&out, "Virtual console 1 assigned device");
+    let mut term = open_terminal(&pts);
+    make_raw(&term);
+    term.write_all(b"echo typed-on-pts-$((6 * 7))\n").unwrap();
+    let got = read_until(&mut term, "typed-on-pts-42", SHORT);
+    assert!(got.contains("typed-on-pts-42"), "the pts showed: {got:?}");
+    let mut conn = session(port, SHORT);
+    conn.write_all(b"echo typed-on-port-$((7 * 6))\n").unwrap();
+    let got = read_until(&mut conn, "typed-on-port-42", SHORT);
+    assert!(
+        got.contains("typed-on-port-42"),
+        "the telnet session showed: {got:?}"
+    );
+    vm.send(b"99 poweroff\n");
+    assert_eq!(vm.wait_exit(SHORT), 0);
 }
 
 /// Runs Debian's `telnet` on a pty (through `script`), types `lines` once it is connected and

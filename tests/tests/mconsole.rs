@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use kuml_e2e::{artifact, kuml_bin, AgentReply, TestVm, VmOptions};
+use kuml_e2e::{artifact, kuml_bin, user_space_or_skip, AgentReply, TestVm, VmOptions};
 
 const BOOT: Duration = Duration::from_secs(240);
 const SHORT: Duration = Duration::from_secs(60);
@@ -612,6 +612,51 @@ fn net_suite(mc: Mc) {
     assert!(!g.umid_dir.exists(), "the umid dir is removed on halt");
 }
 
+/// Issue 14 (user space): what mconsole does, seen from the guest's user space: the clock stands
+/// still while stopped (`stop`/`go`), `sysrq u` remounts the root read-only, and `cad` reaches
+/// an init that turned Ctrl-Alt-Del off (its SIGINT handler reboots: exit 3 with noreboot).
+fn user_space_suite(mc: Mc) {
+    let mut g = boot(&format!("mconsole-user-{mc:?}").to_lowercase(), &[]);
+    let sock = g.sock.clone();
+    let uptime = |vm: &mut TestVm| -> f64 {
+        let out = vm.sh_ok("cut -d' ' -f1 /proc/uptime", SHORT);
+        out.trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("uptime: {out:?}"))
+    };
+    let before = uptime(&mut g.vm);
+    let t0 = Instant::now();
+    mc.expect(&sock, "stop", "OK stopped", 0);
+    std::thread::sleep(Duration::from_secs(30));
+    mc.expect(&sock, "go", "OK ", 0);
+    let after = uptime(&mut g.vm);
+    let host = t0.elapsed().as_secs_f64();
+    eprintln!(
+        "stopped 30 s: guest uptime advanced {:.1} s, host {host:.1} s",
+        after - before
+    );
+    assert!(
+        after - before < host - 20.0,
+        "the guest's clock ran while it was stopped: it advanced {:.1} s of the host's {host:.1} s",
+        after - before
+    );
+
+    mc.expect(&sock, "sysrq u", "OK ", 0);
+    g.vm.wait_for("Emergency Remount complete", SHORT);
+    let (status, out) = g.vm.sh("touch /written-after-sysrq-u", SHORT);
+    assert_ne!(status, 0, "the root is read-only after sysrq u: {out}");
+    assert!(out.contains("Read-only"), "{out}");
+
+    g.vm.sh_ok("echo 0 > /proc/sys/kernel/ctrl-alt-del", SHORT);
+    mc.expect(&sock, "cad", "OK ", 0);
+    g.vm.wait_for("KUML-INIT: ctrl-alt-del: rebooting", SHORT);
+    assert_eq!(
+        g.vm.wait_exit(SHORT),
+        3,
+        "init's reboot with noreboot exits 3"
+    );
+}
+
 #[cfg(test)]
 mod suites {
     use super::*;
@@ -624,6 +669,13 @@ mod suites {
     #[test]
     fn kuml_mconsole_drives_a_guest() {
         guest_suite(Mc::Kuml);
+    }
+
+    #[test]
+    fn uml_mconsole_seen_from_guest_user_space() {
+        if user_space_or_skip() {
+            user_space_suite(Mc::Uml);
+        }
     }
 
     #[test]

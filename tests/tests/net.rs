@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use kuml_e2e::{artifact, host_guest_options, TestVm, VmOptions};
+use kuml_e2e::{artifact, host_guest_options, user_space_or_skip, TestVm, VmOptions};
 
 /// Boot bounds only catch hangs (PVM boots take ~35-60 s, more on a loaded host).
 const BOOT: Duration = Duration::from_secs(300);
@@ -587,6 +587,54 @@ fn ping(
     (dst, t0.elapsed())
 }
 
+// ------------------------------------------------------------------ user space
+
+/// From user space in guest `a`: busybox `ping` to `b_addr`, then 1 MiB of random bytes over
+/// TCP (busybox `nc`) to a listener in guest `b`; both sides' SHA-256 must match.
+fn user_space_ping_and_tcp(a: &mut TestVm, b: &mut TestVm, b_addr: Ipv4Addr) {
+    let out = a.sh_ok(&format!("ping -c 3 -W 20 {b_addr}"), ANSWER);
+    eprintln!("ping from user space:\n{out}");
+    b.sh_ok(
+        "nc -l -p 5001 > /tmp/got 2> /tmp/nc.err & echo $! > /tmp/nc.pid",
+        ANSWER,
+    );
+    // The listener may need a moment: retry while the connection is refused.
+    let sent = a.sh_ok(
+        &format!(
+            "head -c 1048576 /dev/urandom > /tmp/p; n=0; \
+             until nc {b_addr} 5001 < /tmp/p; do n=$((n + 1)); [ $n -lt 60 ] || exit 1; sleep 0.5; done; \
+             sha256sum < /tmp/p"
+        ),
+        ANSWER,
+    );
+    let got = b.sh_ok(
+        "n=0; while kill -0 $(cat /tmp/nc.pid) 2>/dev/null; do n=$((n + 1)); [ $n -lt 300 ] || exit 1; sleep 0.2; done; \
+         wc -c < /tmp/got; sha256sum < /tmp/got",
+        ANSWER,
+    );
+    let sum = |s: &str| {
+        s.split_whitespace()
+            .find(|w| w.len() == 64)
+            .map(str::to_owned)
+    };
+    assert!(got.starts_with("1048576"), "the listener got: {got}");
+    assert_eq!(sum(&got), sum(&sent), "the bytes arrived unchanged");
+    assert!(sum(&sent).is_some(), "sha256sum output: {sent}");
+}
+
+/// 1 MiB of a fixed pattern that a guest can produce with `yes | head`.
+fn pattern_line() -> &'static str {
+    "kuml-user-space-tcp-pattern-0123456789"
+}
+
+fn pattern(len: usize) -> Vec<u8> {
+    format!("{}\n", pattern_line())
+        .bytes()
+        .cycle()
+        .take(len)
+        .collect()
+}
+
 // ------------------------------------------------------------------ tuntap
 
 /// An ICMP echo from the namespace's own IP stack (a raw ICMP socket, i.e. what `ping`
@@ -647,7 +695,7 @@ fn tuntap_existing_tap_guest_answers_arp_and_ping() {
     ns.ip("tuntap add tap0 mode tap");
     ns.ip(&format!("addr add {HOST}/24 dev tap0"));
     ns.ip("link set tap0 up");
-    let _vm = ns.run(|| kuml_guest("net-tap", "tuntap,tap0", GUEST_A, HOST));
+    let mut vm = ns.run(|| kuml_guest("net-tap", "tuntap,tap0", GUEST_A, HOST));
     let rtt = ns.run(|| host_ping(GUEST_A));
     eprintln!("guest answered the namespace's ping after {rtt:?}");
     // The namespace's kernel resolved the guest over the tap.
@@ -656,6 +704,29 @@ fn tuntap_existing_tap_guest_answers_arp_and_ping() {
         neigh.contains(&GUEST_A.to_string()) && neigh.contains("lladdr"),
         "no neighbour entry for the guest: {neigh}"
     );
+    if user_space_or_skip() {
+        // User space in the guest: ping the namespace's address, then send 1 MiB over TCP to
+        // a listener in the namespace, compared byte for byte.
+        vm.sh_ok(&format!("ping -c 3 -W 20 {HOST}"), ANSWER);
+        let listener =
+            ns.run(|| std::net::TcpListener::bind((HOST, 5002)).expect("listen in the namespace"));
+        let reader = std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().expect("the guest connects");
+            let mut got = Vec::new();
+            std::io::Read::read_to_end(&mut conn, &mut got).expect("read the transfer");
+            got
+        });
+        vm.sh_ok(
+            &format!("yes {} | head -c 1048576 | nc {HOST} 5002", pattern_line()),
+            ANSWER,
+        );
+        let got = reader.join().expect("the reader thread");
+        assert_eq!(got.len(), 1 << 20, "bytes received from the guest");
+        assert!(
+            got == pattern(1 << 20),
+            "the guest's bytes arrived unchanged"
+        );
+    }
 }
 
 #[test]
@@ -823,6 +894,9 @@ fn mcast_two_kuml_guests_reach_each_other() {
             7,
             "peer -> kuml A -> kuml B and back",
         );
+        if user_space_or_skip() {
+            user_space_ping_and_tcp(&mut a, &mut b, GUEST_B);
+        }
     });
 }
 
@@ -832,8 +906,7 @@ fn mcast_kuml_guest_and_qemu_guest_reach_each_other() {
     ns.multicast();
     ns.run(|| {
         let mut peer = McastPeer::join();
-        let logs = std::env::temp_dir().join("kuml-e2e");
-        std::fs::create_dir_all(&logs).unwrap();
+        let logs = kuml_e2e::log_dir();
         // QEMU's guest has the kuml guest as its gateway; the kuml guest routes.
         let q_mac = [0x52, 0x54, 0x00, 0x12, 0x34, 0x17];
         let mut qemu = Qemu::start(
@@ -915,6 +988,9 @@ fn daemon_two_guests_on_uml_switch() {
             9,
             "switch: peer -> A -> B and back",
         );
+        if user_space_or_skip() {
+            user_space_ping_and_tcp(&mut a, &mut b, GUEST_B);
+        }
         let text = std::fs::read_to_string(&log).unwrap_or_default();
         assert!(!text.contains("Unknown connection"), "switch log:\n{text}");
         eprintln!("uml_switch log:\n{text}");

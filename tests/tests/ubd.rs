@@ -432,3 +432,119 @@ fn raw_data_disk_as_ubd1_mounts_and_reads() {
         "a read-only mount leaves the raw image unchanged"
     );
 }
+
+/// The line a guest repeats with `yes | head` to write a known pattern from user space.
+const PATTERN_LINE: &str = "kuml-ubd-user-space-pattern-0123456789abcdef";
+
+fn pattern(len: usize) -> Vec<u8> {
+    format!("{PATTERN_LINE}\n")
+        .bytes()
+        .cycle()
+        .take(len)
+        .collect()
+}
+
+/// `file`'s bytes with `data` written at `offset`, as a new file `out`.
+fn expected_image(file: &Path, offset: u64, data: &[u8], out: &Path) -> PathBuf {
+    run(Command::new("cp").arg("--sparse=always").arg(file).arg(out));
+    let f = std::fs::OpenOptions::new().write(true).open(out).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, data, offset).unwrap();
+    out.to_owned()
+}
+
+/// Issue 14 (user space): `dd` in the guest writes a pattern to a raw disk and to a COW disk;
+/// on the host the raw image holds it, the backing file is unchanged, and `uml_moo` and
+/// `kuml-moo` merge the COW file to the backing file with the pattern, byte for byte.
+#[test]
+fn user_space_dd_to_raw_and_cow_disks_then_uml_moo() {
+    if !kuml_e2e::user_space_or_skip() {
+        return;
+    }
+    const AT: u64 = 1 << 20;
+    const LEN: usize = 1 << 20;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let raw = dir.path().join("raw.img");
+    std::fs::File::create(&raw)
+        .and_then(|f| f.set_len(8 << 20))
+        .expect("create raw.img");
+    let backing = copy_artifact("data.ext4", dir.path());
+    let cow = dir.path().join("data.cow");
+    let hash_before = sha256(&backing);
+    let mut args = initrd_with_ubd1(dir.path(), &raw.display().to_string());
+    args.push(format!("ubd2={},{}", cow.display(), backing.display()));
+    let mut vm = agent_vm("ubd-user-dd", &args);
+    vm.sh_ok(
+        &format!(
+            "yes {PATTERN_LINE} | head -c {LEN} > /tmp/p && \
+             dd if=/tmp/p of=/dev/vdb bs=65536 seek={} conv=fsync && \
+             dd if=/tmp/p of=/dev/vdc bs=65536 seek={} conv=fsync",
+            AT / 65536,
+            AT / 65536
+        ),
+        FILL,
+    );
+    poweroff(&mut vm);
+
+    let want = pattern(LEN);
+    let expect_raw = expected_image(&raw, AT, &want, &dir.path().join("expect-raw.img"));
+    assert!(
+        same_bytes(&raw, &expect_raw),
+        "the raw image holds the pattern at {AT} and nothing else changed"
+    );
+    assert_eq!(sha256(&backing), hash_before, "backing file unchanged");
+    let merged_u = dir.path().join("merged-uml.img");
+    let merged_k = dir.path().join("merged-kuml.img");
+    run(Command::new("uml_moo").arg(&cow).arg(&merged_u));
+    run(Command::new(ubd_tool("kuml-moo")).arg(&cow).arg(&merged_k));
+    let expect = expected_image(&backing, AT, &want, &dir.path().join("expect-merged.img"));
+    assert!(
+        same_bytes(&merged_u, &expect),
+        "uml_moo's merge is the backing file with the pattern"
+    );
+    assert!(same_bytes(&merged_k, &merged_u), "kuml-moo merges the same");
+}
+
+/// Issue 14 (user space): a disk hot-plugged with the real `uml_mconsole` is mounted and written
+/// from user space; after `remove` the file is in the image and the file system is clean.
+#[test]
+fn hot_plugged_disk_is_mounted_and_written_from_user_space() {
+    if !kuml_e2e::user_space_or_skip() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = copy_artifact("data.ext4", dir.path());
+    let scratch = dir.path().join("scratch.img");
+    std::fs::File::create(&scratch)
+        .and_then(|f| f.set_len(1 << 20))
+        .expect("create scratch.img");
+    let mut vm = agent_vm(
+        "ubd-user-hotplug",
+        &[
+            format!("initrd={}", artifact("initramfs.cpio.gz").display()),
+            format!("ubd0={}", scratch.display()),
+            format!("uml_dir={}", dir.path().display()),
+            "umid=hotplug".to_owned(),
+        ],
+    );
+    let sock = dir.path().join("hotplug/mconsole");
+    let reply = run(Command::new("uml_mconsole")
+        .arg(&sock)
+        .arg(format!("config ubd1={}", data.display())));
+    assert!(reply.starts_with("OK"), "config ubd1: {reply}");
+    let out = vm.sh_ok(
+        "n=0; while [ ! -b /dev/vdb ]; do n=$((n + 1)); [ $n -lt 1200 ] || exit 1; sleep 0.1; done; \
+         mkdir -p /mnt/hp && mount -t ext4 /dev/vdb /mnt/hp && cat /mnt/hp/hello.txt && \
+         echo written-from-user-space > /mnt/hp/new.txt && sync && umount /mnt/hp",
+        SHORT,
+    );
+    assert!(out.contains("hello from kuml data disk"), "{out}");
+    let reply = run(Command::new("uml_mconsole").arg(&sock).arg("remove ubd1"));
+    assert!(reply.starts_with("OK"), "remove ubd1: {reply}");
+    poweroff(&mut vm);
+    let cat = run(Command::new("debugfs")
+        .arg("-R")
+        .arg("cat /new.txt")
+        .arg(&data));
+    assert_eq!(cat, "written-from-user-space\n");
+    run(Command::new("e2fsck").arg("-fn").arg(&data));
+}
