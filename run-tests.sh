@@ -10,8 +10,9 @@
 #
 #   ./run-tests.sh [--nested | --no-nested] [--lane host|nested] [--test NAME]... [-- ARGS...]
 #
-#   --nested / --no-nested  run the nested lane or not (default: run it where the host's
-#                           /dev/kvm cannot run guest user space, i.e. PVM; off on hardware KVM)
+#   --nested / --no-nested  run the nested lane or not (default: not yet; see docs/testing.md,
+#                           "Lanes": it does not fit .ci/run's hour on these hosts yet, and not
+#                           every test's user-space branch passes there yet)
 #   --lane L                only this lane (host: everything on the host; nested: only the e2e
 #                           binaries in L1)
 #   --test NAME             only this e2e test binary (boot, console, ...; repeatable); unit and
@@ -33,9 +34,8 @@ while [ $# -gt 0 ]; do
     *) echo "run-tests.sh: unknown option $1" >&2; exit 2 ;;
     esac
 done
-if [ "$nested" = auto ]; then
-    if [ -n "$(resources/pvm-cmdline.sh)" ]; then nested=1; else nested=0; fi
-fi
+# Meant to become "on where /dev/kvm is PVM" once the lane is green and fits the hour.
+[ "$nested" = auto ] && nested=0
 [ "$lanes" = host ] && nested=0
 [ "$lanes" = nested ] && nested=1
 
@@ -107,15 +107,25 @@ for line in sys.stdin:
             echo "run-tests.sh: no e2e test binary '$b'" >&2; record nested "e2e $b" 1 0; continue
         fi
         mapfile -t names < <("$exe" --list --format terse "${targs[@]}" 2>/dev/null | sed -n 's/: test$//p')
-        n=${#names[@]} i=0 part=1 parts=$(( (n + chunk - 1) / chunk ))
-        while [ $i -lt $n ]; do
-            sel=("${names[@]:i:chunk}")
+        # Chunks of at most $chunk tests; a test that boots many guests (many_boots_*) gets an
+        # L1 of its own.
+        chunks=() cur=()
+        for t in "${names[@]}"; do
+            case $t in
+            *many_boots*) chunks+=("$t") ;;
+            *) cur+=("$t"); [ ${#cur[@]} -lt "$chunk" ] || { chunks+=("${cur[*]}"); cur=(); } ;;
+            esac
+        done
+        [ ${#cur[@]} -eq 0 ] || chunks+=("${cur[*]}")
+        parts=${#chunks[@]} part=1
+        for c in "${chunks[@]}"; do
+            read -r -a sel <<< "$c"
             t1=$SECONDS
             echo "== lane nested: $b [$part/$parts]: ${sel[*]}"
             KUML_E2E_LOGS=$logs/e2e-nested resources/nested.sh --timeout "${KUML_NESTED_TIMEOUT:-3600}" \
                 --rw "$logs/e2e-nested" --log "$logs/nested-$b-$part.l1.log" -- "$exe" --test-threads=1 --exact "${sel[@]}" 2>&1 | mark nested | tee -a "$logs/nested.log"
             record nested "e2e $b [$part/$parts]" "${PIPESTATUS[0]}" $((SECONDS - t1))
-            i=$((i + chunk)) part=$((part + 1))
+            part=$((part + 1))
         done
     done
 fi
@@ -123,6 +133,7 @@ fi
 echo
 echo "== summary (logs: $logs)"
 cat "$summary"
+awk '{ t[$1] += $NF + 0 } END { for (l in t) printf "lane %-7s total %5d s (%d min)\n", l, t[l], t[l] / 60 }' "$summary"
 if [ -s "$KUML_SKIP_LOG" ]; then
     echo "== tests that could not run in their lane:"
     sort -u "$KUML_SKIP_LOG"

@@ -13,12 +13,8 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-if [ -n "${KUML_CACHE:-}" ]; then
-    cache=$KUML_CACHE
-else
-    cache=/var/cache/kuml
-    { mkdir -p "$cache" 2>/dev/null && [ -w "$cache" ]; } || cache=${XDG_CACHE_HOME:-$HOME/.cache}/kuml
-fi
+# shellcheck source=resources/cache-dir.sh
+. "$here/cache-dir.sh"
 log() { echo "build-debian: $*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 

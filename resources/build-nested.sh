@@ -18,12 +18,8 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-if [ -n "${KUML_CACHE:-}" ]; then
-    cache=$KUML_CACHE
-else
-    cache=/var/cache/kuml
-    { mkdir -p "$cache" 2>/dev/null && [ -w "$cache" ]; } || cache=${XDG_CACHE_HOME:-$HOME/.cache}/kuml
-fi
+# shellcheck source=resources/cache-dir.sh
+. "$here/cache-dir.sh"
 init=$here/nested/init
 # The modules the initramfs loads itself, in dependency order (computed below with modprobe):
 # virtio-pci for the devices, 9p for the root, overlay for the writable layer, virtio_console
@@ -63,7 +59,7 @@ if [ -z "$name" ]; then
 fi
 [ -n "$name" ] || die "cannot resolve linux-image-amd64 to a kernel package"
 log "fetching $name"
-(cd "$tmp" && apt-get download -q "$name" >&2 2>&1) || die "apt-get download $name failed"
+(cd "$tmp" && apt-get download -q -o APT::Sandbox::User=root "$name" >&2 2>&1) || die "apt-get download $name failed"
 deb=$(ls "$tmp"/"$name"_*.deb)
 dpkg -x "$deb" "$tmp/pkg"
 release=$(ls "$tmp/pkg/lib/modules")

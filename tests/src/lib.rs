@@ -206,7 +206,9 @@ impl Default for VmOptions {
             agent_tty: None,
             host_options: true,
             extra_fds: Vec::new(),
-            early_log: true,
+            // KUML_E2E_EARLY_LOG=0 turns the serial copy off (each byte on a UART is an exit
+            // to kuml: costly in the nested lane).
+            early_log: std::env::var("KUML_E2E_EARLY_LOG").map_or(true, |v| v != "0"),
             env: Vec::new(),
         }
     }
@@ -665,4 +667,74 @@ pub fn run_ok(cmd: &mut Command) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+// ---- terminals (pts consoles, telnet sessions)
+
+/// Opens a terminal device as a user's program would attach to it, without making it the
+/// test's controlling terminal.
+pub fn open_terminal(path: &str) -> std::fs::File {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .unwrap_or_else(|e| panic!("open {path}: {e}"))
+}
+
+pub fn make_raw(f: &std::fs::File) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: termios calls on a descriptor we own.
+    unsafe {
+        let mut t: libc::termios = std::mem::zeroed();
+        if libc::tcgetattr(f.as_raw_fd(), &mut t) == 0 {
+            libc::cfmakeraw(&mut t);
+            libc::tcsetattr(f.as_raw_fd(), libc::TCSANOW, &t);
+        }
+    }
+}
+
+/// Reads until `needle` shows up or `timeout` passes; returns what was read.
+pub fn read_until(r: &mut impl Read, needle: &str, timeout: Duration) -> String {
+    let deadline = std::time::Instant::now() + timeout;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    while std::time::Instant::now() < deadline {
+        if String::from_utf8_lossy(&out).contains(needle) {
+            break;
+        }
+        match r.read(&mut buf) {
+            Ok(0) => std::thread::sleep(Duration::from_millis(100)),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                std::thread::sleep(Duration::from_millis(50))
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EIO) => {
+                std::thread::sleep(Duration::from_millis(100))
+            }
+            Err(e) => panic!("read: {e}"),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Like [`read_until`], but panics (with what came) unless `needle` showed up.
+pub fn expect_text(r: &mut impl Read, needle: &str, timeout: Duration) -> String {
+    let got = read_until(r, needle, timeout);
+    assert!(got.contains(needle), "{needle:?} not seen; got {got:?}");
+    got
+}
+
+/// The device path in kuml's (UML's) announcement of a pts line, e.g. `Virtual console 1
+/// assigned device '/dev/pts/3'` (`what` is the text before the quote).
+pub fn announced_pts(out: &str, what: &str) -> String {
+    let line = out
+        .lines()
+        .find(|l| l.starts_with(what))
+        .unwrap_or_else(|| panic!("no announcement {what:?} in:\n{out}"));
+    line.split('\'').nth(1).expect("a quoted device").to_owned()
 }

@@ -7,7 +7,10 @@
 use std::io::{Read, Write};
 use std::time::Duration;
 
-use kuml_e2e::{artifact, run_ok, user_space_or_skip, AgentReply, PipeAgent, TestVm, VmOptions};
+use kuml_e2e::{
+    announced_pts, artifact, expect_text, make_raw, open_terminal, read_until, run_ok,
+    user_space_or_skip, AgentReply, PipeAgent, TestVm, VmOptions,
+};
 
 const BOOT: Duration = Duration::from_secs(600);
 const SHORT: Duration = Duration::from_secs(180);
@@ -129,15 +132,6 @@ fn serial_line_carries_the_log_and_input() {
     echo(&mut agent, "typed-into-the-uart");
     agent.send(b"99 poweroff\n");
     assert_eq!(vm.wait_exit(SHORT), 0);
-}
-
-/// The path UML announces for a pts line.
-fn announced_pts(out: &str, what: &str) -> String {
-    let line = out
-        .lines()
-        .find(|l| l.starts_with(what))
-        .unwrap_or_else(|| panic!("no announcement {what:?} in:\n{out}"));
-    line.split('\'').nth(1).expect("a quoted device").to_owned()
 }
 
 #[test]
@@ -304,15 +298,10 @@ fn typed_shell_on_pts_and_port_consoles() {
     let mut term = open_terminal(&pts);
     make_raw(&term);
     term.write_all(b"echo typed-on-pts-$((6 * 7))\n").unwrap();
-    let got = read_until(&mut term, "typed-on-pts-42", SHORT);
-    assert!(got.contains("typed-on-pts-42"), "the pts showed: {got:?}");
+    expect_text(&mut term, "typed-on-pts-42", SHORT);
     let mut conn = session(port, SHORT);
     conn.write_all(b"echo typed-on-port-$((7 * 6))\n").unwrap();
-    let got = read_until(&mut conn, "typed-on-port-42", SHORT);
-    assert!(
-        got.contains("typed-on-port-42"),
-        "the telnet session showed: {got:?}"
-    );
+    expect_text(&mut conn, "typed-on-port-42", SHORT);
     vm.send(b"99 poweroff\n");
     assert_eq!(vm.wait_exit(SHORT), 0);
 }
@@ -576,57 +565,6 @@ fn tty_console_attaches_to_a_host_terminal() {
     assert_eq!(vm.wait_exit(SHORT), 0);
     // SAFETY: closing our copy of the slave.
     unsafe { libc::close(slave) };
-}
-
-/// Opens a terminal device as a user's program would attach to it, without making it the
-/// test's controlling terminal.
-fn open_terminal(path: &str) -> std::fs::File {
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(path)
-        .unwrap_or_else(|e| panic!("open {path}: {e}"))
-}
-
-fn make_raw(f: &std::fs::File) {
-    use std::os::fd::AsRawFd;
-    // SAFETY: termios calls on a descriptor we own.
-    unsafe {
-        let mut t: libc::termios = std::mem::zeroed();
-        if libc::tcgetattr(f.as_raw_fd(), &mut t) == 0 {
-            libc::cfmakeraw(&mut t);
-            libc::tcsetattr(f.as_raw_fd(), libc::TCSANOW, &t);
-        }
-    }
-}
-
-/// Reads until `needle` shows up or `timeout` passes; returns what was read.
-fn read_until(r: &mut impl Read, needle: &str, timeout: Duration) -> String {
-    let deadline = std::time::Instant::now() + timeout;
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    while std::time::Instant::now() < deadline {
-        if String::from_utf8_lossy(&out).contains(needle) {
-            break;
-        }
-        match r.read(&mut buf) {
-            Ok(0) => std::thread::sleep(Duration::from_millis(100)),
-            Ok(n) => out.extend_from_slice(&buf[..n]),
-            Err(e)
-                if e.kind() == std::io::ErrorKind::WouldBlock
-                    || e.kind() == std::io::ErrorKind::TimedOut =>
-            {
-                std::thread::sleep(Duration::from_millis(50))
-            }
-            Err(e) if e.raw_os_error() == Some(libc::EIO) => {
-                std::thread::sleep(Duration::from_millis(100))
-            }
-            Err(e) => panic!("read: {e}"),
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The names (comm) of the processes that have `path` open.

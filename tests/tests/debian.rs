@@ -8,11 +8,14 @@
 
 #![allow(clippy::tests_outside_test_module)] // integration tests: the crate is the test module
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use kuml_e2e::{artifact, user_space_or_skip, TestVm, VmOptions};
+use kuml_e2e::{
+    announced_pts, artifact, expect_text, make_raw, open_terminal, user_space_or_skip, TestVm,
+    VmOptions,
+};
 
 /// systemd boots take a minute or more in the nested lane; these bounds only catch hangs.
 const BOOT: Duration = Duration::from_secs(900);
@@ -125,26 +128,17 @@ fn boot_debian(name: &str, kernel_args: Vec<String>) {
 
     // The getty on the pts console (con1, hvc1) takes a login too.
     let out = vm.wait_for("Virtual console 1 assigned device '/dev/pts/", SHORT);
-    let pts = out
-        .lines()
-        .find(|l| l.starts_with("Virtual console 1 assigned device"))
-        .and_then(|l| l.split('\'').nth(1))
-        .expect("the announced pts")
-        .to_owned();
-    let mut term = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&pts)
-        .unwrap_or_else(|e| panic!("open {pts}: {e}"));
+    let pts = announced_pts(&out, "Virtual console 1 assigned device");
+    let mut term = open_terminal(&pts);
     make_raw(&term);
     term.write_all(b"\n").unwrap();
-    expect(&mut term, "login:", SHORT);
+    expect_text(&mut term, "login:", SHORT);
     term.write_all(b"root\n").unwrap();
-    expect(&mut term, "Password:", SHORT);
+    expect_text(&mut term, "Password:", SHORT);
     term.write_all(b"kuml\n").unwrap();
-    expect(&mut term, "# ", SHORT);
+    expect_text(&mut term, "# ", SHORT);
     term.write_all(b"tty; echo PTS-$((3 * 3))\n").unwrap();
-    let got = expect(&mut term, "PTS-9", SHORT);
+    let got = expect_text(&mut term, "PTS-9", SHORT);
     assert!(
         got.contains("/dev/hvc1"),
         "the pts getty's shell is on hvc1: {got:?}"
@@ -166,41 +160,6 @@ fn login_on_con0(vm: &mut TestVm, t0: Instant) {
     vm.wait_for("Password:", SHORT);
     vm.send(b"kuml\n");
     vm.wait_for("root@debian12:~#", SHORT);
-}
-
-fn make_raw(f: &std::fs::File) {
-    use std::os::fd::AsRawFd;
-    // SAFETY: termios calls on a descriptor we own.
-    unsafe {
-        let mut t: libc::termios = std::mem::zeroed();
-        if libc::tcgetattr(f.as_raw_fd(), &mut t) == 0 {
-            libc::cfmakeraw(&mut t);
-            libc::tcsetattr(f.as_raw_fd(), libc::TCSANOW, &t);
-        }
-    }
-}
-
-/// Reads `r` until `needle` shows up; panics after `timeout`.
-fn expect(r: &mut std::fs::File, needle: &str, timeout: Duration) -> String {
-    let deadline = Instant::now() + timeout;
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !String::from_utf8_lossy(&out).contains(needle) {
-        assert!(
-            Instant::now() < deadline,
-            "{needle:?} not seen; got {:?}",
-            String::from_utf8_lossy(&out)
-        );
-        match r.read(&mut buf) {
-            Ok(0) => std::thread::sleep(Duration::from_millis(100)),
-            Ok(n) => out.extend_from_slice(&buf[..n]),
-            Err(e) if e.raw_os_error() == Some(libc::EIO) => {
-                std::thread::sleep(Duration::from_millis(100))
-            }
-            Err(e) => panic!("read: {e}"),
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[test]
