@@ -68,7 +68,7 @@ mkdir -p "$tmp/out"
 cp "$(ls "$r"/boot/vmlinuz-* | head -n 1)" "$tmp/out/vmlinuz"
 cp "$(ls "$r"/boot/initrd.img-* | head -n 1)" "$tmp/out/initrd.img"
 ls "$r"/lib/modules > "$tmp/out/kernel.release"
-mke2fs -q -t ext4 -L debian12root -d "$r" "$tmp/out/debian12.ext4" 2G
+mke2fs -q -t ext4 -L debian12root -d "$r" "$tmp/out/debian12.ext4" 2G >&2
 rm -rf "$res"
 mv "$tmp/out" "$res"
 touch "$res/.done"
