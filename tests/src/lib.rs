@@ -110,12 +110,22 @@ pub fn user_space_or_skip() -> bool {
     if host_kind() == HostKind::Hardware {
         return true;
     }
-    skip(
-        "needs guest user space, which this host's /dev/kvm (PVM) cannot run; it runs in the \
-         nested lane (run-tests.sh --nested, resources/nested.sh)",
-    );
+    skip(NO_USER_SPACE);
     false
 }
+
+/// Like [`user_space_or_skip`] for the user-space part of a test whose other checks ran: the
+/// SKIPPED line names the part.
+pub fn user_space_part_or_skip(part: &str) -> bool {
+    if host_kind() == HostKind::Hardware {
+        return true;
+    }
+    skip(&format!("{part}: {NO_USER_SPACE}"));
+    false
+}
+
+const NO_USER_SPACE: &str = "needs guest user space, which this host's /dev/kvm (PVM) cannot \
+     run; it runs in the nested lane (run-tests.sh --nested, resources/nested.sh)";
 
 /// Says loudly that the current test cannot run in this lane and why: a `SKIPPED <test> [lane
 /// <lane>]: <why>` line straight to stderr (past the test harness's output capture) and

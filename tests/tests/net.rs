@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use kuml_e2e::{artifact, host_guest_options, user_space_or_skip, TestVm, VmOptions};
+use kuml_e2e::{artifact, host_guest_options, user_space_part_or_skip, TestVm, VmOptions};
 
 /// Boot bounds only catch hangs (PVM boots take ~35-60 s, more on a loaded host).
 const BOOT: Duration = Duration::from_secs(300);
@@ -704,7 +704,7 @@ fn tuntap_existing_tap_guest_answers_arp_and_ping() {
         neigh.contains(&GUEST_A.to_string()) && neigh.contains("lladdr"),
         "no neighbour entry for the guest: {neigh}"
     );
-    if user_space_or_skip() {
+    if user_space_part_or_skip("the user-space part (ping and TCP to the namespace)") {
         // User space in the guest: ping the namespace's address, then send 1 MiB over TCP to
         // a listener in the namespace, compared byte for byte.
         vm.sh_ok(&format!("ping -c 3 -W 20 {HOST}"), ANSWER);
@@ -894,7 +894,7 @@ fn mcast_two_kuml_guests_reach_each_other() {
             7,
             "peer -> kuml A -> kuml B and back",
         );
-        if user_space_or_skip() {
+        if user_space_part_or_skip("the user-space part (ping and TCP between the guests)") {
             user_space_ping_and_tcp(&mut a, &mut b, GUEST_B);
         }
     });
@@ -988,7 +988,7 @@ fn daemon_two_guests_on_uml_switch() {
             9,
             "switch: peer -> A -> B and back",
         );
-        if user_space_or_skip() {
+        if user_space_part_or_skip("the user-space part (ping and TCP between the guests)") {
             user_space_ping_and_tcp(&mut a, &mut b, GUEST_B);
         }
         let text = std::fs::read_to_string(&log).unwrap_or_default();
