@@ -9,6 +9,8 @@ pub mod fuzzing;
 pub mod legacy;
 pub mod pci;
 pub mod virtio;
+pub mod warn;
+pub mod watch;
 
 /// An error and its sources, joined with ": " (how kuml prints errors, once).
 pub fn error_chain(e: &dyn std::error::Error) -> String {

@@ -9,22 +9,24 @@
 //!    the 110-byte source address);
 //! 3. write the 124-byte request `{magic 0xFEEDFACE, version 3, type 0 (REQ_NEW_CONTROL),
 //!    sockaddr_un (110 bytes), 2 pad bytes}` (host byte order);
-//! 4. read exactly 110 bytes: the `sockaddr_un` of the switch's data socket;
+//! 4. read exactly 110 bytes: the `sockaddr_un` of the switch's data socket (kuml does not
+//!    wait for them: the port is up once they arrived);
 //! 5. exchange raw Ethernet frames, one per datagram, with that address.
 //!
 //! The codec ([`encode_request`], [`decode_request`], [`decode_reply`], [`client_sun_path`])
 //! is PURE; [`DaemonBackend`] does the I/O.
 
-use std::io::{self, IoSlice, Read, Write};
+use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::spec::DaemonConfig;
-use crate::{sys, Backend};
+use crate::{sys, Backend, BackendState, SharedFd};
 
 /// Request magic.
 pub const SWITCH_MAGIC: u32 = 0xFEED_FACE;
@@ -38,8 +40,6 @@ pub const SUN_PATH_LEN: usize = 108;
 pub const SOCKADDR_UN_LEN: usize = 2 + SUN_PATH_LEN;
 /// Length of a v3 request (with 2 bytes of tail padding).
 pub const REQUEST_LEN: usize = 12 + SOCKADDR_UN_LEN + 2;
-/// How long the handshake may take before the switch is declared unresponsive.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 const AF_UNIX: u16 = 1;
 
@@ -85,15 +85,6 @@ pub enum DaemonError {
         #[source]
         source: io::Error,
     },
-    /// Reading the reply failed (EOF: the switch refused the request).
-    #[error("read of data socket address from '{path}' failed")]
-    Reply {
-        /// The control socket path.
-        path: PathBuf,
-        /// The socket error.
-        #[source]
-        source: io::Error,
-    },
     /// The reply is malformed.
     #[error("bad reply from uml_switch at '{path}'")]
     BadReply {
@@ -103,9 +94,6 @@ pub enum DaemonError {
         #[source]
         source: Box<DaemonError>,
     },
-    /// Connecting the data socket to the switch's data address failed.
-    #[error("connecting to the switch's data socket failed")]
-    DataConnect(#[source] io::Error),
 }
 
 /// A decoded v3 request (switch side; used by tests and tools).
@@ -221,26 +209,37 @@ fn to_socket_addr(a: &UnixAddr) -> io::Result<SocketAddr> {
 static SERIAL: AtomicU32 = AtomicU32::new(0);
 
 /// A port on a `uml_switch`.
+///
+/// [`DaemonBackend::connect`] does not wait for the switch: it connects, binds the data
+/// socket and sends the request, and the port is [`BackendState::Connecting`] until the
+/// switch's reply arrives on the control connection ([`Backend::on_control`]). The control
+/// connection stays open for the life of the port; its end means the switch dropped the port.
 #[derive(Debug)]
 pub struct DaemonBackend {
-    ctl: UnixStream,
-    data: UnixDatagram,
+    ctl: Arc<UnixStream>,
+    data: Arc<UnixDatagram>,
     ctl_path: PathBuf,
+    /// The switch's reply so far.
+    reply: Vec<u8>,
+    state: BackendState,
 }
 
 impl DaemonBackend {
-    /// Connects to the switch whose control socket is `cfg.ctl`.
+    /// Starts a port on the switch whose control socket is `cfg.ctl`.
     pub fn connect(cfg: &DaemonConfig) -> Result<Self, DaemonError> {
         Self::connect_path(&cfg.ctl)
     }
 
-    /// Connects to the switch whose control socket is `ctl_path`.
+    /// Starts a port on the switch whose control socket is `ctl_path`. Nothing here waits
+    /// for the switch: a switch that is absent, or whose connection queue is full, fails now;
+    /// the reply is read later ([`Backend::on_control`], or [`DaemonBackend::wait_ready`]).
     pub fn connect_path(ctl_path: &Path) -> Result<Self, DaemonError> {
         let path = || ctl_path.to_path_buf();
-        let mut ctl = UnixStream::connect(ctl_path).map_err(|source| DaemonError::Connect {
-            path: path(),
-            source,
-        })?;
+        let ctl =
+            sys::unix_connect_nonblocking(ctl_path).map_err(|source| DaemonError::Connect {
+                path: path(),
+                source,
+            })?;
         let usecs = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_micros())
@@ -252,70 +251,110 @@ impl DaemonBackend {
         );
         let local = SocketAddr::from_abstract_name(&sun[1..]).map_err(DaemonError::Bind)?;
         let data = UnixDatagram::bind_addr(&local).map_err(DaemonError::Bind)?;
-        ctl.write_all(&encode_request(&sun))
-            .map_err(|source| DaemonError::Request {
-                path: path(),
-                source,
-            })?;
-        let mut reply = [0u8; SOCKADDR_UN_LEN];
-        ctl.set_read_timeout(Some(HANDSHAKE_TIMEOUT))
-            .and_then(|()| ctl.read_exact(&mut reply))
-            .map_err(|source| DaemonError::Reply {
-                path: path(),
-                source,
-            })?;
-        let remote = decode_reply(&reply).map_err(|e| DaemonError::BadReply {
-            path: path(),
-            source: Box::new(e),
-        })?;
-        let remote_addr = to_socket_addr(&remote).map_err(DaemonError::DataConnect)?;
-        data.connect_addr(&remote_addr)
-            .and_then(|()| data.set_nonblocking(true))
-            .and_then(|()| ctl.set_nonblocking(true))
-            .map_err(DaemonError::DataConnect)?;
+        data.set_nonblocking(true).map_err(DaemonError::Bind)?;
+        // A fresh connection's send buffer takes the whole request at once.
+        let request = encode_request(&sun);
+        match (&ctl).write(&request) {
+            Ok(n) if n == request.len() => {}
+            Ok(n) => {
+                return Err(DaemonError::Request {
+                    path: path(),
+                    source: io::Error::new(
+                        io::ErrorKind::WriteZero,
+                        format!("only {n} of {REQUEST_LEN} bytes were taken"),
+                    ),
+                })
+            }
+            Err(source) => {
+                return Err(DaemonError::Request {
+                    path: path(),
+                    source,
+                })
+            }
+        }
         log::info!(
             "daemon backend (uml_switch version 3) - unix:{}",
             ctl_path.display()
         );
         Ok(DaemonBackend {
-            ctl,
-            data,
+            ctl: Arc::new(ctl),
+            data: Arc::new(data),
             ctl_path: path(),
+            reply: Vec::with_capacity(SOCKADDR_UN_LEN),
+            state: BackendState::Connecting,
         })
     }
 
-    /// The control connection's fd. It must stay open; it becomes readable (EOF) when the
-    /// switch goes away, which an event loop may watch for.
-    pub fn control_fd(&self) -> RawFd {
-        self.ctl.as_raw_fd()
-    }
-
-    /// Checks the control connection without blocking: `Err(NotConnected)` once the switch
-    /// has closed it (the port is gone; UML logs `Disconnect` on the switch side). Stray
-    /// bytes from the switch are discarded.
-    pub fn check_control(&mut self) -> io::Result<()> {
-        let mut b = [0u8; 256];
-        loop {
-            match self.ctl.read(&mut b) {
-                Ok(0) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::NotConnected,
-                        format!(
-                            "uml_switch at '{}' closed the connection",
-                            self.ctl_path.display()
-                        ),
-                    ))
-                }
-                Ok(_) => continue,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-                Err(e) => return Err(e),
+    /// Waits up to `timeout` for the switch to answer (for callers without an event loop).
+    pub fn wait_ready(&mut self, timeout: Duration) -> io::Result<()> {
+        let deadline = Instant::now() + timeout;
+        while self.on_control()? == BackendState::Connecting {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "uml_switch at '{}' did not answer within {} s",
+                        self.ctl_path.display(),
+                        timeout.as_secs()
+                    ),
+                ));
             }
+            sys::wait_readable(self.ctl.as_raw_fd(), left)?;
         }
+        Ok(())
     }
 
     /// The control socket path.
     pub fn control_path(&self) -> &Path {
         &self.ctl_path
+    }
+
+    // Reads what the switch sent on the control connection; `Ok(true)` at its end.
+    fn read_control(&mut self) -> io::Result<bool> {
+        let mut b = [0u8; SOCKADDR_UN_LEN];
+        loop {
+            let want = match self.state {
+                BackendState::Connecting => SOCKADDR_UN_LEN - self.reply.len(),
+                // Anything after the reply is unexpected; it is read and dropped.
+                BackendState::Ready => b.len(),
+            };
+            match (&*self.ctl).read(&mut b[..want]) {
+                Ok(0) => return Ok(true),
+                Ok(n) => {
+                    if self.state == BackendState::Connecting {
+                        self.reply.extend_from_slice(&b[..n]);
+                        if self.reply.len() == SOCKADDR_UN_LEN {
+                            self.finish_handshake()?;
+                        }
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    // The switch's reply is complete: connect the data socket to the address it names.
+    fn finish_handshake(&mut self) -> io::Result<()> {
+        let remote = decode_reply(&self.reply).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                DaemonError::BadReply {
+                    path: self.ctl_path.clone(),
+                    source: Box::new(e),
+                },
+            )
+        })?;
+        let remote_addr = to_socket_addr(&remote)?;
+        self.data.connect_addr(&remote_addr)?;
+        self.state = BackendState::Ready;
+        log::debug!(
+            "uml_switch at '{}' accepted the port",
+            self.ctl_path.display()
+        );
+        Ok(())
     }
 }
 
@@ -330,13 +369,9 @@ impl Backend for DaemonBackend {
         self.data.send(frame).map(|_| ())
     }
 
-    fn send_vectored(&mut self, parts: &[IoSlice<'_>]) -> io::Result<()> {
-        sys::sendmsg(&self.data, parts, None)
-    }
-
     fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
-            let n = sys::recv_trunc(&self.data, buf)?;
+            let n = sys::recv_trunc(&*self.data, buf)?;
             if n > buf.len() {
                 log::warn!("daemon: dropping a {n}-byte frame");
                 continue;
@@ -346,6 +381,34 @@ impl Backend for DaemonBackend {
             }
             return Ok(n);
         }
+    }
+
+    fn fd(&self) -> SharedFd {
+        self.data.clone()
+    }
+
+    fn control_fd(&self) -> Option<SharedFd> {
+        Some(self.ctl.clone())
+    }
+
+    /// Reads the handshake reply, or notices the switch's end: `NotConnected` once the
+    /// switch closed the connection (before answering: it refused the port).
+    fn on_control(&mut self) -> io::Result<BackendState> {
+        if self.read_control()? {
+            let what = match self.state {
+                BackendState::Connecting => "refused the port (closed the connection)",
+                BackendState::Ready => "closed the connection",
+            };
+            return Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                format!("uml_switch at '{}' {what}", self.ctl_path.display()),
+            ));
+        }
+        Ok(self.state)
+    }
+
+    fn state(&self) -> BackendState {
+        self.state
     }
 }
 

@@ -3,16 +3,18 @@
 //! * [`spec`] (PURE): `eth<N>=…` / `vec<N>:…` → [`NetSpec`], with UML's defaults and errors.
 //! * [`mac`] (PURE): MAC parsing/formatting, UML's acceptance rules, kuml's stable MAC.
 //! * [`Backend`]: one raw Ethernet frame (no FCS, no padding, no length prefix) per call,
-//!   nonblocking; [`TapBackend`], [`McastBackend`], [`DaemonBackend`] implement it, and
-//!   [`open_backend`] builds the right one from a [`NetSpec`].
+//!   nonblocking, with the descriptors an event loop watches; [`TapBackend`],
+//!   [`McastBackend`], [`DaemonBackend`] implement it, and [`open_backend`] builds the right
+//!   one from a [`NetSpec`].
 //! * [`daemon`] also holds the PURE `uml_switch` protocol v3 codec; [`frame`] (PURE) reads a
 //!   guest's IPv4 address from its frames, so a created tap can route it as `uml_net` did.
 
 #![deny(missing_docs)]
 
 use std::fmt::Debug;
-use std::io::{self, IoSlice};
+use std::io;
 use std::os::fd::AsRawFd;
+use std::sync::Arc;
 
 pub mod daemon;
 #[cfg(any(test, feature = "test-utils"))]
@@ -45,28 +47,70 @@ pub const ETH_MAX_FRAME: usize = 1500 + 14 + 26;
 /// MTU was raised can deliver up to 64 KiB).
 pub const RECV_BUF_LEN: usize = 65536;
 
+/// A descriptor and what keeps it open. Backends hand out shared references to their
+/// descriptors so that an event loop can keep one open until it has stopped watching it, even
+/// when the backend itself is dropped first.
+pub type SharedFd = Arc<dyn AsRawFd + Send + Sync>;
+
+/// Whether a backend carries frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendState {
+    /// Still setting up (a `uml_switch` has not answered the handshake yet): frames sent
+    /// now are dropped, none arrive.
+    Connecting,
+    /// Frames flow.
+    Ready,
+}
+
 /// A host network transport carrying raw Ethernet frames (destination MAC first, no FCS).
 ///
-/// All calls are nonblocking: the fd from [`AsRawFd`] is registered for `EPOLLIN` in the
-/// event loop, and [`Backend::recv`] is called until it returns `WouldBlock`.
-pub trait Backend: AsRawFd + Debug + Send {
+/// All calls are nonblocking. An event loop watches [`Backend::fd`] (readable: call
+/// [`Backend::recv`] until `WouldBlock`; writable: room to send again) and, if there is one,
+/// [`Backend::control_fd`] (readable: call [`Backend::on_control`]).
+///
+/// Errors of `send` and `recv` other than `WouldBlock` and `Interrupted` lose a frame; the
+/// errors [`is_gone`] names mean the backend will never carry frames again (a deleted tap).
+pub trait Backend: Debug + Send {
     /// Sends one frame. `WouldBlock` when the host queue is full (the caller may drop the
     /// frame, as a NIC would, or retry when the fd becomes writable). Any other error means
     /// the frame is lost (e.g. `ECONNREFUSED` once a uml_switch has gone): log it and carry
     /// on, as a NIC with no link would.
     fn send(&mut self, frame: &[u8]) -> io::Result<()>;
 
-    /// Sends one frame given in pieces (e.g. straight from a descriptor chain). The default
-    /// joins the pieces and calls [`Backend::send`]; the host backends send without copying.
-    fn send_vectored(&mut self, parts: &[IoSlice<'_>]) -> io::Result<()> {
-        let frame: Vec<u8> = parts.iter().flat_map(|p| p.iter().copied()).collect();
-        self.send(&frame)
-    }
-
     /// Receives one frame into `buf` and returns its length; `WouldBlock` when none is
     /// pending. Frames longer than `buf` are dropped (logged), never truncated, so use a
     /// buffer of [`RECV_BUF_LEN`] bytes to see every frame.
     fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize>;
+
+    /// The descriptor frames arrive on.
+    fn fd(&self) -> SharedFd;
+
+    /// A descriptor that becomes readable when the backend's state may have changed (the
+    /// `uml_switch` control connection: its handshake reply, or its end).
+    fn control_fd(&self) -> Option<SharedFd> {
+        None
+    }
+
+    /// Handles a readable [`Backend::control_fd`]; returns the state now. An error means the
+    /// backend is gone for good (the switch closed the connection or answered nonsense).
+    fn on_control(&mut self) -> io::Result<BackendState> {
+        Ok(self.state())
+    }
+
+    /// Whether frames flow yet.
+    fn state(&self) -> BackendState {
+        BackendState::Ready
+    }
+}
+
+/// True for receive or send errors after which a backend never carries frames again: the
+/// tap was deleted (`EBADFD`), the device went away (`ENXIO`, `ENODEV`), the descriptor is
+/// unusable (`EBADF`). (`EIO` from a tap whose link is down is not one: it comes back up.)
+pub fn is_gone(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EBADFD | libc::EBADF | libc::ENXIO | libc::ENODEV)
+    )
 }
 
 /// Errors of [`open_backend`].

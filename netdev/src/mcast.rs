@@ -7,13 +7,14 @@
 //! padding. Because of the loopback, a sender receives its own frames: they are dropped by
 //! source MAC when the backend knows its guest's MAC.
 
-use std::io::{self, IoSlice};
+use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
 
 use crate::mac::MacAddr;
 use crate::spec::McastConfig;
-use crate::{sys, Backend};
+use crate::{sys, Backend, SharedFd};
 
 /// Errors of the multicast backend.
 #[derive(Debug, thiserror::Error)]
@@ -56,7 +57,7 @@ pub enum McastError {
 /// A UDP multicast hub port.
 #[derive(Debug)]
 pub struct McastBackend {
-    sock: UdpSocket,
+    sock: Arc<UdpSocket>,
     dest: SocketAddrV4,
     own_mac: Option<MacAddr>,
 }
@@ -89,7 +90,7 @@ impl McastBackend {
             cfg.ttl
         );
         Ok(McastBackend {
-            sock,
+            sock: Arc::new(sock),
             dest,
             own_mac,
         })
@@ -123,10 +124,6 @@ impl Backend for McastBackend {
         self.sock.send_to(frame, self.dest).map(|_| ())
     }
 
-    fn send_vectored(&mut self, parts: &[IoSlice<'_>]) -> io::Result<()> {
-        sys::sendmsg(&self.sock, parts, Some(self.dest))
-    }
-
     fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
             let n = sys::recv_trunc(&self.sock, buf)?;
@@ -142,5 +139,9 @@ impl Backend for McastBackend {
             }
             return Ok(n);
         }
+    }
+
+    fn fd(&self) -> SharedFd {
+        self.sock.clone()
     }
 }

@@ -1,12 +1,17 @@
 //! The few raw system calls std does not wrap: eventfd, `recv(MSG_TRUNC)`, TUNSETIFF,
-//! interface address/flags ioctls, and a UDP socket with SO_REUSEADDR set before bind.
+//! interface address/flags ioctls, a UDP socket with SO_REUSEADDR set before bind, a
+//! nonblocking unix connect, and poll.
 
 use std::ffi::CStr;
 use std::fs::File;
-use std::io::{self, IoSlice};
+use std::io;
 use std::mem;
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
 
 fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
     if ret < 0 {
@@ -186,30 +191,56 @@ pub(crate) fn udp_reuse_bind(addr: SocketAddrV4) -> io::Result<UdpSocket> {
     Ok(UdpSocket::from(fd))
 }
 
-/// Sends one datagram made of `parts`, to `dest` or (when `None`) to the connected peer,
-/// nonblocking.
-pub(crate) fn sendmsg(
-    fd: &impl AsRawFd,
-    parts: &[IoSlice<'_>],
-    dest: Option<SocketAddrV4>,
-) -> io::Result<()> {
-    let mut sin = dest.map(sockaddr_in);
-    // SAFETY: msghdr is plain old data; all-zero is a valid (empty) value.
-    let mut msg: libc::msghdr = unsafe { mem::zeroed() };
-    if let Some(sin) = sin.as_mut() {
-        msg.msg_name = (sin as *mut libc::sockaddr_in).cast();
-        msg.msg_namelen = mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+/// Connects a nonblocking, close-on-exec stream socket to the unix socket at `path`. A
+/// listener whose connection queue is full fails with `WouldBlock` instead of blocking.
+pub(crate) fn unix_connect_nonblocking(path: &Path) -> io::Result<UnixStream> {
+    let bytes = path.as_os_str().as_bytes();
+    // SAFETY: sockaddr_un is plain old data; all-zero is a valid (empty) value.
+    let mut addr: libc::sockaddr_un = unsafe { mem::zeroed() };
+    if bytes.is_empty() || bytes.len() >= addr.sun_path.len() || bytes.contains(&0) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a usable unix socket path (empty, too long or with a NUL byte)",
+        ));
     }
-    // IoSlice is ABI-compatible with struct iovec (documented by std).
-    msg.msg_iov = parts.as_ptr() as *mut libc::iovec;
-    msg.msg_iovlen = parts.len();
-    // SAFETY: `msg` points at `sin` and at the caller's slices, all alive for the call; the
-    // kernel only reads them.
-    let n = unsafe { libc::sendmsg(fd.as_raw_fd(), &msg, libc::MSG_DONTWAIT) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (d, s) in addr.sun_path.iter_mut().zip(bytes) {
+        *d = *s as libc::c_char;
     }
-    Ok(())
+    // SAFETY: socket takes no pointers; the result is checked and then owned.
+    let fd = cvt(unsafe {
+        libc::socket(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    })?;
+    // SAFETY: `fd` is a fresh, valid descriptor that nothing else owns.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: passes a pointer to a live sockaddr_un and its exact size.
+    cvt(unsafe {
+        libc::connect(
+            sock.as_raw_fd(),
+            (&addr as *const libc::sockaddr_un).cast(),
+            mem::size_of::<libc::sockaddr_un>() as libc::socklen_t,
+        )
+    })?;
+    Ok(UnixStream::from(sock))
+}
+
+/// Waits until `fd` is readable (or hung up), at most `timeout`.
+pub(crate) fn wait_readable(fd: RawFd, timeout: Duration) -> io::Result<()> {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+    // SAFETY: polls one live pollfd for the duration of the call.
+    match cvt(unsafe { libc::poll(&mut p, 1, ms) }) {
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(()),
+        r => r.map(|_| ()),
+    }
 }
 
 /// The kernel's `struct rtentry` (linux/route.h) for SIOCADDRT.

@@ -7,13 +7,14 @@
 //!   `uml_net`, kuml does not switch on host-wide IP forwarding. Needs root.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, IoSlice, Read, Write};
+use std::io::{self, Read, Write};
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
+use std::sync::Arc;
 
 use crate::spec::TapConfig;
-use crate::{frame, sys, Backend, RECV_BUF_LEN};
+use crate::{frame, sys, Backend, SharedFd, RECV_BUF_LEN};
 
 /// The tun clone device.
 pub const TUN_PATH: &str = "/dev/net/tun";
@@ -84,7 +85,7 @@ impl RouteLearner {
 /// A tap device carrying raw Ethernet frames.
 #[derive(Debug)]
 pub struct TapBackend {
-    file: File,
+    file: Arc<File>,
     name: String,
     scratch: Vec<u8>,
     routes: Option<RouteLearner>,
@@ -108,7 +109,7 @@ impl TapBackend {
         })?;
         log::info!("TUN/TAP backend - {name}");
         Ok(TapBackend {
-            file,
+            file: Arc::new(file),
             name,
             scratch: Vec::new(),
             routes: None,
@@ -146,7 +147,7 @@ impl TapBackend {
             gate.map(|g| g.to_string()).unwrap_or_default()
         );
         Ok(TapBackend {
-            file,
+            file: Arc::new(file),
             name,
             scratch: Vec::new(),
             routes: gate.map(|gate| RouteLearner {
@@ -195,36 +196,21 @@ impl Backend for TapBackend {
         if self.routes.is_some() {
             self.snoop(frame);
         }
-        let n = self.file.write(frame)?;
+        let n = (&*self.file).write(frame)?;
         if n != frame.len() {
             log::warn!("{}: short tap write {n} of {}", self.name, frame.len());
         }
         Ok(())
     }
 
-    fn send_vectored(&mut self, parts: &[IoSlice<'_>]) -> io::Result<()> {
-        if self.routes.is_some() {
-            let mut head = [0u8; frame::SNOOP_LEN];
-            let mut len = 0;
-            for p in parts {
-                let take = p.len().min(head.len() - len);
-                head[len..len + take].copy_from_slice(&p[..take]);
-                len += take;
-            }
-            self.snoop(&head[..len]);
-        }
-        // One writev is one frame on a tap.
-        self.file.write_vectored(parts).map(|_| ())
-    }
-
     fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if buf.len() >= RECV_BUF_LEN {
-            return self.file.read(buf);
+            return (&*self.file).read(buf);
         }
         // A tap read truncates silently: read into a full-size buffer to detect it.
         self.scratch.resize(RECV_BUF_LEN, 0);
         loop {
-            let n = self.file.read(&mut self.scratch)?;
+            let n = (&*self.file).read(&mut self.scratch)?;
             if n <= buf.len() {
                 buf[..n].copy_from_slice(&self.scratch[..n]);
                 return Ok(n);
@@ -235,6 +221,10 @@ impl Backend for TapBackend {
                 buf.len()
             );
         }
+    }
+
+    fn fd(&self) -> SharedFd {
+        self.file.clone()
     }
 }
 

@@ -276,7 +276,7 @@ impl Control {
                     Err(e) => return now(Reply::error(e.to_string())),
                 };
                 if self.cfg.eth.contains_key(&index) {
-                    return now(Reply::with_err(-libc::EBUSY, "Device is already open"));
+                    return now(self.reattach_nic(machine, index, spec));
                 }
                 let net = match open_nic(index, &spec, &self.umid) {
                     Ok(n) => Arc::new(Mutex::new(n)),
@@ -299,6 +299,27 @@ impl Control {
                 -libc::EINVAL,
                 "kuml cannot change the memory size of a running guest",
             )),
+        }
+    }
+
+    /// `config ethN=…` for a NIC that exists: refused while its backend works; a NIC whose
+    /// backend failed (its tap was deleted, its switch went away) gets the new one, keeping
+    /// its MAC, and its link comes back.
+    fn reattach_nic(&mut self, machine: &Machine, index: u32, spec: netdev::NetSpec) -> Reply {
+        let Some((_, net, _)) = machine.nics.iter().find(|n| n.0 == index) else {
+            return Reply::with_err(-libc::EBUSY, "Device is already open");
+        };
+        let mut net = locked(net);
+        if !net.backend_failed() {
+            return Reply::with_err(-libc::EBUSY, "Device is already open");
+        }
+        match netdev::open_backend(&spec, net.mac()) {
+            Ok(b) => {
+                net.replace_backend(b);
+                self.cfg.eth.insert(index, spec);
+                Reply::ok("")
+            }
+            Err(e) => Reply::error(crate::builder::error_chain(&e)),
         }
     }
 

@@ -129,7 +129,7 @@ pub fn queues(max_sizes: &[u16], event_idx: bool) -> (Vec<ActiveQueue>, Vec<Even
         active.push(ActiveQueue {
             index: i as u16,
             queue: q,
-            notify,
+            notify: std::sync::Arc::new(notify),
         });
     }
     (active, kicks)

@@ -77,8 +77,9 @@ pub struct ActiveQueue {
     pub index: u16,
     /// The queue as the driver configured it.
     pub queue: Queue,
-    /// Written by KVM when the driver notifies this queue.
-    pub notify: EventFd,
+    /// Written by KVM when the driver notifies this queue (shared, so that the device's
+    /// [`crate::watch::Watch`] keeps it open until the event loop stopped watching it).
+    pub notify: Arc<EventFd>,
 }
 
 /// Why a device could not be activated.

@@ -87,7 +87,7 @@ pub fn recv_timeout(b: &mut dyn Backend, buf: &mut [u8], timeout: Duration) -> O
             return None;
         }
         let mut pfd = libc::pollfd {
-            fd: b.as_raw_fd(),
+            fd: b.fd().as_raw_fd(),
             events: libc::POLLIN,
             revents: 0,
         };
@@ -199,8 +199,7 @@ pub fn udp_exchange(b: &mut dyn Backend, mac: [u8; 6], ip: Ipv4Addr, host_ip: Ip
     f.extend_from_slice(&(8 + payload.len() as u16).to_be_bytes());
     f.extend_from_slice(&[0, 0]); // no UDP checksum (allowed for IPv4)
     f.extend_from_slice(payload);
-    b.send_vectored(&[io::IoSlice::new(&f[..14]), io::IoSlice::new(&f[14..])])
-        .expect("send UDP frame");
+    b.send(&f).expect("send UDP frame");
     let mut rb = [0u8; 64];
     let (n, from) = host
         .recv_from(&mut rb)

@@ -315,7 +315,7 @@ impl VirtioPciDevice {
                 Ok(notify) => active.push(ActiveQueue {
                     index,
                     queue,
-                    notify,
+                    notify: Arc::new(notify),
                 }),
                 Err(e) => {
                     error!("virtio-pci: cannot clone a notification eventfd: {e}");

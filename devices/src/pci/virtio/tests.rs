@@ -19,7 +19,7 @@ struct FakeDev {
     acked: Option<u64>,
     activated: Option<Vec<(u16, u64, u16, bool)>>,
     interrupt: Option<Arc<dyn VirtioInterrupt>>,
-    notify: Vec<EventFd>,
+    notify: Vec<Arc<EventFd>>,
     resets: usize,
     fail_activate: bool,
     cfg: [u8; 8],

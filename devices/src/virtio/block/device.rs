@@ -5,9 +5,8 @@ use std::sync::Arc;
 use log::{info, warn};
 use ubd::{Disk, UbdSpec};
 use virtio_queue::QueueT;
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::execute::{ExecOptions, WarnBudget};
+use super::execute::ExecOptions;
 use super::request::{
     DiskInfo, ID_BYTES, MAX_DISCARD_SECTORS, MAX_DISCARD_SEG, MAX_WRITE_ZEROES_SECTORS,
     MAX_WRITE_ZEROES_SEG, SECTOR_SHIFT,
@@ -16,6 +15,8 @@ use crate::virtio::{
     types, ActivateError, ActiveQueue, GuestMemory, VirtioDevice, VirtioInterrupt,
     VIRTIO_F_VERSION_1,
 };
+use crate::warn::WarnBudget;
+use crate::watch::Watch;
 
 /// Feature bit: `seg_max` is valid.
 pub const VIRTIO_BLK_F_SEG_MAX: u32 = 2;
@@ -142,15 +143,9 @@ pub struct Block {
     pub(super) id: [u8; ID_BYTES],
     pub(super) acked_features: u64,
     pub(super) queue_sizes: [u16; 1],
-    /// Written on activation and reset: the event loop then updates what it watches.
-    pub(super) wake: EventFd,
+    /// What the event loop watches; woken on activation and reset.
+    pub(super) watch: Watch,
     pub(super) active: Option<Active>,
-    /// Notify eventfds of past activations, kept open until the event loop let go of them.
-    pub(super) retired: Vec<EventFd>,
-    /// The notify eventfd the event loop watches.
-    pub(super) registered_queue: Option<i32>,
-    /// The wake eventfd is registered.
-    pub(super) registered_wake: bool,
     /// Bounce buffer between the disk and guest memory.
     pub(super) scratch: Vec<u8>,
     /// Warnings left for failed requests until the next activation.
@@ -198,13 +193,10 @@ impl Block {
             id,
             acked_features: 0,
             queue_sizes: [QUEUE_SIZE],
-            wake: EventFd::new(EFD_NONBLOCK).map_err(BlockError::EventFd)?,
+            watch: Watch::new("block").map_err(BlockError::EventFd)?,
             active: None,
-            retired: Vec::new(),
-            registered_queue: None,
-            registered_wake: false,
             scratch: Vec::new(),
-            warn_budget: WarnBudget::default(),
+            warn_budget: WarnBudget::new("block: failed requests"),
             batch_limit: BATCH_LIMIT,
         })
     }
@@ -280,13 +272,6 @@ impl Block {
         c[CFG_NUM_QUEUES..CFG_NUM_QUEUES + 2].copy_from_slice(&1u16.to_le_bytes());
         c
     }
-
-    // Wakes the event loop so that it updates its watch list.
-    pub(super) fn kick(&self) {
-        if let Err(e) = self.wake.write(1) {
-            warn!("block: cannot wake the event loop: {e}");
-        }
-    }
 }
 
 impl VirtioDevice for Block {
@@ -342,7 +327,6 @@ impl VirtioDevice for Block {
                 queue = Some(q);
             } else {
                 warn!("block: ignoring queue {}", q.index);
-                self.retired.push(q.notify);
             }
         }
         let Some(queue) = queue else {
@@ -353,26 +337,23 @@ impl VirtioDevice for Block {
             warn!("block: the request queue is not valid in guest memory");
             interrupt.needs_reset();
         }
-        if let Some(old) = self.active.take() {
-            self.retired.push(old.queue.notify);
-        }
-        self.warn_budget = WarnBudget::default();
+        self.warn_budget.refill();
+        // A previous activation's queue is dropped: its eventfd stays open until the event
+        // loop, woken now, has stopped watching it.
         self.active = Some(Active {
             mem,
             interrupt,
             queue,
             broken,
         });
-        self.kick();
+        self.watch.wake();
         Ok(())
     }
 
     fn reset(&mut self) -> bool {
-        if let Some(a) = self.active.take() {
-            self.retired.push(a.queue.notify);
-        }
+        self.active = None;
         self.acked_features = 0;
-        self.kick();
+        self.watch.wake();
         true
     }
 }

@@ -1,17 +1,14 @@
 //! The event-manager subscriber: the wake-up eventfd and the request queue's notify eventfd.
 
-use std::os::unix::io::AsRawFd;
-
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use log::warn;
-use virtio_queue::{QueueOwnedT, QueueT};
+use virtio_queue::QueueT;
 
 use super::device::{Active, Block};
 use super::execute::{process_chain, ChainContext};
 use crate::virtio::InterruptKind;
-
-/// Event data of the wake-up eventfd.
-pub const WAKE: u32 = 0;
+use crate::watch::Interest;
+pub use crate::watch::WAKE;
 /// Event data of the request queue's notify eventfd.
 pub const QUEUE: u32 = 1;
 
@@ -49,10 +46,8 @@ impl Block {
                         return;
                     }
                 }
-                let next = match active.queue.queue.iter(&active.mem) {
-                    Ok(mut it) => it
-                        .next()
-                        .map(|chain| (chain.head_index(), chain.collect::<Vec<_>>())),
+                let next = match crate::virtio::next_chain(&mut active.queue.queue, &active.mem) {
+                    Ok(next) => next,
                     Err(e) => {
                         active.mark_broken(&format!("bad available ring ({e})"));
                         break;
@@ -107,41 +102,13 @@ impl Block {
         }
     }
 
-    fn on_wake(&mut self, ops: &mut EventOps) {
-        let _ = self.wake.read();
-        self.sync(ops);
-        // Requests may have been queued before the event loop watched the queue.
-        self.process_queue();
-    }
-
-    /// Brings the event loop's watch list in line with the device state.
-    pub(super) fn sync(&mut self, ops: &mut EventOps) {
-        if !self.registered_wake {
-            match ops.add(Events::with_data(&self.wake, WAKE, EventSet::IN)) {
-                Ok(()) => self.registered_wake = true,
-                Err(e) => warn!("block: cannot watch the wake-up eventfd: {e}"),
-            }
+    /// What the event loop should watch: the request queue while the device works.
+    pub(super) fn interest(&self) -> Interest {
+        let mut want = Interest::new();
+        if let Some(a) = self.active.as_ref().filter(|a| !a.broken) {
+            want.add(a.queue.notify.clone(), QUEUE, EventSet::IN);
         }
-        let want = self
-            .active
-            .as_ref()
-            .filter(|a| !a.broken)
-            .map(|a| a.queue.notify.as_raw_fd());
-        if self.registered_queue != want {
-            // Remove first, while a retired eventfd is still open; then let it go.
-            if let Some(fd) = self.registered_queue.take() {
-                if let Err(e) = ops.remove(Events::empty_raw(fd)) {
-                    warn!("block: cannot stop watching fd {fd}: {e}");
-                }
-            }
-            if let Some(fd) = want {
-                match ops.add(Events::with_data_raw(fd, QUEUE, EventSet::IN)) {
-                    Ok(()) => self.registered_queue = Some(fd),
-                    Err(e) => warn!("block: cannot watch the queue eventfd: {e}"),
-                }
-            }
-        }
-        self.retired.clear();
+        want
     }
 }
 
@@ -164,21 +131,27 @@ fn notify(active: &mut Active) {
 
 impl MutEventSubscriber for Block {
     fn init(&mut self, ops: &mut EventOps) {
-        self.sync(ops);
+        let want = self.interest();
+        self.watch.apply(ops, want);
     }
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
         match events.data() {
-            WAKE => self.on_wake(ops),
+            // Requests may have been queued before the event loop watched the queue.
+            WAKE => {
+                self.watch.take_wake();
+                self.process_queue();
+            }
             QUEUE => {
                 if let Some(a) = self.active.as_ref() {
                     let _ = a.queue.notify.read();
                 }
                 self.process_queue();
-                // A broken device stops watching its queue.
-                self.sync(ops);
             }
             d => warn!("block: unexpected event data {d:#x}"),
         }
+        // A broken device stops watching its queue.
+        let want = self.interest();
+        self.watch.apply(ops, want);
     }
 }

@@ -4,10 +4,12 @@
 //! through a bounce buffer of at most [`BOUNCE_MAX`] bytes (guest memory is only touched through
 //! vm-memory), so a request of any size costs bounded host memory.
 
-use log::{debug, log, warn, Level};
+use log::{debug, log, warn};
 use ubd::{Disk, DiskError};
 use virtio_queue::desc::split::Descriptor;
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemory, Permissions};
+
+use crate::warn::WarnBudget;
 
 use super::request::{
     split_chain, DiskInfo, Operation, Region, Request, RequestError, Segment, ID_BYTES,
@@ -182,40 +184,6 @@ fn run<M: GuestMemory, D: Disk + ?Sized>(
     }
 }
 
-/// How many failed or refused requests are logged at `warn` level before the rest go to
-/// `debug` (a misbehaving guest must not flood the host log).
-pub const WARN_BUDGET: u32 = 32;
-
-/// Counts the warnings left for failed or refused requests.
-#[derive(Debug, Clone)]
-pub struct WarnBudget {
-    left: u32,
-}
-
-impl Default for WarnBudget {
-    fn default() -> Self {
-        WarnBudget { left: WARN_BUDGET }
-    }
-}
-
-impl WarnBudget {
-    /// The level for the next request problem.
-    pub fn level(&mut self) -> Level {
-        match self.left {
-            0 => Level::Debug,
-            1 => {
-                self.left = 0;
-                warn!("block: too many failed requests, logging further ones at debug level");
-                Level::Warn
-            }
-            _ => {
-                self.left -= 1;
-                Level::Warn
-            }
-        }
-    }
-}
-
 /// Carries out a parsed request. Errors are logged and become VIRTIO_BLK_S_IOERR.
 pub fn execute<M: GuestMemory, D: Disk + ?Sized>(
     req: &Request,
@@ -317,16 +285,6 @@ fn log_refused(e: &RequestError, warn_budget: &mut WarnBudget) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn test_warn_budget_runs_out() {
-        let mut b = WarnBudget::default();
-        for _ in 0..WARN_BUDGET {
-            assert_eq!(b.level(), Level::Warn);
-        }
-        assert_eq!(b.level(), Level::Debug);
-        assert_eq!(b.level(), Level::Debug);
-    }
 
     #[test]
     fn test_error_chain_joins_sources() {

@@ -36,7 +36,7 @@ pub mod execute;
 pub mod request;
 
 pub use device::{Block, BlockConfig, BlockError, BATCH_LIMIT, QUEUE_SIZE};
-pub use execute::{process_chain, ChainContext, ExecOptions, ExecuteError, WarnBudget};
+pub use execute::{process_chain, ChainContext, ExecOptions, ExecuteError};
 pub use request::{Request, RequestError};
 
 #[cfg(test)]

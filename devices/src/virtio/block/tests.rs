@@ -95,7 +95,7 @@ impl<'a> Driver<'a> {
         ActiveQueue {
             index: 0,
             queue: self.q.create_queue::<Queue>().unwrap(),
-            notify: self.notify.try_clone().unwrap(),
+            notify: Arc::new(self.notify.try_clone().unwrap()),
         }
     }
 

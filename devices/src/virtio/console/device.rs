@@ -112,7 +112,7 @@ impl std::fmt::Debug for Active {
 #[derive(Debug)]
 pub(super) enum Retired {
     Channel { _channel: Box<Channel> },
-    Queue { _notify: EventFd },
+    Queue { _notify: Arc<EventFd> },
 }
 
 /// A virtio-console device with multiport: UML's consoles as ports.

@@ -72,7 +72,7 @@ impl<'a> Driver<'a> {
             .map(|(i, m)| ActiveQueue {
                 index: i as u16,
                 queue: m.create_queue::<Queue>().unwrap(),
-                notify: self.notify[i].try_clone().unwrap(),
+                notify: Arc::new(self.notify[i].try_clone().unwrap()),
             })
             .collect()
     }

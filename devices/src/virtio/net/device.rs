@@ -1,17 +1,16 @@
 //! The virtio-net device: configuration space, features, backend, activation and reset.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use log::{info, warn};
-use netdev::{Backend, MacAddr};
+use netdev::{Backend, BackendState, MacAddr};
 use virtio_queue::QueueT;
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::virtio::{
     types, ActivateError, ActiveQueue, GuestMemory, InterruptKind, VirtioDevice, VirtioInterrupt,
     VIRTIO_F_VERSION_1,
 };
+use crate::watch::Watch;
 
 /// Feature bit: the configuration space holds the MTU.
 pub const VIRTIO_NET_F_MTU: u32 = 3;
@@ -44,7 +43,7 @@ pub enum NetError {
     EventFd(#[source] std::io::Error),
 }
 
-/// Counters of one device, for logs and mconsole.
+/// Counters of one device (frames moved and lost), logged when it is closed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct NetStats {
     /// Frames sent to the backend.
@@ -81,28 +80,37 @@ impl std::fmt::Debug for Active {
     }
 }
 
-/// Descriptors that must leave the event loop before they are closed.
-#[derive(Debug)]
-pub(super) enum Retired {
-    Queue { _notify: EventFd },
-    Backend { _backend: Box<dyn Backend> },
-}
-
 /// A virtio-net device (UML's `ethN`) carrying raw Ethernet frames to a [`Backend`].
+///
+/// The link the guest sees (VIRTIO_NET_S_LINK_UP, with a configuration interrupt when it
+/// changes) is up while the link is set up ([`Net::set_link_up`]) and the backend carries
+/// frames: a `uml_switch` port is down until the switch answered, and a backend that failed
+/// (a deleted tap, a switch that went away) takes the link down until
+/// [`Net::replace_backend`] gives the device a new one.
 ///
 /// Share it as `Arc<Mutex<Net>>` between the transport (as a [`VirtioDevice`]) and the event
 /// loop (as an event-manager `MutEventSubscriber`).
 #[derive(Debug)]
 pub struct Net {
     pub(super) mac: MacAddr,
+    /// The link as set with [`Net::set_link_up`] (the cable).
+    pub(super) admin_up: bool,
+    /// The link status the guest was last shown.
     pub(super) link_up: bool,
     pub(super) acked_features: u64,
     pub(super) queue_sizes: [u16; 2],
     /// `None` once [`Net::close`] released it.
     pub(super) backend: Option<Box<dyn Backend>>,
-    /// Written on activation, reset, link changes and close: the event loop then updates
-    /// what it watches and resumes work.
-    pub(super) wake: EventFd,
+    /// The backend's state: whether frames flow.
+    pub(super) backend_state: BackendState,
+    /// The backend failed for good: it is no longer watched or used.
+    pub(super) backend_failed: bool,
+    /// Backend errors since a frame last moved (a persistent error must not keep the event
+    /// loop busy: past [`super::event_handler::ERRORS_IN_A_ROW_MAX`] the backend has failed).
+    pub(super) errors_in_a_row: u32,
+    /// What the event loop watches; woken on activation, reset, link changes and close,
+    /// and when a round hit its budget.
+    pub(super) watch: Watch,
     pub(super) active: Option<Active>,
     /// Receive buffer ([`netdev::RECV_BUF_LEN`] bytes).
     pub(super) rx_buf: Vec<u8>,
@@ -115,33 +123,30 @@ pub struct Net {
     /// `WouldBlock`: it is retried when the backend becomes writable.
     pub(super) tx_pending: Option<u16>,
     pub(super) stats: NetStats,
-    /// The backend reported a hang-up: it is no longer watched for input.
-    pub(super) backend_hung_up: bool,
-    pub(super) retired: Vec<Retired>,
-    /// What is registered with the event loop: fd -> (event data, interest).
-    pub(super) registered: BTreeMap<i32, (u32, u32)>,
 }
 
 impl Net {
     /// A network device with MAC `mac` whose frames go to and come from `backend`.
-    /// The link is up.
+    /// The link is up once the backend is ready.
     pub fn new(backend: Box<dyn Backend>, mac: MacAddr) -> Result<Self, NetError> {
+        let backend_state = backend.state();
         Ok(Self {
             mac,
-            link_up: true,
+            admin_up: true,
+            link_up: backend_state == BackendState::Ready,
             acked_features: 0,
             queue_sizes: [QUEUE_SIZE; 2],
             backend: Some(backend),
-            wake: EventFd::new(EFD_NONBLOCK).map_err(NetError::EventFd)?,
+            backend_state,
+            backend_failed: false,
+            errors_in_a_row: 0,
+            watch: Watch::new(format!("net {mac}")).map_err(NetError::EventFd)?,
             active: None,
             rx_buf: vec![0u8; netdev::RECV_BUF_LEN],
             rx_pending: None,
             tx_buf: Vec::new(),
             tx_pending: None,
             stats: NetStats::default(),
-            backend_hung_up: false,
-            retired: Vec::new(),
-            registered: BTreeMap::new(),
         })
     }
 
@@ -155,15 +160,81 @@ impl Net {
         self.stats
     }
 
-    /// True while the link is up.
+    /// True while the guest sees the link up.
     pub fn link_up(&self) -> bool {
         self.link_up
     }
 
-    /// Sets the link status the guest sees (a configuration-change interrupt tells it).
-    /// While the link is down, frames in both directions are dropped, as by an unplugged
-    /// cable.
+    /// True when the backend failed for good (or was closed): [`Net::replace_backend`]
+    /// can bring the link back.
+    pub fn backend_failed(&self) -> bool {
+        self.backend_failed || self.backend.is_none()
+    }
+
+    /// Plugs or unplugs the cable: while it is out (or the backend does not carry frames),
+    /// frames in both directions are dropped and the guest sees the link down.
     pub fn set_link_up(&mut self, up: bool) {
+        self.admin_up = up;
+        self.update_link();
+        self.watch.wake();
+    }
+
+    /// Gives the device a new backend in place of one that failed or was closed (mconsole
+    /// `config ethN=…` on a NIC whose tap was deleted): the link comes back up once it is
+    /// ready. The old backend is closed once the event loop no longer watches it.
+    pub fn replace_backend(&mut self, backend: Box<dyn Backend>) {
+        self.backend_state = backend.state();
+        self.backend = Some(backend);
+        self.backend_failed = false;
+        self.errors_in_a_row = 0;
+        self.rx_pending = None;
+        log::info!("net {}: new backend", self.mac);
+        self.update_link();
+        self.watch.wake();
+    }
+
+    /// Releases the backend (hot-unplug): the link goes down and the backend is closed once
+    /// the event loop no longer watches it. Guest frames are dropped from then on.
+    pub fn close(&mut self) {
+        if self.backend.take().is_some() {
+            log::info!("net {}: closed ({:?})", self.mac, self.stats);
+        }
+        self.rx_pending = None;
+        self.update_link();
+        self.watch.wake();
+    }
+
+    /// True once [`Net::close`] released the backend.
+    pub fn is_closed(&self) -> bool {
+        self.backend.is_none()
+    }
+
+    /// Whether frames can move between the guest and the backend now.
+    pub(super) fn carrier(&self) -> bool {
+        self.admin_up
+            && self.backend.is_some()
+            && !self.backend_failed
+            && self.backend_state == BackendState::Ready
+    }
+
+    /// The backend failed for good: the link goes down (logged once), the backend is no
+    /// longer watched, and frames are dropped until [`Net::replace_backend`].
+    pub(super) fn fail_backend(&mut self, why: &str) {
+        if self.backend_failed {
+            return;
+        }
+        warn!(
+            "net {}: the backend failed ({why}); link down until it is replaced",
+            self.mac
+        );
+        self.backend_failed = true;
+        self.rx_pending = None;
+        self.update_link();
+    }
+
+    /// Shows the guest the link as it is now, with a configuration interrupt on a change.
+    pub(super) fn update_link(&mut self) {
+        let up = self.carrier();
         if self.link_up == up {
             return;
         }
@@ -175,44 +246,6 @@ impl Net {
                     warn!("net {}: cannot signal the link change: {e}", self.mac);
                 }
             }
-        }
-        self.kick();
-    }
-
-    /// Releases the backend (hot-unplug, or the host side went away for good): the link goes
-    /// down and the backend is closed once the event loop no longer watches it. Guest frames
-    /// are dropped from then on.
-    pub fn close(&mut self) {
-        self.set_link_up(false);
-        if let Some(b) = self.backend.take() {
-            self.retired.push(Retired::Backend { _backend: b });
-        }
-        self.tx_pending = None;
-        self.rx_pending = None;
-        self.kick();
-    }
-
-    /// True once [`Net::close`] released the backend.
-    pub fn is_closed(&self) -> bool {
-        self.backend.is_none()
-    }
-
-    // Wakes the event loop so that it updates its watch list and resumes work.
-    pub(super) fn kick(&self) {
-        if let Err(e) = self.wake.write(1) {
-            warn!("net {}: cannot wake the event loop: {e}", self.mac);
-        }
-    }
-
-    // Drops the active state; its notify eventfds leave the event loop before they close.
-    fn retire_queues(&mut self) {
-        if let Some(a) = self.active.take() {
-            self.retired.push(Retired::Queue {
-                _notify: a.rx.notify,
-            });
-            self.retired.push(Retired::Queue {
-                _notify: a.tx.notify,
-            });
         }
     }
 
@@ -272,8 +305,9 @@ impl VirtioDevice for Net {
         interrupt: Arc<dyn VirtioInterrupt>,
         queues: Vec<ActiveQueue>,
     ) -> Result<(), ActivateError> {
-        // A second activation without a reset replaces the first one's queues.
-        self.retire_queues();
+        // A second activation without a reset replaces the first one's queues (dropped:
+        // their eventfds stay open until the event loop, woken below, stopped watching them).
+        self.active = None;
         let got = queues.len();
         let mut rx = None;
         let mut tx = None;
@@ -281,10 +315,7 @@ impl VirtioDevice for Net {
             match usize::from(q.index) {
                 RX_QUEUE => rx = Some(q),
                 TX_QUEUE => tx = Some(q),
-                i => {
-                    warn!("net {}: ignoring queue {i}", self.mac);
-                    self.retired.push(Retired::Queue { _notify: q.notify });
-                }
+                i => warn!("net {}: ignoring queue {i}", self.mac),
             }
         }
         let (Some(rx), Some(tx)) = (rx, tx) else {
@@ -304,15 +335,15 @@ impl VirtioDevice for Net {
             tx,
             broken,
         });
-        self.kick();
+        self.watch.wake();
         Ok(())
     }
 
     fn reset(&mut self) -> bool {
-        self.retire_queues();
+        self.active = None;
         self.tx_pending = None;
         self.acked_features = 0;
-        self.kick();
+        self.watch.wake();
         true
     }
 }

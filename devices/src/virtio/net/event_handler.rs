@@ -3,39 +3,50 @@
 //!
 //! Event data: [`WAKE`] for the device's wake-up eventfd (activation, reset, link change,
 //! close, and work left over when a round hit its budget), [`RX_NOTIFY`] / [`TX_NOTIFY`] for
-//! the queues' notify eventfds, [`BACKEND`] for the backend's fd. After every event the
-//! handler brings the watch list in line with the device state (`sync`):
+//! the queues' notify eventfds, [`BACKEND`] for the backend's fd, [`CONTROL`] for its control
+//! descriptor (a `uml_switch` connection). After every event the handler hands the device's
+//! interest to its [`crate::watch::Watch`]:
 //!
 //! * the backend is watched for input only while no received frame waits for a guest buffer:
 //!   when the guest posts none, one frame is kept and the rest stay in the host queue (the
 //!   guest's rx notification resumes reading, with VIRTIO_RING_F_EVENT_IDX asking for it);
 //! * the backend is watched for output only while a frame it refused (`WouldBlock`) waits;
 //!   the transmit ring is not read meanwhile, so the guest keeps its place and sees
-//!   backpressure through a full ring.
+//!   backpressure through a full ring;
+//! * a backend that failed (a deleted tap reports an error for ever and `EBADFD` on every
+//!   read; a switch closed its connection; errors that go on without a frame moving) is not
+//!   watched at all: the link goes down and the loop goes idle.
 //!
 //! Each round handles at most [`BUDGET`] chains per queue, then wakes itself to go on, so one
 //! busy direction cannot starve the other or the rest of the event loop.
 
 use std::io;
-use std::os::fd::AsRawFd;
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use log::{debug, warn};
+use netdev::BackendState;
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{QueueOwnedT, QueueT};
 
 use super::device::{Active, Net, MTU, RX_QUEUE, TX_QUEUE};
 use super::rxtx::{read_tx_frame, write_rx_frame, ChainError};
 use crate::virtio::{ActiveQueue, GuestMemory, InterruptKind};
+use crate::warn::sparse;
+use crate::watch::Interest;
+pub use crate::watch::WAKE;
 
-/// Event data of the wake-up eventfd.
-pub const WAKE: u32 = 0;
 /// Event data of the receive queue's notify eventfd.
 pub const RX_NOTIFY: u32 = 1;
 /// Event data of the transmit queue's notify eventfd.
 pub const TX_NOTIFY: u32 = 2;
 /// Event data of the backend's fd.
 pub const BACKEND: u32 = 3;
+/// Event data of the backend's control descriptor.
+pub const CONTROL: u32 = 4;
+
+/// Backend errors (or error events with nothing to read) in a row, with no frame moving in
+/// between, after which the backend counts as failed.
+pub const ERRORS_IN_A_ROW_MAX: u32 = 64;
 
 /// Chains handled per queue and round (small under test, so that tests cross rounds).
 pub const BUDGET: usize = if cfg!(test) { 16 } else { 256 };
@@ -43,11 +54,6 @@ pub const BUDGET: usize = if cfg!(test) { 16 } else { 256 };
 /// The longest frame given to the guest: the MTU plus an Ethernet header with a VLAN tag
 /// (VIRTIO_NET_F_MTU: the device must not pass longer frames).
 pub const RX_FRAME_MAX: usize = MTU as usize + 14 + 4;
-
-// Logs the 1st, 2nd, 4th, 8th, … occurrence of a repeated problem.
-fn sparse(count: u64) -> bool {
-    count.is_power_of_two()
-}
 
 enum Pop {
     Chain(u16, Vec<Descriptor>),
@@ -150,8 +156,9 @@ impl Net {
     // Sends the frame in `tx_buf`.
     fn send_frame(&mut self) -> Sent {
         let len = self.tx_buf.len() as u64;
+        let carrier = self.carrier();
         let backend = match self.backend.as_mut() {
-            Some(b) if self.link_up => b,
+            Some(b) if carrier => b,
             _ => {
                 self.stats.tx_dropped += 1;
                 debug!("net {}: link down, dropping a guest frame", self.mac);
@@ -163,13 +170,16 @@ impl Net {
                 Ok(()) => {
                     self.stats.tx_frames += 1;
                     self.stats.tx_bytes += len;
+                    self.errors_in_a_row = 0;
                     return Sent::Done;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Sent::WouldBlock,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     self.stats.tx_dropped += 1;
-                    if sparse(self.stats.tx_dropped) {
+                    if netdev::is_gone(&e) {
+                        self.fail_backend(&format!("send: {e}"));
+                    } else if sparse(self.stats.tx_dropped) {
                         warn!(
                             "net {}: backend send failed, frame dropped ({} dropped): {e}",
                             self.mac, self.stats.tx_dropped
@@ -232,7 +242,7 @@ impl Net {
                 self.used(TX_QUEUE, head, 0);
             }
             if budget == 0 {
-                self.kick();
+                self.watch.wake();
                 break;
             }
             if !self
@@ -259,15 +269,33 @@ impl Net {
             let len = match self.rx_pending {
                 Some(n) => n,
                 None => {
+                    if self.backend_failed || self.backend_state != BackendState::Ready {
+                        break;
+                    }
                     let Some(b) = self.backend.as_mut() else {
                         break;
                     };
                     match b.recv(&mut self.rx_buf) {
-                        Ok(n) => n,
+                        Ok(n) => {
+                            self.errors_in_a_row = 0;
+                            n
+                        }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                         Err(e) => {
                             self.stats.rx_dropped += 1;
+                            self.errors_in_a_row += 1;
+                            if netdev::is_gone(&e) {
+                                self.fail_backend(&format!("receive: {e}"));
+                                break;
+                            }
+                            if self.errors_in_a_row >= ERRORS_IN_A_ROW_MAX {
+                                self.fail_backend(&format!(
+                                    "{} receive errors in a row, the last: {e}",
+                                    self.errors_in_a_row
+                                ));
+                                break;
+                            }
                             if sparse(self.stats.rx_dropped) {
                                 warn!("net {}: backend receive failed: {e}", self.mac);
                             }
@@ -276,10 +304,10 @@ impl Net {
                     }
                 }
             };
-            if !self.link_up || len > RX_FRAME_MAX {
+            if !self.admin_up || len > RX_FRAME_MAX {
                 self.rx_pending = None;
                 self.stats.rx_dropped += 1;
-                if self.link_up && sparse(self.stats.rx_dropped) {
+                if self.admin_up && sparse(self.stats.rx_dropped) {
                     warn!(
                         "net {}: dropping a {len}-byte host frame, longer than the MTU allows \
                          ({} dropped)",
@@ -339,7 +367,7 @@ impl Net {
             }
         }
         if budget == 0 {
-            self.kick();
+            self.watch.wake();
         }
         if any {
             self.with_active(|a| a.notify(RX_QUEUE));
@@ -355,81 +383,82 @@ impl Net {
     }
 
     fn on_wake(&mut self) {
-        let _ = self.wake.read();
+        self.watch.take_wake();
         self.process_tx();
         self.process_rx();
     }
 
     fn on_backend(&mut self, set: EventSet) {
-        if set.contains(EventSet::HANG_UP) && !set.contains(EventSet::IN) && !self.backend_hung_up {
-            warn!("net {}: the backend hung up; no more host frames", self.mac);
-            self.backend_hung_up = true;
+        if set.contains(EventSet::HANG_UP) && !set.contains(EventSet::IN) {
+            self.fail_backend("it hung up");
+        } else if set.contains(EventSet::ERROR) && !set.contains(EventSet::IN) {
+            // An error condition with nothing to read: reading shows what it is (a deleted
+            // tap fails with EBADFD). One that yields nothing, again and again, counts as a
+            // failure too, so that a level-triggered error cannot keep the loop busy.
+            let before = self.stats.rx_frames + self.stats.rx_dropped;
+            self.process_rx();
+            if self.stats.rx_frames + self.stats.rx_dropped == before && !self.backend_failed {
+                self.errors_in_a_row += 1;
+                if self.errors_in_a_row >= ERRORS_IN_A_ROW_MAX {
+                    self.fail_backend("it keeps reporting an error with nothing to read");
+                }
+            }
         }
         if set.intersects(EventSet::OUT | EventSet::ERROR | EventSet::HANG_UP) {
             self.process_tx();
         }
-        if set.intersects(EventSet::IN | EventSet::ERROR) {
+        if set.contains(EventSet::IN) {
             self.process_rx();
         }
     }
 
-    /// Brings the event loop's watch list in line with the device state.
-    pub(super) fn sync(&mut self, ops: &mut EventOps) {
-        let mut want: Vec<(i32, u32, EventSet)> = vec![(self.wake.as_raw_fd(), WAKE, EventSet::IN)];
+    fn on_control(&mut self) {
+        let Some(b) = self.backend.as_mut() else {
+            return;
+        };
+        match b.on_control() {
+            Ok(state) => {
+                self.backend_state = state;
+                self.update_link();
+            }
+            Err(e) => self.fail_backend(&e.to_string()),
+        }
+        self.process_tx();
+        self.process_rx();
+    }
+
+    /// What the event loop should watch now (see the module documentation).
+    pub(super) fn interest(&self) -> Interest {
+        let mut want = Interest::new();
         let live = self.active.as_ref().filter(|a| !a.broken);
         if let Some(a) = live {
-            want.push((a.rx.notify.as_raw_fd(), RX_NOTIFY, EventSet::IN));
-            want.push((a.tx.notify.as_raw_fd(), TX_NOTIFY, EventSet::IN));
+            want.add(a.rx.notify.clone(), RX_NOTIFY, EventSet::IN);
+            want.add(a.tx.notify.clone(), TX_NOTIFY, EventSet::IN);
         }
-        if let Some(b) = self.backend.as_ref() {
+        let Some(b) = self.backend.as_ref().filter(|_| !self.backend_failed) else {
+            return want;
+        };
+        if let Some(ctl) = b.control_fd() {
+            want.add(ctl, CONTROL, EventSet::IN);
+        }
+        if live.is_some() && self.backend_state == BackendState::Ready {
             let mut set = EventSet::empty();
-            if live.is_some() && self.rx_pending.is_none() && !self.backend_hung_up {
+            if self.rx_pending.is_none() {
                 set |= EventSet::IN;
             }
-            if live.is_some() && self.tx_pending.is_some() {
+            if self.tx_pending.is_some() {
                 set |= EventSet::OUT;
             }
-            if !set.is_empty() {
-                want.push((b.as_raw_fd(), BACKEND, set));
-            }
+            want.add(b.fd(), BACKEND, set);
         }
-        // Remove first, while retired descriptors are still open; then let them go.
-        let registered = std::mem::take(&mut self.registered);
-        for (fd, have) in registered {
-            match want.iter().find(|w| w.0 == fd) {
-                None => {
-                    if let Err(e) = ops.remove(Events::empty_raw(fd)) {
-                        warn!("net {}: cannot stop watching fd {fd}: {e}", self.mac);
-                    }
-                }
-                Some(&(_, data, set)) => {
-                    if (data, set.bits()) != have {
-                        if let Err(e) = ops.modify(Events::with_data_raw(fd, data, set)) {
-                            warn!("net {}: cannot change the watch on fd {fd}: {e}", self.mac);
-                        }
-                    }
-                    self.registered.insert(fd, (data, set.bits()));
-                }
-            }
-        }
-        self.retired.clear();
-        for (fd, data, set) in want {
-            if self.registered.contains_key(&fd) {
-                continue;
-            }
-            match ops.add(Events::with_data_raw(fd, data, set)) {
-                Ok(()) => {
-                    self.registered.insert(fd, (data, set.bits()));
-                }
-                Err(e) => warn!("net {}: cannot watch fd {fd}: {e}", self.mac),
-            }
-        }
+        want
     }
 }
 
 impl MutEventSubscriber for Net {
     fn init(&mut self, ops: &mut EventOps) {
-        self.sync(ops);
+        let want = self.interest();
+        self.watch.apply(ops, want);
     }
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
@@ -449,8 +478,10 @@ impl MutEventSubscriber for Net {
                 self.process_tx();
             }
             BACKEND => self.on_backend(set),
+            CONTROL => self.on_control(),
             data => warn!("net {}: unexpected event data {data:#x}", self.mac),
         }
-        self.sync(ops);
+        let want = self.interest();
+        self.watch.apply(ops, want);
     }
 }

@@ -16,10 +16,12 @@
 //! let net = Arc::new(Mutex::new(Net::new(backend, mac)?));
 //! let sub_id = event_manager.add_subscriber(net.clone());   // Arc<Mutex<Net>>
 //! let pci = VirtioPciDevice::new(net.clone() as Arc<Mutex<dyn VirtioDevice>>, mem, routing, bar)?;
-//! // at run time: net.lock().unwrap().set_link_up(false) / stats()
+//! // at run time: net.lock().unwrap().set_link_up(false);
+//! // a backend that failed (deleted tap, dead switch) leaves the link down until
+//! // net.lock().unwrap().replace_backend(netdev::open_backend(&spec, mac)?);
 //! // hot-unplug, once the guest ejected the slot:
-//! net.lock().unwrap().close();                 // link down; the loop unwatches and closes the backend
-//! event_manager.remove_subscriber(sub_id)?;    // then drop the transport and `net`
+//! event_manager.remove_subscriber(sub_id)?;    // the loop forgets the device's descriptors
+//! net.lock().unwrap().close();                 // logs the counters, lets go of the backend
 //! ```
 
 pub mod device;

@@ -96,7 +96,7 @@ impl<'a> Driver<'a> {
                 ActiveQueue {
                     index: i as u16,
                     queue,
-                    notify: self.notify[i].try_clone().unwrap(),
+                    notify: Arc::new(self.notify[i].try_clone().unwrap()),
                 }
             })
             .collect()
@@ -248,7 +248,10 @@ fn mem() -> GuestMemoryMmap {
 }
 
 fn rig(driver: &Driver) -> Rig {
-    let host = FakeBackend::new().unwrap();
+    rig_with(driver, FakeBackend::new().unwrap())
+}
+
+fn rig_with(driver: &Driver, host: FakeBackend) -> Rig {
     let mut n = Net::new(Box::new(host.clone()), MAC).unwrap();
     n.ack_features(n.features());
     let net = Arc::new(Mutex::new(n));
@@ -580,6 +583,115 @@ fn test_link_down_drops_both_ways_and_signals_config() {
     let _ = VIRTIO_NET_F_STATUS;
 }
 
+/// The link status bit the guest reads.
+fn link_status(r: &Rig) -> bool {
+    let mut status = [0u8; 2];
+    r.net.lock().unwrap().read_config(6, &mut status);
+    u16::from_le_bytes(status) & 1 != 0
+}
+
+// B1: a deleted tap reports an error for ever and fails every read with EBADFD. The device
+// used to retry forever (100 % CPU on the event-loop thread, link still up).
+#[test]
+fn test_a_backend_gone_for_good_is_link_down_and_leaves_the_loop_idle() {
+    let m = mem();
+    let mut d = Driver::new(&m);
+    d.post_rx(1530);
+    let mut r = rig(&d);
+    assert!(link_status(&r));
+    r.host.set_recv_error(Some(libc::EBADFD));
+    r.run();
+    assert!(!link_status(&r), "the guest must see the link down");
+    assert_eq!(r.irq.count(InterruptKind::Config), 1);
+    assert!(r.net.lock().unwrap().backend_failed());
+    // Nothing left to do: the failed backend is not watched (its fd would report an error
+    // for ever).
+    assert_eq!(
+        r.em.run_with_timeout(0).unwrap(),
+        0,
+        "the event loop is busy"
+    );
+    // Guest frames are dropped and their chains returned.
+    d.send(&frame(64, 1));
+    d.kick(TX);
+    r.run();
+    assert_eq!(d.used(TX).len(), 1);
+    assert!(r.host.take_sent().is_empty());
+    assert_eq!(r.em.run_with_timeout(0).unwrap(), 0);
+    // A new backend brings the link back (mconsole `config ethN=…` after the tap is back).
+    let host = FakeBackend::new().unwrap();
+    r.net
+        .lock()
+        .unwrap()
+        .replace_backend(Box::new(host.clone()));
+    r.run();
+    assert!(link_status(&r));
+    assert_eq!(r.irq.count(InterruptKind::Config), 2);
+    host.inject(&frame(64, 2));
+    d.send(&frame(64, 3));
+    d.kick(TX);
+    r.run();
+    assert_eq!(d.received(), vec![frame(64, 2)]);
+    assert_eq!(host.take_sent(), vec![frame(64, 3)]);
+}
+
+#[test]
+fn test_errors_that_go_on_without_a_frame_fail_the_backend() {
+    let m = mem();
+    let mut d = Driver::new(&m);
+    d.post_rx(1530);
+    let mut r = rig(&d);
+    // Not an error that means "gone", but it never stops.
+    r.host.set_recv_error(Some(libc::EPROTO));
+    for _ in 0..super::event_handler::ERRORS_IN_A_ROW_MAX {
+        if r.em.run_with_timeout(0).unwrap() == 0 {
+            break;
+        }
+    }
+    r.run();
+    assert!(r.net.lock().unwrap().backend_failed());
+    assert!(!link_status(&r));
+    assert_eq!(
+        r.em.run_with_timeout(0).unwrap(),
+        0,
+        "the event loop is busy"
+    );
+}
+
+#[test]
+fn test_a_switch_port_is_up_once_it_answered_and_down_when_it_hangs_up() {
+    let m = mem();
+    let mut d = Driver::new(&m);
+    d.post_rx(1530);
+    let host = FakeBackend::connecting().unwrap();
+    let mut r = rig_with(&d, host.clone());
+    assert!(!link_status(&r));
+    // Nothing moves before the switch answered.
+    host.inject(&frame(64, 1));
+    d.send(&frame(64, 2));
+    d.kick(TX);
+    r.run();
+    assert!(d.received().is_empty());
+    assert!(host.take_sent().is_empty());
+    assert_eq!(d.used(TX).len(), 1);
+    host.set_ready();
+    r.run();
+    assert!(link_status(&r));
+    assert_eq!(r.irq.count(InterruptKind::Config), 1);
+    assert_eq!(d.received(), vec![frame(64, 1)]);
+    // The switch goes away: link down, once, and the loop goes idle.
+    host.hang_up();
+    r.run();
+    assert!(!link_status(&r));
+    assert_eq!(r.irq.count(InterruptKind::Config), 2);
+    assert!(r.net.lock().unwrap().backend_failed());
+    assert_eq!(
+        r.em.run_with_timeout(0).unwrap(),
+        0,
+        "the event loop is busy"
+    );
+}
+
 #[test]
 fn test_close_releases_the_backend() {
     let m = mem();
@@ -688,13 +800,7 @@ proptest! {
 /// A backend over one end of a nonblocking datagram socketpair: real readiness, real
 /// `WouldBlock` once the peer's queue is full.
 #[derive(Debug)]
-struct SockBackend(std::os::unix::net::UnixDatagram);
-
-impl std::os::fd::AsRawFd for SockBackend {
-    fn as_raw_fd(&self) -> std::os::fd::RawFd {
-        self.0.as_raw_fd()
-    }
-}
+struct SockBackend(Arc<std::os::unix::net::UnixDatagram>);
 
 impl netdev::Backend for SockBackend {
     fn send(&mut self, frame: &[u8]) -> std::io::Result<()> {
@@ -702,6 +808,9 @@ impl netdev::Backend for SockBackend {
     }
     fn recv(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         self.0.recv(buf)
+    }
+    fn fd(&self) -> netdev::SharedFd {
+        self.0.clone()
     }
 }
 
@@ -713,7 +822,7 @@ fn test_real_socket_backpressure_without_busy_polling() {
     let (dev_end, peer) = UnixDatagram::pair().unwrap();
     dev_end.set_nonblocking(true).unwrap();
     peer.set_nonblocking(true).unwrap();
-    let mut n = Net::new(Box::new(SockBackend(dev_end)), MAC).unwrap();
+    let mut n = Net::new(Box::new(SockBackend(Arc::new(dev_end))), MAC).unwrap();
     n.ack_features(n.features());
     let net = Arc::new(Mutex::new(n));
     let mut em = EventManager::<Arc<Mutex<Net>>>::new().unwrap();
