@@ -4,21 +4,21 @@
 //! [`ChannelSpec`] as a [`Channel`]: host descriptors the event loop polls, with reads and
 //! writes that never block the VMM and never stop the VM.
 //!
-//! * Input: [`Channel::input_fd`] is the descriptor to watch for readability (nonblocking);
-//!   [`Channel::read`] returns data, [`ChanRead::WouldBlock`], or [`ChanRead::Closed`] once the
-//!   input reached end of file or failed (the input then detaches: it behaves as `null`).
-//!   A regular file (`fd:0 < file`) cannot be polled: [`Channel::input_always_ready`] says to
-//!   read it whenever the guest has room.
-//! * Output: [`Channel::write`] takes everything. What the host side cannot take now is kept
-//!   (up to [`OUTPUT_BUFFER_MAX`] bytes, then dropped with a warning so that a stalled reader
-//!   cannot stall the guest); [`Channel::wants_writable`] then asks the event loop to watch
-//!   [`Channel::output_fd`] for writability and call [`Channel::flush`]. EPIPE, EIO and other
+//! * Input: [`Channel::read`] returns data, [`ChanRead::WouldBlock`], or [`ChanRead::Closed`]
+//!   once the input reached end of file or failed (the input then detaches: it behaves as
+//!   `null`). A regular file (`fd:0 < file`) cannot be polled:
+//!   [`Channel::input_always_ready`] says to read it whenever the guest has room.
+//! * Output: [`Channel::write`] takes everything. What the host side cannot take now waits
+//!   in a buffer of [`OUTPUT_BUFFER_MAX`] bytes that keeps the newest output (the oldest is
+//!   dropped, with one warning per stall and the count once the reader is back), so that a
+//!   stalled or absent reader never stalls the guest and finds recent output when it comes
+//!   back; [`Channel::flush`] writes it when the descriptor is writable. EPIPE, EIO and other
 //!   errors detach the output (it becomes `null`). The VMM must ignore SIGPIPE.
-//!
-//! Descriptors given with `fd:N` that are terminals or pipes are reopened through
-//! `/proc/self/fd/N`, so that O_NONBLOCK stays on kuml's own file description and does not leak
-//! into the shell's or kuml's stderr; a socket gets O_NONBLOCK directly, restored on drop. An
-//! input terminal is put in raw mode (as UML does) and restored on drop.
+//! * Watching: [`Channel::watch`] adds what the event loop should watch to a device's
+//!   [`Interest`]: the input while the device has room for it, the output while output
+//!   waits; one descriptor that is both (a pts, a tty, a telnet connection) is watched once.
+//!   The watch holds the descriptors it registered, so a half that detaches or a connection
+//!   that ends is closed only once the loop stopped watching it.
 //!
 //! Implemented: `fd`, `null`, `pts`, `pty` (served by a Unix98 pts), `tty`, `file`, and `port`
 //! as a built-in telnet server (UML runs the host's in.telnetd and its port-helper; kuml needs
@@ -35,30 +35,42 @@
 //! port are refused while none of its lines waits; output while no client is connected is
 //! discarded. [`Channel::open_in`] does both steps at once (serial lines, which the guest
 //! cannot be seen to open).
+//!
+//! Files: `handle` (one descriptor and the raw-mode terminals), `output` (the output buffer),
+//! `open` (opening `fd:`, `file:`, `tty:`), `pts` (pts, pty, xterm), `tcp` (telnet sessions
+//! of `port:` lines), [`port`] (the listening ports they share), [`telnet`], `sys`.
 
+mod handle;
+mod open;
+mod output;
 pub mod port;
+mod pts;
 pub mod spec;
 mod sys;
+mod tcp;
 pub mod telnet;
 
-use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
+use event_manager::EventSet;
 use log::{debug, warn};
 
+pub use handle::restore_terminals;
+pub use output::OUTPUT_BUFFER_MAX;
 pub use spec::{
     default_line, parse_chan, parse_line, parse_xterm_option, resolve_line, resolve_lines,
     xterm_command, xterm_title, Chan, ChanSpecError, ChannelSpec, LineClass, LineSpecError,
     PortAddr, XtermConfig,
 };
 
-use sys::FdKind;
-
-/// Output kept for a host reader that is not keeping up; more is dropped.
-pub const OUTPUT_BUFFER_MAX: usize = 1 << 20;
+use crate::watch::{Interest, SharedFd};
+use handle::Handle;
+use output::OutputBuffer;
+use pts::Deferred;
+use tcp::TcpState;
 
 /// Why a channel could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -115,130 +127,36 @@ pub enum ChanRead {
     Closed,
 }
 
-/// One host descriptor, restored (flags, terminal mode) and closed (if ours) on drop.
-#[derive(Debug)]
-struct Handle {
-    fd: RawFd,
-    _owned: Option<OwnedFd>,
-    // False for regular files and devices epoll refuses (/dev/null): always ready.
-    pollable: bool,
-    restore_flags: Option<libc::c_int>,
-    /// We put this terminal in raw mode (its saved settings are in [`RAW_TERMINALS`]).
-    raw: bool,
-}
-
-/// Terminals put in raw mode and their previous settings, for [`restore_terminals`].
-static RAW_TERMINALS: Mutex<Vec<(RawFd, sys::Termios)>> = Mutex::new(Vec::new());
-
-fn raw_terminals() -> std::sync::MutexGuard<'static, Vec<(RawFd, sys::Termios)>> {
-    RAW_TERMINALS.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Puts a terminal in raw mode, remembering how to undo it.
-fn make_raw_saved(fd: RawFd) -> io::Result<()> {
-    let old = sys::make_raw(fd)?;
-    raw_terminals().push((fd, old));
-    Ok(())
-}
-
-/// Restores every terminal a channel put in raw mode. Dropping a channel does this for its
-/// own terminals; call this on paths that exit without dropping (`process::exit`, fatal
-/// signals, panics) so that the user's shell gets its terminal back.
-pub fn restore_terminals() {
-    for (fd, t) in raw_terminals().drain(..) {
-        if let Err(e) = sys::set_termios(fd, &t) {
-            debug!("cannot restore terminal settings of fd {fd}: {e}");
-        }
-    }
-}
-
-impl Handle {
-    fn owned(fd: OwnedFd, kind: FdKind) -> Self {
-        let mut h = Self::borrowed(fd.as_raw_fd(), kind);
-        h._owned = Some(fd);
-        h
-    }
-
-    fn borrowed(fd: RawFd, kind: FdKind) -> Self {
-        Self {
-            fd,
-            _owned: None,
-            pollable: kind != FdKind::Regular && sys::can_poll(fd),
-            restore_flags: None,
-            raw: false,
-        }
-    }
-
-    fn make_raw(&mut self) -> io::Result<()> {
-        make_raw_saved(self.fd)?;
-        self.raw = true;
-        Ok(())
-    }
-}
-
-impl Drop for Handle {
-    fn drop(&mut self) {
-        if self.raw {
-            let mut list = raw_terminals();
-            if let Some(i) = list.iter().position(|(fd, _)| *fd == self.fd) {
-                let (_, t) = list.remove(i);
-                if let Err(e) = sys::set_termios(self.fd, &t) {
-                    debug!("cannot restore terminal settings of fd {}: {e}", self.fd);
-                }
-            }
-        }
-        if let Some(f) = self.restore_flags {
-            if let Err(e) = sys::set_flags(self.fd, f) {
-                debug!("cannot restore flags of fd {}: {e}", self.fd);
-            }
-        }
-    }
-}
-
 /// An open channel: an input and an output, either of which may be absent (null).
 #[derive(Debug)]
 pub struct Channel {
     spec: ChannelSpec,
     input: Option<Arc<Handle>>,
     output: Option<Arc<Handle>>,
-    // Detached halves keep their descriptors open until the channel is dropped, so that the
-    // event loop can still unregister them (epoll forgets closed descriptors, event-manager
-    // does not).
-    input_closed: bool,
-    output_closed: bool,
-    out_buf: VecDeque<u8>,
-    dropped: u64,
+    out_buf: OutputBuffer,
     pts_path: Option<PathBuf>,
-    // Our own open slave of a pts, so that the master never sees a hang-up when the user's
-    // terminal program closes it.
-    _pts_keepalive: Option<OwnedFd>,
+    /// Our own open slave of a pts, so that the master never sees a hang-up when the user's
+    /// terminal program closes it.
+    pts_keepalive: Option<OwnedFd>,
     announcement: Option<String>,
     /// A `port:` channel: a telnet server.
     tcp: Option<TcpState>,
     /// A pts, pty or xterm line waiting for the guest to open it.
     deferred: Option<Deferred>,
-    /// Descriptors replaced while the channel lives (a port channel's listener and past
-    /// connections); kept open until [`Channel::reap`], after the event loop let go of them.
-    retired: Vec<Arc<Handle>>,
+    /// Descriptors the channel let go of (a detached half, a port line's listener and past
+    /// connections), kept open until [`Channel::reap`] for an event loop that watches
+    /// descriptors by number (the console's). A [`crate::watch::Watch`] keeps what it
+    /// watches open by itself.
+    retired: Vec<Kept>,
 }
 
-/// The state of a `port:` channel. While the guest has the line open and no client is
-/// connected, the line waits on the shared listening socket (its input is the line's own
-/// descriptor of it); once a client is connected, input and output are the connection.
-#[derive(Debug)]
-struct TcpState {
-    hub: Arc<port::PortHub>,
-    waiter: Option<port::Waiter>,
-    guest_open: bool,
-    decoder: telnet::TelnetDecoder,
-}
+/// A descriptor kept open.
+struct Kept(SharedFd);
 
-/// A pts, pty or xterm line set up but not allocated until the guest opens it.
-#[derive(Debug)]
-struct Deferred {
-    class: LineClass,
-    index: u32,
-    ctx: ChanContext,
+impl std::fmt::Debug for Kept {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "fd {}", self.0.as_raw_fd())
+    }
 }
 
 /// Where a channel's announcements go (`Virtual console 1 assigned device '/dev/pts/3'`):
@@ -339,25 +257,11 @@ impl Channel {
                     let port = *port;
                     let hub = port::PortHub::get(port)
                         .map_err(|source| ChanError::Listen { port, source })?;
-                    ch.tcp = Some(TcpState {
-                        hub,
-                        waiter: None,
-                        guest_open: false,
-                        decoder: telnet::TelnetDecoder::new(),
-                    });
+                    ch.tcp = Some(TcpState::new(hub));
                     return Ok(ch);
                 }
                 Chan::Tty(path) => {
-                    let err = |source| ChanError::Open {
-                        path: path.clone(),
-                        source,
-                    };
-                    let fd = sys::open_path(path, true, true, false).map_err(err)?;
-                    let mut h = Handle::owned(fd, FdKind::Tty);
-                    if sys::is_tty(h.fd) {
-                        h.make_raw().map_err(err)?;
-                    }
-                    let h = Arc::new(h);
+                    let h = open::open_tty(path, true, true)?;
                     ch.input = Some(h.clone());
                     ch.output = Some(h);
                     return Ok(ch);
@@ -365,8 +269,8 @@ impl Channel {
                 _ => {}
             }
         }
-        ch.input = open_half(&spec.input, false)?;
-        ch.output = open_half(&spec.output, true)?;
+        ch.input = open::open_half(&spec.input, false)?;
+        ch.output = open::open_half(&spec.output, true)?;
         Ok(ch)
     }
 
@@ -380,13 +284,8 @@ impl Channel {
     /// connected client stays connected when the guest closes the line. An error leaves the
     /// line unattached.
     pub fn set_guest_open(&mut self, open: bool) -> Result<(), ChanError> {
-        if let Some(t) = self.tcp.as_mut() {
-            t.guest_open = open;
-            if open {
-                self.start_waiting();
-            } else {
-                self.stop_waiting();
-            }
+        if self.tcp.is_some() {
+            self.set_tcp_guest_open(open);
             return Ok(());
         }
         match self.deferred.take() {
@@ -395,65 +294,6 @@ impl Channel {
                 self.deferred = d;
                 Ok(())
             }
-        }
-    }
-
-    // Allocates the pts of a deferred pts, pty or xterm line.
-    fn allocate_pts(&mut self, d: Deferred) -> Result<(), ChanError> {
-        let (master, path) = sys::open_pts().map_err(ChanError::Pts)?;
-        let keep = sys::open_path(&path, true, true, false).map_err(ChanError::Pts)?;
-        let h = Arc::new(Handle::owned(master, FdKind::Tty));
-        self.input = Some(h.clone());
-        self.output = Some(h);
-        self.pts_path = Some(path.clone());
-        self._pts_keepalive = Some(keep);
-        if self.spec.input == Chan::Xterm {
-            let title = xterm_title(d.class, d.index, d.ctx.umid.as_deref());
-            let cmd = xterm_command(&d.ctx.xterm, &title, &path);
-            return spawn_detached(&cmd)
-                .map_err(|e| ChanError::Xterm(d.ctx.xterm.emulator.clone(), e));
-        }
-        if self.spec.input == Chan::Pty {
-            log::info!(
-                "{} {}: pty is served by a Unix98 pts (hosts have no BSD ptys)",
-                d.class.display_name(),
-                d.index
-            );
-        }
-        let msg = format!(
-            "{} {} assigned device '{}'",
-            d.class.display_name(),
-            d.index,
-            path.display()
-        );
-        d.ctx.announcer.announce(&msg);
-        self.announcement = Some(msg);
-        Ok(())
-    }
-
-    // A `port:` line the guest has open and no client holds starts waiting for one.
-    fn start_waiting(&mut self) {
-        let connected = self.live_input().is_some();
-        let Some(t) = self.tcp.as_mut() else {
-            return;
-        };
-        if !t.guest_open || connected || t.waiter.is_some() {
-            return;
-        }
-        match t.hub.wait() {
-            Ok(w) => t.waiter = Some(w),
-            Err(e) => warn!("port {}: cannot listen: {e}", t.hub.addr()),
-        }
-    }
-
-    fn stop_waiting(&mut self) {
-        let Some(w) = self.tcp.as_mut().and_then(|t| t.waiter.take()) else {
-            return;
-        };
-        // The event loop may still watch the descriptor: keep it until `reap`.
-        if let Some(fd) = w.finish() {
-            self.retired
-                .push(Arc::new(Handle::owned(fd, FdKind::Socket)));
         }
     }
 
@@ -470,14 +310,18 @@ impl Channel {
         output: Option<OwnedFd>,
     ) -> io::Result<Self> {
         let mut ch = Channel::empty(spec);
-        let wrap = |fd: OwnedFd| -> io::Result<Arc<Handle>> {
-            let kind = sys::fd_kind(fd.as_raw_fd())?;
-            let flags = sys::get_flags(fd.as_raw_fd())?;
-            sys::set_flags(fd.as_raw_fd(), flags | libc::O_NONBLOCK)?;
-            Ok(Arc::new(Handle::owned(fd, kind)))
-        };
-        ch.input = input.map(wrap).transpose()?;
-        ch.output = output.map(wrap).transpose()?;
+        ch.input = input.map(open::owned).transpose()?;
+        ch.output = output.map(open::owned).transpose()?;
+        Ok(ch)
+    }
+
+    /// A channel over one descriptor kuml owns for both directions (a socket, a terminal),
+    /// made nonblocking. `spec` is only used to describe the channel.
+    pub fn from_fd(spec: ChannelSpec, fd: OwnedFd) -> io::Result<Self> {
+        let mut ch = Channel::empty(spec);
+        let h = open::owned(fd)?;
+        ch.input = Some(h.clone());
+        ch.output = Some(h);
         Ok(ch)
     }
 
@@ -486,12 +330,9 @@ impl Channel {
             spec,
             input: None,
             output: None,
-            input_closed: false,
-            output_closed: false,
-            out_buf: VecDeque::new(),
-            dropped: 0,
+            out_buf: OutputBuffer::new(OUTPUT_BUFFER_MAX),
             pts_path: None,
-            _pts_keepalive: None,
+            pts_keepalive: None,
             announcement: None,
             tcp: None,
             deferred: None,
@@ -499,15 +340,17 @@ impl Channel {
         }
     }
 
-    /// Closes descriptors the channel replaced; call once the event loop stopped watching
-    /// them (the console device does this after each watch-list update).
-    pub fn reap(&mut self) {
-        self.retired.clear();
+    /// Lets go of a descriptor the event loop may still watch (see [`Channel::reap`]).
+    fn retire<T: AsRawFd + Send + Sync + 'static>(&mut self, fd: Option<Arc<T>>) {
+        if let Some(fd) = fd {
+            self.retired.push(Kept(fd));
+        }
     }
 
-    /// For a `port:` channel: whether a client is connected.
-    pub fn is_connected(&self) -> bool {
-        self.tcp.is_some() && self.live_input().is_some()
+    /// Closes the descriptors the channel let go of; call once the event loop stopped
+    /// watching them (only needed by a loop that watches raw descriptor numbers).
+    pub fn reap(&mut self) {
+        self.retired.clear();
     }
 
     /// The spec this channel was opened from.
@@ -540,110 +383,60 @@ impl Channel {
         }
     }
 
-    /// The descriptor to watch for readability, if the input can be polled.
-    pub fn input_fd(&self) -> Option<RawFd> {
-        if let Some(h) = self.live_input() {
-            return Some(h.fd).filter(|_| h.pollable);
+    /// Adds to `want` what the event loop should watch for this channel, reported with
+    /// `data`: the input (or a `port:` line's listener) while `input_room`, the output while
+    /// output waits. A descriptor that is both is watched once, for both.
+    pub fn watch(&self, want: &mut Interest, data: u32, input_room: bool) {
+        if input_room {
+            if let Some(fd) = self.input_source() {
+                want.add(fd, data, EventSet::IN);
+            }
+        }
+        if !self.out_buf.is_empty() {
+            if let Some(h) = self.output.as_ref().filter(|h| h.pollable) {
+                want.add(h.clone(), data, EventSet::OUT);
+            }
+        }
+    }
+
+    // The descriptor that becomes readable when there is input (or a client to accept).
+    fn input_source(&self) -> Option<SharedFd> {
+        if let Some(h) = self.input.as_ref() {
+            return h.pollable.then(|| h.clone() as SharedFd);
         }
         self.tcp
             .as_ref()
             .and_then(|t| t.waiter.as_ref())
             .and_then(|w| w.fd())
-            .map(|fd| fd.as_raw_fd())
+            .map(|fd| fd.clone() as SharedFd)
     }
 
-    fn live_input(&self) -> Option<&Handle> {
-        self.input.as_deref().filter(|_| !self.input_closed)
-    }
-
-    fn live_output(&self) -> Option<&Handle> {
-        self.output.as_deref().filter(|_| !self.output_closed)
+    /// The descriptor to watch for readability, if the input can be polled.
+    pub fn input_fd(&self) -> Option<RawFd> {
+        self.input_source().map(|fd| fd.as_raw_fd())
     }
 
     /// True when the input is a regular file: read it whenever there is room, without polling.
     pub fn input_always_ready(&self) -> bool {
-        self.live_input().is_some_and(|h| !h.pollable)
+        self.input.as_ref().is_some_and(|h| !h.pollable)
     }
 
     /// True while the channel has an input at all.
     pub fn has_input(&self) -> bool {
-        self.live_input().is_some() || self.tcp.as_ref().is_some_and(|t| t.waiter.is_some())
+        self.input.is_some() || self.tcp.as_ref().is_some_and(|t| t.waiter.is_some())
     }
 
     /// Reads what is available, without blocking.
     pub fn read(&mut self, buf: &mut [u8]) -> ChanRead {
-        if self.tcp.is_none() {
-            return self.read_fd(buf);
+        if self.tcp.is_some() {
+            self.read_tcp(buf)
+        } else {
+            self.read_fd(buf)
         }
-        if self.live_input().is_none() {
-            self.accept();
-            return ChanRead::WouldBlock;
-        }
-        match self.read_fd(buf) {
-            ChanRead::Data(n) => {
-                let mut out = Vec::with_capacity(n);
-                if let Some(t) = self.tcp.as_mut() {
-                    t.decoder.decode(&buf[..n], &mut out);
-                }
-                buf[..out.len()].copy_from_slice(&out);
-                if out.is_empty() {
-                    ChanRead::WouldBlock
-                } else {
-                    ChanRead::Data(out.len())
-                }
-            }
-            ChanRead::WouldBlock => ChanRead::WouldBlock,
-            ChanRead::Closed => {
-                self.disconnect();
-                ChanRead::WouldBlock
-            }
-        }
-    }
-
-    // A waiting port line's listener is readable: take the client, unless another line on
-    // the port took it first.
-    fn accept(&mut self) {
-        let Some(t) = self.tcp.as_mut() else {
-            return;
-        };
-        let Some(w) = t.waiter.as_ref() else {
-            return;
-        };
-        match w.accept() {
-            Ok(Some(conn)) => {
-                log::info!("port {}: client connected", t.hub.addr());
-                t.decoder = telnet::TelnetDecoder::new();
-                // Stop waiting first: once the client hears from us, a port with no other
-                // line waiting already refuses the next client.
-                self.stop_waiting();
-                // Offer echo and character mode; a failure shows up on the next read.
-                let _ = sys::write(conn.as_raw_fd(), telnet::NEGOTIATION);
-                let h = Arc::new(Handle::owned(conn, FdKind::Socket));
-                self.input = Some(h.clone());
-                self.output = Some(h);
-                self.input_closed = false;
-                self.output_closed = false;
-                self.out_buf.clear();
-            }
-            Ok(None) => {}
-            Err(e) => warn!("port {}: accept failed: {e}", t.hub.addr()),
-        }
-    }
-
-    // A port line's client left: wait for the next one if the guest has the line open.
-    fn disconnect(&mut self) {
-        let Some(t) = self.tcp.as_ref() else {
-            return;
-        };
-        log::info!("port {}: client disconnected", t.hub.addr());
-        self.retired.extend(self.input.take());
-        self.retired.extend(self.output.take());
-        self.out_buf.clear();
-        self.start_waiting();
     }
 
     fn read_fd(&mut self, buf: &mut [u8]) -> ChanRead {
-        let Some(fd) = self.live_input().map(|h| h.fd) else {
+        let Some(fd) = self.input.as_ref().map(|h| h.fd) else {
             return ChanRead::Closed;
         };
         if buf.is_empty() {
@@ -653,7 +446,8 @@ impl Channel {
             match sys::read(fd, buf) {
                 Ok(0) => {
                     debug!("channel {}: input reached end of file", self.describe());
-                    self.input_closed = true;
+                    let input = self.input.take();
+                    self.retire(input);
                     return ChanRead::Closed;
                 }
                 Ok(n) => return ChanRead::Data(n),
@@ -664,7 +458,8 @@ impl Channel {
                         "channel {}: input failed, detaching it: {e}",
                         self.describe()
                     );
-                    self.input = None;
+                    let input = self.input.take();
+                    self.retire(input);
                     return ChanRead::Closed;
                 }
             }
@@ -674,7 +469,7 @@ impl Channel {
     /// Writes `data` without blocking; what cannot be written now is buffered (see the module
     /// documentation). Output to a null or detached channel is discarded.
     pub fn write(&mut self, data: &[u8]) {
-        if self.live_output().is_none() || data.is_empty() {
+        if self.output.is_none() || data.is_empty() {
             return;
         }
         let escaped;
@@ -689,36 +484,37 @@ impl Channel {
             let n = self.write_now(data);
             data = &data[n..];
         }
-        if data.is_empty() || self.live_output().is_none() {
+        if data.is_empty() || self.output.is_none() {
             return;
         }
-        let room = OUTPUT_BUFFER_MAX.saturating_sub(self.out_buf.len());
-        let keep = data.len().min(room);
-        self.out_buf.extend(&data[..keep]);
-        if keep < data.len() {
-            if self.dropped == 0 {
-                warn!(
-                    "channel {}: the host side is not reading, dropping output",
-                    self.describe()
-                );
-            }
-            self.dropped += (data.len() - keep) as u64;
+        let stalled = self.out_buf.dropped() > 0;
+        if self.out_buf.push(data) > 0 && !stalled {
+            warn!(
+                "channel {}: the host side is not reading; keeping the newest {} KiB of \
+                 output, dropping older output",
+                self.describe(),
+                OUTPUT_BUFFER_MAX >> 10
+            );
         }
     }
 
-    /// Writes buffered output; call when [`Channel::output_fd`] is writable.
+    /// Writes buffered output; call when the output descriptor is writable.
     pub fn flush(&mut self) {
-        while !self.out_buf.is_empty() && self.live_output().is_some() {
-            let (a, _) = self.out_buf.as_slices();
-            let a = a.to_vec();
-            let n = self.write_now(&a);
-            self.out_buf.drain(..n);
-            if n < a.len() {
+        while !self.out_buf.is_empty() && self.output.is_some() {
+            let chunk = self.out_buf.front().to_vec();
+            let n = self.write_now(&chunk);
+            self.out_buf.consume(n);
+            if n < chunk.len() {
                 break;
             }
         }
-        if self.out_buf.is_empty() {
-            self.dropped = 0;
+        let dropped = self.out_buf.take_dropped();
+        if dropped > 0 {
+            log::info!(
+                "channel {}: the host side reads again; {dropped} bytes of older output were \
+                 dropped",
+                self.describe()
+            );
         }
     }
 
@@ -734,12 +530,12 @@ impl Channel {
 
     /// The output descriptor, if it can be polled.
     pub fn output_fd(&self) -> Option<RawFd> {
-        self.live_output().filter(|h| h.pollable).map(|h| h.fd)
+        self.output.as_ref().filter(|h| h.pollable).map(|h| h.fd)
     }
 
     // Writes as much as the descriptor takes now; detaches the output on a hard error.
     fn write_now(&mut self, data: &[u8]) -> usize {
-        let Some(fd) = self.live_output().map(|h| h.fd) else {
+        let Some(fd) = self.output.as_ref().map(|h| h.fd) else {
             return data.len();
         };
         let mut done = 0;
@@ -754,7 +550,8 @@ impl Channel {
                         "channel {}: output failed, detaching it: {e}",
                         self.describe()
                     );
-                    self.output = None;
+                    let output = self.output.take();
+                    self.retire(output);
                     self.out_buf.clear();
                     return data.len();
                 }
@@ -762,102 +559,6 @@ impl Channel {
         }
         done
     }
-}
-
-// Starts `cmd` in the background through `sh`, which exits at once: the program is
-// reparented to init and never becomes kuml's zombie.
-fn spawn_detached(cmd: &[String]) -> io::Result<()> {
-    let status = std::process::Command::new("/bin/sh")
-        .arg("-c")
-        .arg("\"$@\" </dev/null >/dev/null 2>&1 &")
-        .arg("sh")
-        .args(cmd)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(io::Error::other(format!("sh exited with {status}")))
-    }
-}
-
-// Opens one direction of a pair.
-fn open_half(chan: &Chan, write: bool) -> Result<Option<Arc<Handle>>, ChanError> {
-    match chan {
-        Chan::Null => Ok(None),
-        Chan::Fd(n) if !sys::fd_is_open(*n) => {
-            // A closed stdin/stdout (kuml started detached) leaves the line without that half.
-            warn!("fd:{n} is not open; the channel works without it");
-            Ok(None)
-        }
-        Chan::Fd(n) => open_fd(*n, write).map(|h| Some(Arc::new(h))),
-        Chan::File(path) => {
-            if !write {
-                // file: is output-only; its input is null.
-                return Ok(None);
-            }
-            let fd = sys::open_path(path, false, true, true).map_err(|source| ChanError::Open {
-                path: path.clone(),
-                source,
-            })?;
-            Ok(Some(Arc::new(Handle::owned(fd, FdKind::Regular))))
-        }
-        Chan::Tty(path) => {
-            let fd =
-                sys::open_path(path, !write, write, false).map_err(|source| ChanError::Open {
-                    path: path.clone(),
-                    source,
-                })?;
-            let mut h = Handle::owned(fd, FdKind::Tty);
-            if !write && sys::is_tty(h.fd) {
-                h.make_raw().map_err(|source| ChanError::Open {
-                    path: path.clone(),
-                    source,
-                })?;
-            }
-            Ok(Some(Arc::new(h)))
-        }
-        Chan::Pts | Chan::Pty => Err(ChanError::Unsupported(
-            "pts/pty as one half of a pair (use it for both directions)",
-        )),
-        Chan::Port(_) => Err(ChanError::Unsupported(
-            "port as one half of a pair (use it for both directions)",
-        )),
-        Chan::Xterm => Err(ChanError::Unsupported(
-            "xterm as one half of a pair (use it for both directions)",
-        )),
-    }
-}
-
-// Sets up an inherited descriptor: a private nonblocking file description when possible.
-fn open_fd(n: i32, write: bool) -> Result<Handle, ChanError> {
-    let err = |source| ChanError::Fd { fd: n, source };
-    let kind = sys::fd_kind(n).map_err(err)?;
-    let mut h = match kind {
-        FdKind::Regular => Handle::borrowed(n, kind),
-        FdKind::Tty | FdKind::Fifo => match sys::reopen(n, write) {
-            Ok(fd) => Handle::owned(fd, kind),
-            Err(e) => {
-                debug!("fd:{n}: cannot reopen ({e}); making it nonblocking in place");
-                in_place(n, kind).map_err(err)?
-            }
-        },
-        FdKind::Socket | FdKind::Other => in_place(n, kind).map_err(err)?,
-    };
-    if !write && kind == FdKind::Tty {
-        h.make_raw().map_err(err)?;
-    }
-    Ok(h)
-}
-
-fn in_place(n: RawFd, kind: FdKind) -> io::Result<Handle> {
-    let flags = sys::get_flags(n)?;
-    sys::set_flags(n, flags | libc::O_NONBLOCK)?;
-    let mut h = Handle::borrowed(n, kind);
-    h.restore_flags = Some(flags);
-    Ok(h)
 }
 
 #[cfg(test)]
@@ -934,324 +635,5 @@ mod tests {
         ch.write(b"y");
         assert_eq!(ch.output_fd(), None);
         assert_eq!(ch.pending_output(), 0);
-    }
-
-    #[test]
-    fn test_file_channel_appends_and_has_no_input() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("out.log");
-        std::fs::write(&path, b"old\n").unwrap();
-        let spec = parse_line(&format!("file:{}", path.display()))
-            .unwrap()
-            .unwrap();
-        let mut ch = Channel::open(&spec, LineClass::Console, 1).unwrap();
-        assert!(!ch.has_input());
-        ch.write(b"new\n");
-        assert_eq!(std::fs::read(&path).unwrap(), b"old\nnew\n");
-        assert_eq!(ch.describe(), format!("file:{}", path.display()));
-    }
-
-    #[test]
-    fn test_fd_not_open_leaves_a_null_half() {
-        let spec = parse_line("fd:987654,fd:987655").unwrap().unwrap();
-        let mut ch = Channel::open(&spec, LineClass::Console, 0).unwrap();
-        assert!(!ch.has_input());
-        ch.write(b"x");
-        assert_eq!(ch.describe(), "fd:987654,fd:987655");
-    }
-
-    #[test]
-    fn test_regular_file_input_is_always_ready_then_eof() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("in");
-        std::fs::write(&path, b"typed").unwrap();
-        let f: OwnedFd = std::fs::File::open(&path).unwrap().into();
-        let n = f.as_raw_fd();
-        let spec = parse_line(&format!("fd:{n},null")).unwrap().unwrap();
-        let mut ch = Channel::open(&spec, LineClass::Console, 0).unwrap();
-        assert_eq!(ch.input_fd(), None);
-        assert!(ch.input_always_ready());
-        let mut buf = [0u8; 16];
-        assert_eq!(ch.read(&mut buf), ChanRead::Data(5));
-        assert_eq!(ch.read(&mut buf), ChanRead::Closed);
-        assert!(!ch.input_always_ready());
-        drop(f);
-    }
-
-    #[test]
-    fn test_dev_null_input_detaches_at_once() {
-        let spec = parse_line("tty:/dev/null").unwrap().unwrap();
-        let mut ch = Channel::open(&spec, LineClass::Serial, 0).unwrap();
-        let mut buf = [0u8; 4];
-        assert_eq!(ch.read(&mut buf), ChanRead::Closed);
-    }
-
-    #[test]
-    fn test_fd_pipe_is_reopened_private() {
-        let (r, w) = std::io::pipe().unwrap();
-        let rfd: OwnedFd = r.into();
-        let n = rfd.as_raw_fd();
-        let spec = parse_line(&format!("fd:{n}")).unwrap().unwrap();
-        let mut ch = Channel::open(&spec, LineClass::Console, 0).unwrap();
-        // The inherited descriptor stays blocking; ours is nonblocking.
-        assert_eq!(sys::get_flags(n).unwrap() & libc::O_NONBLOCK, 0);
-        let mut buf = [0u8; 4];
-        assert_eq!(ch.read(&mut buf), ChanRead::WouldBlock);
-        let mut w = std::fs::File::from(OwnedFd::from(w));
-        w.write_all(b"ab").unwrap();
-        assert_eq!(ch.read(&mut buf), ChanRead::Data(2));
-    }
-
-    #[test]
-    fn test_port_channel_speaks_telnet_and_relistens() {
-        use std::net::{TcpListener, TcpStream};
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let spec = parse_line(&format!("port:{port}")).unwrap().unwrap();
-        let mut ch = Channel::open(&spec, LineClass::Serial, 1).unwrap();
-        assert_eq!(ch.describe(), format!("port:{port}"));
-        let listen_fd = ch.input_fd().unwrap();
-        let mut buf = [0u8; 64];
-        // Output with no client is dropped.
-        ch.write(b"nobody");
-        assert_eq!(ch.read(&mut buf), ChanRead::WouldBlock);
-        let mut client = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        assert!(poll_until(&mut ch, true));
-        assert_ne!(ch.input_fd(), Some(listen_fd));
-        let mut neg = vec![0u8; telnet::NEGOTIATION.len()];
-        client.read_exact(&mut neg).unwrap();
-        assert_eq!(neg, telnet::NEGOTIATION);
-        client
-            .write_all(&[telnet::IAC, 253, 1, b'l', b's', b'\r', b'\n'])
-            .unwrap();
-        let mut got = Vec::new();
-        for _ in 0..1000 {
-            if let ChanRead::Data(n) = ch.read(&mut buf) {
-                got.extend_from_slice(&buf[..n]);
-            }
-            if got.len() >= 3 {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
-        assert_eq!(got, b"ls\r");
-        ch.write(&[b'a', telnet::IAC]);
-        let mut out = [0u8; 3];
-        client.read_exact(&mut out).unwrap();
-        assert_eq!(out, [b'a', telnet::IAC, telnet::IAC]);
-        drop(client);
-        assert!(poll_until(&mut ch, false));
-        assert!(ch.input_fd().is_some());
-        // The line listens again.
-        let _second = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    }
-
-    #[test]
-    fn test_xterm_without_display_fails_like_uml() {
-        let ctx = ChanContext::default();
-        let err = Channel::open_in(
-            &ChannelSpec::single(Chan::Xterm),
-            LineClass::Console,
-            2,
-            &ctx,
-        )
-        .unwrap_err();
-        assert_eq!(err.to_string(), "xterm_open: $DISPLAY not set.");
-    }
-
-    #[test]
-    fn test_xterm_starts_the_emulator_on_a_pts() {
-        let dir = tempfile::tempdir().unwrap();
-        let marker = dir.path().join("ran");
-        // A fake emulator that records its arguments.
-        let fake = dir.path().join("fake-term");
-        std::fs::write(
-            &fake,
-            format!("#!/bin/sh\necho \"$@\" > '{}'\n", marker.display()),
-        )
-        .unwrap();
-        std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-            .unwrap();
-        let ctx = ChanContext {
-            umid: Some("t1".into()),
-            xterm: XtermConfig {
-                emulator: fake.display().to_string(),
-                ..XtermConfig::default()
-            },
-            display: true,
-            ..ChanContext::default()
-        };
-        let Ok(ch) = Channel::open_in(
-            &ChannelSpec::single(Chan::Xterm),
-            LineClass::Console,
-            2,
-            &ctx,
-        ) else {
-            return; // no /dev/ptmx here
-        };
-        assert_eq!(ch.describe(), "xterm");
-        assert!(ch.announcement().is_none());
-        let mut args = String::new();
-        for _ in 0..2000 {
-            if let Ok(a) = std::fs::read_to_string(&marker) {
-                if !a.is_empty() {
-                    args = a;
-                    break;
-                }
-            }
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
-        assert!(
-            args.starts_with("-T Virtual Console #2 (t1) -e sh -c"),
-            "{args}"
-        );
-    }
-
-    #[test]
-    fn test_pts_announces_and_carries_bytes() {
-        let Ok(mut ch) = Channel::open(&ChannelSpec::single(Chan::Pts), LineClass::Serial, 2)
-        else {
-            // No /dev/ptmx in this sandbox.
-            return;
-        };
-        let path = ch.pts_path().unwrap().to_path_buf();
-        assert_eq!(
-            ch.announcement().unwrap(),
-            format!("Serial line 2 assigned device '{}'", path.display())
-        );
-        assert_eq!(ch.describe(), format!("pts:{}", path.display()));
-        let mut slave = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .unwrap();
-        ch.write(b"out");
-        let mut buf = [0u8; 3];
-        slave.read_exact(&mut buf).unwrap();
-        assert_eq!(&buf, b"out");
-        slave.write_all(b"in").unwrap();
-        let mut got = [0u8; 8];
-        let mut n = 0;
-        for _ in 0..1000 {
-            if let ChanRead::Data(k) = ch.read(&mut got[n..]) {
-                n += k;
-            }
-            if n >= 2 {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
-        assert_eq!(&got[..n], b"in");
-        // Closing the user's side does not hang up the channel.
-        drop(slave);
-        assert_eq!(ch.read(&mut got), ChanRead::WouldBlock);
-    }
-
-    // A context whose announcements are collected.
-    fn collecting_ctx() -> (ChanContext, Arc<Mutex<Vec<String>>>) {
-        let said = Arc::new(Mutex::new(Vec::new()));
-        let sink = said.clone();
-        let ctx = ChanContext {
-            announcer: Announcer::new(move |m| sink.lock().unwrap().push(m.to_owned())),
-            ..ChanContext::default()
-        };
-        (ctx, said)
-    }
-
-    #[test]
-    fn test_console_pts_is_allocated_when_the_guest_opens_it() {
-        let (ctx, said) = collecting_ctx();
-        let spec = ChannelSpec::single(Chan::Pts);
-        let mut ch = Channel::prepare(&spec, LineClass::Console, 1, &ctx).unwrap();
-        assert_eq!(ch.pts_path(), None);
-        assert_eq!(ch.describe(), "pts");
-        assert_eq!(ch.input_fd(), None);
-        assert!(said.lock().unwrap().is_empty());
-        ch.set_guest_open(true)
-            .expect("allocate a pts (/dev/ptmx is needed)");
-        let path = ch.pts_path().unwrap().to_path_buf();
-        let msg = format!("Virtual console 1 assigned device '{}'", path.display());
-        assert_eq!(*said.lock().unwrap(), vec![msg]);
-        assert!(ch.input_fd().is_some());
-        // Closing and reopening keeps the same pts, announced once.
-        ch.set_guest_open(false).unwrap();
-        ch.set_guest_open(true).unwrap();
-        assert_eq!(ch.pts_path(), Some(path.as_path()));
-        assert_eq!(said.lock().unwrap().len(), 1);
-    }
-
-    // Reads `ch` until it has a client (`connected`) or has none; returns whether it got there.
-    fn poll_until(ch: &mut Channel, connected: bool) -> bool {
-        let mut buf = [0u8; 16];
-        for _ in 0..1000 {
-            let _ = ch.read(&mut buf);
-            ch.reap();
-            if ch.is_connected() == connected {
-                return true;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
-        false
-    }
-
-    #[test]
-    fn test_port_lines_share_a_port_and_refuse_until_the_guest_opens() {
-        use std::net::{TcpListener, TcpStream};
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let refused = || {
-            TcpStream::connect(("127.0.0.1", port))
-                .is_err_and(|e| e.kind() == io::ErrorKind::ConnectionRefused)
-        };
-        let spec = parse_line(&format!("port:{port}")).unwrap().unwrap();
-        let ctx = ChanContext::default();
-        let mut a = Channel::prepare(&spec, LineClass::Console, 1, &ctx).unwrap();
-        let mut b = Channel::prepare(&spec, LineClass::Console, 2, &ctx).unwrap();
-        // Bound, but nobody waits: refused.
-        assert!(refused());
-        assert_eq!(a.input_fd(), None);
-        a.set_guest_open(true).unwrap();
-        b.set_guest_open(true).unwrap();
-        let mut c1 = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        let first_a = poll_until(&mut a, true);
-        let (first, second) = if first_a {
-            (&mut a, &mut b)
-        } else {
-            (&mut b, &mut a)
-        };
-        assert!(first_a || poll_until(first, true));
-        assert!(!second.is_connected());
-        let mut c2 = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        assert!(poll_until(second, true));
-        // Both lines are taken: a third client is refused.
-        assert!(refused());
-        // Each client talks to its own line.
-        let mut neg = vec![0u8; telnet::NEGOTIATION.len()];
-        c1.read_exact(&mut neg).unwrap();
-        c2.read_exact(&mut neg).unwrap();
-        first.write(b"one");
-        second.write(b"two");
-        let mut got = [0u8; 3];
-        c1.read_exact(&mut got).unwrap();
-        assert_eq!(&got, b"one");
-        c2.read_exact(&mut got).unwrap();
-        assert_eq!(&got, b"two");
-        // A client that leaves frees its line for the next one.
-        drop(c1);
-        assert!(poll_until(first, false));
-        let _c3 = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        assert!(poll_until(first, true));
-        // The guest closing a line it has no client for stops the wait.
-        drop(c2);
-        poll_until(second, false);
-        second.set_guest_open(false).unwrap();
-        second.reap();
-        assert!(refused());
     }
 }

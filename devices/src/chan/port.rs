@@ -69,7 +69,7 @@ impl PortHub {
         *waiting += 1;
         Ok(Waiter {
             hub: self.clone(),
-            fd: Some(fd),
+            fd: Some(Arc::new(fd)),
         })
     }
 
@@ -89,18 +89,19 @@ impl PortHub {
 #[derive(Debug)]
 pub struct Waiter {
     hub: Arc<PortHub>,
-    fd: Option<OwnedFd>,
+    /// Shared, so that the event loop can keep it open until it stopped watching it.
+    fd: Option<Arc<OwnedFd>>,
 }
 
 impl Waiter {
     /// The line's own descriptor of the listening socket, to watch for readability.
-    pub fn fd(&self) -> Option<&OwnedFd> {
+    pub fn fd(&self) -> Option<&Arc<OwnedFd>> {
         self.fd.as_ref()
     }
 
     /// Takes the descriptor out (so that it outlives the wait until the event loop let go of
     /// it) and ends the wait.
-    pub fn finish(mut self) -> Option<OwnedFd> {
+    pub fn finish(mut self) -> Option<Arc<OwnedFd>> {
         self.fd.take()
     }
 

@@ -1,16 +1,19 @@
 //! A 16550A UART (vm-superio) on the port-I/O bus: UML's serial lines `ssl0`..`ssl3`.
 //!
 //! The guest's output goes to the line's [`Channel`], which never blocks and never fails (a
-//! vanished reader detaches it). Input read from the channel that does not fit in the UART's
-//! 64-byte FIFO waits in a host-side queue and moves in as the guest reads; while that queue is
-//! full the channel is not read, so nothing is lost and the host side feels the backpressure.
+//! vanished reader detaches it; a slow or absent one finds the newest output waiting, see
+//! [`crate::chan`]). Input read from the channel that does not fit in the UART's 64-byte FIFO
+//! waits in a host-side queue and moves in as the guest reads; while that queue is full the
+//! channel is not read, so nothing is lost and the host side feels the backpressure.
 //!
-//! The device is an event-manager subscriber: it watches the channel's input descriptor (which
-//! changes when a `port:` client connects) and, while output is buffered, its output descriptor.
+//! The device is an event-manager subscriber with a [`Watch`]: it watches the channel's input
+//! (which changes when a `port:` client connects) while the queue has room, and its output
+//! while output waits; a `pts`, `tty` or `port:` line is one descriptor for both, watched once.
+//! The guest's register accesses run on a vCPU thread: when a write leaves output waiting, or
+//! a read makes room for input, the device wakes the event loop to watch again.
 
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::RawFd;
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use vm_superio::{Serial, Trigger};
@@ -18,6 +21,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::bus::BusDevice;
 use crate::chan::{ChanRead, Channel};
+use crate::watch::{Interest, Watch, WAKE};
 
 /// The I/O ports and IRQs of COM1 to COM4.
 pub const COM_PORTS: [(u16, u32); 4] = [(0x3f8, 4), (0x2f8, 3), (0x3e8, 4), (0x2e8, 3)];
@@ -26,12 +30,8 @@ pub const COM_PORT_LEN: u16 = 8;
 /// Input held for the guest beyond the FIFO before the channel is no longer read.
 const MAX_PENDING: usize = 64 << 10;
 
-/// Event data: the channel's input is readable.
-const EV_INPUT: u32 = 1;
-/// Event data: the channel's output is writable.
-const EV_OUTPUT: u32 = 2;
-/// Event data: the guest drained the FIFO; read input again.
-const EV_DRAINED: u32 = 3;
+/// Event data of the channel's descriptors.
+const EV_CHANNEL: u32 = 1;
 
 /// Raises the UART's interrupt by writing an eventfd that KVM routes to its IRQ line.
 #[derive(Debug)]
@@ -62,19 +62,14 @@ impl io::Write for Sink {
 pub struct SerialDevice {
     uart: Serial<IrqTrigger, vm_superio::serial::NoEvents, Sink>,
     pending: VecDeque<u8>,
-    /// Written when the guest empties the FIFO while input waits, so that the event loop
-    /// resumes reading a channel it stopped reading, and when the channel is replaced.
-    drained: EventFd,
-    /// Channels replaced at run time, closed once the event loop stopped watching them.
-    retired: Vec<Channel>,
-    watched_in: Option<RawFd>,
-    watched_out: Option<RawFd>,
+    watch: Watch,
 }
 
 impl std::fmt::Debug for SerialDevice {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SerialDevice")
             .field("pending", &self.pending.len())
+            .field("watch", &self.watch)
             .finish_non_exhaustive()
     }
 }
@@ -82,13 +77,11 @@ impl std::fmt::Debug for SerialDevice {
 impl SerialDevice {
     /// A UART raising `irq` and connected to `channel`.
     pub fn new(irq: EventFd, channel: Channel) -> io::Result<Self> {
+        let name = format!("serial line ({})", channel.describe());
         Ok(SerialDevice {
             uart: Serial::new(IrqTrigger(irq), Sink(channel)),
             pending: VecDeque::new(),
-            drained: EventFd::new(libc::EFD_NONBLOCK)?,
-            retired: Vec::new(),
-            watched_in: None,
-            watched_out: None,
+            watch: Watch::new(name)?,
         })
     }
 
@@ -97,14 +90,17 @@ impl SerialDevice {
         &self.uart.writer().0
     }
 
-    /// Replaces the line's channel (mconsole `config sslN=`). The old one is closed once the
-    /// event loop, woken now, has stopped watching it and watches the new one.
+    fn channel_mut(&mut self) -> &mut Channel {
+        &mut self.uart.writer_mut().0
+    }
+
+    /// Replaces the line's channel (mconsole `config sslN=`). The old one's descriptors are
+    /// closed once the event loop, woken now, has stopped watching them.
     pub fn set_channel(&mut self, channel: Channel) {
-        let old = std::mem::replace(&mut self.uart.writer_mut().0, channel);
-        self.retired.push(old);
-        if let Err(e) = self.drained.write(1) {
-            log::warn!("serial line: cannot wake the event loop for the new channel: {e}");
-        }
+        self.watch
+            .set_name(format!("serial line ({})", channel.describe()));
+        *self.channel_mut() = channel;
+        self.watch.wake();
     }
 
     /// Queues input for the guest; returns how many bytes were accepted.
@@ -139,7 +135,7 @@ impl SerialDevice {
         let mut buf = [0u8; 4096];
         while self.pending.len() < MAX_PENDING {
             let room = (MAX_PENDING - self.pending.len()).min(buf.len());
-            match self.uart.writer_mut().0.read(&mut buf[..room]) {
+            match self.channel_mut().read(&mut buf[..room]) {
                 ChanRead::Data(n) => {
                     log::trace!("serial: {n} bytes of input");
                     self.enqueue(&buf[..n]);
@@ -149,35 +145,13 @@ impl SerialDevice {
         }
     }
 
-    /// Brings the epoll registrations in line with the channel's descriptors.
-    fn update_watches(&mut self, ops: &mut EventOps) {
-        let chan = &self.uart.writer().0;
-        let want_in = chan.input_fd().filter(|_| self.pending.len() < MAX_PENDING);
-        let want_out = chan.output_fd().filter(|_| chan.wants_writable());
-        if want_in != self.watched_in {
-            if let Some(fd) = self.watched_in.take() {
-                let _ = ops.remove(Events::with_data_raw(fd, EV_INPUT, EventSet::IN));
-            }
-            if let Some(fd) = want_in {
-                match ops.add(Events::with_data_raw(fd, EV_INPUT, EventSet::IN)) {
-                    Ok(()) => self.watched_in = Some(fd),
-                    Err(e) => log::warn!("cannot watch serial input: {e:?}"),
-                }
-            }
-        }
-        if want_out != self.watched_out {
-            if let Some(fd) = self.watched_out.take() {
-                let _ = ops.remove(Events::with_data_raw(fd, EV_OUTPUT, EventSet::OUT));
-            }
-            if let Some(fd) = want_out {
-                match ops.add(Events::with_data_raw(fd, EV_OUTPUT, EventSet::OUT)) {
-                    Ok(()) => self.watched_out = Some(fd),
-                    Err(e) => log::warn!("cannot watch serial output: {e:?}"),
-                }
-            }
-        }
-        self.uart.writer_mut().0.reap();
-        self.retired.clear();
+    /// What the event loop should watch: the channel's input while the queue has room, its
+    /// output while output waits.
+    fn interest(&self) -> Interest {
+        let mut want = Interest::new();
+        self.channel()
+            .watch(&mut want, EV_CHANNEL, self.pending.len() < MAX_PENDING);
+        want
     }
 }
 
@@ -193,11 +167,13 @@ impl BusDevice for SerialDevice {
         let was_full = self.pending.len() >= MAX_PENDING;
         self.refill();
         if was_full && self.pending.len() < MAX_PENDING {
-            let _ = self.drained.write(1);
+            // Room again: the channel is to be read again.
+            self.watch.wake();
         }
     }
 
     fn write(&mut self, _base: u64, offset: u64, data: &[u8]) {
+        let waited = self.channel().pending_output() > 0;
         if let (Some(&v), Ok(off)) = (data.first(), u8::try_from(offset)) {
             if off == 1 {
                 log::trace!("serial: guest wrote IER {v:#04x}");
@@ -206,27 +182,35 @@ impl BusDevice for SerialDevice {
                 log::debug!("serial register write failed: {e:?}");
             }
         }
+        if !waited && self.channel().pending_output() > 0 {
+            // Output started waiting for the host side: the event loop is to watch for room.
+            self.watch.rearm(&self.interest());
+        }
     }
 }
 
 impl MutEventSubscriber for SerialDevice {
     fn init(&mut self, ops: &mut EventOps) {
-        if let Err(e) = ops.add(Events::with_data(&self.drained, EV_DRAINED, EventSet::IN)) {
-            log::warn!("cannot watch the serial FIFO: {e:?}");
-        }
-        self.update_watches(ops);
+        let want = self.interest();
+        self.watch.apply(ops, want);
     }
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
+        let set = events.event_set();
         match events.data() {
-            EV_DRAINED => {
-                let _ = self.drained.read();
+            WAKE => self.watch.take_wake(),
+            EV_CHANNEL => {
+                if set.intersects(EventSet::OUT | EventSet::ERROR | EventSet::HANG_UP) {
+                    self.channel_mut().flush();
+                }
             }
-            EV_OUTPUT => self.uart.writer_mut().0.flush(),
-            _ => {}
+            d => log::warn!("serial line: unexpected event data {d:#x}"),
         }
         self.read_input();
-        self.update_watches(ops);
+        let want = self.interest();
+        self.watch.apply(ops, want);
+        // The watch keeps what it watched open by itself.
+        self.channel_mut().reap();
     }
 }
 
@@ -234,29 +218,74 @@ impl MutEventSubscriber for SerialDevice {
 mod tests {
     use super::*;
     use crate::chan::{Chan, ChannelSpec};
+    use event_manager::{EventManager, SubscriberOps};
     use std::io::{Read, Write};
-    use std::os::fd::OwnedFd;
+    use std::os::fd::{AsRawFd, OwnedFd};
     use std::os::unix::net::UnixStream;
+    use std::sync::{Arc, Mutex};
+
+    type Em = EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>>;
 
     fn evt() -> EventFd {
         EventFd::new(libc::EFD_NONBLOCK).unwrap()
     }
 
-    fn pair_channel() -> (Channel, UnixStream) {
+    /// A line whose input and output are ONE descriptor (as a pts, a tty or a telnet
+    /// connection is), and the peer's end.
+    fn line() -> (Channel, UnixStream) {
         let (ours, theirs) = UnixStream::pair().unwrap();
-        let (a, b) = (ours.try_clone().unwrap(), ours);
-        let ch = Channel::from_fds(
-            ChannelSpec::single(Chan::Fd(3)),
-            Some(OwnedFd::from(a)),
-            Some(OwnedFd::from(b)),
-        )
-        .unwrap();
+        let ch = Channel::from_fd(ChannelSpec::single(Chan::Pts), OwnedFd::from(ours)).unwrap();
         (ch, theirs)
+    }
+
+    fn uart(ch: Channel) -> Arc<Mutex<SerialDevice>> {
+        Arc::new(Mutex::new(SerialDevice::new(evt(), ch).unwrap()))
+    }
+
+    // The guest writes `bytes` to THR, on a thread of its own as a vCPU does.
+    fn guest_writes(s: &Arc<Mutex<SerialDevice>>, bytes: Vec<u8>) {
+        let s = s.clone();
+        std::thread::spawn(move || {
+            for b in bytes {
+                s.lock().unwrap().write(0x3f8, 0, &[b]);
+            }
+        })
+        .join()
+        .unwrap();
+    }
+
+    // Reads what the peer has now.
+    fn drain(peer: &mut UnixStream) -> Vec<u8> {
+        peer.set_nonblocking(true).unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 65536];
+        while let Ok(n) = peer.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        got
+    }
+
+    fn small_send_buffer(fd: &impl AsRawFd) {
+        let size: libc::c_int = 4096;
+        // SAFETY: setsockopt reads a live c_int of the size given.
+        let r = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_SNDBUF,
+                (&size as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(r, 0);
     }
 
     #[test]
     fn output_reaches_the_channel() {
-        let (ch, mut peer) = pair_channel();
+        let (ch, mut peer) = line();
         let mut s = SerialDevice::new(evt(), ch).unwrap();
         for b in b"hi" {
             s.write(0x3f8, 0, &[*b]);
@@ -266,18 +295,183 @@ mod tests {
         assert_eq!(&got, b"hi");
     }
 
+    // G1: a line whose peer stopped reading used to go silent for the rest of the run: the
+    // vCPU's writes never asked the event loop to watch for room, and when something else
+    // did, the line's one descriptor was added a second time (for OUT) and refused
+    // (FdAlreadyRegistered), so the buffered output never moved again.
+    #[test]
+    fn a_line_whose_reader_comes_back_flows_again() {
+        let (ch, mut peer) = line();
+        let s = uart(ch);
+        small_send_buffer(&s.lock().unwrap().channel().output_fd().unwrap());
+        let mut em = Em::new().unwrap();
+        em.add_subscriber(s.clone());
+        // Nobody reads: far more than the socket takes.
+        guest_writes(&s, vec![b'.'; 64 << 10]);
+        assert!(s.lock().unwrap().channel().pending_output() > 0);
+        // The vCPU's write woke the loop, which now watches the one descriptor for both.
+        em.run_with_timeout(1000).unwrap();
+        {
+            let d = s.lock().unwrap();
+            let fd = d.channel().output_fd().unwrap();
+            assert!(
+                d.watch.watches(fd, EventSet::IN | EventSet::OUT),
+                "{:?}",
+                d.watch
+            );
+        }
+        // The reader is back; new output follows the old.
+        guest_writes(&s, b"MARKER".to_vec());
+        let mut got = Vec::new();
+        for _ in 0..1000 {
+            got.extend(drain(&mut peer));
+            if got.ends_with(b"MARKER") {
+                break;
+            }
+            em.run_with_timeout(100).unwrap();
+        }
+        assert!(got.ends_with(b"MARKER"), "the line went silent");
+        assert_eq!(
+            got.len(),
+            (64 << 10) + 6,
+            "nothing was lost below the bound"
+        );
+        // Drained: nothing watched for output any more, input still is.
+        em.run_with_timeout(0).unwrap();
+        let d = s.lock().unwrap();
+        let fd = d.channel().output_fd().unwrap();
+        assert!(d.watch.watches(fd, EventSet::IN));
+        assert!(!d.watch.watches(fd, EventSet::OUT));
+    }
+
+    // G1 as the review reproduced it (V1): a `pts` line nobody holds, then a terminal that
+    // opens the pts and reads. On c0c0e17 it saw 20480 bytes and then nothing.
+    #[test]
+    fn a_pts_nobody_read_shows_new_output_once_opened() {
+        use crate::chan::LineClass;
+        use std::os::unix::fs::OpenOptionsExt;
+        let ch = Channel::open(&ChannelSpec::single(Chan::Pts), LineClass::Serial, 0)
+            .expect("TEST CANNOT RUN: allocating a pts needs /dev/ptmx");
+        let path = ch.pts_path().unwrap().to_path_buf();
+        let s = uart(ch);
+        let mut em = Em::new().unwrap();
+        em.add_subscriber(s.clone());
+        // Lines of output (the pts's reader is a terminal, which reads whole lines).
+        let line = |i: usize| format!("boot line {i:05}\n").into_bytes();
+        guest_writes(&s, (0..4000).flat_map(line).collect());
+        em.run_with_timeout(100).unwrap();
+        let mut term = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&path)
+            .unwrap();
+        guest_writes(&s, b"MARKER\n".to_vec());
+        let mut got = Vec::new();
+        let mut buf = [0u8; 65536];
+        for _ in 0..1000 {
+            while let Ok(n) = term.read(&mut buf) {
+                got.extend_from_slice(&buf[..n]);
+            }
+            if got.ends_with(b"MARKER\n") {
+                break;
+            }
+            em.run_with_timeout(100).unwrap();
+        }
+        assert!(
+            got.ends_with(b"MARKER\n"),
+            "the line went silent after {} bytes",
+            got.len()
+        );
+    }
+
+    #[test]
+    fn a_stalled_line_keeps_the_newest_output() {
+        let (ch, mut peer) = line();
+        let s = uart(ch);
+        small_send_buffer(&s.lock().unwrap().channel().output_fd().unwrap());
+        let mut em = Em::new().unwrap();
+        em.add_subscriber(s.clone());
+        let max = crate::chan::OUTPUT_BUFFER_MAX;
+        let mut out: Vec<u8> = (0..max + max / 2).map(|i| (i % 251) as u8).collect();
+        out.extend_from_slice(b"NEWEST");
+        guest_writes(&s, out.clone());
+        assert_eq!(s.lock().unwrap().channel().pending_output(), max);
+        let mut got = Vec::new();
+        for _ in 0..1000 {
+            got.extend(drain(&mut peer));
+            if got.ends_with(b"NEWEST") {
+                break;
+            }
+            em.run_with_timeout(100).unwrap();
+        }
+        // What the socket took before the stall, then the newest `max` bytes.
+        assert!(
+            got.len() > max && got.len() < out.len(),
+            "{} bytes",
+            got.len()
+        );
+        let early = got.len() - max;
+        assert_eq!(
+            &got[..early],
+            &out[..early],
+            "what went out before the stall"
+        );
+        assert_eq!(&got[early..], &out[out.len() - max..], "the newest output");
+    }
+
+    // B2: a half that fails is detached, and its descriptor is closed only after the event
+    // loop stopped watching it. It used to be closed at once: the loop then failed to remove
+    // it and kept a stale entry, so the next descriptor to get that number (a hot-plugged
+    // disk's queue eventfd, say) could never be watched.
+    #[test]
+    fn a_failed_output_is_closed_only_after_the_loop_let_go() {
+        // SAFETY: ignoring SIGPIPE is what the VMM does; the test needs EPIPE, not a signal.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+        let (ch, peer) = line();
+        let s = uart(ch);
+        let fd = s.lock().unwrap().channel().output_fd().unwrap();
+        small_send_buffer(&fd);
+        let mut em = Em::new().unwrap();
+        em.add_subscriber(s.clone());
+        guest_writes(&s, vec![b'.'; 64 << 10]);
+        em.run_with_timeout(1000).unwrap();
+        assert!(s.lock().unwrap().watch.watches(fd, EventSet::OUT));
+        // The reader goes away: the next flush fails with EPIPE and detaches the output.
+        drop(peer);
+        em.run_with_timeout(1000).unwrap();
+        let d = s.lock().unwrap();
+        assert_eq!(d.channel().output_fd(), None, "the output is detached");
+        assert!(!d.watch.watches(fd, EventSet::IN), "no longer watched");
+        drop(d);
+        // SAFETY: F_GETFD only queries the descriptor table.
+        let open = unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0;
+        assert!(!open, "closed once forgotten");
+        // The number is free for the next device, whose events arrive.
+        let next = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        assert_eq!(next.as_raw_fd(), fd, "the lowest free number is reused");
+        let probe = uart(Channel::null());
+        em.add_subscriber(probe.clone());
+        probe.lock().unwrap().watch.wake();
+        assert!(em.run_with_timeout(1000).unwrap() > 0);
+    }
+
     #[test]
     fn output_to_a_closed_peer_is_dropped_quietly() {
-        let (ch, peer) = pair_channel();
+        // SAFETY: as above.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+        let (ch, peer) = line();
         drop(peer);
         let mut s = SerialDevice::new(evt(), ch).unwrap();
         s.write(0x3f8, 0, b"x");
+        assert_eq!(s.channel().output_fd(), None, "the output detached");
         s.write(0x3f8, 0, b"y");
+        assert_eq!(s.channel().pending_output(), 0, "nothing kept for nobody");
     }
 
     #[test]
     fn input_beyond_the_fifo_waits() {
-        let (ch, mut peer) = pair_channel();
+        let (ch, mut peer) = line();
         let mut s = SerialDevice::new(evt(), ch).unwrap();
         let input: Vec<u8> = (0..200u8).collect();
         peer.write_all(&input).unwrap();
@@ -313,13 +507,11 @@ mod tests {
 
     #[test]
     fn a_replaced_channel_is_watched_for_input() {
-        use event_manager::{EventManager, SubscriberOps};
-        use std::sync::{Arc, Mutex};
-        let (old, _old_peer) = pair_channel();
-        let s = Arc::new(Mutex::new(SerialDevice::new(evt(), old).unwrap()));
-        let mut em = EventManager::<Arc<Mutex<dyn MutEventSubscriber + Send>>>::new().unwrap();
+        let (old, _old_peer) = line();
+        let s = uart(old);
+        let mut em = Em::new().unwrap();
         em.add_subscriber(s.clone());
-        let (new, mut peer) = pair_channel();
+        let (new, mut peer) = line();
         s.lock().unwrap().set_channel(new);
         peer.write_all(b"typed").unwrap();
         let mut got = Vec::new();
