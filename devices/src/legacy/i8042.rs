@@ -34,6 +34,12 @@ const CTR_XLATE: u8 = 1 << 6;
 
 const ACK: u8 = 0xfa;
 
+/// Bytes the controller holds for the guest: a real keyboard buffers 16 (the controller
+/// itself one). A guest that sends commands without reading the answers, or mconsole `sysrq`
+/// to a guest that does not read its keyboard, cannot grow the queue beyond this: what does
+/// not fit is dropped (a whole reply or scancode sequence at a time).
+pub const OUTPUT_MAX: usize = 16;
+
 /// Set-1 scancodes for Ctrl-Alt-Del press and release (Ctrl, Alt, E0 Del, releases).
 pub const CTRL_ALT_DEL: [u8; 8] = [0x1d, 0x38, 0xe0, 0x53, 0xe0, 0xd3, 0xb8, 0x9d];
 
@@ -109,10 +115,28 @@ impl I8042 {
         }
     }
 
-    /// Queues keyboard scancodes for the guest (set 1) and raises IRQ 1.
-    pub fn inject_scancodes(&mut self, codes: &[u8]) {
-        self.out.extend(codes);
+    /// Queues keyboard scancodes for the guest (set 1) and raises IRQ 1. Returns false
+    /// (and queues nothing) when the guest has not read enough of what it was sent before
+    /// for the whole sequence to fit.
+    pub fn inject_scancodes(&mut self, codes: &[u8]) -> bool {
+        if !self.queue(codes) {
+            log::warn!(
+                "i8042: the guest is not reading its keyboard; {} scancodes dropped",
+                codes.len()
+            );
+            return false;
+        }
         self.interrupt();
+        true
+    }
+
+    // Queues `bytes` whole, or not at all when they do not fit.
+    fn queue(&mut self, bytes: &[u8]) -> bool {
+        if self.out.len() + bytes.len() > OUTPUT_MAX {
+            return false;
+        }
+        self.out.extend(bytes);
+        true
     }
 
     fn interrupt(&self) {
@@ -124,7 +148,10 @@ impl I8042 {
     }
 
     fn reply(&mut self, bytes: &[u8]) {
-        self.out.extend(bytes);
+        if !self.queue(bytes) {
+            log::trace!("i8042: output full, reply {bytes:02x?} dropped");
+            return;
+        }
         self.interrupt();
     }
 
@@ -288,5 +315,26 @@ mod tests {
         d.inject_scancodes(&CTRL_ALT_DEL);
         let got: Vec<u8> = (0..8).map(|_| read(&mut d, DATA_PORT)).collect();
         assert_eq!(got, CTRL_ALT_DEL);
+    }
+
+    // G2: a guest that sends commands in a loop and never reads the answers used to grow
+    // the output queue without bound (host memory).
+    #[test]
+    fn unread_answers_are_bounded() {
+        let (mut d, _) = dev();
+        for _ in 0..100_000 {
+            d.write(u64::from(COMMAND_PORT), 0, &[0xaa]);
+            d.write(u64::from(DATA_PORT), 0, &[0xf2]);
+        }
+        assert!(d.out.len() <= OUTPUT_MAX, "{} bytes queued", d.out.len());
+        // What was queued is whole answers, read in order.
+        assert_eq!(read(&mut d, DATA_PORT), 0x55);
+        // Injected sequences are whole or not at all.
+        let (mut d, _) = dev();
+        assert!(d.inject_scancodes(&CTRL_ALT_DEL));
+        assert!(!d.inject_scancodes(&[0x1e; OUTPUT_MAX - 7]));
+        let got: Vec<u8> = (0..8).map(|_| read(&mut d, DATA_PORT)).collect();
+        assert_eq!(got, CTRL_ALT_DEL);
+        assert_eq!(read(&mut d, COMMAND_PORT) & STATUS_OUTPUT_FULL, 0);
     }
 }
