@@ -142,6 +142,10 @@ impl Control {
         for (index, _, p) in &machine.nics {
             slots.push((p.slot, SlotUse::Nic(*index), None));
         }
+        // Boot disks and NICs can be removed (the guest may eject them); nothing else can.
+        for (slot, _, _) in &slots {
+            locked(&machine.hotplug).set_removable(*slot, true);
+        }
         Control {
             cfg: cfg.clone(),
             version,

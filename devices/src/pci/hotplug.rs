@@ -11,13 +11,17 @@
 //! ```
 //!
 //! The VMM sets bits with [`PciHotplug::announce_add`] / [`PciHotplug::request_removal`], raises
-//! the GED interrupt, and is told about ejections through [`EjectHandler`].
+//! the GED interrupt, and is told about ejections through [`EjectHandler`]. Only slots that
+//! hold a removable device (announced, or marked with [`PciHotplug::set_removable`]) can be
+//! ejected: a guest that writes other bits (`B0EJ = 0xfffffffe` in a loop) is ignored, with
+//! a bounded number of log lines.
 
 use std::sync::Arc;
 
-use log::{debug, info};
+use log::{debug, info, log};
 
 use crate::bus::BusDevice;
+use crate::warn::WarnBudget;
 
 /// Length of the register block.
 pub const HOTPLUG_LEN: u64 = 0x10;
@@ -40,12 +44,28 @@ pub trait EjectHandler: Send + Sync {
 }
 
 /// The hot-plug register block.
-#[derive(Default)]
 pub struct PciHotplug {
     up: u32,
     down: u32,
+    /// Slots holding a device the guest may eject.
+    removable: u32,
     segment: u32,
     handler: Option<Arc<dyn EjectHandler>>,
+    /// Log lines left for ejections of slots without a removable device.
+    bogus_ejects: WarnBudget,
+}
+
+impl Default for PciHotplug {
+    fn default() -> Self {
+        Self {
+            up: 0,
+            down: 0,
+            removable: 0,
+            segment: 0,
+            handler: None,
+            bogus_ejects: WarnBudget::new("pci hotplug: ejections of slots without a device"),
+        }
+    }
 }
 
 impl std::fmt::Debug for PciHotplug {
@@ -53,6 +73,7 @@ impl std::fmt::Debug for PciHotplug {
         f.debug_struct("PciHotplug")
             .field("up", &self.up)
             .field("down", &self.down)
+            .field("removable", &self.removable)
             .finish()
     }
 }
@@ -66,17 +87,31 @@ impl PciHotplug {
         }
     }
 
-    /// Marks `slot` (1..=31) as added; the guest learns it on its next scan.
+    /// Marks `slot` (1..=31) as added, holding a removable device; the guest learns it on
+    /// its next scan.
     pub fn announce_add(&mut self, slot: u8) {
-        if let Some(bit) = 1u32.checked_shl(slot.into()) {
+        if let Some(bit) = slot_bit(slot) {
             self.up |= bit;
             self.down &= !bit;
+            self.removable |= bit;
+        }
+    }
+
+    /// Says whether `slot` (1..=31) holds a device the guest may eject (a device present at
+    /// boot that mconsole `remove` can take away).
+    pub fn set_removable(&mut self, slot: u8, removable: bool) {
+        if let Some(bit) = slot_bit(slot) {
+            if removable {
+                self.removable |= bit;
+            } else {
+                self.removable &= !bit;
+            }
         }
     }
 
     /// Asks the guest to release `slot`; it ejects it through B0EJ.
     pub fn request_removal(&mut self, slot: u8) {
-        if let Some(bit) = 1u32.checked_shl(slot.into()) {
+        if let Some(bit) = slot_bit(slot) {
             self.down |= bit;
             self.up &= !bit;
         }
@@ -86,6 +121,11 @@ impl PciHotplug {
     pub fn pending(&self) -> (u32, u32) {
         (self.up, self.down)
     }
+}
+
+// The register bit of `slot`, for slots 1..=31.
+fn slot_bit(slot: u8) -> Option<u32> {
+    (1..32).contains(&slot).then(|| 1u32 << slot)
 }
 
 impl BusDevice for PciHotplug {
@@ -111,9 +151,19 @@ impl BusDevice for PciHotplug {
         match offset {
             B0EJ => {
                 // Slot 0 is the host bridge and cannot go.
+                let bogus = v & !self.removable & !1;
+                if bogus != 0 {
+                    log!(
+                        self.bogus_ejects.level(),
+                        "pci hotplug: ignoring the ejection of slots {bogus:#x}, which hold \
+                         no removable device"
+                    );
+                }
                 for slot in 1..32u8 {
-                    if v & (1 << slot) != 0 {
+                    let bit = 1u32 << slot;
+                    if v & bit != 0 && self.removable & bit != 0 {
                         info!("pci hotplug: guest ejected slot {slot}");
+                        self.removable &= !bit;
                         if let Some(h) = &self.handler {
                             h.eject(slot);
                         }
@@ -163,6 +213,33 @@ mod tests {
         h.write(0, PSEG, &7u32.to_le_bytes());
         assert_eq!(r(&mut h, PSEG), 7);
         assert_eq!(r(&mut h, B0EJ), 0);
+    }
+
+    // G5: a guest writing B0EJ = 0xfffffffe in a loop used to eject (and log) all 31 slots
+    // on every write.
+    #[test]
+    fn only_removable_slots_are_ejected_once() {
+        let ej = Arc::new(Ejected::default());
+        let mut h = PciHotplug::new(ej.clone());
+        h.set_removable(2, true);
+        h.announce_add(5);
+        for _ in 0..1000 {
+            h.write(0, B0EJ, &0xffff_fffeu32.to_le_bytes());
+        }
+        assert_eq!(
+            *ej.0.lock().unwrap(),
+            vec![2, 5],
+            "each device ejected once"
+        );
+        assert_eq!(
+            h.bogus_ejects.level(),
+            log::Level::Debug,
+            "the log budget is spent"
+        );
+        h.set_removable(7, true);
+        h.set_removable(7, false);
+        h.write(0, B0EJ, &(1u32 << 7).to_le_bytes());
+        assert_eq!(ej.0.lock().unwrap().len(), 2);
     }
 
     proptest! {
