@@ -4,7 +4,14 @@
 //! Writes go to the COW data area first and only then to the bitmap, so a crash of the VMM
 //! never leaves a set bit over unwritten data. Partial-sector writes are completed from the
 //! current contents (read-modify-write). The backing disk is never written.
+//!
+//! The bitmap is read from the file [`BITMAP_CHUNK`] bytes at a time, when a request first
+//! touches the sectors a chunk covers: opening a COW file reads none of it, so plugging a
+//! 16 TiB disk (a 4 GiB bitmap) does not stall the VMM, and memory holds only the parts of
+//! the bitmap the guest has used.
 
+use std::cell::RefCell;
+use std::collections::btree_map::{BTreeMap, Entry};
 use std::path::{Path, PathBuf};
 
 use crate::bitmap;
@@ -12,8 +19,12 @@ use crate::disk::{check_range, Disk, DiskError, RawDisk, SECTOR};
 use crate::geometry::{cow_sizes, CowGeometry, GeometryError};
 use crate::header::CowHeader;
 
-/// Largest bitmap held in memory (4 GiB of bitmap = a 16 TiB disk).
+/// Largest bitmap accepted (4 GiB of bitmap = a 16 TiB disk).
 pub const MAX_BITMAP_LEN: u64 = 4 << 30;
+
+/// Bitmap bytes read at a time: 64 KiB, the bits of 256 MiB of disk (64 bytes under test,
+/// so that small test disks span several chunks).
+pub const BITMAP_CHUNK: u64 = if cfg!(test) { 64 } else { 64 << 10 };
 
 /// A COW file that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -47,15 +58,6 @@ pub enum CowError {
         /// COW file length.
         file_len: u64,
     },
-    /// Reading the bitmap failed.
-    #[error("reading the bitmap of COW file '{path}' failed")]
-    ReadBitmap {
-        /// The COW file.
-        path: PathBuf,
-        /// The I/O error.
-        #[source]
-        source: DiskError,
-    },
 }
 
 /// A UML COW disk: a COW file (header, bitmap, data area) over a backing disk `B`.
@@ -65,15 +67,15 @@ pub struct CowDisk<B: Disk> {
     backing: B,
     header: CowHeader,
     geo: CowGeometry,
-    bitmap: Vec<u8>,
+    /// The bitmap chunks read so far, by chunk index (see [`BITMAP_CHUNK`]).
+    chunks: RefCell<BTreeMap<u64, Box<[u8]>>>,
     len: u64,
     read_only: bool,
-    strict_ordering: bool,
 }
 
 impl<B: Disk> CowDisk<B> {
     /// Build from an open COW file whose header was already parsed and validated against
-    /// the backing file, and the opened backing disk. Reads the whole bitmap.
+    /// the backing file, and the opened backing disk. Reads none of the bitmap yet.
     pub fn new(
         cow: RawDisk,
         backing: B,
@@ -104,9 +106,6 @@ impl<B: Disk> CowDisk<B> {
                 file_len,
             });
         }
-        let mut bm = vec![0u8; geo.bitmap_len as usize];
-        cow.pread_fill(&mut bm, geo.bitmap_offset)
-            .map_err(|source| CowError::ReadBitmap { path, source })?;
         let read_only = read_only || cow.is_read_only();
         Ok(CowDisk {
             cow,
@@ -114,17 +113,9 @@ impl<B: Disk> CowDisk<B> {
             len: header.size.next_multiple_of(SECTOR),
             header,
             geo,
-            bitmap: bm,
+            chunks: RefCell::new(BTreeMap::new()),
             read_only,
-            strict_ordering: false,
         })
-    }
-
-    /// With `true`, the data written to a fresh sector is synced (`fdatasync`) before its
-    /// bitmap bit is written, so even a host power loss never exposes a set bit over a hole.
-    /// Off by default (UML does not do it; the VMM-crash guarantee holds either way).
-    pub fn set_strict_ordering(&mut self, on: bool) {
-        self.strict_ordering = on;
     }
 
     /// The COW header.
@@ -137,9 +128,70 @@ impl<B: Disk> CowDisk<B> {
         &self.geo
     }
 
-    /// The in-memory bitmap.
-    pub fn bitmap(&self) -> &[u8] {
-        &self.bitmap
+    /// The whole bitmap, read from the file (it is written through on every change). For
+    /// tools and tests: it can be large.
+    pub fn bitmap(&self) -> Result<Vec<u8>, DiskError> {
+        let mut bm = vec![0u8; self.geo.bitmap_len as usize];
+        self.cow.pread_fill(&mut bm, self.geo.bitmap_offset)?;
+        Ok(bm)
+    }
+
+    /// Bits per chunk.
+    const CHUNK_SECTORS: u64 = BITMAP_CHUNK * 8;
+
+    /// Calls `f` with chunk `ci` of the bitmap, reading it first if need be.
+    fn with_chunk<T>(&self, ci: u64, f: impl FnOnce(&mut [u8]) -> T) -> Result<T, DiskError> {
+        let mut chunks = self.chunks.borrow_mut();
+        let chunk = match chunks.entry(ci) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => {
+                let start = ci * BITMAP_CHUNK;
+                let len = self.geo.bitmap_len.saturating_sub(start).min(BITMAP_CHUNK);
+                let mut buf = vec![0u8; len as usize].into_boxed_slice();
+                self.cow
+                    .pread_fill(&mut buf, self.geo.bitmap_offset + start)?;
+                e.insert(buf)
+            }
+        };
+        Ok(f(chunk))
+    }
+
+    /// Splits `first..first + count` at chunk boundaries: (chunk, first sector in it, count).
+    fn windows(first: u64, count: u64) -> impl Iterator<Item = (u64, u64, u64)> {
+        let end = first.saturating_add(count);
+        let mut s = first;
+        std::iter::from_fn(move || {
+            if s >= end {
+                return None;
+            }
+            let ci = s / Self::CHUNK_SECTORS;
+            let rel = s % Self::CHUNK_SECTORS;
+            let n = (Self::CHUNK_SECTORS - rel).min(end - s);
+            s += n;
+            Some((ci, rel, n))
+        })
+    }
+
+    /// Maximal runs of sectors in `first..first + count` with the same bit (see
+    /// [`bitmap::runs`]); sectors beyond the bitmap are not in the COW file.
+    fn runs(&self, first: u64, count: u64) -> Result<Vec<(u64, u64, bool)>, DiskError> {
+        let mut out: Vec<(u64, u64, bool)> = Vec::new();
+        let chunks = self.geo.bitmap_len.div_ceil(BITMAP_CHUNK);
+        for (ci, rel, n) in Self::windows(first, count) {
+            let base = ci * Self::CHUNK_SECTORS;
+            let part = if ci < chunks {
+                self.with_chunk(ci, |c| bitmap::runs(c, rel, n))?
+            } else {
+                vec![(rel, n, false)]
+            };
+            for (s, k, bit) in part {
+                match out.last_mut() {
+                    Some(last) if last.2 == bit && last.0 + last.1 == base + s => last.1 += k,
+                    _ => out.push((base + s, k, bit)),
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// The COW file's path.
@@ -172,7 +224,7 @@ impl<B: Disk> CowDisk<B> {
         check_range(offset, len, self.len)?;
         let first = offset / SECTOR;
         let end = (offset + len).div_ceil(SECTOR);
-        if !bitmap::covers(self.bitmap.len(), first, end - first) {
+        if !bitmap::covers(self.geo.bitmap_len as usize, first, end - first) {
             return Err(DiskError::Unmapped {
                 path: self.cow.path().to_path_buf(),
                 sector: first.max(self.geo.mapped_sectors),
@@ -181,30 +233,27 @@ impl<B: Disk> CowDisk<B> {
         Ok((first, end - first))
     }
 
-    /// Set the bits of `first..first+count` and write the changed bitmap bytes.
+    /// Set the bits of `first..first+count` and write the changed bitmap bytes (after the
+    /// data: the caller wrote it first).
     fn commit_bits(&mut self, first: u64, count: u64) -> Result<(), DiskError> {
-        let range = bitmap::byte_range(self.bitmap.len(), first, count);
-        let mut bytes = self.bitmap[range.clone()].to_vec();
-        let rel = first - range.start as u64 * 8;
-        let Some(changed) = bitmap::set_range(&mut bytes, rel, count) else {
-            return Ok(());
-        };
-        if self.strict_ordering {
+        for (ci, rel, n) in Self::windows(first, count) {
+            let bytes = self.with_chunk(ci, |c| {
+                let range = bitmap::byte_range(c.len(), rel, n);
+                let mut bytes = c[range.clone()].to_vec();
+                let changed = bitmap::set_range(&mut bytes, rel - range.start as u64 * 8, n)?;
+                Some((range.start, bytes, changed))
+            })?;
+            let Some((start, bytes, changed)) = bytes else {
+                continue;
+            };
+            let at = ci * BITMAP_CHUNK + (start + changed.start) as u64;
             self.cow
-                .file()
-                .sync_data()
-                .map_err(|source| DiskError::Io {
-                    op: "fdatasync",
-                    path: self.cow.path().to_path_buf(),
-                    offset: 0,
-                    len: 0,
-                    source,
-                })?;
+                .pwrite_all(&bytes[changed.clone()], self.geo.bitmap_offset + at)?;
+            // In memory only once it is in the file.
+            self.with_chunk(ci, |c| {
+                c[start..start + bytes.len()].copy_from_slice(&bytes)
+            })?;
         }
-        let abs = range.start + changed.start..range.start + changed.end;
-        self.cow
-            .pwrite_all(&bytes[changed], self.geo.bitmap_offset + abs.start as u64)?;
-        self.bitmap[range].copy_from_slice(&bytes);
         Ok(())
     }
 }
@@ -226,7 +275,7 @@ impl<B: Disk> Disk for CowDisk<B> {
         let end = offset + buf.len() as u64;
         let first = offset / SECTOR;
         let count = end.div_ceil(SECTOR) - first;
-        for (s, n, in_cow) in bitmap::runs(&self.bitmap, first, count) {
+        for (s, n, in_cow) in self.runs(first, count)? {
             let lo = (s * SECTOR).max(offset);
             let hi = ((s + n) * SECTOR).min(end);
             let part = &mut buf[(lo - offset) as usize..(hi - offset) as usize];
@@ -306,22 +355,25 @@ mod tests {
     use proptest::prelude::*;
     use std::fs::OpenOptions;
 
-    /// A fresh v3 COW file (as `uml_mkcow` lays it out) over an in-memory backing.
-    fn make(backing: Vec<u8>) -> (tempfile::TempDir, CowDisk<MemDisk>) {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("c.cow");
-        let h = CowHeader::new_v3(b"/mem".to_vec(), 0, backing.len() as u64, 512, 4096).unwrap();
-        let g = cow_sizes(&h).unwrap();
+    /// A fresh, sparse COW file at `p` with header `h` (as `uml_mkcow` lays it out).
+    fn cow_file(p: &Path, h: &CowHeader) -> RawDisk {
         let f = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(true)
-            .open(&p)
+            .open(p)
             .unwrap();
         std::os::unix::fs::FileExt::write_all_at(&f, &h.encode_v3().unwrap(), 0).unwrap();
-        f.set_len(g.file_len).unwrap();
-        let raw = RawDisk::from_file(f, &p, false).unwrap();
+        f.set_len(cow_sizes(h).unwrap().file_len).unwrap();
+        RawDisk::from_file(f, p, false).unwrap()
+    }
+
+    /// A fresh v3 COW file over an in-memory backing.
+    fn make(backing: Vec<u8>) -> (tempfile::TempDir, CowDisk<MemDisk>) {
+        let dir = tempfile::tempdir().unwrap();
+        let h = CowHeader::new_v3(b"/mem".to_vec(), 0, backing.len() as u64, 512, 4096).unwrap();
+        let raw = cow_file(&dir.path().join("c.cow"), &h);
         let d = CowDisk::new(raw, MemDisk::new(backing), h, false).unwrap();
         (dir, d)
     }
@@ -339,7 +391,7 @@ mod tests {
         c.read_at(&mut all, 0).unwrap();
         assert_eq!(all, back);
         c.write_at(&[0xAA; 100], 1000).unwrap(); // partial: sector 1 and 2
-        assert_eq!(c.bitmap()[0], 0b0000_0110);
+        assert_eq!(c.bitmap().unwrap()[0], 0b0000_0110);
         c.read_at(&mut all, 0).unwrap();
         let mut want = back.clone();
         want[1000..1100].fill(0xAA);
@@ -363,7 +415,7 @@ mod tests {
         assert!(all[100..1600].iter().all(|&b| b == 0));
         assert!(all[1600..3072].iter().all(|&b| b == 0x55));
         assert!(all[3072..].iter().all(|&b| b == 0));
-        assert_eq!(c.bitmap()[0], 0b1100_1111);
+        assert_eq!(c.bitmap().unwrap()[0], 0b1100_1111);
     }
 
     #[test]
@@ -447,7 +499,76 @@ mod tests {
             c.read_at(&mut all, 0).unwrap();
             prop_assert_eq!(&all, &model);
             prop_assert_eq!(&c.backing().data, &back);
-            for s in 0..20 { prop_assert_eq!(bitmap::test_bit(c.bitmap(), s), touched.contains(&s)); }
+            let bm = c.bitmap().unwrap();
+            for s in 0..20 { prop_assert_eq!(bitmap::test_bit(&bm, s), touched.contains(&s)); }
         }
+
+        /// The same over a disk whose bitmap spans several chunks, with requests across
+        /// chunk boundaries.
+        #[test]
+        fn model_across_chunks(ops in proptest::collection::vec((0u64..1600 * 512, 1usize..600_000, any::<u8>(), 0u8..4), 1..12)) {
+            let size = 1600 * 512;
+            let back = pattern(size);
+            let (_d, mut c) = make(back.clone());
+            prop_assert!(c.geometry().bitmap_len > 3 * BITMAP_CHUNK);
+            let mut model = back.clone();
+            for (off, len, val, kind) in ops {
+                let len = len.min(size - off as usize);
+                if len == 0 { continue; }
+                if kind == 0 {
+                    c.write_zeroes(off, len as u64).unwrap();
+                    model[off as usize..off as usize + len].fill(0);
+                } else {
+                    c.write_at(&vec![val; len], off).unwrap();
+                    model[off as usize..off as usize + len].fill(val);
+                }
+                // A fresh open sees the same disk (the bitmap reached the file).
+                let mut part = vec![0u8; len];
+                c.read_at(&mut part, off).unwrap();
+                prop_assert_eq!(&part[..], &model[off as usize..off as usize + len]);
+            }
+            let mut all = vec![0u8; size];
+            c.read_at(&mut all, 0).unwrap();
+            prop_assert_eq!(&all, &model);
+            let f = std::fs::File::open(c.cow_path()).unwrap();
+            let reopened = CowDisk::new(
+                RawDisk::from_file(f, c.cow_path(), true).unwrap(),
+                MemDisk::new(back.clone()),
+                c.header().clone(),
+                true,
+            ).unwrap();
+            let mut again = vec![0u8; size];
+            reopened.read_at(&mut again, 0).unwrap();
+            prop_assert_eq!(&again, &model);
+        }
+    }
+
+    // B3: opening a COW file used to read its whole bitmap (4 GiB for a 16 TiB disk) into
+    // memory at once, on the event loop when the disk was hot-plugged.
+    #[test]
+    fn opening_reads_none_of_the_bitmap() {
+        let dir = tempfile::tempdir().unwrap();
+        // A 1 TiB disk: a 256 MiB bitmap, all of it sparse.
+        let h = CowHeader::new_v3(b"/b".to_vec(), 0, 1 << 40, 512, 4096).unwrap();
+        let raw = cow_file(&dir.path().join("big.cow"), &h);
+        let read_before = bytes_read();
+        let mut c = CowDisk::new(raw, MemDisk::new(vec![]), h, false).unwrap();
+        let mut sector = [1u8; 512];
+        c.read_at(&mut sector, 1 << 39).unwrap();
+        c.write_at(&[7; 512], 1 << 39).unwrap();
+        let read = bytes_read() - read_before;
+        // Other tests of this process read too: the bound is far below the bitmap's size.
+        assert!(read < 64 << 20, "{} MiB read", read >> 20);
+        c.read_at(&mut sector, 1 << 39).unwrap();
+        assert_eq!(sector, [7; 512]);
+    }
+
+    // Bytes this process has read so far (/proc/self/io `rchar`).
+    fn bytes_read() -> u64 {
+        let io = std::fs::read_to_string("/proc/self/io").unwrap();
+        io.lines()
+            .find_map(|l| l.strip_prefix("rchar: "))
+            .and_then(|v| v.parse().ok())
+            .unwrap()
     }
 }
