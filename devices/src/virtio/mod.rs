@@ -14,6 +14,8 @@
 pub mod block;
 pub mod console;
 pub mod net;
+#[cfg(test)]
+pub(crate) mod test_utils;
 
 use std::io;
 use std::sync::Arc;

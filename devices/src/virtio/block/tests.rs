@@ -2,44 +2,21 @@
 //! in-memory disk and a real image file, with a real event-manager loop (epoll only: no
 //! threads, no privileges).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use event_manager::{EventManager, SubscriberOps};
 use proptest::prelude::*;
 use ubd::{Disk, DiskError, MemDisk, UbdSpec};
-use virtio_bindings::bindings::virtio_ring::{
-    VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
-};
+use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT};
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
-use virtio_queue::mock::MockSplitQueue;
-use virtio_queue::Queue;
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::request::*;
 use super::{Block, BlockConfig};
-use crate::virtio::{ActiveQueue, InterruptKind, VirtioDevice, VirtioInterrupt};
+use crate::virtio::test_utils::{self, Driver, QLEN, W};
+use crate::virtio::{ActiveQueue, InterruptKind, VirtioDevice};
 
-const QLEN: u16 = 256;
-const W: u16 = VRING_DESC_F_WRITE as u16;
 const DISK_LEN: usize = 1 << 20;
-
-#[derive(Default)]
-struct TestInterrupt {
-    triggers: Mutex<Vec<InterruptKind>>,
-    resets: AtomicUsize,
-}
-
-impl VirtioInterrupt for TestInterrupt {
-    fn trigger(&self, kind: InterruptKind) -> std::io::Result<()> {
-        self.triggers.lock().unwrap().push(kind);
-        Ok(())
-    }
-    fn needs_reset(&self) {
-        self.resets.fetch_add(1, Ordering::SeqCst);
-    }
-}
 
 /// A MemDisk the test can look at while the device owns it.
 #[derive(Clone, Default)]
@@ -69,152 +46,59 @@ impl Disk for SharedDisk {
     }
 }
 
-/// The guest driver's side of the request queue.
-struct Driver<'a> {
-    mem: &'a GuestMemoryMmap,
-    q: MockSplitQueue<'a, GuestMemoryMmap>,
-    next_desc: u16,
-    seen_used: u16,
-    notify: EventFd,
-    next_buf: u64,
+/// What a block test drives on top of the shared driver (one queue, index 0).
+trait BlockDriver {
+    fn active_queue(&self) -> ActiveQueue;
+    /// A header in its own buffer.
+    fn header(&mut self, kind: u32, sector: u64) -> SplitDescriptor;
+    fn data_out(&mut self, bytes: &[u8]) -> SplitDescriptor;
+    fn data_in(&mut self, len: u32) -> SplitDescriptor;
+    fn status(&mut self) -> SplitDescriptor;
+    fn status_of(&self, d: &SplitDescriptor) -> u8;
+    /// Used entries since the last call: (head, len).
+    fn done(&mut self) -> Vec<(u32, u32)>;
 }
 
-impl<'a> Driver<'a> {
-    fn new(mem: &'a GuestMemoryMmap) -> Self {
-        Self {
-            mem,
-            q: MockSplitQueue::create(mem, GuestAddress(0), QLEN),
-            next_desc: 0,
-            seen_used: 0,
-            notify: EventFd::new(EFD_NONBLOCK).unwrap(),
-            next_buf: 0x10_0000,
-        }
-    }
-
+impl BlockDriver for Driver<'_> {
     fn active_queue(&self) -> ActiveQueue {
-        ActiveQueue {
-            index: 0,
-            queue: self.q.create_queue::<Queue>().unwrap(),
-            notify: Arc::new(self.notify.try_clone().unwrap()),
-        }
+        self.active_queues().remove(0)
     }
 
-    fn buf(&mut self, len: u32) -> u64 {
-        let a = self.next_buf;
-        self.next_buf += u64::from(len).max(1).next_multiple_of(0x1000);
-        a
-    }
-
-    /// Adds a chain; NEXT flags and indices are filled in.
-    fn add(&mut self, descs: &[SplitDescriptor]) {
-        let base = self.next_desc;
-        let raw: Vec<RawDescriptor> = descs
-            .iter()
-            .enumerate()
-            .map(|(k, d)| {
-                let last = k + 1 == descs.len();
-                let flags = if last {
-                    d.flags() & !(VRING_DESC_F_NEXT as u16)
-                } else {
-                    d.flags() | VRING_DESC_F_NEXT as u16
-                };
-                RawDescriptor::from(SplitDescriptor::new(
-                    d.addr().0,
-                    d.len(),
-                    flags,
-                    base + k as u16 + 1,
-                ))
-            })
-            .collect();
-        self.q.add_desc_chains(&raw, base).unwrap();
-        self.next_desc += descs.len() as u16;
-    }
-
-    /// A header in its own buffer.
     fn header(&mut self, kind: u32, sector: u64) -> SplitDescriptor {
-        let a = self.buf(16);
         let mut h = [0u8; 16];
         h[0..4].copy_from_slice(&kind.to_le_bytes());
         h[8..16].copy_from_slice(&sector.to_le_bytes());
-        self.mem.write_slice(&h, GuestAddress(a)).unwrap();
-        SplitDescriptor::new(a, 16, 0, 0)
+        self.readable(&h)
     }
 
     fn data_out(&mut self, bytes: &[u8]) -> SplitDescriptor {
-        let a = self.buf(bytes.len() as u32);
-        self.mem.write_slice(bytes, GuestAddress(a)).unwrap();
-        SplitDescriptor::new(a, bytes.len() as u32, 0, 0)
+        self.readable(bytes)
     }
 
     fn data_in(&mut self, len: u32) -> SplitDescriptor {
-        let a = self.buf(len);
-        self.mem
-            .write_slice(&vec![0xee; len as usize], GuestAddress(a))
-            .unwrap();
-        SplitDescriptor::new(a, len, W, 0)
+        self.writable(len, 0xee)
     }
 
     fn status(&mut self) -> SplitDescriptor {
-        let a = self.buf(1);
-        self.mem.write_obj(0xffu8, GuestAddress(a)).unwrap();
-        SplitDescriptor::new(a, 1, W, 0)
-    }
-
-    fn kick(&self) {
-        self.notify.write(1).unwrap();
-    }
-
-    /// Used entries since the last call: (head, len).
-    fn used(&mut self) -> Vec<(u32, u32)> {
-        let idx = self.q.used().idx().load();
-        let mut out = Vec::new();
-        while self.seen_used != idx {
-            let e = self
-                .q
-                .used()
-                .ring()
-                .ref_at(usize::from(self.seen_used % QLEN))
-                .unwrap()
-                .load();
-            out.push((e.id(), e.len()));
-            self.seen_used = self.seen_used.wrapping_add(1);
-        }
-        out
-    }
-
-    fn read(&self, d: &SplitDescriptor) -> Vec<u8> {
-        let mut b = vec![0u8; d.len() as usize];
-        self.mem.read_slice(&mut b, d.addr()).unwrap();
-        b
+        self.writable(1, 0xff)
     }
 
     fn status_of(&self, d: &SplitDescriptor) -> u8 {
         self.mem.read_obj(d.addr()).unwrap()
     }
-}
 
-struct Rig {
-    block: Arc<Mutex<Block>>,
-    em: EventManager<Arc<Mutex<Block>>>,
-    irq: Arc<TestInterrupt>,
-}
-
-impl Rig {
-    fn run(&mut self) {
-        for _ in 0..100 {
-            if self.em.run_with_timeout(0).unwrap() == 0 {
-                return;
-            }
-        }
-    }
-
-    fn resets(&self) -> usize {
-        self.irq.resets.load(Ordering::SeqCst)
+    fn done(&mut self) -> Vec<(u32, u32)> {
+        self.used(0)
+            .into_iter()
+            .map(|u| (u32::from(u.head), u.len))
+            .collect()
     }
 }
+
+type Rig = test_utils::Rig<Block>;
 
 fn mem() -> GuestMemoryMmap {
-    GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x200_0000)]).unwrap()
+    test_utils::mem(0x200_0000)
 }
 
 fn config() -> BlockConfig {
@@ -228,20 +112,7 @@ fn pattern(len: usize, seed: u8) -> Vec<u8> {
 }
 
 fn rig_with(driver: &Driver, disk: Box<dyn Disk>, cfg: &BlockConfig, features: u64) -> Rig {
-    let mut b = Block::new(disk, cfg).unwrap();
-    b.ack_features(features);
-    let block = Arc::new(Mutex::new(b));
-    let mut em = EventManager::<Arc<Mutex<Block>>>::new().unwrap();
-    em.add_subscriber(block.clone());
-    let irq = Arc::new(TestInterrupt::default());
-    block
-        .lock()
-        .unwrap()
-        .activate(driver.mem.clone(), irq.clone(), vec![driver.active_queue()])
-        .unwrap();
-    let mut r = Rig { block, em, irq };
-    r.run();
-    r
+    Rig::new(driver, Block::new(disk, cfg).unwrap(), features)
 }
 
 fn rig(driver: &Driver, cfg: &BlockConfig) -> (Rig, SharedDisk) {
@@ -254,7 +125,7 @@ fn rig(driver: &Driver, cfg: &BlockConfig) -> (Rig, SharedDisk) {
 #[test]
 fn test_write_then_read_across_multi_descriptor_chains() {
     let m = mem();
-    let mut d = Driver::new(&m);
+    let mut d = Driver::new(&m, 1);
     let (mut r, disk) = rig(&d, &config());
     let data = pattern(3 * 512, 7);
 
@@ -267,10 +138,10 @@ fn test_write_then_read_across_multi_descriptor_chains() {
     let b = d.data_out(&data[100..1024]);
     let c = d.data_out(&data[1024..]);
     let s = d.status();
-    d.add(&[h1, h2, a, b, c, s]);
-    d.kick();
+    d.add(0, &[h1, h2, a, b, c, s]);
+    d.kick(0);
     r.run();
-    assert_eq!(d.used(), vec![(0, 1)]);
+    assert_eq!(d.done(), vec![(0, 1)]);
     assert_eq!(d.status_of(&s), VIRTIO_BLK_S_OK);
     assert_eq!(
         &disk.0.lock().unwrap().data[5 * 512..8 * 512],
@@ -283,10 +154,10 @@ fn test_write_then_read_across_multi_descriptor_chains() {
     let x = d.data_in(512 + 17);
     let y = d.data_in(1024 - 17);
     let s = d.status();
-    d.add(&[h, x, y, s]);
-    d.kick();
+    d.add(0, &[h, x, y, s]);
+    d.kick(0);
     r.run();
-    assert_eq!(d.used(), vec![(6, 3 * 512 + 1)]);
+    assert_eq!(d.done(), vec![(6, 3 * 512 + 1)]);
     assert_eq!(d.status_of(&s), VIRTIO_BLK_S_OK);
     let mut back = d.read(&x);
     back.extend(d.read(&y));
@@ -301,20 +172,20 @@ fn test_write_then_read_across_multi_descriptor_chains() {
 #[test]
 fn test_large_request_goes_through_the_bounce_buffer_in_pieces() {
     let m = mem();
-    let mut d = Driver::new(&m);
+    let mut d = Driver::new(&m, 1);
     let (mut r, disk) = rig(&d, &config());
     let data = pattern(600 << 10, 3);
     let h = d.header(VIRTIO_BLK_T_OUT, 1);
     let a = d.data_out(&data);
     let s = d.status();
-    d.add(&[h, a, s]);
+    d.add(0, &[h, a, s]);
     let h = d.header(VIRTIO_BLK_T_IN, 1);
     let x = d.data_in(data.len() as u32);
     let s2 = d.status();
-    d.add(&[h, x, s2]);
-    d.kick();
+    d.add(0, &[h, x, s2]);
+    d.kick(0);
     r.run();
-    assert_eq!(d.used(), vec![(0, 1), (3, data.len() as u32 + 1)]);
+    assert_eq!(d.done(), vec![(0, 1), (3, data.len() as u32 + 1)]);
     assert_eq!(d.status_of(&s), VIRTIO_BLK_S_OK);
     assert_eq!(d.read(&x), data);
     assert_eq!(
@@ -326,7 +197,7 @@ fn test_large_request_goes_through_the_bounce_buffer_in_pieces() {
 #[test]
 fn test_indirect_chain() {
     let m = mem();
-    let mut d = Driver::new(&m);
+    let mut d = Driver::new(&m, 1);
     let (mut r, disk) = rig(&d, &config());
     disk.0.lock().unwrap().data[..512].copy_from_slice(&pattern(512, 9));
     let h = d.header(VIRTIO_BLK_T_IN, 0);
@@ -342,10 +213,13 @@ fn test_indirect_chain() {
         m.write_obj(RawDescriptor::from(*e), GuestAddress(t + 16 * i as u64))
             .unwrap();
     }
-    d.add(&[SplitDescriptor::new(t, 48, VRING_DESC_F_INDIRECT as u16, 0)]);
-    d.kick();
+    d.add(
+        0,
+        &[SplitDescriptor::new(t, 48, VRING_DESC_F_INDIRECT as u16, 0)],
+    );
+    d.kick(0);
     r.run();
-    assert_eq!(d.used(), vec![(0, 513)]);
+    assert_eq!(d.done(), vec![(0, 513)]);
     assert_eq!(d.status_of(&s), VIRTIO_BLK_S_OK);
     assert_eq!(d.read(&x), pattern(512, 9));
 }
@@ -353,7 +227,7 @@ fn test_indirect_chain() {
 #[test]
 fn test_get_id_flush_and_unsupported() {
     let m = mem();
-    let mut d = Driver::new(&m);
+    let mut d = Driver::new(&m, 1);
     let cfg = BlockConfig::from_spec(
         &UbdSpec {
             unit: 2,
@@ -365,17 +239,17 @@ fn test_get_id_flush_and_unsupported() {
     let h = d.header(VIRTIO_BLK_T_GET_ID, 0);
     let id = d.data_in(20);
     let s1 = d.status();
-    d.add(&[h, id, s1]);
+    d.add(0, &[h, id, s1]);
     let h = d.header(VIRTIO_BLK_T_FLUSH, 0);
     let s2 = d.status();
-    d.add(&[h, s2]);
+    d.add(0, &[h, s2]);
     let h = d.header(VIRTIO_BLK_T_GET_LIFETIME, 0);
     let l = d.data_in(16);
     let s3 = d.status();
-    d.add(&[h, l, s3]);
-    d.kick();
+    d.add(0, &[h, l, s3]);
+    d.kick(0);
     r.run();
-    assert_eq!(d.used(), vec![(0, 21), (3, 1), (5, 1)]);
+    assert_eq!(d.done(), vec![(0, 21), (3, 1), (5, 1)]);
     assert_eq!(d.status_of(&s1), VIRTIO_BLK_S_OK);
     let mut want = [0u8; 20];
     want[..4].copy_from_slice(b"ubd2");
@@ -391,7 +265,7 @@ fn test_get_id_flush_and_unsupported() {
 fn test_sync_and_write_through_flush_after_writes() {
     for (sync, features) in [(true, u64::MAX), (false, 0)] {
         let m = mem();
-        let mut d = Driver::new(&m);
+        let mut d = Driver::new(&m, 1);
         let mut cfg = config();
         cfg.sync = sync;
         let disk = SharedDisk::default();
@@ -400,21 +274,21 @@ fn test_sync_and_write_through_flush_after_writes() {
         let h = d.header(VIRTIO_BLK_T_OUT, 0);
         let a = d.data_out(&[1; 512]);
         let s = d.status();
-        d.add(&[h, a, s]);
-        d.kick();
+        d.add(0, &[h, a, s]);
+        d.kick(0);
         r.run();
         assert_eq!(d.status_of(&s), VIRTIO_BLK_S_OK);
         assert_eq!(disk.0.lock().unwrap().flushes, 1, "sync={sync}");
     }
     // Without sync, with FLUSH negotiated: no flush per write.
     let m = mem();
-    let mut d = Driver::new(&m);
+    let mut d = Driver::new(&m, 1);
     let (mut r, disk) = rig(&d, &config());
     let h = d.header(VIRTIO_BLK_T_OUT, 0);
     let a = d.data_out(&[1; 512]);
     let s = d.status();
-    d.add(&[h, a, s]);
-    d.kick();
+    d.add(0, &[h, a, s]);
+    d.kick(0);
     r.run();
     assert_eq!(disk.0.lock().unwrap().flushes, 0);
 }
@@ -430,7 +304,7 @@ fn segment(sector: u64, n: u32, flags: u32) -> Vec<u8> {
 #[test]
 fn test_discard_and_write_zeroes() {
     let m = mem();
-    let mut d = Driver::new(&m);
+    let mut d = Driver::new(&m, 1);
     let (mut r, disk) = rig(&d, &config());
     disk.0.lock().unwrap().data.fill(0xab);
     // Write zeroes over two ranges (one with UNMAP).
@@ -439,27 +313,27 @@ fn test_discard_and_write_zeroes() {
     segs.extend(segment(10, 1, 0));
     let sd = d.data_out(&segs);
     let s1 = d.status();
-    d.add(&[h, sd, s1]);
+    d.add(0, &[h, sd, s1]);
     // Discard one range.
     let h = d.header(VIRTIO_BLK_T_DISCARD, 0);
     let sd = d.data_out(&segment(20, 4, 0));
     let s2 = d.status();
-    d.add(&[h, sd, s2]);
+    d.add(0, &[h, sd, s2]);
     // Discard with UNMAP: UNSUPP.
     let h = d.header(VIRTIO_BLK_T_DISCARD, 0);
     let sd = d.data_out(&segment(20, 4, VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP));
     let s3 = d.status();
-    d.add(&[h, sd, s3]);
+    d.add(0, &[h, sd, s3]);
     // Write zeroes past the end: IOERR, nothing zeroed.
     let h = d.header(VIRTIO_BLK_T_WRITE_ZEROES, 0);
     let mut segs = segment(30, 1, 0);
     segs.extend(segment((DISK_LEN / 512) as u64, 1, 0));
     let sd = d.data_out(&segs);
     let s4 = d.status();
-    d.add(&[h, sd, s4]);
-    d.kick();
+    d.add(0, &[h, sd, s4]);
+    d.kick(0);
     r.run();
-    assert_eq!(d.used().len(), 4);
+    assert_eq!(d.done().len(), 4);
     assert_eq!(d.status_of(&s1), VIRTIO_BLK_S_OK);
     assert_eq!(d.status_of(&s2), VIRTIO_BLK_S_OK);
     assert_eq!(d.status_of(&s3), VIRTIO_BLK_S_UNSUPP);
@@ -475,15 +349,15 @@ fn test_discard_and_write_zeroes() {
 #[test]
 fn test_no_trim_makes_discard_unsupported() {
     let m = mem();
-    let mut d = Driver::new(&m);
+    let mut d = Driver::new(&m, 1);
     let mut cfg = config();
     cfg.trim = false;
     let (mut r, _disk) = rig(&d, &cfg);
     let h = d.header(VIRTIO_BLK_T_DISCARD, 0);
     let sd = d.data_out(&segment(0, 1, 0));
     let s = d.status();
-    d.add(&[h, sd, s]);
-    d.kick();
+    d.add(0, &[h, sd, s]);
+    d.kick(0);
     r.run();
     assert_eq!(d.status_of(&s), VIRTIO_BLK_S_UNSUPP);
 }
@@ -491,7 +365,7 @@ fn test_no_trim_makes_discard_unsupported() {
 #[test]
 fn test_read_only_refuses_writes_and_serves_reads() {
     let m = mem();
-    let mut d = Driver::new(&m);
+    let mut d = Driver::new(&m, 1);
     let mut cfg = config();
     cfg.read_only = true;
     let (mut r, disk) = rig(&d, &cfg);
@@ -499,16 +373,16 @@ fn test_read_only_refuses_writes_and_serves_reads() {
     let h = d.header(VIRTIO_BLK_T_OUT, 0);
     let a = d.data_out(&[9; 512]);
     let s1 = d.status();
-    d.add(&[h, a, s1]);
+    d.add(0, &[h, a, s1]);
     let h = d.header(VIRTIO_BLK_T_WRITE_ZEROES, 0);
     let sd = d.data_out(&segment(0, 1, 0));
     let s2 = d.status();
-    d.add(&[h, sd, s2]);
+    d.add(0, &[h, sd, s2]);
     let h = d.header(VIRTIO_BLK_T_IN, 0);
     let x = d.data_in(512);
     let s3 = d.status();
-    d.add(&[h, x, s3]);
-    d.kick();
+    d.add(0, &[h, x, s3]);
+    d.kick(0);
     r.run();
     assert_eq!(d.status_of(&s1), VIRTIO_BLK_S_IOERR);
     // WRITE_ZEROES is not offered on a read-only device, and still IOERR.
@@ -521,7 +395,7 @@ fn test_read_only_refuses_writes_and_serves_reads() {
 #[test]
 fn test_out_of_range_and_malformed_requests_get_ioerr() {
     let m = mem();
-    let mut d = Driver::new(&m);
+    let mut d = Driver::new(&m, 1);
     let (mut r, _disk) = rig(&d, &config());
     let last = (DISK_LEN / 512) as u64;
     let mut statuses = Vec::new();
@@ -529,43 +403,46 @@ fn test_out_of_range_and_malformed_requests_get_ioerr() {
     let h = d.header(VIRTIO_BLK_T_IN, last - 1);
     let x = d.data_in(1024);
     let s = d.status();
-    d.add(&[h, x, s]);
+    d.add(0, &[h, x, s]);
     statuses.push(s);
     // Write at u64::MAX.
     let h = d.header(VIRTIO_BLK_T_OUT, u64::MAX);
     let a = d.data_out(&[0; 512]);
     let s = d.status();
-    d.add(&[h, a, s]);
+    d.add(0, &[h, a, s]);
     statuses.push(s);
     // A huge data descriptor.
     let h = d.header(VIRTIO_BLK_T_IN, 0);
     let s = d.status();
-    d.add(&[h, SplitDescriptor::new(0x40_0000, u32::MAX - 511, W, 0), s]);
+    d.add(
+        0,
+        &[h, SplitDescriptor::new(0x40_0000, u32::MAX - 511, W, 0), s],
+    );
     statuses.push(s);
     // A data buffer outside guest memory.
     let h = d.header(VIRTIO_BLK_T_IN, 0);
     let s = d.status();
-    d.add(&[h, SplitDescriptor::new(0x1_0000_0000, 512, W, 0), s]);
+    d.add(0, &[h, SplitDescriptor::new(0x1_0000_0000, 512, W, 0), s]);
     statuses.push(s);
     // A read whose data descriptor is device-readable.
     let h = d.header(VIRTIO_BLK_T_IN, 0);
     let a = d.data_out(&[0; 512]);
     let s = d.status();
-    d.add(&[h, a, s]);
+    d.add(0, &[h, a, s]);
     statuses.push(s);
     // A short header.
     let h = d.header(VIRTIO_BLK_T_IN, 0);
     let s = d.status();
-    d.add(&[SplitDescriptor::new(h.addr().0, 8, 0, 0), s]);
+    d.add(0, &[SplitDescriptor::new(h.addr().0, 8, 0, 0), s]);
     statuses.push(s);
     // A status descriptor longer than one byte: the status is its last byte, the rest is
     // read data.
     let h = d.header(VIRTIO_BLK_T_IN, 0);
     let big = d.data_in(513);
-    d.add(&[h, big]);
-    d.kick();
+    d.add(0, &[h, big]);
+    d.kick(0);
     r.run();
-    let used = d.used();
+    let used = d.done();
     assert_eq!(used.len(), statuses.len() + 1);
     for (i, s) in statuses.iter().enumerate() {
         assert_eq!(d.status_of(s), VIRTIO_BLK_S_IOERR, "request {i}");
@@ -579,28 +456,28 @@ fn test_out_of_range_and_malformed_requests_get_ioerr() {
 #[test]
 fn test_chain_without_status_needs_reset() {
     let m = mem();
-    let mut d = Driver::new(&m);
+    let mut d = Driver::new(&m, 1);
     let (mut r, _disk) = rig(&d, &config());
     let h = d.header(VIRTIO_BLK_T_FLUSH, 0);
-    d.add(&[h]);
+    d.add(0, &[h]);
     let h = d.header(VIRTIO_BLK_T_FLUSH, 0);
     let s = d.status();
-    d.add(&[h, s]);
-    d.kick();
+    d.add(0, &[h, s]);
+    d.kick(0);
     r.run();
     assert_eq!(r.resets(), 1);
     // The bad chain went back unused, the device stopped there.
-    assert_eq!(d.used(), vec![(0, 0)]);
+    assert_eq!(d.done(), vec![(0, 0)]);
     assert_eq!(d.status_of(&s), 0xff);
     // A reset and a new activation bring it back.
     {
-        let mut b = r.block.lock().unwrap();
+        let mut b = r.dev.lock().unwrap();
         assert!(b.reset());
         b.ack_features(u64::MAX);
     }
     r.run();
-    let mut d = Driver::new(&m);
-    r.block
+    let mut d = Driver::new(&m, 1);
+    r.dev
         .lock()
         .unwrap()
         .activate(m.clone(), r.irq.clone(), vec![d.active_queue()])
@@ -608,30 +485,30 @@ fn test_chain_without_status_needs_reset() {
     r.run();
     let h = d.header(VIRTIO_BLK_T_FLUSH, 0);
     let s = d.status();
-    d.add(&[h, s]);
-    d.kick();
+    d.add(0, &[h, s]);
+    d.kick(0);
     r.run();
-    assert_eq!(d.used(), vec![(0, 1)]);
+    assert_eq!(d.done(), vec![(0, 1)]);
     assert_eq!(d.status_of(&s), VIRTIO_BLK_S_OK);
 }
 
 #[test]
 fn test_status_outside_memory_and_bad_avail_index_need_reset() {
     let m = mem();
-    let mut d = Driver::new(&m);
+    let mut d = Driver::new(&m, 1);
     let (mut r, _disk) = rig(&d, &config());
     let h = d.header(VIRTIO_BLK_T_FLUSH, 0);
-    d.add(&[h, SplitDescriptor::new(0x1_0000_0000, 1, W, 0)]);
-    d.kick();
+    d.add(0, &[h, SplitDescriptor::new(0x1_0000_0000, 1, W, 0)]);
+    d.kick(0);
     r.run();
     assert_eq!(r.resets(), 1);
 
     let m = mem();
-    let d = Driver::new(&m);
+    let d = Driver::new(&m, 1);
     let (mut r, _disk) = rig(&d, &config());
     // avail.idx 1000 ahead of the device's position: more than the queue size.
-    d.q.avail().idx().store(1000);
-    d.kick();
+    d.queues[0].avail().idx().store(1000);
+    d.kick(0);
     r.run();
     assert_eq!(r.resets(), 1);
 }
@@ -639,9 +516,9 @@ fn test_status_outside_memory_and_bad_avail_index_need_reset() {
 #[test]
 fn test_release_disk_then_requests_fail() {
     let m = mem();
-    let mut d = Driver::new(&m);
+    let mut d = Driver::new(&m, 1);
     let (mut r, disk) = rig(&d, &config());
-    assert!(r.block.lock().unwrap().release_disk().is_some());
+    assert!(r.dev.lock().unwrap().release_disk().is_some());
     assert_eq!(disk.0.lock().unwrap().flushes, 1, "flushed on release");
     assert_eq!(
         Arc::strong_count(&disk.0),
@@ -651,8 +528,8 @@ fn test_release_disk_then_requests_fail() {
     let h = d.header(VIRTIO_BLK_T_IN, 0);
     let x = d.data_in(512);
     let s = d.status();
-    d.add(&[h, x, s]);
-    d.kick();
+    d.add(0, &[h, x, s]);
+    d.kick(0);
     r.run();
     assert_eq!(d.status_of(&s), VIRTIO_BLK_S_IOERR);
     assert_eq!(r.resets(), 0);
@@ -671,51 +548,37 @@ fn test_real_raw_image_file() {
     };
     let image = ubd::open_spec(&spec, false).unwrap();
     let m = mem();
-    let mut d = Driver::new(&m);
+    let mut d = Driver::new(&m, 1);
     let block = Block::from_image(image, &spec, false).unwrap();
     assert_eq!(block.capacity(), 128);
-    let mut r = {
-        let mut block = block;
-        block.ack_features(u64::MAX);
-        let block = Arc::new(Mutex::new(block));
-        let mut em = EventManager::<Arc<Mutex<Block>>>::new().unwrap();
-        let id = em.add_subscriber(block.clone());
-        let irq = Arc::new(TestInterrupt::default());
-        block
-            .lock()
-            .unwrap()
-            .activate(m.clone(), irq.clone(), vec![d.active_queue()])
-            .unwrap();
-        let mut r = Rig { block, em, irq };
-        r.run();
-        (r, id)
-    };
+    let mut r = Rig::new(&d, block, u64::MAX);
     let h = d.header(VIRTIO_BLK_T_OUT, 4);
     let a = d.data_out(&[0x5a; 1024]);
     let s1 = d.status();
-    d.add(&[h, a, s1]);
+    d.add(0, &[h, a, s1]);
     let h = d.header(VIRTIO_BLK_T_IN, 0);
     let x = d.data_in(512);
     let s2 = d.status();
-    d.add(&[h, x, s2]);
+    d.add(0, &[h, x, s2]);
     let h = d.header(VIRTIO_BLK_T_WRITE_ZEROES, 0);
     let sd = d.data_out(&segment(100, 8, VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP));
     let s3 = d.status();
-    d.add(&[h, sd, s3]);
+    d.add(0, &[h, sd, s3]);
     let h = d.header(VIRTIO_BLK_T_GET_ID, 0);
     let id = d.data_in(20);
     let s4 = d.status();
-    d.add(&[h, id, s4]);
-    d.kick();
-    r.0.run();
+    d.add(0, &[h, id, s4]);
+    d.kick(0);
+    r.run();
     for s in [s1, s2, s3, s4] {
         assert_eq!(d.status_of(&s), VIRTIO_BLK_S_OK);
     }
     assert_eq!(d.read(&x), pattern(512, 1));
     assert_eq!(&d.read(&id)[..5], b"ubd1\0");
     // Hot-unplug: leave the event loop, drop the image.
-    r.0.em.remove_subscriber(r.1).unwrap();
-    drop(r.0.block.lock().unwrap().release_disk());
+    let id = r.id;
+    r.em.remove_subscriber(id).unwrap();
+    drop(r.dev.lock().unwrap().release_disk());
     let file = std::fs::read(&path).unwrap();
     assert_eq!(&file[4 * 512..6 * 512], &[0x5a; 1024][..]);
     assert!(file[100 * 512..108 * 512].iter().all(|b| *b == 0));
@@ -740,7 +603,7 @@ proptest! {
             1..8),
     ) {
         let m = mem();
-        let mut d = Driver::new(&m);
+        let mut d = Driver::new(&m, 1);
         let (mut r, _disk) = rig(&d, &config());
         let mut total = 0;
         for (kind, sector, descs, with_header) in chains {
@@ -755,11 +618,11 @@ proptest! {
                 continue;
             }
             total += 1;
-            d.add(&v);
+            d.add(0, &v);
         }
-        d.kick();
+        d.kick(0);
         r.run();
-        let used = d.used();
+        let used = d.done();
         if r.resets() == 0 {
             prop_assert_eq!(used.len(), total);
             prop_assert!(used.iter().all(|(_, len)| *len >= 1));
@@ -782,7 +645,7 @@ fn test_cow_image_keeps_the_backing_file() {
     let image = ubd::open_spec(&spec, false).unwrap();
     assert!(matches!(image, ubd::Image::Cow(_)));
     let m = mem();
-    let mut d = Driver::new(&m);
+    let mut d = Driver::new(&m, 1);
     let mut r = rig_with(
         &d,
         Box::new(image),
@@ -793,15 +656,15 @@ fn test_cow_image_keeps_the_backing_file() {
     let h = d.header(VIRTIO_BLK_T_OUT, 3);
     let a = d.data_out(&[0x77; 512]);
     let s1 = d.status();
-    d.add(&[h, a, s1]);
+    d.add(0, &[h, a, s1]);
     let h = d.header(VIRTIO_BLK_T_IN, 2);
     let x = d.data_in(3 * 512);
     let s2 = d.status();
-    d.add(&[h, x, s2]);
+    d.add(0, &[h, x, s2]);
     let h = d.header(VIRTIO_BLK_T_FLUSH, 0);
     let s3 = d.status();
-    d.add(&[h, s3]);
-    d.kick();
+    d.add(0, &[h, s3]);
+    d.kick(0);
     r.run();
     for s in [s1, s2, s3] {
         assert_eq!(d.status_of(&s), VIRTIO_BLK_S_OK);
@@ -811,54 +674,36 @@ fn test_cow_image_keeps_the_backing_file() {
     assert_eq!(&got[..512], &base[2 * 512..3 * 512]);
     assert_eq!(&got[512..1024], &[0x77; 512][..]);
     assert_eq!(&got[1024..], &base[4 * 512..5 * 512]);
-    drop(r.block.lock().unwrap().release_disk());
+    drop(r.dev.lock().unwrap().release_disk());
     assert_eq!(std::fs::read(&backing).unwrap(), base, "backing untouched");
 }
 
 #[test]
 fn test_event_idx_queue_is_served_and_interrupts() {
-    use virtio_queue::QueueT;
     let m = mem();
-    let mut d = Driver::new(&m);
+    let mut d = Driver::new(&m, 1);
     let disk = SharedDisk::default();
     disk.0.lock().unwrap().data = vec![0; DISK_LEN];
-    let mut b = Block::new(Box::new(disk), &config()).unwrap();
-    b.ack_features(u64::MAX);
-    let block = Arc::new(Mutex::new(b));
-    let mut em = EventManager::<Arc<Mutex<Block>>>::new().unwrap();
-    em.add_subscriber(block.clone());
-    let irq = Arc::new(TestInterrupt::default());
-    let mut q = d.active_queue();
-    q.queue.set_event_idx(true);
-    block
-        .lock()
-        .unwrap()
-        .activate(m.clone(), irq.clone(), vec![q])
-        .unwrap();
-    let mut r = Rig { block, em, irq };
-    r.run();
+    d.event_idx = true;
+    let mut r = Rig::new(&d, Block::new(Box::new(disk), &config()).unwrap(), u64::MAX);
     for round in 0..3u16 {
         // used_event: interrupt once the first new entry is used.
-        let used_event = d.q.avail_addr().unchecked_add(4 + 2 * u64::from(QLEN));
-        m.write_obj(d.seen_used, used_event).unwrap();
+        d.set_used_event(0, d.seen_used[0]);
         for _ in 0..4 {
             let h = d.header(VIRTIO_BLK_T_FLUSH, 0);
             let s = d.status();
-            d.add(&[h, s]);
+            d.add(0, &[h, s]);
         }
-        d.kick();
+        d.kick(0);
         r.run();
-        assert_eq!(d.used().len(), 4, "round {round}");
+        assert_eq!(d.done().len(), 4, "round {round}");
         assert_eq!(
             r.irq.triggers.lock().unwrap().len(),
             usize::from(round) + 1,
             "one interrupt per batch"
         );
         // The device asked to be notified at the next new entry.
-        let avail_event: u16 = m
-            .read_obj(d.q.used_addr().unchecked_add(4 + 8 * u64::from(QLEN)))
-            .unwrap();
-        assert_eq!(avail_event, 4 * (round + 1));
+        assert_eq!(d.avail_event(0), 4 * (round + 1));
     }
     assert_eq!(r.resets(), 0);
 }
@@ -866,22 +711,22 @@ fn test_event_idx_queue_is_served_and_interrupts() {
 #[test]
 fn test_batch_limit_yields_to_the_event_loop_and_comes_back() {
     let m = mem();
-    let mut d = Driver::new(&m);
+    let mut d = Driver::new(&m, 1);
     let (mut r, _disk) = rig(&d, &config());
-    r.block.lock().unwrap().batch_limit = 2;
+    r.dev.lock().unwrap().batch_limit = 2;
     let mut statuses = Vec::new();
     for _ in 0..5 {
         let h = d.header(VIRTIO_BLK_T_FLUSH, 0);
         let s = d.status();
-        d.add(&[h, s]);
+        d.add(0, &[h, s]);
         statuses.push(s);
     }
-    d.kick();
+    d.kick(0);
     // One event serves two requests.
     assert_eq!(r.em.run_with_timeout(0).unwrap(), 1);
-    assert_eq!(d.used().len(), 2);
+    assert_eq!(d.done().len(), 2);
     r.run();
-    assert_eq!(d.used().len(), 3);
+    assert_eq!(d.done().len(), 3);
     for s in statuses {
         assert_eq!(d.status_of(&s), VIRTIO_BLK_S_OK);
     }
@@ -898,7 +743,7 @@ fn test_through_the_pci_transport() {
 
     const BAR: u64 = 0x1_0000_0000;
     let m = mem();
-    let mut d = Driver::new(&m);
+    let mut d = Driver::new(&m, 1);
     let disk = SharedDisk::default();
     disk.0.lock().unwrap().data = vec![0; DISK_LEN];
     let block = Arc::new(Mutex::new(
@@ -938,9 +783,9 @@ fn test_through_the_pci_transport() {
     w(&mut pci, 0x14, u64::from(st), 1);
     assert_eq!(r(&mut pci, 0x14, 1), u64::from(st), "features accepted");
     w(&mut pci, 0x16, 0, 2);
-    w(&mut pci, 0x20, d.q.desc_table_addr().0, 8);
-    w(&mut pci, 0x28, d.q.avail_addr().0, 8);
-    w(&mut pci, 0x30, d.q.used_addr().0, 8);
+    w(&mut pci, 0x20, d.queues[0].desc_table_addr().0, 8);
+    w(&mut pci, 0x28, d.queues[0].avail_addr().0, 8);
+    w(&mut pci, 0x30, d.queues[0].used_addr().0, 8);
     w(&mut pci, 0x1c, 1, 2);
     w(&mut pci, 0x14, u64::from(st | status::DRIVER_OK), 1);
     assert!(pci.is_activated());
@@ -952,16 +797,16 @@ fn test_through_the_pci_transport() {
     let h = d.header(VIRTIO_BLK_T_OUT, 8);
     let a = d.data_out(&data);
     let s1 = d.status();
-    d.add(&[h, a, s1]);
+    d.add(0, &[h, a, s1]);
     let h = d.header(VIRTIO_BLK_T_IN, 8);
     let x = d.data_in(4096);
     let s2 = d.status();
-    d.add(&[h, x, s2]);
+    d.add(0, &[h, x, s2]);
     w(&mut pci, NOTIFY_OFFSET, 0, 2);
     for _ in 0..10 {
         em.run_with_timeout(0).unwrap();
     }
-    assert_eq!(d.used(), vec![(0, 1), (3, 4097)]);
+    assert_eq!(d.done(), vec![(0, 1), (3, 4097)]);
     assert_eq!(d.status_of(&s1), VIRTIO_BLK_S_OK);
     assert_eq!(d.read(&x), data);
     assert_eq!(pci.device_status() & status::NEEDS_RESET, 0);

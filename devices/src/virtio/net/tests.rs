@@ -1,141 +1,37 @@
-//! Device tests: driver-side queues in guest memory (virtio-queue's mock), netdev's
-//! FakeBackend as the host side, and a real event-manager loop (epoll only: no threads, no
-//! privileges).
+//! Device tests: the shared virtio test rig (driver-side queues in guest memory, a real
+//! event-manager loop) with netdev's FakeBackend as the host side.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, Mutex};
 
 use event_manager::{EventManager, SubscriberOps};
 use netdev::{FakeBackend, MacAddr};
 use proptest::prelude::*;
-use virtio_bindings::bindings::virtio_ring::{
-    VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
-};
-use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
-use virtio_queue::mock::MockSplitQueue;
-use virtio_queue::{Queue, QueueT};
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use virtio_bindings::bindings::virtio_ring::VRING_DESC_F_INDIRECT;
+use virtio_queue::desc::split::Descriptor as SplitDescriptor;
+use vm_memory::{Address, Bytes, GuestMemoryMmap};
 
 use super::device::{Net, VIRTIO_NET_F_STATUS};
 use super::header::{NetHdr, NET_HDR_LEN};
-use crate::virtio::{ActiveQueue, InterruptKind, VirtioDevice, VirtioInterrupt};
+use crate::virtio::test_utils::{self, Driver, TestInterrupt, W};
+use crate::virtio::{InterruptKind, VirtioDevice};
 
-const QLEN: u16 = 256;
 const RX: usize = 0;
 const TX: usize = 1;
-const W: u16 = VRING_DESC_F_WRITE as u16;
 const MAC: MacAddr = MacAddr([0x52, 0x54, 0, 0xab, 0xcd, 0xef]);
 
-#[derive(Default)]
-struct TestInterrupt {
-    triggers: Mutex<Vec<InterruptKind>>,
-    resets: AtomicUsize,
-}
-
-impl TestInterrupt {
-    fn count(&self, k: InterruptKind) -> usize {
-        self.triggers
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|t| **t == k)
-            .count()
-    }
-}
-
-impl VirtioInterrupt for TestInterrupt {
-    fn trigger(&self, kind: InterruptKind) -> std::io::Result<()> {
-        self.triggers.lock().unwrap().push(kind);
-        Ok(())
-    }
-    fn needs_reset(&self) {
-        self.resets.fetch_add(1, Ordering::SeqCst);
-    }
-}
-
-/// The guest driver's side of both queues.
-struct Driver<'a> {
-    mem: &'a GuestMemoryMmap,
-    queues: Vec<MockSplitQueue<'a, GuestMemoryMmap>>,
-    next_desc: Vec<u16>,
-    seen_used: Vec<u16>,
-    notify: Vec<EventFd>,
-    next_buf: u64,
-    /// Head -> the chain's (address, length) pieces, for reading used rx chains.
-    chains: Vec<HashMap<u16, Vec<(u64, u32)>>>,
-    event_idx: bool,
-}
-
-impl<'a> Driver<'a> {
-    fn new(mem: &'a GuestMemoryMmap) -> Self {
-        Self {
-            mem,
-            queues: (0..2)
-                .map(|i| MockSplitQueue::create(mem, GuestAddress(0x4000 * i), QLEN))
-                .collect(),
-            next_desc: vec![0; 2],
-            seen_used: vec![0; 2],
-            notify: (0..2)
-                .map(|_| EventFd::new(EFD_NONBLOCK).unwrap())
-                .collect(),
-            next_buf: 0x10_0000,
-            chains: vec![HashMap::new(), HashMap::new()],
-            event_idx: false,
-        }
-    }
-
-    fn active_queues(&self) -> Vec<ActiveQueue> {
-        self.queues
-            .iter()
-            .enumerate()
-            .map(|(i, m)| {
-                let mut queue = m.create_queue::<Queue>().unwrap();
-                queue.set_event_idx(self.event_idx);
-                ActiveQueue {
-                    index: i as u16,
-                    queue,
-                    notify: Arc::new(self.notify[i].try_clone().unwrap()),
-                }
-            })
-            .collect()
-    }
-
-    fn buf(&mut self, len: u32) -> u64 {
-        let a = self.next_buf;
-        self.next_buf += u64::from(len).max(1).next_multiple_of(0x1000);
-        a
-    }
-
-    /// Adds one chain (NEXT flags and links are filled in).
-    fn add(&mut self, qi: usize, descs: &[SplitDescriptor]) -> u16 {
-        let base = self.next_desc[qi];
-        let raw: Vec<RawDescriptor> = descs
-            .iter()
-            .enumerate()
-            .map(|(k, d)| {
-                let flags = if k + 1 == descs.len() {
-                    d.flags()
-                } else {
-                    d.flags() | VRING_DESC_F_NEXT as u16
-                };
-                RawDescriptor::from(SplitDescriptor::new(
-                    d.addr().0,
-                    d.len(),
-                    flags,
-                    base + k as u16 + 1,
-                ))
-            })
-            .collect();
-        self.queues[qi].add_desc_chains(&raw, base).unwrap();
-        self.next_desc[qi] += descs.len() as u16;
-        self.chains[qi].insert(base, descs.iter().map(|d| (d.addr().0, d.len())).collect());
-        base
-    }
-
+/// What a net test drives on top of the shared driver.
+trait NetDriver {
     /// Queues a transmit chain carrying `hdr ++ frame`, cut into pieces of `lens` bytes
     /// (the last piece takes the rest).
+    fn send_split(&mut self, frame: &[u8], lens: &[usize]);
+    fn send(&mut self, frame: &[u8]);
+    fn post_rx(&mut self, len: u32);
+    /// Frames the guest received since the last call, header checked and stripped.
+    fn received(&mut self) -> Vec<Vec<u8>>;
+}
+
+impl NetDriver for Driver<'_> {
     fn send_split(&mut self, frame: &[u8], lens: &[usize]) {
         let mut wire = NetHdr::default().to_bytes().to_vec();
         wire.extend_from_slice(frame);
@@ -147,11 +43,7 @@ impl<'a> Driver<'a> {
             } else {
                 l.min(wire.len() - at)
             };
-            let a = self.buf(l as u32);
-            self.mem
-                .write_slice(&wire[at..at + l], GuestAddress(a))
-                .unwrap();
-            descs.push(SplitDescriptor::new(a, l as u32, 0, 0));
+            descs.push(self.readable(&wire[at..at + l]));
             at += l;
         }
         self.add(TX, &descs);
@@ -166,85 +58,39 @@ impl<'a> Driver<'a> {
         self.add(RX, &[SplitDescriptor::new(a, len, W, 0)]);
     }
 
-    fn kick(&self, qi: usize) {
-        self.notify[qi].write(1).unwrap();
-    }
-
-    /// Used entries since the last call: (head, len, the first `len` bytes of the chain).
-    fn used(&mut self, qi: usize) -> Vec<(u16, u32, Vec<u8>)> {
-        let q = &self.queues[qi];
-        let idx = q.used().idx().load();
-        let mut out = Vec::new();
-        while self.seen_used[qi] != idx {
-            let e = q
-                .used()
-                .ring()
-                .ref_at(usize::from(self.seen_used[qi] % QLEN))
-                .unwrap()
-                .load();
-            let head = e.id() as u16;
-            let mut bytes = Vec::new();
-            let mut left = e.len() as usize;
-            for &(a, l) in self.chains[qi].get(&head).into_iter().flatten() {
-                let n = left.min(l as usize);
-                let mut b = vec![0u8; n];
-                self.mem.read_slice(&mut b, GuestAddress(a)).unwrap();
-                bytes.extend(b);
-                left -= n;
-            }
-            out.push((head, e.len(), bytes));
-            self.seen_used[qi] = self.seen_used[qi].wrapping_add(1);
-        }
-        out
-    }
-
-    /// Frames the guest received since the last call, header checked and stripped.
     fn received(&mut self) -> Vec<Vec<u8>> {
         self.used(RX)
             .into_iter()
-            .filter(|u| u.1 > 0)
-            .map(|(_, _, b)| {
-                assert_eq!(&b[..NET_HDR_LEN], &NetHdr::RX.to_bytes());
-                b[NET_HDR_LEN..].to_vec()
+            .filter(|u| u.len > 0)
+            .map(|u| {
+                assert_eq!(&u.bytes[..NET_HDR_LEN], &NetHdr::RX.to_bytes());
+                u.bytes[NET_HDR_LEN..].to_vec()
             })
             .collect()
     }
-
-    /// The avail_event field the device writes after the used ring (EVENT_IDX).
-    fn avail_event(&self, qi: usize) -> u16 {
-        let a = self.queues[qi]
-            .used_addr()
-            .unchecked_add(4 + 8 * u64::from(QLEN));
-        u16::from_le(self.mem.read_obj(a).unwrap())
-    }
 }
 
+/// The shared rig around a Net device, and the host side of its backend.
 struct Rig {
-    net: Arc<Mutex<Net>>,
-    em: EventManager<Arc<Mutex<Net>>>,
-    irq: Arc<TestInterrupt>,
+    rig: test_utils::Rig<Net>,
     host: FakeBackend,
-    id: event_manager::SubscriberId,
 }
 
-impl Rig {
-    /// Runs the event loop until it is idle (bounded: a backend that is always writable
-    /// keeps a blocked transmit polling).
-    fn run(&mut self) {
-        for _ in 0..50 {
-            if self.em.run_with_timeout(0).unwrap() == 0 {
-                return;
-            }
-        }
+impl Deref for Rig {
+    type Target = test_utils::Rig<Net>;
+    fn deref(&self) -> &Self::Target {
+        &self.rig
     }
+}
 
-    fn resets(&self) -> usize {
-        self.irq.resets.load(Ordering::SeqCst)
+impl DerefMut for Rig {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.rig
     }
 }
 
 fn mem() -> GuestMemoryMmap {
-    GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x400_0000)]).unwrap()
+    test_utils::mem(0x400_0000)
 }
 
 fn rig(driver: &Driver) -> Rig {
@@ -252,25 +98,12 @@ fn rig(driver: &Driver) -> Rig {
 }
 
 fn rig_with(driver: &Driver, host: FakeBackend) -> Rig {
-    let mut n = Net::new(Box::new(host.clone()), MAC).unwrap();
-    n.ack_features(n.features());
-    let net = Arc::new(Mutex::new(n));
-    let mut em = EventManager::<Arc<Mutex<Net>>>::new().unwrap();
-    let id = em.add_subscriber(net.clone());
-    let irq = Arc::new(TestInterrupt::default());
-    net.lock()
-        .unwrap()
-        .activate(driver.mem.clone(), irq.clone(), driver.active_queues())
-        .unwrap();
-    let mut r = Rig {
-        net,
-        em,
-        irq,
+    let n = Net::new(Box::new(host.clone()), MAC).unwrap();
+    let features = n.features();
+    Rig {
+        rig: test_utils::Rig::new(driver, n, features),
         host,
-        id,
-    };
-    r.run();
-    r
+    }
 }
 
 fn frame(n: usize, seed: u8) -> Vec<u8> {
@@ -282,7 +115,7 @@ fn frame(n: usize, seed: u8) -> Vec<u8> {
 #[test]
 fn test_tx_frames_reach_the_backend_byte_exact() {
     let m = mem();
-    let mut d = Driver::new(&m);
+    let mut d = Driver::new(&m, 2);
     let mut r = rig(&d);
     let frames: Vec<Vec<u8>> = (0..5).map(|i| frame(60 + 300 * i, i as u8)).collect();
     d.send(&frames[0]);
@@ -298,9 +131,9 @@ fn test_tx_frames_reach_the_backend_byte_exact() {
     assert_eq!(r.host.take_sent(), frames);
     let used = d.used(TX);
     assert_eq!(used.len(), 5);
-    assert!(used.iter().all(|u| u.1 == 0));
+    assert!(used.iter().all(|u| u.len == 0));
     assert!(r.irq.count(InterruptKind::Queue(1)) >= 1);
-    let s = r.net.lock().unwrap().stats();
+    let s = r.dev.lock().unwrap().stats();
     assert_eq!(s.tx_frames, 5);
     assert_eq!(
         s.tx_bytes,
@@ -311,7 +144,7 @@ fn test_tx_frames_reach_the_backend_byte_exact() {
 #[test]
 fn test_rx_frames_reach_guest_buffers_with_header() {
     let m = mem();
-    let mut d = Driver::new(&m);
+    let mut d = Driver::new(&m, 2);
     for _ in 0..4 {
         d.post_rx(1530);
     }
@@ -335,18 +168,18 @@ fn test_rx_frames_reach_guest_buffers_with_header() {
     let used = d.used(RX);
     assert_eq!(used.len(), 5);
     for (u, f) in used.iter().zip(&frames) {
-        assert_eq!(u.1 as usize, NET_HDR_LEN + f.len());
+        assert_eq!(u.len as usize, NET_HDR_LEN + f.len());
     }
-    let got: Vec<Vec<u8>> = used.into_iter().map(|u| u.2[12..].to_vec()).collect();
+    let got: Vec<Vec<u8>> = used.into_iter().map(|u| u.bytes[12..].to_vec()).collect();
     assert_eq!(got, frames);
     assert!(r.irq.count(InterruptKind::Queue(0)) >= 1);
-    assert_eq!(r.net.lock().unwrap().stats().rx_frames, 5);
+    assert_eq!(r.dev.lock().unwrap().stats().rx_frames, 5);
 }
 
 #[test]
 fn test_rx_waits_for_buffers_and_loses_nothing() {
     let m = mem();
-    let mut d = Driver::new(&m);
+    let mut d = Driver::new(&m, 2);
     let mut r = rig(&d);
     let frames: Vec<Vec<u8>> = (0..6).map(|i| frame(100 + i, i as u8)).collect();
     for f in &frames {
@@ -371,13 +204,13 @@ fn test_rx_waits_for_buffers_and_loses_nothing() {
     r.host.inject(&frames[0]);
     r.run();
     assert_eq!(d.received(), vec![frames[0].clone()]);
-    assert_eq!(r.net.lock().unwrap().stats().rx_dropped, 0);
+    assert_eq!(r.dev.lock().unwrap().stats().rx_dropped, 0);
 }
 
 #[test]
 fn test_event_idx_asks_for_rx_notifications_when_out_of_buffers() {
     let m = mem();
-    let mut d = Driver::new(&m);
+    let mut d = Driver::new(&m, 2);
     d.event_idx = true;
     d.post_rx(1530);
     let mut r = rig(&d);
@@ -403,7 +236,7 @@ fn test_event_idx_asks_for_rx_notifications_when_out_of_buffers() {
 #[test]
 fn test_tx_backpressure_keeps_the_guests_place() {
     let m = mem();
-    let mut d = Driver::new(&m);
+    let mut d = Driver::new(&m, 2);
     let mut r = rig(&d);
     r.host.set_send_full(true);
     let frames: Vec<Vec<u8>> = (0..4).map(|i| frame(200, i as u8)).collect();
@@ -418,7 +251,7 @@ fn test_tx_backpressure_keeps_the_guests_place() {
     r.run();
     assert_eq!(r.host.take_sent(), frames);
     assert_eq!(d.used(TX).len(), 4);
-    assert_eq!(r.net.lock().unwrap().stats().tx_dropped, 0);
+    assert_eq!(r.dev.lock().unwrap().stats().tx_dropped, 0);
     // Writable again: the backend is watched for input only.
     assert_eq!(r.em.run_with_timeout(0).unwrap(), 0);
 }
@@ -426,7 +259,7 @@ fn test_tx_backpressure_keeps_the_guests_place() {
 #[test]
 fn test_malformed_tx_chains_are_dropped_without_reset() {
     let m = mem();
-    let mut d = Driver::new(&m);
+    let mut d = Driver::new(&m, 2);
     let mut r = rig(&d);
     // Write-only descriptor.
     let a = d.buf(100);
@@ -458,14 +291,14 @@ fn test_malformed_tx_chains_are_dropped_without_reset() {
     r.run();
     assert_eq!(r.host.take_sent(), vec![frame(64, 9)]);
     assert_eq!(d.used(TX).len(), 8);
-    assert_eq!(r.net.lock().unwrap().stats().tx_dropped, 7);
+    assert_eq!(r.dev.lock().unwrap().stats().tx_dropped, 7);
     assert_eq!(r.resets(), 0);
 }
 
 #[test]
 fn test_malformed_rx_chains_do_not_lose_frames() {
     let m = mem();
-    let mut d = Driver::new(&m);
+    let mut d = Driver::new(&m, 2);
     // Readable descriptor, buffer outside guest memory: returned unused, frame kept.
     let a = d.buf(2000);
     d.add(RX, &[SplitDescriptor::new(a, 2000, 0, 0)]);
@@ -483,23 +316,23 @@ fn test_malformed_rx_chains_do_not_lose_frames() {
     r.host.inject(&frame(70, 5));
     r.run();
     let used = d.used(RX);
-    let lens: Vec<u32> = used.iter().map(|u| u.1).collect();
+    let lens: Vec<u32> = used.iter().map(|u| u.len).collect();
     assert_eq!(lens, vec![0, 0, 62, 612]);
-    assert_eq!(&used[2].2[12..], &frame(50, 2)[..]);
-    assert_eq!(&used[3].2[12..], &frame(600, 3)[..]);
+    assert_eq!(&used[2].bytes[12..], &frame(50, 2)[..]);
+    assert_eq!(&used[3].bytes[12..], &frame(600, 3)[..]);
     d.post_rx(1530);
     d.kick(RX);
     r.run();
     assert_eq!(d.received(), vec![frame(70, 5)]);
-    assert_eq!(r.net.lock().unwrap().stats().rx_dropped, 2);
-    assert_eq!(r.net.lock().unwrap().stats().rx_bad_buffers, 2);
+    assert_eq!(r.dev.lock().unwrap().stats().rx_dropped, 2);
+    assert_eq!(r.dev.lock().unwrap().stats().rx_bad_buffers, 2);
     assert_eq!(r.resets(), 0);
 }
 
 #[test]
 fn test_broken_available_ring_needs_reset() {
     let m = mem();
-    let d = Driver::new(&m);
+    let d = Driver::new(&m, 2);
     let mut r = rig(&d);
     m.write_obj(u16::to_le(1000), d.queues[TX].avail_addr().unchecked_add(2))
         .unwrap();
@@ -507,10 +340,10 @@ fn test_broken_available_ring_needs_reset() {
     r.run();
     assert_eq!(r.resets(), 1);
     // Reset and a fresh activation bring the device back.
-    assert!(r.net.lock().unwrap().reset());
+    assert!(r.dev.lock().unwrap().reset());
     r.run();
-    let mut d2 = Driver::new(&m);
-    r.net
+    let mut d2 = Driver::new(&m, 2);
+    r.dev
         .lock()
         .unwrap()
         .activate(m.clone(), r.irq.clone(), d2.active_queues())
@@ -526,10 +359,10 @@ fn test_broken_available_ring_needs_reset() {
 #[test]
 fn test_activate_twice_without_reset() {
     let m = mem();
-    let d = Driver::new(&m);
+    let d = Driver::new(&m, 2);
     let mut r = rig(&d);
-    let mut d2 = Driver::new(&m);
-    r.net
+    let mut d2 = Driver::new(&m, 2);
+    r.dev
         .lock()
         .unwrap()
         .activate(m.clone(), r.irq.clone(), d2.active_queues())
@@ -545,7 +378,7 @@ fn test_activate_twice_without_reset() {
 #[test]
 fn test_activate_needs_both_queues() {
     let m = mem();
-    let d = Driver::new(&m);
+    let d = Driver::new(&m, 2);
     let mut n = Net::new(Box::new(FakeBackend::new().unwrap()), MAC).unwrap();
     let mut qs = d.active_queues();
     qs.pop();
@@ -556,13 +389,13 @@ fn test_activate_needs_both_queues() {
 #[test]
 fn test_link_down_drops_both_ways_and_signals_config() {
     let m = mem();
-    let mut d = Driver::new(&m);
+    let mut d = Driver::new(&m, 2);
     d.post_rx(1530);
     let mut r = rig(&d);
-    r.net.lock().unwrap().set_link_up(false);
+    r.dev.lock().unwrap().set_link_up(false);
     assert_eq!(r.irq.count(InterruptKind::Config), 1);
     let mut status = [0u8; 2];
-    r.net.lock().unwrap().read_config(6, &mut status);
+    r.dev.lock().unwrap().read_config(6, &mut status);
     assert_eq!(status, [0, 0]);
     r.host.inject(&frame(64, 1));
     d.send(&frame(64, 2));
@@ -571,14 +404,14 @@ fn test_link_down_drops_both_ways_and_signals_config() {
     assert!(r.host.take_sent().is_empty());
     assert_eq!(d.used(TX).len(), 1);
     assert!(d.received().is_empty());
-    r.net.lock().unwrap().set_link_up(true);
+    r.dev.lock().unwrap().set_link_up(true);
     assert_eq!(r.irq.count(InterruptKind::Config), 2);
     r.host.inject(&frame(64, 3));
     r.run();
     assert_eq!(d.received(), vec![frame(64, 3)]);
     // Without VIRTIO_NET_F_STATUS the guest is not told.
-    r.net.lock().unwrap().ack_features(0);
-    r.net.lock().unwrap().set_link_up(false);
+    r.dev.lock().unwrap().ack_features(0);
+    r.dev.lock().unwrap().set_link_up(false);
     assert_eq!(r.irq.count(InterruptKind::Config), 2);
     let _ = VIRTIO_NET_F_STATUS;
 }
@@ -586,7 +419,7 @@ fn test_link_down_drops_both_ways_and_signals_config() {
 /// The link status bit the guest reads.
 fn link_status(r: &Rig) -> bool {
     let mut status = [0u8; 2];
-    r.net.lock().unwrap().read_config(6, &mut status);
+    r.dev.lock().unwrap().read_config(6, &mut status);
     u16::from_le_bytes(status) & 1 != 0
 }
 
@@ -595,7 +428,7 @@ fn link_status(r: &Rig) -> bool {
 #[test]
 fn test_a_backend_gone_for_good_is_link_down_and_leaves_the_loop_idle() {
     let m = mem();
-    let mut d = Driver::new(&m);
+    let mut d = Driver::new(&m, 2);
     d.post_rx(1530);
     let mut r = rig(&d);
     assert!(link_status(&r));
@@ -603,7 +436,7 @@ fn test_a_backend_gone_for_good_is_link_down_and_leaves_the_loop_idle() {
     r.run();
     assert!(!link_status(&r), "the guest must see the link down");
     assert_eq!(r.irq.count(InterruptKind::Config), 1);
-    assert!(r.net.lock().unwrap().backend_failed());
+    assert!(r.dev.lock().unwrap().backend_failed());
     // Nothing left to do: the failed backend is not watched (its fd would report an error
     // for ever).
     assert_eq!(
@@ -620,7 +453,7 @@ fn test_a_backend_gone_for_good_is_link_down_and_leaves_the_loop_idle() {
     assert_eq!(r.em.run_with_timeout(0).unwrap(), 0);
     // A new backend brings the link back (mconsole `config ethN=…` after the tap is back).
     let host = FakeBackend::new().unwrap();
-    r.net
+    r.dev
         .lock()
         .unwrap()
         .replace_backend(Box::new(host.clone()));
@@ -638,7 +471,7 @@ fn test_a_backend_gone_for_good_is_link_down_and_leaves_the_loop_idle() {
 #[test]
 fn test_errors_that_go_on_without_a_frame_fail_the_backend() {
     let m = mem();
-    let mut d = Driver::new(&m);
+    let mut d = Driver::new(&m, 2);
     d.post_rx(1530);
     let mut r = rig(&d);
     // Not an error that means "gone", but it never stops.
@@ -649,7 +482,7 @@ fn test_errors_that_go_on_without_a_frame_fail_the_backend() {
         }
     }
     r.run();
-    assert!(r.net.lock().unwrap().backend_failed());
+    assert!(r.dev.lock().unwrap().backend_failed());
     assert!(!link_status(&r));
     assert_eq!(
         r.em.run_with_timeout(0).unwrap(),
@@ -661,7 +494,7 @@ fn test_errors_that_go_on_without_a_frame_fail_the_backend() {
 #[test]
 fn test_a_switch_port_is_up_once_it_answered_and_down_when_it_hangs_up() {
     let m = mem();
-    let mut d = Driver::new(&m);
+    let mut d = Driver::new(&m, 2);
     d.post_rx(1530);
     let host = FakeBackend::connecting().unwrap();
     let mut r = rig_with(&d, host.clone());
@@ -684,7 +517,7 @@ fn test_a_switch_port_is_up_once_it_answered_and_down_when_it_hangs_up() {
     r.run();
     assert!(!link_status(&r));
     assert_eq!(r.irq.count(InterruptKind::Config), 2);
-    assert!(r.net.lock().unwrap().backend_failed());
+    assert!(r.dev.lock().unwrap().backend_failed());
     assert_eq!(
         r.em.run_with_timeout(0).unwrap(),
         0,
@@ -695,11 +528,11 @@ fn test_a_switch_port_is_up_once_it_answered_and_down_when_it_hangs_up() {
 #[test]
 fn test_close_releases_the_backend() {
     let m = mem();
-    let mut d = Driver::new(&m);
+    let mut d = Driver::new(&m, 2);
     let mut r = rig(&d);
-    r.net.lock().unwrap().close();
+    r.dev.lock().unwrap().close();
     r.run();
-    assert!(r.net.lock().unwrap().is_closed());
+    assert!(r.dev.lock().unwrap().is_closed());
     // Only this test's clone is left: the device let go of the backend.
     d.send(&frame(64, 1));
     d.kick(TX);
@@ -709,17 +542,18 @@ fn test_close_releases_the_backend() {
     assert_eq!(d.used(TX).len(), 1);
     assert!(d.used(RX).is_empty());
     // Hot-unplug: the event loop lets go of the device, which can then be dropped.
-    let removed = r.em.remove_subscriber(r.id).unwrap();
-    assert!(Arc::ptr_eq(&removed, &r.net));
+    let id = r.id;
+    let removed = r.em.remove_subscriber(id).unwrap();
+    assert!(Arc::ptr_eq(&removed, &r.dev));
     drop(removed);
-    assert_eq!(Arc::strong_count(&r.net), 1);
+    assert_eq!(Arc::strong_count(&r.dev), 1);
     assert_eq!(r.em.run_with_timeout(0).unwrap(), 0);
 }
 
 #[test]
 fn test_more_than_a_budget_of_frames() {
     let m = mem();
-    let mut d = Driver::new(&m);
+    let mut d = Driver::new(&m, 2);
     for _ in 0..200 {
         d.post_rx(1530);
     }
@@ -747,7 +581,7 @@ proptest! {
         ),
     ) {
         let m = mem();
-        let mut d = Driver::new(&m);
+        let mut d = Driver::new(&m, 2);
         let mut r = rig(&d);
         let mut want = Vec::new();
         for (len, seed, cuts) in &frames {
@@ -772,7 +606,7 @@ proptest! {
         rx_frames in proptest::collection::vec(0usize..2000, 0..6),
     ) {
         let m = mem();
-        let mut d = Driver::new(&m);
+        let mut d = Driver::new(&m, 2);
         let mut r = rig(&d);
         for (i, c) in chains.iter().enumerate() {
             let descs: Vec<SplitDescriptor> = c
@@ -818,7 +652,7 @@ impl netdev::Backend for SockBackend {
 fn test_real_socket_backpressure_without_busy_polling() {
     use std::os::unix::net::UnixDatagram;
     let m = mem();
-    let mut d = Driver::new(&m);
+    let mut d = Driver::new(&m, 2);
     let (dev_end, peer) = UnixDatagram::pair().unwrap();
     dev_end.set_nonblocking(true).unwrap();
     peer.set_nonblocking(true).unwrap();
