@@ -221,7 +221,7 @@ fn log_is_split_like_uml_mconsole() {
 
 #[test]
 fn multi_packet_replies_arrive_whole() {
-    let vm = TestVm::start("t6");
+    let mut vm = TestVm::start("t6");
     // 16 packets: more than net.unix.max_dgram_qlen (10), which hangs uml_mconsole with UML.
     check(
         &vm,
@@ -238,8 +238,7 @@ fn multi_packet_replies_arrive_whole() {
         &format!("OK \n{}\n", huge_text()),
         0,
     );
-    std::thread::sleep(std::time::Duration::from_millis(50));
-    let stats = *vm.stats.lock().unwrap();
+    let stats = vm.finish();
     eprintln!("server stats after the multi-packet replies: {stats:?}");
     assert_eq!(stats.packets_dropped, 0);
 }

@@ -200,6 +200,16 @@ impl TestVm {
     pub fn seen(&self) -> Vec<Command> {
         self.seen.lock().unwrap().clone()
     }
+
+    /// Stops the server thread and returns its counters as of its last round (no waiting
+    /// for it to get round to publishing them).
+    pub fn finish(&mut self) -> ServerStats {
+        self.done.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.join().expect("the server thread");
+        }
+        *self.stats.lock().unwrap()
+    }
 }
 
 impl Drop for TestVm {
