@@ -104,7 +104,7 @@ impl Bus {
     pub fn read(&self, addr: u64, data: &mut [u8]) -> bool {
         match self.resolve(addr, data.len()) {
             Some((base, dev)) => {
-                lock(dev).read(base, addr - base, data);
+                crate::locked(dev).read(base, addr - base, data);
                 true
             }
             None => {
@@ -118,18 +118,12 @@ impl Bus {
     pub fn write(&self, addr: u64, data: &[u8]) -> bool {
         match self.resolve(addr, data.len()) {
             Some((base, dev)) => {
-                lock(dev).write(base, addr - base, data);
+                crate::locked(dev).write(base, addr - base, data);
                 true
             }
             None => false,
         }
     }
-}
-
-/// Locks a device, recovering from a poisoned lock: a device whose handler panicked on
-/// another thread keeps its last state rather than taking every vCPU down with it.
-pub fn lock(dev: &SharedDevice) -> std::sync::MutexGuard<'_, dyn BusDevice + 'static> {
-    dev.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]

@@ -12,6 +12,12 @@ pub mod virtio;
 pub mod warn;
 pub mod watch;
 
+/// Locks `m`, recovering from a poisoned lock: a device whose handler panicked on another
+/// thread keeps its last state rather than taking every vCPU down with it.
+pub fn locked<T: ?Sized>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// An error and its sources, joined with ": " (how kuml prints errors, once).
 pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();

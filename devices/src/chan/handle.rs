@@ -29,7 +29,7 @@ pub(super) struct Handle {
 static RAW_TERMINALS: Mutex<Vec<(RawFd, sys::Termios)>> = Mutex::new(Vec::new());
 
 fn raw_terminals() -> MutexGuard<'static, Vec<(RawFd, sys::Termios)>> {
-    RAW_TERMINALS.lock().unwrap_or_else(|e| e.into_inner())
+    crate::locked(&RAW_TERMINALS)
 }
 
 /// Restores every terminal a channel put in raw mode. Dropping a channel does this for its

@@ -34,7 +34,7 @@ pub struct PortHub {
 impl PortHub {
     /// The hub of `addr`: the one other lines already share, or a newly bound socket.
     pub fn get(addr: PortAddr) -> io::Result<Arc<PortHub>> {
-        let mut hubs = HUBS.lock().unwrap_or_else(|e| e.into_inner());
+        let mut hubs = crate::locked(&HUBS);
         let hubs = hubs.get_or_insert_with(HashMap::new);
         hubs.retain(|_, h| h.strong_count() > 0);
         if let Some(hub) = hubs.get(&addr).and_then(Weak::upgrade) {
@@ -55,7 +55,7 @@ impl PortHub {
     }
 
     fn waiting(&self) -> MutexGuard<'_, usize> {
-        self.waiting.lock().unwrap_or_else(|e| e.into_inner())
+        crate::locked(&self.waiting)
     }
 
     /// Registers a line as waiting for a client: the socket listens from now on.

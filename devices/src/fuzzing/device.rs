@@ -9,7 +9,7 @@
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use netdev::{FakeBackend, MacAddr};
@@ -40,10 +40,6 @@ const MAC: MacAddr = MacAddr([0x52, 0x54, 0, 0x12, 0x34, 0x56]);
 /// VIRTIO_RING_F_EVENT_IDX.
 const EVENT_IDX: u64 = 1 << 29;
 
-fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// Cuts `bytes` into `[len: u16 LE][len bytes]` records (the last one may be short).
 fn records(mut bytes: &[u8]) -> Vec<&[u8]> {
     let mut out = Vec::new();
@@ -73,7 +69,10 @@ where
     let (queues, kicks) = rig::queues(&sizes, acked & EVENT_IDX != 0);
     let check = WriteCheck::rings(mem, kicks.len());
     let irq = Arc::new(rig::CountingInterrupt::default());
-    if lock(&dev).activate(mem.clone(), irq, queues).is_ok() {
+    if crate::locked(&dev)
+        .activate(mem.clone(), irq, queues)
+        .is_ok()
+    {
         rig::run(&mut em);
         for &step in input.script {
             if step < 0x80 {
@@ -137,7 +136,7 @@ pub fn net_device(data: &[u8]) {
         }
         _ => {
             link = !link;
-            lock(dev).set_link_up(link);
+            crate::locked(dev).set_link_up(link);
         }
     });
     for f in backend.take_sent() {
@@ -190,10 +189,11 @@ pub fn console_device(data: &[u8]) {
                 }
             }
             0xc0..=0xdf => {
-                let _ = lock(dev).resize(0, u16::from(step & 0x1f) * 7, u16::from(step & 3));
+                let _ =
+                    crate::locked(dev).resize(0, u16::from(step & 0x1f) * 7, u16::from(step & 3));
             }
             _ => {
-                let mut c = lock(dev);
+                let mut c = crate::locked(dev);
                 if c.remove_port(1).is_err() {
                     let _ = c.add_port(1, Channel::null());
                 }
@@ -284,14 +284,14 @@ struct Events(Mutex<Vec<String>>);
 
 impl GuestEvents for Events {
     fn report(&self, event: GuestEvent) {
-        lock(&self.0).push(format!("{event:?}"));
+        crate::locked(&self.0).push(format!("{event:?}"));
     }
 }
 
 impl EjectHandler for Events {
     fn eject(&self, slot: u8) {
         assert!(slot < 32, "eject of slot {slot}");
-        lock(&self.0).push(format!("eject {slot}"));
+        crate::locked(&self.0).push(format!("eject {slot}"));
     }
 }
 

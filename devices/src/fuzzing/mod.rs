@@ -207,10 +207,7 @@ impl MsiRouting for CheckedRouting {
     }
     fn trigger(&self, vector: u16) -> std::io::Result<()> {
         assert!(vector < self.vectors, "vector {vector} fired out of range");
-        self.fired
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(vector);
+        crate::locked(&self.fired).push(vector);
         Ok(())
     }
 }
@@ -278,17 +275,9 @@ pub fn pci_config(data: &[u8]) {
                 msix.read_table(u64::from(v) * MSIX_ENTRY_SIZE + 12, &mut ctl);
                 let masked = msix.function_masked() || ctl[0] & 1 != 0;
                 let was_pending = msix.pending(v);
-                let fired = routing
-                    .fired
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .len();
+                let fired = crate::locked(&routing.fired).len();
                 let _ = msix.trigger(v, &routing);
-                let now = routing
-                    .fired
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .len();
+                let now = crate::locked(&routing.fired).len();
                 // Disabled: dropped; masked: pending; open: delivered at once.
                 let (fires, pends) = match (v < VECTORS && msix.enabled(), masked) {
                     (false, _) => (false, was_pending),

@@ -7,7 +7,7 @@
 //! (disabled address, bus other than 0, function other than 0, empty slot) reads all ones and
 //! drops writes.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use log::{debug, info, warn};
 
@@ -94,10 +94,6 @@ impl PciDevice for HostBridge {
     fn write_config(&mut self, offset: usize, data: &[u8]) -> Option<BarMove> {
         self.config.write(offset, data)
     }
-}
-
-fn lock(dev: &SharedPciDevice) -> MutexGuard<'_, dyn PciDevice + 'static> {
-    dev.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The root bus: slot table plus the 0xCF8/0xCFC configuration ports.
@@ -189,7 +185,7 @@ impl PciRoot {
     /// Reads configuration space of bus 0, `slot`, function 0 (all ones if absent).
     pub fn config_read(&self, slot: u8, offset: usize, data: &mut [u8]) {
         match self.device(slot) {
-            Some(dev) => lock(dev).read_config(offset, data),
+            Some(dev) => crate::locked(dev).read_config(offset, data),
             None => data.fill(0xff),
         }
     }
@@ -200,7 +196,7 @@ impl PciRoot {
             return;
         };
         // Release the device before calling the hook: it may lock the device.
-        let mv = lock(dev).write_config(offset, data);
+        let mv = crate::locked(dev).write_config(offset, data);
         if let Some(mv) = mv {
             info!(
                 "pci: slot {slot} BAR {} moved {:#x} -> {:#x}",
@@ -212,7 +208,7 @@ impl PciRoot {
             };
             if let Err(e) = moved {
                 warn!("pci: cannot move slot {slot} BAR {}: {e}", mv.index);
-                lock(dev).bar_move_failed(mv);
+                crate::locked(dev).bar_move_failed(mv);
             }
         }
     }

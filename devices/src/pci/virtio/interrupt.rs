@@ -57,7 +57,7 @@ impl InterruptState {
 
     /// Locks the MSI-X state.
     pub fn msix(&self) -> MutexGuard<'_, Msix> {
-        self.msix.lock().unwrap_or_else(|e| e.into_inner())
+        crate::locked(&self.msix)
     }
 
     /// The routing the MSI-X state reports to.

@@ -22,7 +22,7 @@ mod common;
 mod interrupt;
 
 use std::io;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use log::{debug, error, info, warn};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -128,10 +128,6 @@ pub fn msix_vectors(device: &dyn VirtioDevice) -> u16 {
     (device.queue_max_sizes().len().min(MAX_QUEUES) + 1) as u16
 }
 
-fn lock(dev: &Arc<Mutex<dyn VirtioDevice>>) -> MutexGuard<'_, dyn VirtioDevice + 'static> {
-    dev.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// A virtio device on PCI: its configuration space and its BAR.
 pub struct VirtioPciDevice {
     config: PciConfig,
@@ -165,7 +161,7 @@ impl VirtioPciDevice {
         bar_addr: u64,
     ) -> Result<Self, VirtioPciError> {
         let (dtype, sizes) = {
-            let d = lock(&device);
+            let d = crate::locked(&device);
             (d.device_type(), d.queue_max_sizes().to_vec())
         };
         if sizes.is_empty() || sizes.len() > MAX_QUEUES {
@@ -325,7 +321,7 @@ impl VirtioPciDevice {
             }
         }
         let irq: Arc<dyn VirtioInterrupt> = self.irq.clone();
-        let r = lock(&self.device).activate(self.mem.clone(), irq, active);
+        let r = crate::locked(&self.device).activate(self.mem.clone(), irq, active);
         match r {
             Ok(()) => {
                 info!("virtio-pci: device activated");
@@ -340,7 +336,7 @@ impl VirtioPciDevice {
 
     fn reset(&mut self) {
         if self.activated {
-            if lock(&self.device).reset() {
+            if crate::locked(&self.device).reset() {
                 self.activated = false;
             } else {
                 error!("virtio-pci: the device cannot be reset");
@@ -433,7 +429,7 @@ impl BusDevice for VirtioPciDevice {
         }
         match offset {
             o if o < ISR_OFFSET => {
-                let d = lock(&self.device);
+                let d = crate::locked(&self.device);
                 self.common.read(o, data, &*d, &self.irq);
             }
             o if o < DEVICE_CFG_OFFSET => {
@@ -442,7 +438,9 @@ impl BusDevice for VirtioPciDevice {
                     *b = self.irq.take_isr();
                 }
             }
-            o if o < NOTIFY_OFFSET => lock(&self.device).read_config(o - DEVICE_CFG_OFFSET, data),
+            o if o < NOTIFY_OFFSET => {
+                crate::locked(&self.device).read_config(o - DEVICE_CFG_OFFSET, data)
+            }
             o if (MSIX_TABLE_OFFSET..MSIX_PBA_OFFSET).contains(&o) => {
                 self.irq.msix().read_table(o - MSIX_TABLE_OFFSET, data)
             }
@@ -460,7 +458,7 @@ impl BusDevice for VirtioPciDevice {
         match offset {
             o if o < ISR_OFFSET => {
                 let action = {
-                    let mut d = lock(&self.device);
+                    let mut d = crate::locked(&self.device);
                     self.common.write(o, data, &mut *d, &self.irq)
                 };
                 match action {
@@ -470,7 +468,9 @@ impl BusDevice for VirtioPciDevice {
                 }
             }
             o if o < DEVICE_CFG_OFFSET => debug!("virtio-pci: ISR is read-only"),
-            o if o < NOTIFY_OFFSET => lock(&self.device).write_config(o - DEVICE_CFG_OFFSET, data),
+            o if o < NOTIFY_OFFSET => {
+                crate::locked(&self.device).write_config(o - DEVICE_CFG_OFFSET, data)
+            }
             o if o < MSIX_TABLE_OFFSET => self.notify(o - NOTIFY_OFFSET, data.len()),
             o if (MSIX_TABLE_OFFSET..MSIX_PBA_OFFSET).contains(&o) => {
                 let irq = &self.irq;
