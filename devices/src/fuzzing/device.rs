@@ -86,6 +86,25 @@ where
     check.check(mem);
 }
 
+/// A channel on one end of a socket pair, and the other end (non-blocking) for the host side.
+fn socket_channel() -> (UnixStream, Channel) {
+    let Ok((peer, ours)) = UnixStream::pair() else {
+        panic!("a socket pair");
+    };
+    let _ = peer.set_nonblocking(true);
+    let Ok(ours2) = ours.try_clone() else {
+        panic!("a second socket handle");
+    };
+    let Ok(ch) = Channel::from_fds(
+        ChannelSpec::single(Chan::Fd(3)),
+        Some(ours.into()),
+        Some(ours2.into()),
+    ) else {
+        panic!("a channel on a socket");
+    };
+    (peer, ch)
+}
+
 /// The virtio-blk device over a 32 KiB in-memory disk holding the host data. Option bits:
 /// 0 read-only, 1 sync, 2 no trim.
 pub fn block_device(data: &[u8]) {
@@ -155,20 +174,7 @@ pub fn console_device(data: &[u8]) {
         return;
     };
     let mem = rig::guest_memory(input.memory);
-    let Ok((mut peer, ours)) = UnixStream::pair() else {
-        panic!("a socket pair");
-    };
-    let _ = peer.set_nonblocking(true);
-    let Ok(ours2) = ours.try_clone() else {
-        panic!("a second socket handle");
-    };
-    let Ok(ch) = Channel::from_fds(
-        ChannelSpec::single(Chan::Fd(3)),
-        Some(ours.into()),
-        Some(ours2.into()),
-    ) else {
-        panic!("a channel on a socket");
-    };
+    let (mut peer, ch) = socket_channel();
     let Ok(mut console) = Console::new(2) else {
         panic!("a two-port console");
     };
@@ -301,22 +307,9 @@ impl EjectHandler for Events {
 /// answers an access exactly when a device covers it.
 pub fn legacy_ports(data: &[u8]) {
     let events = Arc::new(Events::default());
-    let Ok((mut peer, ours)) = UnixStream::pair() else {
-        panic!("a socket pair");
-    };
-    let _ = peer.set_nonblocking(true);
-    let (Ok(ours2), Ok(irq)) = (ours.try_clone(), EventFd::new(EFD_NONBLOCK)) else {
-        panic!("fds for the UART");
-    };
-    let Ok(ch) = Channel::from_fds(
-        ChannelSpec::single(Chan::Fd(3)),
-        Some(ours.into()),
-        Some(ours2.into()),
-    ) else {
-        panic!("a channel on a socket");
-    };
+    let (mut peer, ch) = socket_channel();
     let irq2 = || EventFd::new(EFD_NONBLOCK).expect("an eventfd");
-    let Ok(uart) = SerialDevice::new(irq, ch) else {
+    let Ok(uart) = SerialDevice::new(irq2(), ch) else {
         panic!("a UART");
     };
     let devices: [(SharedDevice, u64, u64); 8] = [
