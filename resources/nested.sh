@@ -9,7 +9,8 @@
 #
 # Prints the command's stdout and stderr as they come and exits with its exit status; 124 when
 # the timeout ended L1, 125 when L1 failed before or around the command (its console log is
-# printed). Holds /var/lock/kuml-tcg.lock for the whole run: one TCG VM per machine.
+# printed). Holds /var/lock/kuml-tcg.lock for the whole run: one TCG VM per machine (it says so
+# when it has to wait). A TERM/INT/HUP to this script ends QEMU too.
 #
 # Options:
 #   --cpus N        L1 vCPUs (default 2)
@@ -99,13 +100,20 @@ done
 # until the timeout.
 append="console=ttyS0 panic=-1 softlockup_panic=1 watchdog_thresh=30"
 
+# One TCG VM per machine: the lock is held on fd 8 from here until this script and QEMU (which
+# inherits it) are gone. KUML_TCG_LOCK names another lock file (for testing this script).
+take_lock() {
+    exec 8>"${KUML_TCG_LOCK:-/var/lock/kuml-tcg.lock}"
+    flock -n 8 || { say "waiting for the TCG lock (another TCG VM runs on this machine)"; flock 8; }
+}
+
 status=
 if [ "$tty" = 1 ]; then
     args+=(-chardev stdio,id=con,mux=on,signal=off -serial chardev:con
            -mon chardev=con,mode=readline)
     append="$append quiet loglevel=1"
-    flock /var/lock/kuml-tcg.lock timeout --foreground "$timeout" \
-        "$qemu" "${args[@]}" -append "$append" || status=$?
+    take_lock
+    timeout --foreground "$timeout" "$qemu" "${args[@]}" -append "$append" || status=$?
 else
     # The command's stdout and stderr reach ours through pipes (cat), so that QEMU's writes do
     # not disturb the offset of a stdout that is a file.
@@ -116,8 +124,16 @@ else
     args+=(-serial "file:$log" -device virtio-serial-pci
            -chardev file,id=out,path=/proc/self/fd/5 -device virtserialport,chardev=out,name=kuml.stdout
            -chardev file,id=err,path=/proc/self/fd/6 -device virtserialport,chardev=err,name=kuml.stderr)
-    flock /var/lock/kuml-tcg.lock timeout "$timeout" \
-        "$qemu" "${args[@]}" -append "$append" </dev/null >>"$log" 2>&1 || status=$?
+    take_lock
+    # In the background, so that a signal to this script (e.g. an outer timeout) ends QEMU too
+    # instead of leaving it running with the lock: timeout passes TERM/INT/HUP on to QEMU.
+    timeout "$timeout" "$qemu" "${args[@]}" -append "$append" </dev/null >>"$log" 2>&1 &
+    qpid=$!
+    trap 'kill -TERM $qpid 2>/dev/null' TERM INT HUP
+    wait $qpid || status=$?
+    # A signal interrupts the first wait; wait for QEMU itself to be gone.
+    while kill -0 $qpid 2>/dev/null; do wait $qpid || status=$?; done
+    trap - TERM INT HUP
     exec 5>&- 6>&-
     wait
 fi
