@@ -201,9 +201,8 @@ pub struct VmOptions {
     /// Descriptors to hand to kuml: (child fd number, our fd), e.g. for `con1=fd:3,fd:4`.
     /// Ours are handed over: they are closed in this process once kuml has started.
     pub extra_fds: Vec<(i32, std::os::fd::RawFd)>,
-    /// Also print the kernel log on COM1 (`ssl0`) to kuml's stderr from the first line on:
-    /// the virtio console (con0, `hvc0`) only shows what the kernel prints once its driver has
-    /// probed (the kernel does not replay earlier lines to it).
+    /// Also print the kernel log on COM1 (`ssl0`) to kuml's stderr: a second copy of the log,
+    /// next to con0's, which helps when a test fails before con0's device has probed.
     pub early_log: bool,
     /// Extra environment for kuml (e.g. `DISPLAY`).
     pub env: Vec<(String, String)>,

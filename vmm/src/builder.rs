@@ -10,7 +10,7 @@ use devices::legacy::pm::{ExitPort, PmDevice, PvPanic};
 use devices::legacy::serial::{SerialDevice, COM_PORTS, COM_PORT_LEN};
 use devices::pci::{EjectHandler, PciHotplug};
 use devices::virtio::block::Block;
-use devices::virtio::console::{open_consoles, Console, DEFAULT_MAX_PORTS};
+use devices::virtio::console::{open_consoles, ConsoleSet, DEFAULT_MAX_PORTS};
 use devices::virtio::net::device::Net;
 use event_manager::MutEventSubscriber;
 use vm_memory::{Bytes, GuestAddress};
@@ -153,8 +153,8 @@ pub struct Machine {
     pub i8042: Arc<Mutex<I8042>>,
     /// Serial lines present (index, UART).
     pub serials: Vec<(u32, Arc<Mutex<SerialDevice>>)>,
-    /// The virtio console with one port per `conN`.
-    pub console: Arc<Mutex<Console>>,
+    /// The consoles: `con0`'s own device and the multiport device of `con1` and up.
+    pub consoles: ConsoleSet,
     /// Disks plugged at boot, by ubd unit.
     pub disks: Vec<(usize, Arc<Mutex<Block>>, PluggedDevice)>,
     /// Network cards plugged at boot, by ethN index.
@@ -363,7 +363,8 @@ pub fn build(cfg: &Config, umid: &str) -> Result<Machine, BuildError> {
     dm.add_mmio(ged.clone(), hotplug_aml::GED_ADDR, hotplug_aml::GED_LEN)
         .map_err(device_err("GED"))?;
 
-    // Consoles: one virtio-console port per conN.
+    // Consoles: con0 on its own device, plugged first so that the guest names it hvc0 while
+    // it probes, before init opens /dev/console; con1.. as ports of a multiport device.
     let opened = open_consoles(
         &lines(LineClass::Console, &cfg.con, boot_consoles(cfg), &ctx)?,
         DEFAULT_MAX_PORTS,
@@ -373,10 +374,12 @@ pub fn build(cfg: &Config, umid: &str) -> Result<Machine, BuildError> {
     for f in &opened.failures {
         eprintln!("kuml: {}", error_chain(f));
     }
-    let console = Arc::new(Mutex::new(opened.console));
-    dm.add_virtio(console.clone(), None)
-        .map_err(device_err("virtio console"))?;
-    subscribers.push(console.clone());
+    let consoles = opened.consoles;
+    for dev in consoles.devices() {
+        dm.add_virtio(dev.clone(), None)
+            .map_err(device_err("virtio console"))?;
+        subscribers.push(dev);
+    }
 
     // Disks in unit order, so that the guest names them vda, vdb, … as `root=` expects.
     let mut disks = Vec::new();
@@ -466,7 +469,7 @@ pub fn build(cfg: &Config, umid: &str) -> Result<Machine, BuildError> {
         exit,
         i8042: kbd,
         serials,
-        console,
+        consoles,
         disks,
         nics,
         subscribers,

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use devices::chan::{self, ChanContext, Channel, LineClass};
 use devices::legacy::ged::GED_PCI_HOTPLUG;
 use devices::legacy::i8042;
+use devices::virtio::console::ConsoleError;
 use event_manager::{EventManager, SubscriberId, SubscriberOps};
 use mconsole::{ClientAddr, Command, Device, DeviceSpec, Reply};
 
@@ -216,7 +217,8 @@ impl Control {
             },
             Device::Con => match index {
                 Ok(n) => Reply::ok(
-                    locked(&machine.console)
+                    machine
+                        .consoles
                         .port_description(n)
                         .unwrap_or_else(|| "none".into()),
                 ),
@@ -348,7 +350,7 @@ impl Control {
             LineClass::Serial
         };
         // Refuse before setting the channel up: a port: line would bind its port for nothing.
-        if class == LineClass::Console && locked(&machine.console).port_ids().contains(&n) {
+        if class == LineClass::Console && machine.consoles.port_ids().contains(&n) {
             return Reply::with_err(-libc::EINVAL, "Device is already open");
         }
         // A console's pts is allocated when the guest opens the new port; a serial line's now.
@@ -362,7 +364,7 @@ impl Control {
             Err(e) => return Reply::with_err(-libc::EINVAL, crate::builder::error_chain(&e)),
         };
         if class == LineClass::Console {
-            match locked(&machine.console).add_port(n, channel) {
+            match machine.consoles.add_port(n, channel) {
                 Ok(()) => Reply::ok(""),
                 Err(e) => Reply::with_err(-libc::EINVAL, e.to_string()),
             }
@@ -533,8 +535,12 @@ impl Control {
                 let Ok(n) = d.id().parse::<u32>() else {
                     return now(Reply::error("Couldn't parse device number"));
                 };
-                return now(match locked(&machine.console).remove_port(n) {
+                return now(match machine.consoles.remove_port(n) {
                     Ok(()) => Reply::ok(""),
+                    // UML removes a line by configuring it to none, which an open line refuses.
+                    Err(ConsoleError::Fixed) => {
+                        Reply::with_err(-libc::EINVAL, "Device is already open")
+                    }
                     Err(_) => Reply::no_device(),
                 });
             }

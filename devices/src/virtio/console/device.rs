@@ -1,7 +1,7 @@
 //! The virtio-console device: configuration space, features, ports, activation and reset.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use log::warn;
 use virtio_queue::QueueT;
@@ -58,6 +58,9 @@ pub enum ConsoleError {
     /// `max_nr_ports` is 0 or too large.
     #[error("a console device needs 1 to {MAX_PORTS_LIMIT} ports, not {0}")]
     BadMaxPorts(u32),
+    /// `con0` is the guest's console device; it stays for the VM's lifetime.
+    #[error("con0 is the guest's console and cannot be removed")]
+    Fixed,
     /// The port's channel could not be opened.
     #[error("cannot open the channel of console {id}")]
     Channel {
@@ -115,7 +118,8 @@ pub(super) enum Retired {
     Queue { _notify: Arc<EventFd> },
 }
 
-/// A virtio-console device with multiport: UML's consoles as ports.
+/// A virtio-console device: either multiport (UML's consoles as ports) or a single port
+/// without control queues ([`Console::single`], for `con0`).
 ///
 /// Port N carries `conN`; every port is a console port (an hvc tty in the guest) named
 /// `conN` (`/sys/class/virtio-ports/vport*pN/name`). The guest numbers hvc ttys in the order
@@ -126,6 +130,9 @@ pub(super) enum Retired {
 /// event loop (as an event-manager `MutEventSubscriber`).
 #[derive(Debug)]
 pub struct Console {
+    /// Offers VIRTIO_CONSOLE_F_MULTIPORT (control queues, ports added at run time). Without
+    /// it the device is one console port that exists as soon as the driver probes it.
+    pub(super) multiport: bool,
     pub(super) max_ports: u32,
     pub(super) queue_sizes: Vec<u16>,
     pub(super) acked_features: u64,
@@ -153,6 +160,7 @@ impl Console {
         }
         let nq = 2 * (max_ports as usize + 1);
         Ok(Self {
+            multiport: true,
             max_ports,
             queue_sizes: vec![QUEUE_SIZE; nq],
             acked_features: 0,
@@ -166,6 +174,22 @@ impl Console {
             retired: Vec::new(),
             registered: BTreeMap::new(),
         })
+    }
+
+    /// A console device without multiport: one port (port 0), two queues, no control
+    /// messages. Linux makes its port an hvc console while it probes the device, so the tty
+    /// exists before `kernel_init` opens `/dev/console`; a multiport port only appears after
+    /// a control-message round trip through the VMM, which can lose that race.
+    pub fn single() -> Result<Self, ConsoleError> {
+        let mut c = Self::new(1)?;
+        c.multiport = false;
+        c.queue_sizes.truncate(2);
+        Ok(c)
+    }
+
+    /// True for a multiport device, false for a [`Console::single`] one.
+    pub fn is_multiport(&self) -> bool {
+        self.multiport
     }
 
     /// Adds port `id` (UML's `con<id>`) carried by `channel`: at boot, or at run time (the
@@ -194,8 +218,28 @@ impl Console {
         if self.driver_ready {
             self.send_control(HostMsg::DeviceAdd(id));
         }
+        if !self.multiport && self.active.is_some() {
+            self.open_single_port();
+        }
         self.kick();
         Ok(())
+    }
+
+    // A single-port device's port is the guest's as soon as the driver runs it: there is no
+    // PORT_READY or PORT_OPEN. Its channel opens now (a pts is allocated and announced), so
+    // that the first output the guest sends, the kernel's replay of its log, is not lost.
+    fn open_single_port(&mut self) {
+        let Some(p) = self.ports.get_mut(&0) else {
+            return;
+        };
+        if p.guest_open {
+            return;
+        }
+        p.ready = true;
+        p.guest_open = true;
+        if let Err(e) = p.channel.set_guest_open(true) {
+            warn!("console 0: {}", crate::error_chain(&e));
+        }
     }
 
     /// Removes port `id` (the guest is told with DEVICE_REMOVE); its channel is closed once
@@ -244,7 +288,8 @@ impl Console {
         Ok(())
     }
 
-    /// The number of queues: port 0 rx/tx, control rx/tx, then rx/tx for ports 1 and up.
+    /// The number of queues: port 0 rx/tx, then (multiport only) control rx/tx and rx/tx for
+    /// ports 1 and up.
     pub fn queue_count(&self) -> usize {
         self.queue_sizes.len()
     }
@@ -267,24 +312,86 @@ impl Console {
     }
 }
 
-/// A console device built from the command line's lines (see [`open_consoles`]).
+/// UML's consoles as two virtio devices: `con0` on a [`Console::single`] device, so that the
+/// guest's `hvc0` and `/dev/console` exist from the driver's probe on, and `con1` and up as
+/// ports of a multiport device, so that consoles can come and go at run time. Port ids are
+/// UML's console numbers on both (the multiport device never has a port 0).
+#[derive(Debug, Clone)]
+pub struct ConsoleSet {
+    first: Arc<Mutex<Console>>,
+    rest: Arc<Mutex<Console>>,
+}
+
+impl ConsoleSet {
+    /// An empty set whose multiport device has room for `con1` to `con<max_ports - 1>`.
+    pub fn new(max_ports: u32) -> Result<Self, ConsoleError> {
+        Ok(Self {
+            first: Arc::new(Mutex::new(Console::single()?)),
+            rest: Arc::new(Mutex::new(Console::new(max_ports)?)),
+        })
+    }
+
+    /// The `con0` device, then the multiport device: plug them in this order so that the
+    /// guest probes `con0` first and names it `hvc0`.
+    pub fn devices(&self) -> [Arc<Mutex<Console>>; 2] {
+        [self.first.clone(), self.rest.clone()]
+    }
+
+    fn device(&self, id: u32) -> MutexGuard<'_, Console> {
+        let d = if id == 0 { &self.first } else { &self.rest };
+        d.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds console `id` (see [`Console::add_port`]).
+    pub fn add_port(&self, id: u32, channel: Channel) -> Result<(), ConsoleError> {
+        self.device(id).add_port(id, channel)
+    }
+
+    /// Removes console `id` (see [`Console::remove_port`]); `con0` is the guest's console
+    /// device and cannot go.
+    pub fn remove_port(&self, id: u32) -> Result<(), ConsoleError> {
+        if id == 0 {
+            return Err(ConsoleError::Fixed);
+        }
+        self.device(id).remove_port(id)
+    }
+
+    /// The consoles that exist, in order.
+    pub fn port_ids(&self) -> Vec<u32> {
+        let mut ids = self.device(0).port_ids();
+        ids.extend(self.device(1).port_ids());
+        ids
+    }
+
+    /// The live description of console `id`'s channel (see [`Console::port_description`]).
+    pub fn port_description(&self, id: u32) -> Option<String> {
+        self.device(id).port_description(id)
+    }
+
+    /// True when the guest has console `id` open (see [`Console::is_guest_open`]).
+    pub fn is_guest_open(&self, id: u32) -> bool {
+        self.device(id).is_guest_open(id)
+    }
+}
+
+/// A console set built from the command line's lines (see [`open_consoles`]).
 #[derive(Debug)]
 pub struct OpenedConsoles {
-    /// The device, one port per line that opened.
-    pub console: Console,
+    /// The devices, one port per line that opened.
+    pub consoles: ConsoleSet,
     /// Lines that could not be set up; UML boots without them, printing why.
     pub failures: Vec<ConsoleError>,
 }
 
-/// Opens every console line (from [`crate::chan::resolve_lines`]) and builds the device with
-/// one port per line. A line whose channel fails is left out and reported in `failures`, as
-/// UML boots without the lines it cannot set up.
+/// Opens every console line (from [`crate::chan::resolve_lines`]) and builds the console set
+/// with one port per line. A line whose channel fails is left out and reported in
+/// `failures`, as UML boots without the lines it cannot set up.
 pub fn open_consoles(
     lines: &[(u32, ChannelSpec)],
     max_ports: u32,
     ctx: &ChanContext,
 ) -> Result<OpenedConsoles, ConsoleError> {
-    let mut console = Console::new(max_ports)?;
+    let consoles = ConsoleSet::new(max_ports)?;
     let mut failures = Vec::new();
     for (id, spec) in lines {
         if *id >= max_ports {
@@ -295,11 +402,11 @@ pub fn open_consoles(
             continue;
         }
         match Channel::prepare(spec, LineClass::Console, *id, ctx) {
-            Ok(ch) => console.add_port(*id, ch)?,
+            Ok(ch) => consoles.add_port(*id, ch)?,
             Err(source) => failures.push(ConsoleError::Channel { id: *id, source }),
         }
     }
-    Ok(OpenedConsoles { console, failures })
+    Ok(OpenedConsoles { consoles, failures })
 }
 
 impl VirtioDevice for Console {
@@ -312,9 +419,12 @@ impl VirtioDevice for Console {
     }
 
     fn features(&self) -> u64 {
-        (1 << VIRTIO_F_VERSION_1)
-            | (1 << VIRTIO_CONSOLE_F_MULTIPORT)
-            | (1 << VIRTIO_CONSOLE_F_EMERG_WRITE)
+        let multiport = if self.multiport {
+            1 << VIRTIO_CONSOLE_F_MULTIPORT
+        } else {
+            0
+        };
+        (1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_CONSOLE_F_EMERG_WRITE) | multiport
     }
 
     fn ack_features(&mut self, features: u64) {
@@ -348,10 +458,11 @@ impl VirtioDevice for Console {
         interrupt: Arc<dyn VirtioInterrupt>,
         queues: Vec<ActiveQueue>,
     ) -> Result<(), ActivateError> {
-        if queues.len() < 4 {
+        let need = if self.multiport { 4 } else { 2 };
+        if queues.len() < need {
             return Err(ActivateError::MissingQueues {
                 got: queues.len(),
-                need: 4,
+                need,
             });
         }
         let mut slots: Vec<Option<ActiveQueue>> = Vec::new();
@@ -368,7 +479,7 @@ impl VirtioDevice for Console {
                 None => self.retired.push(Retired::Queue { _notify: q.notify }),
             }
         }
-        for (i, s) in slots.iter().enumerate().take(4) {
+        for (i, s) in slots.iter().enumerate().take(need) {
             if s.is_none() {
                 warn!("console: the driver did not enable queue {i}");
                 broken = true;
@@ -387,6 +498,9 @@ impl VirtioDevice for Console {
             broken,
             reset_signalled: false,
         });
+        if !self.multiport {
+            self.open_single_port();
+        }
         self.kick();
         Ok(())
     }
@@ -450,7 +564,10 @@ mod tests {
             (40, ChannelSpec::single(crate::chan::Chan::Null)),
         ];
         let o = open_consoles(&lines, 16, &ChanContext::default()).unwrap();
-        assert_eq!(o.console.port_ids(), vec![0, 2]);
+        assert_eq!(o.consoles.port_ids(), vec![0, 2]);
+        let [first, rest] = o.consoles.devices();
+        assert_eq!(first.lock().unwrap().port_ids(), vec![0]);
+        assert_eq!(rest.lock().unwrap().port_ids(), vec![2]);
         assert_eq!(o.failures.len(), 2);
         assert!(matches!(
             o.failures[0],

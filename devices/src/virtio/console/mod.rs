@@ -1,8 +1,12 @@
-//! virtio-console with multiport: UML's consoles (`con0`, `con1`, …) as ports.
+//! virtio-console: UML's consoles (`con0`, `con1`, …) as ports of two devices
+//! ([`ConsoleSet`]).
 //!
-//! Port N is `conN`. Every port is announced as a console port (CONSOLE_PORT), so the guest
-//! makes it an hvc tty; port 0 is `hvc0`, the kernel console (`console=hvc0`). Ports come and
-//! go at run time (mconsole `config conN=…` / `remove conN`) with DEVICE_ADD/DEVICE_REMOVE.
+//! `con0` is the only port of a device without multiport ([`Console::single`]): the guest
+//! makes it `hvc0` while it probes the device, so the kernel console (`console=hvc0`) and
+//! `/dev/console` exist before init starts, on every boot. `con1` and up are ports of a
+//! multiport device; port N is `conN`. Every port is announced as a console port
+//! (CONSOLE_PORT), so the guest makes it an hvc tty. Ports come and go at run time (mconsole
+//! `config conN=…` / `remove conN`) with DEVICE_ADD/DEVICE_REMOVE.
 //!
 //! * [`control`]: PURE codec of the control messages.
 //! * [`port`]: descriptor chains to bytes and back.
@@ -12,11 +16,12 @@
 //! Data flow: guest output (a port's transmit queue) goes to the port's [`Channel`] output,
 //! which never blocks (see [`crate::chan`]). Host input is read from the channel into a
 //! per-port buffer of [`INPUT_BUFFER_MAX`] bytes and copied into the guest's receive buffers
-//! once the guest has the port open (PORT_OPEN); while the buffer is full the channel is not
+//! once the guest has the port open (PORT_OPEN; for `con0`, activation); while the buffer is full the channel is not
 //! read, so nothing is lost and the host side feels the backpressure.
 //!
 //! A port's channel is set up with [`Channel::prepare`] and opened when the guest opens the
-//! port (PORT_OPEN 1, which Linux sends as soon as it makes the port an hvc tty): a `pts` is
+//! port (PORT_OPEN 1, which Linux sends as soon as it makes the port an hvc tty; `con0`'s when
+//! the driver activates its device): a `pts` is
 //! allocated and announced then, and a `port:` line starts taking telnet clients then
 //! ([`Channel::set_guest_open`]).
 //!
@@ -27,11 +32,12 @@
 //!                                 DEFAULT_MAX_PORTS, ctx.display)?;
 //! let opened = open_consoles(&lines, DEFAULT_MAX_PORTS, &ctx)?;
 //! for e in &opened.failures { log::warn!("{}", error_chain(e)); }
-//! let console = Arc::new(Mutex::new(opened.console));
-//! event_manager.add_subscriber(console.clone());   // Arc<Mutex<Console>>
-//! transport = VirtioPci::new(console.clone() as Arc<Mutex<dyn VirtioDevice>>, …);
-//! // mconsole `config con3=pts`: console.lock().unwrap().add_port(3, Channel::prepare(…)?)
-//! // mconsole `remove con3` / `config con3=none`: console.lock().unwrap().remove_port(3)
+//! for dev in opened.consoles.devices() {             // con0's device first
+//!     event_manager.add_subscriber(dev.clone());     // Arc<Mutex<Console>>
+//!     transport = VirtioPci::new(dev as Arc<Mutex<dyn VirtioDevice>>, …);
+//! }
+//! // mconsole `config con3=pts`: opened.consoles.add_port(3, Channel::prepare(…)?)
+//! // mconsole `remove con3` / `config con3=none`: opened.consoles.remove_port(3)
 //! ```
 //!
 //! [`Channel`]: crate::chan::Channel
@@ -44,8 +50,8 @@ pub mod event_handler;
 pub mod port;
 
 pub use device::{
-    open_consoles, Console, ConsoleError, OpenedConsoles, DEFAULT_MAX_PORTS, INPUT_BUFFER_MAX,
-    QUEUE_SIZE, VIRTIO_CONSOLE_F_EMERG_WRITE, VIRTIO_CONSOLE_F_MULTIPORT,
+    open_consoles, Console, ConsoleError, ConsoleSet, OpenedConsoles, DEFAULT_MAX_PORTS,
+    INPUT_BUFFER_MAX, QUEUE_SIZE, VIRTIO_CONSOLE_F_EMERG_WRITE, VIRTIO_CONSOLE_F_MULTIPORT,
 };
 
 #[cfg(test)]

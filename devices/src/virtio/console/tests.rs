@@ -193,7 +193,10 @@ fn socket_channel() -> (UnixStream, Channel) {
 }
 
 fn rig(driver: &Driver, ports: Vec<(u32, Channel)>) -> Rig {
-    let mut c = Console::new(MAX_PORTS).unwrap();
+    rig_with(Console::new(MAX_PORTS).unwrap(), driver, ports)
+}
+
+fn rig_with(mut c: Console, driver: &Driver, ports: Vec<(u32, Channel)>) -> Rig {
     for (id, ch) in ports {
         c.add_port(id, ch).unwrap();
     }
@@ -508,4 +511,85 @@ fn test_emergency_write_reaches_port0() {
     let mut b = [0u8; 1];
     peer.read_exact(&mut b).unwrap();
     assert_eq!(&b, b"A");
+}
+
+#[test]
+fn test_single_port_device_is_a_console_from_activation_on() {
+    let m = mem();
+    let mut d = Driver::new(&m, 2);
+    let (mut peer, ch0) = socket_channel();
+    let single = Console::single().unwrap();
+    assert_eq!(single.queue_count(), 2);
+    assert_eq!(
+        single.features() & (1 << super::VIRTIO_CONSOLE_F_MULTIPORT),
+        0
+    );
+    assert!(!single.is_multiport());
+    peer.write_all(b"typed early").unwrap();
+    let mut r = rig_with(single, &d, vec![(0, ch0)]);
+    // No control queues, no handshake: the port is the guest's at once.
+    assert!(r.console.lock().unwrap().is_guest_open(0));
+    d.send(1, b"Linux version 6.1");
+    d.post_rx(0, 64);
+    d.kick(0);
+    r.run();
+    let mut got = [0u8; 17];
+    peer.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"Linux version 6.1");
+    let used = d.used(0);
+    assert_eq!(used.len(), 1);
+    assert_eq!(used[0].2, b"typed early");
+    assert_eq!(r.irq.resets.load(Ordering::SeqCst), 0);
+    // A reset closes the port until the driver activates the device again.
+    assert!(r.console.lock().unwrap().reset());
+    assert!(!r.console.lock().unwrap().is_guest_open(0));
+}
+
+#[test]
+fn test_single_port_device_needs_only_its_two_queues() {
+    let m = mem();
+    let d = Driver::new(&m, 1);
+    let mut c = Console::single().unwrap();
+    let irq = Arc::new(TestInterrupt::default());
+    assert!(c.activate(m.clone(), irq, d.active_queues()).is_err());
+    assert!(matches!(
+        c.add_port(1, Channel::null()),
+        Err(super::ConsoleError::OutOfRange { id: 1, max: 1 })
+    ));
+}
+
+#[test]
+fn test_single_port_pts_is_allocated_at_activation() {
+    let m = mem();
+    let d = Driver::new(&m, 2);
+    let ctx = crate::chan::ChanContext::default();
+    let spec = ChannelSpec::single(Chan::Pts);
+    let ch = Channel::prepare(&spec, crate::chan::LineClass::Console, 0, &ctx)
+        .expect("a console pts line (needs /dev/ptmx)");
+    assert!(
+        ch.pts_path().is_none(),
+        "allocated before the guest opened it"
+    );
+    let r = rig_with(Console::single().unwrap(), &d, vec![(0, ch)]);
+    let c = r.console.lock().unwrap();
+    let desc = c.port_description(0).unwrap();
+    assert!(desc.starts_with("pts:/dev/pts/"), "{desc}");
+}
+
+#[test]
+fn test_console_set_routes_con0_to_its_own_device() {
+    let set = super::ConsoleSet::new(MAX_PORTS).unwrap();
+    set.add_port(0, Channel::null()).unwrap();
+    set.add_port(2, Channel::null()).unwrap();
+    assert_eq!(set.port_ids(), vec![0, 2]);
+    let [first, rest] = set.devices();
+    assert!(!first.lock().unwrap().is_multiport());
+    assert!(rest.lock().unwrap().is_multiport());
+    assert_eq!(first.lock().unwrap().port_ids(), vec![0]);
+    assert!(matches!(
+        set.remove_port(0),
+        Err(super::ConsoleError::Fixed)
+    ));
+    set.remove_port(2).unwrap();
+    assert_eq!(set.port_ids(), vec![0]);
 }
