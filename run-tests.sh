@@ -22,6 +22,9 @@
 #      KUML_TEST_LOGS (directory for per-lane logs and the summary, default a temporary one)
 set -uo pipefail
 cd "$(dirname "$0")"
+# The whole script is one block, read before it runs: a checkout updated while a long run is
+# under way (git rebase, pull) cannot change the rest of this run.
+{
 
 nested=auto lanes="host nested" tests=() targs=()
 while [ $# -gt 0 ]; do
@@ -139,3 +142,5 @@ if [ -s "$KUML_SKIP_LOG" ]; then
     sort -u "$KUML_SKIP_LOG"
 fi
 exit $failed
+exit
+}

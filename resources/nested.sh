@@ -25,6 +25,9 @@
 # Environment: passed through except host-session variables (DISPLAY, SSH_*, XDG_*, ...);
 # KUML_LANE=nested is added. Set KUML_NESTED_QEMU to use another qemu-system-x86_64.
 set -euo pipefail
+# The whole script is one block, read before it runs: a checkout updated while a long run is
+# under way (git rebase, pull) cannot change the rest of this run.
+{
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 cpus=2 mem=3G timeout=7200 log= tty=auto rw=()
@@ -151,3 +154,5 @@ else
 fi
 [ "$tty" = 1 ] || tail -n 40 "$log" | sed 's/^/nested.sh: L1| /' >&2
 exit $rc
+exit
+}
