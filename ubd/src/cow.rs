@@ -378,6 +378,19 @@ mod tests {
         (dir, d)
     }
 
+    /// Writes `len` bytes of `val` at `off` (zeroes them when `kind` is 0) to the disk and
+    /// to the flat model of it.
+    fn apply(c: &mut CowDisk<MemDisk>, model: &mut [u8], off: u64, len: usize, val: u8, kind: u8) {
+        let range = off as usize..off as usize + len;
+        if kind == 0 {
+            c.write_zeroes(off, len as u64).unwrap();
+            model[range].fill(0);
+        } else {
+            c.write_at(&vec![val; len], off).unwrap();
+            model[range].fill(val);
+        }
+    }
+
     fn pattern(len: usize) -> Vec<u8> {
         (0..len).map(|i| (i * 7 + i / 512) as u8).collect()
     }
@@ -486,13 +499,7 @@ mod tests {
             for (off, len, val, kind) in ops {
                 let len = len.min((20 * 512 - off) as usize);
                 if len == 0 { continue; }
-                if kind == 0 {
-                    c.write_zeroes(off, len as u64).unwrap();
-                    model[off as usize..off as usize + len].fill(0);
-                } else {
-                    c.write_at(&vec![val; len], off).unwrap();
-                    model[off as usize..off as usize + len].fill(val);
-                }
+                apply(&mut c, &mut model, off, len, val, kind);
                 for s in off / 512..(off + len as u64).div_ceil(512) { touched.insert(s); }
             }
             let mut all = vec![0u8; 20 * 512];
@@ -515,13 +522,7 @@ mod tests {
             for (off, len, val, kind) in ops {
                 let len = len.min(size - off as usize);
                 if len == 0 { continue; }
-                if kind == 0 {
-                    c.write_zeroes(off, len as u64).unwrap();
-                    model[off as usize..off as usize + len].fill(0);
-                } else {
-                    c.write_at(&vec![val; len], off).unwrap();
-                    model[off as usize..off as usize + len].fill(val);
-                }
+                apply(&mut c, &mut model, off, len, val, kind);
                 // A fresh open sees the same disk (the bitmap reached the file).
                 let mut part = vec![0u8; len];
                 c.read_at(&mut part, off).unwrap();
