@@ -1044,6 +1044,20 @@ fn daemon_two_guests_on_uml_switch() {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
         assert!(!text.contains("Unknown connection"), "switch log:\n{text}");
         eprintln!("uml_switch log:\n{text}");
+        // S1: the switch dies. Each kuml notices it on its control connection, logs it once,
+        // takes the link down and goes idle.
+        drop(_switch);
+        for vm in [&mut a, &mut b] {
+            vm.wait_for("the backend failed (uml_switch at", ANSWER);
+            assert_idle(vm);
+        }
+        for vm in [&a, &b] {
+            assert_eq!(
+                vm.output().matches("the backend failed").count(),
+                1,
+                "logged once"
+            );
+        }
     });
 }
 
