@@ -202,7 +202,8 @@ pub struct VmOptions {
     /// Ours are handed over: they are closed in this process once kuml has started.
     pub extra_fds: Vec<(i32, std::os::fd::RawFd)>,
     /// Also print the kernel log on COM1 (`ssl0`) to kuml's stderr: a second copy of the log,
-    /// next to con0's, which helps when a test fails before con0's device has probed.
+    /// next to con0's, which helps when a guest dies before con0's device has probed
+    /// (default: `KUML_E2E_EARLY_LOG=1`).
     pub early_log: bool,
     /// Extra environment for kuml (e.g. `DISPLAY`).
     pub env: Vec<(String, String)>,
@@ -215,9 +216,10 @@ impl Default for VmOptions {
             agent_tty: None,
             host_options: true,
             extra_fds: Vec::new(),
-            // KUML_E2E_EARLY_LOG=0 turns the serial copy off (each byte on a UART is an exit
-            // to kuml: costly in the nested lane).
-            early_log: std::env::var("KUML_E2E_EARLY_LOG").map_or(true, |v| v != "0"),
+            // Off by default: con0 carries the whole boot log, and each byte on a UART is an
+            // exit to kuml (costly under PVM and in the nested lane). KUML_E2E_EARLY_LOG=1
+            // turns the serial copy on, e.g. to see a guest that dies before con0 probes.
+            early_log: std::env::var("KUML_E2E_EARLY_LOG").is_ok_and(|v| v == "1"),
             env: Vec::new(),
         }
     }
