@@ -2,11 +2,15 @@
 //!
 //! * [`spec`] (PURE): `eth<N>=…` / `vec<N>:…` → [`NetSpec`], with UML's defaults and errors.
 //! * [`mac`] (PURE): MAC parsing/formatting, UML's acceptance rules, kuml's stable MAC.
+//! * [`vector`] (PURE): `vec<N>:` options; [`tunnel`] (PURE): GRE and L2TPv3 headers;
+//!   [`stream`]: QEMU/passt stream framing (PURE reader) and its backend.
 //! * [`Backend`]: one raw Ethernet frame (no FCS, no padding, no length prefix) per call,
 //!   nonblocking, with the descriptors an event loop watches; [`TapBackend`],
-//!   [`McastBackend`], [`DaemonBackend`] implement it, and [`open_backend`] builds the right
-//!   one from a [`NetSpec`].
-//! * [`daemon`] also holds the PURE `uml_switch` protocol v3 codec; [`frame`] (PURE) reads a
+//!   [`McastBackend`], [`DaemonBackend`], [`SlirpBackend`] (passt, libslirp-helper),
+//!   [`VdeBackend`] and the vector transports ([`vector_backend`]: tap, raw, gre, l2tpv3,
+//!   fd, batched with `recvmmsg`/`sendmmsg`) implement it, and [`open_backend`] builds the
+//!   right one from a [`NetSpec`].
+//! * [`daemon`] and [`vde`] also hold the PURE switch protocol codecs; [`frame`] (PURE) reads a
 //!   guest's IPv4 address from its frames, so a created tap can route it as `uml_net` did.
 
 #![deny(missing_docs)]
@@ -22,22 +26,36 @@ pub mod fake;
 pub mod frame;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
+pub mod inherited;
 pub mod mac;
 pub mod mcast;
+pub mod slirp;
+mod sock;
 pub mod spec;
+pub mod stream;
 mod sys;
 pub mod tap;
+pub mod tunnel;
+pub mod vde;
+mod vecio;
+pub mod vector;
+pub mod vector_backend;
 
 pub use daemon::{DaemonBackend, DaemonError};
 #[cfg(any(test, feature = "test-utils"))]
 pub use fake::FakeBackend;
 pub use mac::{derive_mac, parse_mac, MacAddr, MacError};
 pub use mcast::{McastBackend, McastError};
+pub use slirp::{SlirpBackend, SlirpError};
 pub use spec::{
-    parse_eth_arg, parse_net_spec, parse_vec_arg, DaemonConfig, McastConfig, NetSpec, SpecError,
-    TapConfig, Transport,
+    parse_eth_arg, parse_net_spec, parse_vec_arg, DaemonConfig, McastConfig, NetSpec, SlirpConfig,
+    SlirpProtocol, SpecError, TapConfig, Transport, VdeConfig,
 };
+pub use stream::StreamBackend;
 pub use tap::{TapBackend, TapError};
+pub use vde::{VdeBackend, VdeError};
+pub use vector::{VectorConfig, VectorKind};
+pub use vector_backend::{open_vector, DgramBackend, VectorError};
 
 /// Largest Ethernet frame (without FCS) the legacy transports carry: 1500 + 14 + 26 spare
 /// bytes for VLAN/MPLS tags, as UML sizes its buffers.
@@ -101,16 +119,42 @@ pub trait Backend: Debug + Send {
     fn state(&self) -> BackendState {
         BackendState::Ready
     }
+
+    /// Sends what [`Backend::send`] queued. Backends that batch their sends (the vector
+    /// transports, as UML's vector driver with `sendmmsg`) may only queue a frame in `send`;
+    /// the device calls this at the end of each transmit round. `WouldBlock`: frames wait for
+    /// the descriptor to become writable ([`Backend::tx_pending`]). Another error: frames
+    /// were lost (the first error is returned).
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+
+    /// Whether frames [`Backend::send`] took wait for the descriptor to become writable: the
+    /// event loop then watches [`Backend::fd`] for output and calls [`Backend::flush`].
+    fn tx_pending(&self) -> bool {
+        false
+    }
 }
 
 /// True for receive or send errors after which a backend never carries frames again: the
 /// tap was deleted (`EBADFD`), the device went away (`ENXIO`, `ENODEV`), the descriptor is
-/// unusable (`EBADF`). (`EIO` from a tap whose link is down is not one: it comes back up.)
+/// unusable (`EBADF`), a stream peer (a slirp helper) closed the connection (`EPIPE`,
+/// `ECONNRESET`, `ENOTCONN`, or [`io::ErrorKind::NotConnected`] at the end of its stream).
+/// (`EIO` from a tap whose link is down is not one: it comes back up.)
 pub fn is_gone(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::EBADFD | libc::EBADF | libc::ENXIO | libc::ENODEV)
-    )
+    e.kind() == io::ErrorKind::NotConnected
+        || matches!(
+            e.raw_os_error(),
+            Some(
+                libc::EBADFD
+                    | libc::EBADF
+                    | libc::ENXIO
+                    | libc::ENODEV
+                    | libc::EPIPE
+                    | libc::ECONNRESET
+                    | libc::ENOTCONN
+            )
+        )
 }
 
 /// Errors of [`open_backend`].
@@ -125,6 +169,15 @@ pub enum OpenError {
     /// uml_switch connection failed.
     #[error("daemon backend")]
     Daemon(#[source] DaemonError),
+    /// The user-mode stack could not be started.
+    #[error("slirp backend")]
+    Slirp(#[source] SlirpError),
+    /// The VDE switch refused or is absent.
+    #[error("vde backend")]
+    Vde(#[source] VdeError),
+    /// A vector transport could not be opened.
+    #[error("vector backend")]
+    Vector(#[source] VectorError),
 }
 
 /// Opens the host side of `spec` for a guest interface whose MAC is `mac` (used by the
@@ -142,5 +195,8 @@ pub fn open_backend(spec: &NetSpec, mac: MacAddr) -> Result<Box<dyn Backend>, Op
             Box::new(McastBackend::open(cfg, Some(mac)).map_err(OpenError::Mcast)?)
         }
         Transport::Daemon(cfg) => Box::new(DaemonBackend::connect(cfg).map_err(OpenError::Daemon)?),
+        Transport::Slirp(cfg) => Box::new(SlirpBackend::start(cfg).map_err(OpenError::Slirp)?),
+        Transport::Vde(cfg) => Box::new(VdeBackend::connect(cfg).map_err(OpenError::Vde)?),
+        Transport::Vector(cfg) => open_vector(cfg).map_err(OpenError::Vector)?,
     })
 }

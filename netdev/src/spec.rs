@@ -6,12 +6,22 @@
 //! eth<N>=tuntap[,<host tap dev>[,<mac>[,<gate IPv4>]]]
 //! eth<N>=mcast[,<mac>[,<group>[,<port>[,<ttl>]]]]     defaults 239.192.168.1, 1102, 1
 //! eth<N>=daemon[,<mac>[,<sock type>[,<ctl socket>]]]  defaults unix, /var/run/uml-utilities/uml_switch.ctl
-//! vec<N>:transport=tap,ifname=<dev>[,mac=<mac>]       (other vector transports: not supported)
+//! eth<N>=slirp[,<mac>[,<helper>[,<arg>…]]]           default helper passt
+//! eth<N>=vde[,<switch dir>[,<mac>[,<port>[,<group>[,<mode>[,<description>]]]]]]
+//! vec<N>:transport=<tap|raw|gre|l2tpv3|fd>,<key>=<value>,…   (see [`crate::vector`])
 //! ```
 //!
 //! Fields are positional and comma separated; an empty field keeps the default. A transport
 //! matches when its name is followed by `,` or the end of the string. `ucast`, `slip`,
-//! `slirp`, `vde`, `pcap` and `ethertap` are recognized and refused with a clear error.
+//! `pcap` and `ethertap` are recognized and refused with a clear error.
+//!
+//! `slirp`: UML ran the `slirp` program with the given arguments (`_` in an argument stands
+//! for a space) and spoke SLIP to it. kuml runs a user-mode network stack with the same
+//! syntax: `passt` (the default; frames over a stream socket, 4-byte big-endian length first,
+//! as QEMU's `-netdev stream`) or `libslirp-helper` (one frame per datagram); the helper is
+//! recognised by its file name. The arguments go to the helper: port forwards are passt's
+//! `-t`/`-u` options, e.g. `eth0=slirp,,passt,-t,2222:22` forwards the host's TCP port 2222
+//! to the guest's port 22.
 //!
 //! As in UML, an unusable MAC (bad syntax, multicast, all zero) is not fatal: it is dropped
 //! with a warning (in [`NetSpec::warnings`]) and a generated MAC is used instead.
@@ -21,6 +31,7 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 use crate::mac::{check_mac, derive_mac, parse_mac, MacAddr};
+use crate::vector::{parse_vector, render_vector, VectorConfig};
 
 /// Default multicast group of the `mcast` transport.
 pub const DEFAULT_MCAST_GROUP: Ipv4Addr = Ipv4Addr::new(239, 192, 168, 1);
@@ -33,8 +44,16 @@ pub const DEFAULT_DAEMON_CTL: &str = "/var/run/uml-utilities/uml_switch.ctl";
 /// Longest host interface name (IFNAMSIZ - 1).
 pub const MAX_IFNAME_LEN: usize = 15;
 
-const SUPPORTED: &str = "tuntap, mcast, daemon";
-const UNSUPPORTED: [&str; 6] = ["ucast", "slip", "slirp", "vde", "pcap", "ethertap"];
+const SUPPORTED: &str = "tuntap, mcast, daemon, slirp, vde";
+const UNSUPPORTED: [&str; 4] = ["ucast", "slip", "pcap", "ethertap"];
+/// Default `slirp` helper.
+pub const DEFAULT_SLIRP_HELPER: &str = "passt";
+/// UML's most `slirp` helper arguments (`SLIRP_MAX_ARGS`, the helper included).
+pub const SLIRP_MAX_ARGS: usize = 100;
+/// UML's default `vde` port description.
+pub const DEFAULT_VDE_DESCRIPTION: &str = "UML vde_transport";
+/// Default permissions of the `vde` data socket (UML: `mode` 0700).
+pub const DEFAULT_VDE_MODE: u32 = 0o700;
 
 /// Errors of network option parsing.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -67,6 +86,9 @@ pub enum SpecError {
         /// The text of the extra fields.
         extra: String,
     },
+    /// A `vec<N>:` token with a second `=` (UML's message).
+    #[error("vector_setup - Couldn't parse '{0}'")]
+    VectorSyntax(String),
     /// One field has a bad value.
     #[error("{transport}: bad {field} '{value}': {reason}")]
     BadField {
@@ -128,6 +150,64 @@ impl Default for DaemonConfig {
     }
 }
 
+/// How kuml talks to a `slirp` helper.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlirpProtocol {
+    /// passt: a stream socket, each frame after its 4-byte big-endian length.
+    Stream,
+    /// libslirp-helper: a datagram socket, one frame per datagram.
+    Datagram,
+}
+
+/// The `slirp` transport's parameters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlirpConfig {
+    /// The helper program (looked up in `$PATH` unless it has a `/`).
+    pub helper: String,
+    /// Its arguments after the ones kuml adds (`_` already replaced by a space).
+    pub args: Vec<String>,
+    /// The protocol, from the helper's file name.
+    pub protocol: SlirpProtocol,
+}
+
+impl Default for SlirpConfig {
+    fn default() -> Self {
+        SlirpConfig {
+            helper: DEFAULT_SLIRP_HELPER.to_string(),
+            args: Vec::new(),
+            protocol: SlirpProtocol::Stream,
+        }
+    }
+}
+
+/// The `vde` transport's parameters (libvdeplug's `vde_open` arguments).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VdeConfig {
+    /// The switch's directory (its control socket is `<dir>/ctl`); `None`: libvdeplug's
+    /// defaults (`$HOME/.vde2/stdsock`, `/var/run/vde.ctl`, `/tmp/vde.ctl`).
+    pub switch: Option<PathBuf>,
+    /// The switch port to ask for; 0: any.
+    pub port: u32,
+    /// Group owning the data socket.
+    pub group: Option<String>,
+    /// Permissions of the data socket.
+    pub mode: u32,
+    /// The port's description (shown by `vde_switch`'s `port/print`).
+    pub description: String,
+}
+
+impl Default for VdeConfig {
+    fn default() -> Self {
+        VdeConfig {
+            switch: None,
+            port: 0,
+            group: None,
+            mode: DEFAULT_VDE_MODE,
+            description: DEFAULT_VDE_DESCRIPTION.to_string(),
+        }
+    }
+}
+
 /// Which host transport backs the interface.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Transport {
@@ -137,6 +217,12 @@ pub enum Transport {
     Mcast(McastConfig),
     /// A port on a `uml_switch` (protocol version 3).
     Daemon(DaemonConfig),
+    /// A user-mode network stack (passt, libslirp-helper) kuml runs.
+    Slirp(SlirpConfig),
+    /// A port on a VDE switch (`vde_switch`).
+    Vde(VdeConfig),
+    /// One of UML's vector transports (`vec<N>:`).
+    Vector(VectorConfig),
 }
 
 /// A parsed network interface specification.
@@ -174,6 +260,26 @@ impl NetSpec {
                 "daemon backend (uml_switch version 3) - unix:{}",
                 d.ctl.display()
             ),
+            Transport::Slirp(s) => {
+                let mut line = format!("slirp backend - {}", s.helper);
+                for a in &s.args {
+                    line.push(' ');
+                    line.push_str(a);
+                }
+                line
+            }
+            Transport::Vde(v) => format!(
+                "vde backend - {}, {}",
+                v.switch
+                    .as_ref()
+                    .map_or("(default socket)".to_string(), |p| p.display().to_string()),
+                if v.port == 0 {
+                    "undefined port".to_string()
+                } else {
+                    format!("port {}", v.port)
+                }
+            ),
+            Transport::Vector(v) => v.describe(),
         }
     }
 }
@@ -192,6 +298,27 @@ impl fmt::Display for NetSpec {
             ),
             Transport::Mcast(m) => write!(f, "mcast,{mac},{},{},{}", m.group, m.port, m.ttl),
             Transport::Daemon(d) => write!(f, "daemon,{mac},unix,{}", d.ctl.display()),
+            Transport::Slirp(s) => {
+                write!(f, "slirp,{mac},{}", s.helper)?;
+                for a in &s.args {
+                    write!(f, ",{}", a.replace(' ', "_"))?;
+                }
+                Ok(())
+            }
+            Transport::Vde(v) => write!(
+                f,
+                "vde,{},{mac},{},{},{:o},{}",
+                v.switch
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
+                v.port,
+                v.group.as_deref().unwrap_or(""),
+                v.mode,
+                v.description
+            ),
+            // The value of `vec<N>:`, not of `eth<N>=`.
+            Transport::Vector(v) => f.write_str(&render_vector(v, self.mac)),
         }
     }
 }
@@ -211,10 +338,9 @@ pub fn parse_eth_arg(arg: &str) -> Result<(u32, NetSpec), SpecError> {
     Ok((n, parse_net_spec(value)?))
 }
 
-/// Parses a whole `vec<N>:<key>=<value>,…` argument. Only `transport=tap` is supported; it
-/// maps to a tap backend (the guest sees a virtio-net device as for `eth<N>`).
+/// Parses a whole `vec<N>:<key>=<value>,…` argument (see [`crate::vector`]). The guest sees
+/// a virtio-net device, as for `eth<N>`.
 pub fn parse_vec_arg(arg: &str) -> Result<(u32, NetSpec), SpecError> {
-    const T: &str = "vec";
     let rest = arg
         .strip_prefix("vec")
         .ok_or_else(|| SpecError::NotNetOption(arg.to_string()))?;
@@ -225,38 +351,12 @@ pub fn parse_vec_arg(arg: &str) -> Result<(u32, NetSpec), SpecError> {
             arg: arg.to_string(),
             sep: ':',
         })?;
-    let mut transport = None;
-    let mut ifname = None;
-    let mut mac_text = None;
-    let mut warnings = Vec::new();
-    for token in value.split(',').filter(|t| !t.is_empty()) {
-        let mut kv = token.split('=');
-        let (Some(k), Some(v), None) = (kv.next(), kv.next(), kv.next()) else {
-            return Err(bad(T, "option", token, "expected <key>=<value>"));
-        };
-        match k {
-            "transport" => transport = Some(v),
-            "ifname" => ifname = Some(v),
-            "mac" => mac_text = Some(v),
-            _ => warnings.push(format!("vec{n}: option '{k}' ignored by kuml")),
-        }
-    }
-    match transport {
-        Some("tap") => {}
-        Some(t @ ("raw" | "hybrid" | "gre" | "l2tpv3" | "bess" | "fd")) => {
-            return Err(SpecError::Unsupported(format!("vector {t}")))
-        }
-        Some(t) => return Err(SpecError::UnknownTransport(format!("vector {t}"))),
-        None => return Err(bad(T, "transport", "", "transport=<name> is required")),
-    }
-    let dev = ifname.map(|d| check_ifname(T, d)).transpose()?;
-    let mac = mac_text.and_then(|m| accept_mac(m, &mut warnings));
-    let transport = Transport::Tap(TapConfig { dev, gate: None });
+    let (cfg, mac, warnings) = parse_vector(value)?;
     Ok((
         n,
         NetSpec {
             mac,
-            transport,
+            transport: Transport::Vector(cfg),
             warnings,
         },
     ))
@@ -273,6 +373,8 @@ pub fn parse_net_spec(value: &str) -> Result<NetSpec, SpecError> {
         "tuntap" => parse_tuntap(&fields),
         "mcast" => parse_mcast(&fields),
         "daemon" => parse_daemon(&fields),
+        "slirp" => Ok(parse_slirp(&fields)),
+        "vde" => parse_vde(&fields),
         n if UNSUPPORTED.contains(&n) => Err(SpecError::Unsupported(n.to_string())),
         n => Err(SpecError::UnknownTransport(n.to_string())),
     }
@@ -331,7 +433,7 @@ fn field<'a>(fields: &[&'a str], i: usize) -> Option<&'a str> {
 }
 
 /// UML's MAC rule: a usable MAC is taken, anything else is dropped with a warning.
-fn accept_mac(text: &str, warnings: &mut Vec<String>) -> Option<MacAddr> {
+pub(crate) fn accept_mac(text: &str, warnings: &mut Vec<String>) -> Option<MacAddr> {
     match parse_mac(text).and_then(|m| check_mac(m).map(|w| (m, w))) {
         Ok((m, w)) => {
             warnings.extend(w);
@@ -346,7 +448,7 @@ fn accept_mac(text: &str, warnings: &mut Vec<String>) -> Option<MacAddr> {
     }
 }
 
-fn check_ifname(transport: &'static str, d: &str) -> Result<String, SpecError> {
+pub(crate) fn check_ifname(transport: &'static str, d: &str) -> Result<String, SpecError> {
     if d.len() > MAX_IFNAME_LEN {
         return Err(bad(transport, "host tap dev", d, "longer than 15 bytes"));
     }
@@ -447,6 +549,79 @@ fn parse_daemon(fields: &[&str]) -> Result<NetSpec, SpecError> {
     })
 }
 
+/// `slirp[,<mac>[,<helper>[,<arg>…]]]`, as UML's `slirp_setup`: every field after the MAC is
+/// one word of the helper's command line, `_` standing for a space.
+fn parse_slirp(fields: &[&str]) -> NetSpec {
+    let mut warnings = Vec::new();
+    let mac = field(fields, 0).and_then(|m| accept_mac(m, &mut warnings));
+    let mut words: Vec<String> = fields.iter().skip(1).map(|w| w.replace('_', " ")).collect();
+    if words.len() > SLIRP_MAX_ARGS {
+        warnings.push("slirp_setup: truncating slirp arguments".to_string());
+        words.truncate(SLIRP_MAX_ARGS);
+    }
+    let mut cfg = SlirpConfig::default();
+    if let Some(helper) = words.first().filter(|h| !h.is_empty()) {
+        cfg.helper = helper.clone();
+    }
+    cfg.args = words.into_iter().skip(1).collect();
+    cfg.protocol = slirp_protocol(&cfg.helper);
+    NetSpec {
+        mac,
+        transport: Transport::Slirp(cfg),
+        warnings,
+    }
+}
+
+/// The protocol a helper speaks, from its file name: libslirp-helper sends datagrams,
+/// anything else is taken for passt (or a wrapper around it) and gets a stream.
+pub fn slirp_protocol(helper: &str) -> SlirpProtocol {
+    let name = helper.rsplit('/').next().unwrap_or(helper);
+    if name.starts_with("libslirp-helper") {
+        SlirpProtocol::Datagram
+    } else {
+        SlirpProtocol::Stream
+    }
+}
+
+/// `vde[,<switch>[,<mac>[,<port>[,<group>[,<mode>[,<description>]]]]]]`, as UML's
+/// `vde_setup` (the MAC is the second field; extra fields are ignored with a warning).
+fn parse_vde(fields: &[&str]) -> Result<NetSpec, SpecError> {
+    const T: &str = "vde";
+    let mut warnings = Vec::new();
+    if fields.len() > 6 {
+        warnings.push(format!(
+            "vde_setup - Ignoring extra data :'{}'",
+            fields[6..].join(",")
+        ));
+    }
+    let mut cfg = VdeConfig {
+        switch: field(fields, 0).map(PathBuf::from),
+        ..VdeConfig::default()
+    };
+    let mac = field(fields, 1).and_then(|m| accept_mac(m, &mut warnings));
+    if let Some(p) = field(fields, 2) {
+        cfg.port = decimal(p)
+            .and_then(|v| u32::try_from(v).ok())
+            .filter(|&v| v < 1 << 24)
+            .ok_or_else(|| bad(T, "port", p, "vde_setup - Bad port"))?;
+    }
+    cfg.group = field(fields, 3).map(str::to_string);
+    if let Some(m) = field(fields, 4) {
+        cfg.mode = u32::from_str_radix(m, 8)
+            .ok()
+            .filter(|&v| v <= 0o7777 && !m.starts_with('+'))
+            .ok_or_else(|| bad(T, "mode", m, "vde_setup - Bad mode (octal permissions)"))?;
+    }
+    if let Some(d) = field(fields, 5) {
+        cfg.description = d.to_string();
+    }
+    Ok(NetSpec {
+        mac,
+        transport: Transport::Vde(cfg),
+        warnings,
+    })
+}
+
 fn decimal(s: &str) -> Option<u64> {
     if s.is_empty() || s.len() > 19 || !s.bytes().all(|b| b.is_ascii_digit()) {
         return None;
@@ -457,6 +632,7 @@ fn decimal(s: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::vector::VectorKind;
     use proptest::prelude::*;
 
     fn mcast(s: &str) -> McastConfig {
@@ -592,14 +768,7 @@ mod tests {
 
     #[test]
     fn other_transports() {
-        for t in [
-            "ucast,,10.0.0.1",
-            "slirp",
-            "vde,/tmp/vde",
-            "pcap,eth0",
-            "slip",
-            "ethertap,x",
-        ] {
+        for t in ["ucast,,10.0.0.1", "pcap,eth0", "slip", "ethertap,x"] {
             assert!(
                 matches!(parse_net_spec(t), Err(SpecError::Unsupported(_))),
                 "{t}"
@@ -608,7 +777,7 @@ mod tests {
         let e = parse_net_spec("mcastx").unwrap_err();
         assert_eq!(
             e.to_string(),
-            "unknown network transport 'mcastx' (kuml supports tuntap, mcast, daemon)"
+            "unknown network transport 'mcastx' (kuml supports tuntap, mcast, daemon, slirp, vde)"
         );
         assert!(matches!(
             parse_net_spec(""),
@@ -642,21 +811,87 @@ mod tests {
 
     #[test]
     fn vec_arg() {
-        let (n, s) = parse_vec_arg("vec0:transport=tap,ifname=umltap0").unwrap();
-        assert_eq!(n, 0);
+        let (n, s) =
+            parse_vec_arg("vec2:transport=tap,ifname=umltap0,mac=02:00:00:00:00:07").unwrap();
+        assert_eq!(n, 2);
+        let Transport::Vector(v) = &s.transport else {
+            panic!("{s:?}")
+        };
         assert_eq!(
-            s.transport,
-            Transport::Tap(TapConfig {
-                dev: Some("umltap0".into()),
-                gate: None
-            })
+            v.kind,
+            VectorKind::Tap {
+                ifname: Some("umltap0".into())
+            }
+        );
+        assert_eq!(s.mac, Some(MacAddr([2, 0, 0, 0, 0, 7])));
+        assert_eq!(
+            s.to_string(),
+            "transport=tap,ifname=umltap0,mac=02:00:00:00:00:07"
+        );
+        assert_eq!(
+            parse_vec_arg("vec0:transport=tap,a=b=c")
+                .unwrap_err()
+                .to_string(),
+            "vector_setup - Couldn't parse 'transport=tap,a=b=c'"
         );
         assert!(matches!(
-            parse_vec_arg("vec0:transport=raw,ifname=eth0"),
-            Err(SpecError::Unsupported(_))
+            parse_vec_arg("vec0=transport=tap"),
+            Err(SpecError::ExpectedSeparator { sep: ':', .. })
         ));
-        assert!(parse_vec_arg("vec0:transport=tap,a=b=c").is_err());
-        assert!(parse_vec_arg("vec0=transport=tap").is_err());
+    }
+
+    #[test]
+    fn slirp_forms() {
+        let slirp = |s: &str| match parse_net_spec(s).unwrap().transport {
+            Transport::Slirp(c) => c,
+            t => panic!("{t:?}"),
+        };
+        assert_eq!(slirp("slirp"), SlirpConfig::default());
+        assert_eq!(slirp("slirp,,"), SlirpConfig::default());
+        let c = slirp("slirp,,passt,-t,2222:22,--dns-forward_10.0.2.3");
+        assert_eq!(c.helper, "passt");
+        assert_eq!(c.args, ["-t", "2222:22", "--dns-forward 10.0.2.3"]);
+        assert_eq!(c.protocol, SlirpProtocol::Stream);
+        let c = slirp("slirp,02:00:00:00:00:01,/usr/bin/libslirp-helper,--disable-ipv6");
+        assert_eq!(c.protocol, SlirpProtocol::Datagram);
+        let many = format!("slirp,,passt{}", ",-q".repeat(120));
+        let s = parse_net_spec(&many).unwrap();
+        assert_eq!(s.warnings, ["slirp_setup: truncating slirp arguments"]);
+        assert_eq!(
+            s.transport_line(),
+            format!("slirp backend - passt{}", " -q".repeat(99))
+        );
+    }
+
+    #[test]
+    fn vde_forms() {
+        let vde = |s: &str| match parse_net_spec(s).unwrap().transport {
+            Transport::Vde(c) => c,
+            t => panic!("{t:?}"),
+        };
+        assert_eq!(vde("vde"), VdeConfig::default());
+        let c = vde("vde,/tmp/sw,,5,kvm,0770,my port");
+        assert_eq!(c.switch, Some(PathBuf::from("/tmp/sw")));
+        assert_eq!((c.port, c.mode), (5, 0o770));
+        assert_eq!(c.group.as_deref(), Some("kvm"));
+        assert_eq!(c.description, "my port");
+        let s = parse_net_spec("vde,/tmp/sw,fe:fd:0:0:0:1,,,,,x,y").unwrap();
+        assert_eq!(s.mac, Some(MacAddr([0xfe, 0xfd, 0, 0, 0, 1])));
+        assert_eq!(s.warnings, ["vde_setup - Ignoring extra data :'x,y'"]);
+        for (t, f) in [
+            ("vde,/s,,x", "port"),
+            ("vde,/s,,,,9", "mode"),
+            ("vde,/s,,16777216", "port"),
+        ] {
+            match parse_net_spec(t) {
+                Err(SpecError::BadField { field, .. }) => assert_eq!(field, f, "{t}"),
+                r => panic!("{t}: {r:?}"),
+            }
+        }
+        assert_eq!(
+            parse_net_spec("vde,/tmp/sw").unwrap().transport_line(),
+            "vde backend - /tmp/sw, undefined port"
+        );
     }
 
     #[test]
@@ -700,7 +935,34 @@ mod tests {
                 })
             });
         let d = "/[a-z/._-]{1,30}".prop_map(|p| Transport::Daemon(DaemonConfig { ctl: p.into() }));
-        (mac, prop_oneof![tap, mc, d]).prop_map(|(mac, transport)| NetSpec {
+        let sl = (
+            "[a-z/-]{1,20}",
+            proptest::collection::vec("[a-z0-9 :-]{1,10}", 0..5),
+        )
+            .prop_map(|(helper, args)| {
+                Transport::Slirp(SlirpConfig {
+                    protocol: slirp_protocol(&helper),
+                    helper,
+                    args,
+                })
+            });
+        let vde = (
+            proptest::option::of("/[a-z/._-]{1,30}"),
+            0u32..1 << 24,
+            proptest::option::of("[a-z]{1,8}"),
+            0u32..0o7777,
+            "[a-zA-Z0-9 ]{1,20}",
+        )
+            .prop_map(|(switch, port, group, mode, description)| {
+                Transport::Vde(VdeConfig {
+                    switch: switch.map(PathBuf::from),
+                    port,
+                    group,
+                    mode,
+                    description,
+                })
+            });
+        (mac, prop_oneof![tap, mc, d, sl, vde]).prop_map(|(mac, transport)| NetSpec {
             mac,
             transport,
             warnings: vec![],

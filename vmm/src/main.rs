@@ -26,7 +26,9 @@ Options:
   uml_dir=<dir>       directory of instance directories (default ~/.uml)
   noreboot            exit when the guest reboots instead of restarting it
   ubd<N><flags>=<file>[,<backing>]   block device (see the README)
-  eth<N>=<transport>,...             network device
+  eth<N>=<transport>,...             network device: tuntap, mcast, daemon (uml_switch),
+                                     slirp (passt, libslirp-helper: no root), vde (vde_switch)
+  vec<N>:transport=<t>,<key>=<v>,... UML's vector network device: tap, raw, gre, l2tpv3, fd
   con=<chan>, con<N>=<chan>          consoles
   ssl=<chan>, ssl<N>=<chan>          serial lines
   mconsole=notify:<socket>           notification socket
@@ -61,6 +63,8 @@ Environment: RUST_LOG=info|debug|trace for kuml's own log on stderr.
 ";
 
 fn main() -> ExitCode {
+    // Before kuml opens anything: what is open now was handed over (vecN:transport=fd,fd=N).
+    netdev::inherited::record();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
         .format_timestamp_millis()
         .init();

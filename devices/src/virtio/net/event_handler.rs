@@ -10,9 +10,10 @@
 //! * the backend is watched for input only while no received frame waits for a guest buffer:
 //!   when the guest posts none, one frame is kept and the rest stay in the host queue (the
 //!   guest's rx notification resumes reading, with VIRTIO_RING_F_EVENT_IDX asking for it);
-//! * the backend is watched for output only while a frame it refused (`WouldBlock`) waits;
-//!   the transmit ring is not read meanwhile, so the guest keeps its place and sees
-//!   backpressure through a full ring;
+//! * the backend is watched for output only while a frame it refused (`WouldBlock`) waits,
+//!   or frames a batching backend queued wait for its socket (`Backend::tx_pending`; each
+//!   transmit round ends with `Backend::flush`); the transmit ring is not read meanwhile, so
+//!   the guest keeps its place and sees backpressure through a full ring;
 //! * a backend that failed (a deleted tap reports an error for ever and `EBADFD` on every
 //!   read; a switch closed its connection; errors that go on without a frame moving) is not
 //!   watched at all: the link goes down and the loop goes idle.
@@ -252,8 +253,33 @@ impl Net {
                 break;
             }
         }
+        self.flush_backend();
         if any {
             self.with_active(|a| a.notify(TX_QUEUE));
+        }
+    }
+
+    // Sends what a batching backend queued during the round (UML's vector transports send
+    // with one sendmmsg per round); frames it could not send yet wait for the fd to be
+    // writable (see `interest`).
+    fn flush_backend(&mut self) {
+        let Some(b) = self.backend.as_mut().filter(|_| !self.backend_failed) else {
+            return;
+        };
+        match b.flush() {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => {
+                self.stats.tx_dropped += 1;
+                if netdev::is_gone(&e) {
+                    self.fail_backend(&format!("send: {e}"));
+                } else if sparse(self.stats.tx_dropped) {
+                    warn!(
+                        "net {}: backend send failed, frames lost ({} dropped): {e}",
+                        self.mac, self.stats.tx_dropped
+                    );
+                }
+            }
         }
     }
 
@@ -446,7 +472,7 @@ impl Net {
             if self.rx_pending.is_none() {
                 set |= EventSet::IN;
             }
-            if self.tx_pending.is_some() {
+            if self.tx_pending.is_some() || b.tx_pending() {
                 set |= EventSet::OUT;
             }
             want.add(b.fd(), BACKEND, set);
