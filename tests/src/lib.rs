@@ -16,6 +16,8 @@
 //! the guest through the user-space agent and returns its exit status and output. See
 //! docs/testing.md, "Writing a test that runs user-space commands in the guest".
 
+pub mod net;
+
 use std::io::{Read, Write};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,822 @@
+//! Network test helpers shared by the e2e network tests (`tests/tests/net*.rs`): named network
+//! namespaces, kuml and QEMU guests whose kernel configures eth0 from `ip=`, Ethernet/ARP/ICMP
+//! frame builders, and test peers that play a host on a guest's segment (a multicast group
+//! member, a port on a switch, any [`netdev::Backend`]).
+//!
+//! NETWORK SAFETY: every test creates its own named network namespace (`ip netns add`) and
+//! deletes it on drop, also when the test panics. Test bodies run on a thread that has joined
+//! that namespace with setns(2); kuml, QEMU and switches are spawned from that thread and
+//! therefore run in the namespace exactly as under `ip netns exec <ns>`. Packets only go to
+//! addresses that exist inside the namespaces.
+
+#![allow(missing_docs)]
+
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::{artifact, host_guest_options, TestVm, VmOptions};
+
+/// Boot bounds only catch hangs (PVM boots take ~35-60 s, more on a loaded host).
+pub const BOOT: Duration = Duration::from_secs(300);
+/// How long a guest kernel may take to answer (emulated on PVM hosts).
+pub const ANSWER: Duration = Duration::from_secs(60);
+
+pub const MASK: &str = "255.255.255.0";
+pub const GUEST_A: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 15);
+pub const GUEST_B: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 16);
+pub const QEMU_GUEST: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 17);
+pub const HOST: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 1);
+/// The test peer on the mcast group / switch.
+pub const PEER: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 99);
+pub const PEER_MAC: [u8; 6] = [0x02, 0x6b, 0x75, 0x6d, 0x6c, 0x99];
+/// An address outside the guests' /24: replies to it go through the guest's gateway.
+pub const FAR: Ipv4Addr = Ipv4Addr::new(10, 9, 9, 9);
+pub const GROUP: Ipv4Addr = Ipv4Addr::new(239, 192, 168, 1);
+pub const MCAST_PORT: u16 = 1102;
+
+// ------------------------------------------------------------------ namespaces
+
+/// A named network namespace, deleted on drop (also when the test panics).
+#[derive(Debug)]
+pub struct Netns {
+    /// The name (`ip netns` and `/run/netns/<name>`).
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(tag: &str) -> Netns {
+        let name = format!("kuml-e2e-{tag}-{}", std::process::id());
+        // A stale one from a killed run of this same test and pid cannot exist; any other
+        // name is not ours and is left alone.
+        run("ip", &["netns", "add", &name]);
+        let ns = Netns { name };
+        ns.ip("link set lo up");
+        ns
+    }
+
+    /// `ip -n <ns> <args>`, panicking on failure.
+    pub fn ip(&self, args: &str) {
+        let mut a = vec!["-n", &self.name];
+        a.extend(args.split_whitespace());
+        run("ip", &a);
+    }
+
+    /// Output of `ip -n <ns> <args>`.
+    pub fn ip_out(&self, args: &str) -> String {
+        let out = Command::new("ip")
+            .args(["-n", &self.name])
+            .args(args.split_whitespace())
+            .output()
+            .expect("TEST CANNOT RUN: cannot run `ip`");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Multicast on the namespace's loopback (the mcast transport's only interface).
+    pub fn multicast(&self) {
+        self.ip("link set lo multicast on");
+        self.ip("route add 224.0.0.0/4 dev lo");
+    }
+
+    /// Runs `f` on a thread that has joined this namespace; processes it spawns run there.
+    pub fn run<R: Send + 'static>(&self, f: impl FnOnce() -> R + Send + 'static) -> R {
+        let path = PathBuf::from("/run/netns").join(&self.name);
+        let t = std::thread::spawn(move || {
+            let ns = std::fs::File::open(&path)
+                .unwrap_or_else(|e| panic!("TEST CANNOT RUN: open {}: {e}", path.display()));
+            // SAFETY: setns on a descriptor we own; CLONE_NEWNET moves only this thread.
+            let r = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(
+                r,
+                0,
+                "TEST CANNOT RUN: setns into {}: {} (needs root)",
+                path.display(),
+                std::io::Error::last_os_error()
+            );
+            f()
+        });
+        t.join().unwrap_or_else(|e| std::panic::resume_unwind(e))
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+pub fn run(prog: &str, args: &[&str]) {
+    let out = Command::new(prog)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("TEST CANNOT RUN: cannot run `{prog}`: {e}"));
+    assert!(
+        out.status.success(),
+        "{prog} {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+// ------------------------------------------------------------------ guests
+
+/// `ip=<addr>::<gw>:<mask>::eth0:off`: the guest kernel configures eth0 by itself.
+pub fn ip_arg(addr: Ipv4Addr, gw: Ipv4Addr) -> String {
+    format!("ip={addr}::{gw}:{MASK}::eth0:off")
+}
+
+/// Starts a kuml guest with `eth0=<eth>`, `ip=` and `extra` guest words (several guests boot
+/// in parallel; [`ready`] waits for each).
+pub fn start_guest(name: &str, eth: &str, addr: Ipv4Addr, gw: Ipv4Addr, extra: &[&str]) -> TestVm {
+    let mut args = vec![
+        format!("kernel={}", artifact("vmlinux").display()),
+        format!("initrd={}", artifact("initramfs.cpio.gz").display()),
+        "mem=128M".to_owned(),
+        "noreboot".to_owned(),
+        format!("eth0={eth}"),
+        ip_arg(addr, gw),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    TestVm::start(
+        name,
+        VmOptions {
+            args,
+            agent_tty: Some("hvc0".into()),
+            ..VmOptions::default()
+        },
+    )
+}
+
+/// Waits until the guest's kernel has configured eth0 with `addr` and the test agent is up
+/// (the agent only proves the kernel got that far and is alive).
+pub fn ready(vm: &mut TestVm, addr: Ipv4Addr) {
+    vm.wait_for("IP-Config: Complete", BOOT);
+    vm.wait_agent(BOOT);
+    let out = vm.output();
+    assert!(
+        out.contains("device=eth0, hwaddr=") && out.contains(&format!("ipaddr={addr},")),
+        "the kernel did not configure eth0 with the ip= address {addr}"
+    );
+}
+
+pub fn kuml_guest(name: &str, eth: &str, addr: Ipv4Addr, gw: Ipv4Addr) -> TestVm {
+    let mut vm = start_guest(name, eth, addr, gw, &[]);
+    ready(&mut vm, addr);
+    vm
+}
+
+/// A QEMU microvm guest with the same kernel, a virtio-net-device on `-netdev <netdev>` and
+/// `ip=`; the in-kernel agent on ttyS0 keeps the kernel alive without user space. Killed (by
+/// its own pid) on drop.
+#[derive(Debug)]
+pub struct Qemu {
+    child: Child,
+    log: PathBuf,
+    _stdin: Option<std::process::ChildStdin>,
+}
+
+impl Qemu {
+    pub fn start(log: &Path, netdev: &str, mac: &str, addr: Ipv4Addr, gw: Ipv4Addr) -> Qemu {
+        let mut append = vec![
+            "console=ttyS0".to_owned(),
+            "kuml.agent=ttyS0".to_owned(),
+            ip_arg(addr, gw),
+        ];
+        append.extend(host_guest_options());
+        let out = std::fs::File::create(log).expect("create the QEMU log");
+        let mut child = Command::new("qemu-system-x86_64")
+            .args([
+                "-M", "microvm", "-accel", "kvm", "-cpu", "host", "-m", "128",
+            ])
+            .args([
+                "-smp",
+                "1",
+                "-nodefaults",
+                "-no-user-config",
+                "-display",
+                "none",
+            ])
+            .args(["-no-reboot", "-serial", "stdio"])
+            .arg("-kernel")
+            .arg(artifact("vmlinux"))
+            .arg("-initrd")
+            .arg(artifact("initramfs.cpio.gz"))
+            .args(["-append", &append.join(" ")])
+            .args(["-netdev", &format!("{netdev},id=n0")])
+            .args(["-device", &format!("virtio-net-device,netdev=n0,mac={mac}")])
+            .stdin(Stdio::piped())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("TEST CANNOT RUN: cannot start qemu-system-x86_64");
+        let stdin = child.stdin.take();
+        Qemu {
+            child,
+            log: log.to_owned(),
+            _stdin: stdin,
+        }
+    }
+
+    pub fn output(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(&self.log).unwrap_or_default()).into_owned()
+    }
+
+    pub fn wait_for(&mut self, pattern: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let out = self.output();
+            if out.contains(pattern) {
+                return;
+            }
+            let exited = self.child.try_wait().ok().flatten();
+            if exited.is_some() || Instant::now() >= deadline {
+                let tail: Vec<&str> = out.lines().rev().take(30).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                panic!(
+                    "QEMU guest: {pattern:?} not seen ({})\n{}",
+                    exited.map_or("timeout".to_owned(), |s| format!("exited: {s}")),
+                    tail.join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Qemu {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("QEMU log kept: {}", self.log.display());
+        } else {
+            let _ = std::fs::remove_file(&self.log);
+        }
+    }
+}
+
+/// A process (uml_switch) killed by its own pid on drop.
+#[derive(Debug)]
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+// ------------------------------------------------------------------ frames
+
+pub fn eth_header(dst: [u8; 6], src: [u8; 6], ethertype: u16) -> Vec<u8> {
+    let mut f = Vec::with_capacity(64);
+    f.extend_from_slice(&dst);
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&ethertype.to_be_bytes());
+    f
+}
+
+/// A broadcast ARP request "who has `target`? tell `sip` at `smac`".
+pub fn arp_request(smac: [u8; 6], sip: Ipv4Addr, target: Ipv4Addr) -> Vec<u8> {
+    let mut f = eth_header([0xff; 6], smac, 0x0806);
+    f.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
+    f.extend_from_slice(&smac);
+    f.extend_from_slice(&sip.octets());
+    f.extend_from_slice(&[0; 6]);
+    f.extend_from_slice(&target.octets());
+    f
+}
+
+/// An ARP reply "`sip` is at `smac`" to `tmac`/`tip`.
+pub fn arp_reply(smac: [u8; 6], sip: Ipv4Addr, tmac: [u8; 6], tip: Ipv4Addr) -> Vec<u8> {
+    let mut f = eth_header(tmac, smac, 0x0806);
+    f.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 2]);
+    f.extend_from_slice(&smac);
+    f.extend_from_slice(&sip.octets());
+    f.extend_from_slice(&tmac);
+    f.extend_from_slice(&tip.octets());
+    f
+}
+
+/// (opcode, sender MAC, sender IP, target MAC, target IP) of an ARP frame.
+pub type Arp = (u16, [u8; 6], Ipv4Addr, [u8; 6], Ipv4Addr);
+
+pub fn parse_arp(f: &[u8]) -> Option<Arp> {
+    if f.len() < 42 || f[12..14] != [8, 6] || f[14..20] != [0, 1, 8, 0, 6, 4] {
+        return None;
+    }
+    let ip = |o: usize| Ipv4Addr::new(f[o], f[o + 1], f[o + 2], f[o + 3]);
+    let mac = |o: usize| <[u8; 6]>::try_from(&f[o..o + 6]).unwrap();
+    Some((
+        u16::from_be_bytes([f[20], f[21]]),
+        mac(22),
+        ip(28),
+        mac(32),
+        ip(38),
+    ))
+}
+
+pub fn checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = data
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// An ICMP echo request frame.
+pub fn icmp_echo(
+    dst: [u8; 6],
+    src: [u8; 6],
+    sip: Ipv4Addr,
+    dip: Ipv4Addr,
+    id: u16,
+    seq: u16,
+) -> Vec<u8> {
+    let payload = b"kuml-e2e network test payload";
+    let mut icmp = vec![8, 0, 0, 0];
+    icmp.extend_from_slice(&id.to_be_bytes());
+    icmp.extend_from_slice(&seq.to_be_bytes());
+    icmp.extend_from_slice(payload);
+    let c = checksum(&icmp);
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    let total = (20 + icmp.len()) as u16;
+    let mut iph = vec![0x45, 0];
+    iph.extend_from_slice(&total.to_be_bytes());
+    iph.extend_from_slice(&[0, 0, 0x40, 0, 64, 1, 0, 0]);
+    iph.extend_from_slice(&sip.octets());
+    iph.extend_from_slice(&dip.octets());
+    let c = checksum(&iph);
+    iph[10..12].copy_from_slice(&c.to_be_bytes());
+    let mut f = eth_header(dst, src, 0x0800);
+    f.extend_from_slice(&iph);
+    f.extend_from_slice(&icmp);
+    f
+}
+
+/// (destination MAC, source IP, destination IP, id, seq) of an ICMP echo reply frame whose
+/// checksum is right and whose payload is ours.
+pub fn parse_echo_reply(f: &[u8]) -> Option<([u8; 6], Ipv4Addr, Ipv4Addr, u16, u16)> {
+    if f.len() < 34 || f[12..14] != [8, 0] || f[23] != 1 {
+        return None;
+    }
+    let ihl = usize::from(f[14] & 0x0f) * 4;
+    let total = usize::from(u16::from_be_bytes([f[16], f[17]]));
+    let icmp = f.get(14 + ihl..14 + total)?;
+    if icmp.len() < 8 || icmp[0] != 0 || checksum(icmp) != 0 {
+        return None;
+    }
+    if &icmp[8..] != b"kuml-e2e network test payload" {
+        return None;
+    }
+    let ip = |o: usize| Ipv4Addr::new(f[o], f[o + 1], f[o + 2], f[o + 3]);
+    Some((
+        <[u8; 6]>::try_from(&f[0..6]).unwrap(),
+        ip(26),
+        ip(30),
+        u16::from_be_bytes([icmp[4], icmp[5]]),
+        u16::from_be_bytes([icmp[6], icmp[7]]),
+    ))
+}
+
+pub fn mac_str(m: [u8; 6]) -> String {
+    m.map(|b| format!("{b:02x}")).join(":")
+}
+
+// ------------------------------------------------------------------ test peers
+
+/// Something that carries raw Ethernet frames: a multicast group or a switch port.
+pub trait Wire {
+    fn send_frame(&mut self, f: &[u8]);
+    /// The next frame within `timeout` (frames we sent ourselves are skipped).
+    fn recv_frame(&mut self, timeout: Duration) -> Option<Vec<u8>>;
+}
+
+/// A plain UDP socket joined to the group, written here independently of kuml's backend.
+#[derive(Debug)]
+pub struct McastPeer {
+    sock: UdpSocket,
+    dest: SocketAddrV4,
+}
+
+impl McastPeer {
+    /// Joins the default group 239.192.168.1:1102.
+    pub fn join() -> McastPeer {
+        McastPeer::join_group(GROUP, MCAST_PORT, 1)
+    }
+
+    /// Joins `group:port`; frames it sends carry `ttl`.
+    pub fn join_group(group: Ipv4Addr, port: u16, ttl: u32) -> McastPeer {
+        // SAFETY: plain socket calls on a descriptor created and owned here; the option
+        // values live across the calls.
+        let sock = unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+            assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+            let sock = UdpSocket::from_raw_fd(fd);
+            let one: libc::c_int = 1;
+            let len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+            let p = (&one as *const libc::c_int).cast();
+            assert_eq!(
+                libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, p, len),
+                0
+            );
+            let addr = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: port.to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from(group).to_be(),
+                },
+                sin_zero: [0; 8],
+            };
+            let r = libc::bind(
+                fd,
+                (&addr as *const libc::sockaddr_in).cast(),
+                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            );
+            assert_eq!(
+                r,
+                0,
+                "bind {group}:{port}: {}",
+                std::io::Error::last_os_error()
+            );
+            sock
+        };
+        sock.set_multicast_loop_v4(true).unwrap();
+        sock.set_multicast_ttl_v4(ttl).unwrap();
+        sock.join_multicast_v4(&group, &Ipv4Addr::UNSPECIFIED)
+            .expect("join the group (multicast route in the namespace?)");
+        McastPeer {
+            sock,
+            dest: SocketAddrV4::new(group, port),
+        }
+    }
+}
+
+impl Wire for McastPeer {
+    fn send_frame(&mut self, f: &[u8]) {
+        self.sock.send_to(f, self.dest).expect("send to the group");
+    }
+
+    fn recv_frame(&mut self, timeout: Duration) -> Option<Vec<u8>> {
+        let deadline = Instant::now() + timeout;
+        let mut buf = [0u8; 2048];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            self.sock.set_read_timeout(Some(left)).unwrap();
+            match self.sock.recv(&mut buf) {
+                Ok(n) if n >= 14 && buf[6..12] != PEER_MAC => return Some(buf[..n].to_vec()),
+                Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(e) => panic!("recv from the group: {e}"),
+            }
+        }
+    }
+}
+
+/// A peer through any of kuml's own backends (a port on uml_switch or vde_switch, a tunnel).
+#[derive(Debug)]
+pub struct BackendPeer(pub Box<dyn netdev::Backend>);
+
+impl Wire for BackendPeer {
+    fn send_frame(&mut self, f: &[u8]) {
+        self.0.send(f).expect("send through the backend");
+        self.0.flush().expect("send through the backend");
+    }
+
+    fn recv_frame(&mut self, timeout: Duration) -> Option<Vec<u8>> {
+        let deadline = Instant::now() + timeout;
+        let mut buf = vec![0u8; netdev::RECV_BUF_LEN];
+        loop {
+            match self.0.recv(&mut buf) {
+                Ok(n) => return Some(buf[..n].to_vec()),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("recv through the backend: {e}"),
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            let mut pfd = libc::pollfd {
+                fd: self.0.fd().as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            let ms = i32::try_from(left.as_millis().max(1)).unwrap_or(i32::MAX);
+            // SAFETY: polls one live pollfd.
+            unsafe { libc::poll(&mut pfd, 1, ms) };
+        }
+    }
+}
+
+/// Sends `request` every second until `pick` accepts a received frame; panics after
+/// `timeout` naming `what` and how many frames were seen.
+pub fn exchange<T>(
+    w: &mut dyn Wire,
+    what: &str,
+    request: Option<&[u8]>,
+    timeout: Duration,
+    mut pick: impl FnMut(&[u8]) -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    let mut seen = 0;
+    loop {
+        if let Some(r) = request {
+            w.send_frame(r);
+        }
+        let round = Instant::now() + Duration::from_secs(1);
+        while Instant::now() < round {
+            let Some(f) = w.recv_frame(round.saturating_duration_since(Instant::now())) else {
+                break;
+            };
+            seen += 1;
+            // The peer plays HOST (the guests' default gateway) and PEER.
+            if let Some((1, smac, sip, _, tip)) = parse_arp(&f) {
+                if tip == HOST || tip == PEER {
+                    w.send_frame(&arp_reply(PEER_MAC, tip, smac, sip));
+                    continue;
+                }
+            }
+            if let Some(t) = pick(&f) {
+                return t;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: no answer within {timeout:?} ({seen} other frames seen)"
+        );
+    }
+}
+
+/// ARP-resolves `target` from the peer; returns its MAC.
+pub fn resolve(w: &mut dyn Wire, target: Ipv4Addr) -> [u8; 6] {
+    let req = arp_request(PEER_MAC, PEER, target);
+    exchange(
+        w,
+        &format!("ARP for {target}"),
+        Some(&req),
+        ANSWER,
+        |f| match parse_arp(f) {
+            Some((2, mac, sip, tmac, tip)) if sip == target && tip == PEER && tmac == PEER_MAC => {
+                Some(mac)
+            }
+            _ => None,
+        },
+    )
+}
+
+/// ICMP echo from the peer (as `from`) to `target` at `mac`; returns (the reply's
+/// destination MAC, round trip).
+pub fn ping(
+    w: &mut dyn Wire,
+    from: Ipv4Addr,
+    mac: [u8; 6],
+    target: Ipv4Addr,
+    seq: u16,
+) -> ([u8; 6], Duration) {
+    let req = icmp_echo(mac, PEER_MAC, from, target, 0x4b55, seq);
+    let t0 = Instant::now();
+    let dst = exchange(
+        w,
+        &format!("ICMP echo {from} -> {target}"),
+        Some(&req),
+        ANSWER,
+        |f| match parse_echo_reply(f) {
+            Some((dst, s, d, 0x4b55, q)) if s == target && d == from && q == seq => Some(dst),
+            _ => None,
+        },
+    );
+    (dst, t0.elapsed())
+}
+
+// ------------------------------------------------------------------ user space
+
+/// From user space in guest `a`: busybox `ping` to `b_addr`, then 1 MiB of random bytes over
+/// TCP (busybox `nc`) to a listener in guest `b`; both sides' SHA-256 must match.
+pub fn user_space_ping_and_tcp(a: &mut TestVm, b: &mut TestVm, b_addr: Ipv4Addr) {
+    let out = a.sh_ok(&format!("ping -c 3 -W 20 {b_addr}"), ANSWER);
+    eprintln!("ping from user space:\n{out}");
+    b.sh_ok(
+        "nc -l -p 5001 > /tmp/got 2> /tmp/nc.err & echo $! > /tmp/nc.pid",
+        ANSWER,
+    );
+    // The listener may need a moment: retry while the connection is refused.
+    let sent = a.sh_ok(
+        &format!(
+            "head -c 1048576 /dev/urandom > /tmp/p; n=0; \
+             until nc {b_addr} 5001 < /tmp/p; do n=$((n + 1)); [ $n -lt 60 ] || exit 1; sleep 0.5; done; \
+             sha256sum < /tmp/p"
+        ),
+        ANSWER,
+    );
+    let got = b.sh_ok(
+        "n=0; while kill -0 $(cat /tmp/nc.pid) 2>/dev/null; do n=$((n + 1)); [ $n -lt 300 ] || exit 1; sleep 0.2; done; \
+         wc -c < /tmp/got; sha256sum < /tmp/got",
+        ANSWER,
+    );
+    let sum = |s: &str| {
+        s.split_whitespace()
+            .find(|w| w.len() == 64)
+            .map(str::to_owned)
+    };
+    assert!(got.starts_with("1048576"), "the listener got: {got}");
+    assert_eq!(sum(&got), sum(&sent), "the bytes arrived unchanged");
+    assert!(sum(&sent).is_some(), "sha256sum output: {sent}");
+}
+
+/// 1 MiB of a fixed pattern that a guest can produce with `yes | head`.
+pub fn pattern_line() -> &'static str {
+    "kuml-user-space-tcp-pattern-0123456789"
+}
+
+pub fn pattern(len: usize) -> Vec<u8> {
+    format!("{}\n", pattern_line())
+        .bytes()
+        .cycle()
+        .take(len)
+        .collect()
+}
+
+/// An ICMP echo from the namespace's own IP stack (a raw ICMP socket, i.e. what `ping`
+/// does) to `target`, resent every second until the reply arrives.
+pub fn host_ping(target: Ipv4Addr) -> Duration {
+    // SAFETY: creates a raw socket owned by the UdpSocket wrapper below (only used for
+    // send_to/recv, which are the same system calls on any datagram-style socket).
+    let sock = unsafe {
+        let fd = libc::socket(
+            libc::AF_INET,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::IPPROTO_ICMP,
+        );
+        assert!(
+            fd >= 0,
+            "TEST CANNOT RUN: raw ICMP socket: {}",
+            std::io::Error::last_os_error()
+        );
+        UdpSocket::from_raw_fd(fd)
+    };
+    let id = (std::process::id() & 0xffff) as u16;
+    let deadline = Instant::now() + ANSWER;
+    let t0 = Instant::now();
+    let mut seq = 0u16;
+    let mut buf = [0u8; 2048];
+    loop {
+        seq += 1;
+        let f = icmp_echo([0; 6], [0; 6], HOST, target, id, seq);
+        let icmp = &f[34..];
+        // Sent before the neighbour is resolved: the host kernel ARPs through the tap.
+        let _ = sock.send_to(icmp, SocketAddrV4::new(target, 0));
+        let round = Instant::now() + Duration::from_secs(1);
+        while let Some(left) = round.checked_duration_since(Instant::now()) {
+            sock.set_read_timeout(Some(left.max(Duration::from_millis(1))))
+                .unwrap();
+            let Ok((n, from)) = sock.recv_from(&mut buf) else {
+                break;
+            };
+            // Raw sockets deliver the IP header; a fake Ethernet header keeps one parser.
+            let mut frame = eth_header([0; 6], [0; 6], 0x0800);
+            frame.extend_from_slice(&buf[..n]);
+            if let Some((_, s, _, rid, _)) = parse_echo_reply(&frame) {
+                if s == target && rid == id && from.ip() == std::net::IpAddr::V4(target) {
+                    return t0.elapsed();
+                }
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no ICMP echo reply from {target} over the tap"
+        );
+    }
+}
+
+/// Sends ARP requests for `target` out of `dev` with an AF_PACKET socket (from the gate's
+/// address) until the guest's reply arrives.
+pub fn arp_via_packet_socket(dev: &str, mac: [u8; 6], target: Ipv4Addr) {
+    let cdev = std::ffi::CString::new(dev).unwrap();
+    // SAFETY: if_nametoindex reads a NUL-terminated string.
+    let ifindex = unsafe { libc::if_nametoindex(cdev.as_ptr()) };
+    assert!(ifindex > 0, "no interface {dev}");
+    // SAFETY: a packet socket owned by the wrapper below; sendto/recv on it.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            i32::from((libc::ETH_P_ARP as u16).to_be()),
+        )
+    };
+    assert!(
+        fd >= 0,
+        "TEST CANNOT RUN: packet socket: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: fd was just created and is owned here (closed by the wrapper).
+    let sock = unsafe { UdpSocket::from_raw_fd(fd) };
+    // SAFETY: sockaddr_ll is plain data; all zeroes is a valid value.
+    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    sll.sll_family = libc::AF_PACKET as u16;
+    sll.sll_protocol = (libc::ETH_P_ARP as u16).to_be();
+    sll.sll_ifindex = ifindex as i32;
+    sll.sll_halen = 6;
+    sll.sll_addr[..6].copy_from_slice(&[0xff; 6]);
+    let req = arp_request(mac, HOST, target);
+    let deadline = Instant::now() + ANSWER;
+    let mut buf = [0u8; 2048];
+    loop {
+        // SAFETY: sendto with a valid buffer and sockaddr_ll.
+        unsafe {
+            libc::sendto(
+                fd,
+                req.as_ptr().cast(),
+                req.len(),
+                0,
+                (&sll as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+            )
+        };
+        sock.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+        while let Ok(n) = sock.recv(&mut buf) {
+            if let Some((2, _, sip, _, _)) = parse_arp(&buf[..n]) {
+                if sip == target {
+                    return;
+                }
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no ARP reply from {target} on {dev}"
+        );
+    }
+}
+
+/// ICMP echo from FAR to `target`, handed to `router`'s MAC: `router` (a guest with
+/// `ip_forward=1` whose gateway is HOST, played by the peer) forwards it to `target` (ARP both
+/// ways, then the request), `target` answers through its gateway `router`, which forwards the
+/// reply to the peer. The reply must arrive from `router`'s MAC with `target`'s address:
+/// frames crossed router -> target and target -> router.
+pub fn routed_ping(w: &mut dyn Wire, router_mac: [u8; 6], target: Ipv4Addr, seq: u16, what: &str) {
+    let req = icmp_echo(router_mac, PEER_MAC, FAR, target, 0x4b55, seq);
+    exchange(w, what, Some(&req), ANSWER, |f| match parse_echo_reply(f) {
+        // On a hub (mcast) the peer also sees `target`'s reply on its way to the router.
+        Some((dst, s, d, 0x4b55, q)) if s == target && d == FAR && q == seq && dst == PEER_MAC => {
+            assert_eq!(
+                f[6..12],
+                router_mac,
+                "{what}: the reply comes through the router"
+            );
+            Some(())
+        }
+        _ => None,
+    });
+}
+
+/// Makes a guest route between its peers on the wire.
+pub const FORWARD: &str = "sysctl.net.ipv4.ip_forward=1";
+/// The share of one CPU that kuml's event-loop thread (its main thread) used over a few
+/// seconds. A functional check, not a benchmark: a loop that spins takes all the CPU it
+/// can get, an idle one almost none.
+pub fn event_loop_cpu(vm: &TestVm) -> f64 {
+    let stat = || -> u64 {
+        let path = format!("/proc/{0}/task/{0}/stat", vm.pid());
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        // Fields after the command name (which may hold spaces): utime is 14th, stime 15th.
+        let rest = &text[text.rfind(')').expect("stat has a comm") + 2..];
+        let f: Vec<u64> = rest
+            .split_whitespace()
+            .skip(11)
+            .take(2)
+            .map(|v| v.parse().unwrap())
+            .collect();
+        f[0] + f[1]
+    };
+    // SAFETY: sysconf takes no pointers.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let span = Duration::from_secs(5);
+    let (t0, c0) = (Instant::now(), stat());
+    std::thread::sleep(span);
+    let (c1, dt) = (stat(), t0.elapsed());
+    (c1 - c0) as f64 / hz / dt.as_secs_f64()
+}
+
+/// kuml's event loop is idle: under a tenth of a CPU over a few seconds.
+pub fn assert_idle(vm: &TestVm) {
+    let cpu = event_loop_cpu(vm);
+    eprintln!("kuml event loop: {:.1} % of a CPU", cpu * 100.0);
+    assert!(
+        cpu < 0.1,
+        "kuml's event loop keeps a CPU busy ({:.0} %) after its backend failed",
+        cpu * 100.0
+    );
+}
