@@ -8,6 +8,8 @@ pub mod chan;
 pub mod fuzzing;
 pub mod legacy;
 pub mod pci;
+#[cfg(test)]
+mod test_log;
 pub mod virtio;
 pub mod warn;
 pub mod watch;

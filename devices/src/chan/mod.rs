@@ -51,7 +51,7 @@ mod tcp;
 pub mod telnet;
 
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -143,20 +143,6 @@ pub struct Channel {
     tcp: Option<TcpState>,
     /// A pts, pty or xterm line waiting for the guest to open it.
     deferred: Option<Deferred>,
-    /// Descriptors the channel let go of (a detached half, a port line's listener and past
-    /// connections), kept open until [`Channel::reap`] for an event loop that watches
-    /// descriptors by number (the console's). A [`crate::watch::Watch`] keeps what it
-    /// watches open by itself.
-    retired: Vec<Kept>,
-}
-
-/// A descriptor kept open.
-struct Kept(SharedFd);
-
-impl std::fmt::Debug for Kept {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "fd {}", self.0.as_raw_fd())
-    }
 }
 
 /// Where a channel's announcements go (`Virtual console 1 assigned device '/dev/pts/3'`):
@@ -336,21 +322,7 @@ impl Channel {
             announcement: None,
             tcp: None,
             deferred: None,
-            retired: Vec::new(),
         }
-    }
-
-    /// Lets go of a descriptor the event loop may still watch (see [`Channel::reap`]).
-    fn retire<T: AsRawFd + Send + Sync + 'static>(&mut self, fd: Option<Arc<T>>) {
-        if let Some(fd) = fd {
-            self.retired.push(Kept(fd));
-        }
-    }
-
-    /// Closes the descriptors the channel let go of; call once the event loop stopped
-    /// watching them (only needed by a loop that watches raw descriptor numbers).
-    pub fn reap(&mut self) {
-        self.retired.clear();
     }
 
     /// The spec this channel was opened from.
@@ -446,8 +418,8 @@ impl Channel {
             match sys::read(fd, buf) {
                 Ok(0) => {
                     debug!("channel {}: input reached end of file", self.describe());
-                    let input = self.input.take();
-                    self.retire(input);
+                    // Closed once the event loop stopped watching it (the watch holds it).
+                    self.input = None;
                     return ChanRead::Closed;
                 }
                 Ok(n) => return ChanRead::Data(n),
@@ -458,8 +430,7 @@ impl Channel {
                         "channel {}: input failed, detaching it: {e}",
                         self.describe()
                     );
-                    let input = self.input.take();
-                    self.retire(input);
+                    self.input = None;
                     return ChanRead::Closed;
                 }
             }
@@ -550,8 +521,7 @@ impl Channel {
                         "channel {}: output failed, detaching it: {e}",
                         self.describe()
                     );
-                    let output = self.output.take();
-                    self.retire(output);
+                    self.output = None;
                     self.out_buf.clear();
                     return data.len();
                 }

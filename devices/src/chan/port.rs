@@ -99,12 +99,6 @@ impl Waiter {
         self.fd.as_ref()
     }
 
-    /// Takes the descriptor out (so that it outlives the wait until the event loop let go of
-    /// it) and ends the wait.
-    pub fn finish(mut self) -> Option<Arc<OwnedFd>> {
-        self.fd.take()
-    }
-
     /// Accepts a client if one is queued (`Ok(None)` when another line took it first).
     pub fn accept(&self) -> io::Result<Option<OwnedFd>> {
         let Some(fd) = self.fd.as_ref() else {

@@ -64,10 +64,8 @@ impl Channel {
     }
 
     fn stop_waiting(&mut self) {
-        let Some(w) = self.tcp.as_mut().and_then(|t| t.waiter.take()) else {
-            return;
-        };
-        self.retire(w.finish());
+        // The listener's descriptor closes once the event loop stopped watching it.
+        drop(self.tcp.as_mut().and_then(|t| t.waiter.take()));
     }
 
     /// Reads a `port:` line: accepts a client while waiting, decodes telnet once connected,
@@ -132,9 +130,8 @@ impl Channel {
             return;
         };
         log::info!("port {}: client disconnected", t.hub.addr());
-        let (input, output) = (self.input.take(), self.output.take());
-        self.retire(input);
-        self.retire(output);
+        self.input = None;
+        self.output = None;
         self.out_buf.clear();
         self.start_waiting();
     }
@@ -203,7 +200,6 @@ mod tests {
         let mut buf = [0u8; 16];
         for _ in 0..1000 {
             let _ = ch.read(&mut buf);
-            ch.reap();
             if ch.is_connected() == connected {
                 return true;
             }
@@ -266,7 +262,6 @@ mod tests {
         drop(c2);
         poll_until(second, false);
         second.set_guest_open(false).unwrap();
-        second.reap();
         assert!(refused());
     }
 }

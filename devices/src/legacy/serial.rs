@@ -209,8 +209,6 @@ impl MutEventSubscriber for SerialDevice {
         self.read_input();
         let want = self.interest();
         self.watch.apply(ops, want);
-        // The watch keeps what it watched open by itself.
-        self.channel_mut().reap();
     }
 }
 

@@ -5,7 +5,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use log::warn;
 use virtio_queue::QueueT;
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::control::HostMsg;
 use crate::chan::{ChanContext, ChanError, Channel, ChannelSpec, LineClass};
@@ -13,6 +12,8 @@ use crate::virtio::{
     types, ActivateError, ActiveQueue, GuestMemory, VirtioDevice, VirtioInterrupt,
     VIRTIO_F_VERSION_1,
 };
+use crate::warn::WarnBudget;
+use crate::watch::Watch;
 
 /// Feature bit: the configuration space holds the console size (not offered).
 pub const VIRTIO_CONSOLE_F_SIZE: u32 = 0;
@@ -111,13 +112,6 @@ impl std::fmt::Debug for Active {
     }
 }
 
-/// Something whose descriptors must leave the event loop before it is dropped.
-#[derive(Debug)]
-pub(super) enum Retired {
-    Channel { _channel: Box<Channel> },
-    Queue { _notify: Arc<EventFd> },
-}
-
 /// A virtio-console device: either multiport (UML's consoles as ports) or a single port
 /// without control queues ([`Console::single`], for `con0`).
 ///
@@ -139,16 +133,18 @@ pub struct Console {
     pub(super) cols: u16,
     pub(super) rows: u16,
     pub(super) ports: BTreeMap<u32, Port>,
-    /// Written on activation, reset, and port changes: the event loop then updates what it
-    /// watches.
-    pub(super) wake: EventFd,
+    /// What the event loop watches; woken on activation, reset, port changes, and when a
+    /// round hit its budget.
+    pub(super) watch: Watch,
     pub(super) active: Option<Active>,
     /// The driver sent DEVICE_READY.
     pub(super) driver_ready: bool,
     pub(super) control_pending: VecDeque<Vec<u8>>,
-    pub(super) retired: Vec<Retired>,
-    /// What is registered with the event loop: fd -> (event data, interest).
-    pub(super) registered: BTreeMap<i32, (u32, u32)>,
+    /// Queues whose round ran out of budget, served again on the next wake-up.
+    pub(super) resume: Vec<usize>,
+    /// Log lines left for what the guest gets wrong (bad chains, messages for ports that do
+    /// not exist).
+    pub(super) guest_warnings: WarnBudget,
 }
 
 impl Console {
@@ -167,12 +163,12 @@ impl Console {
             cols: 0,
             rows: 0,
             ports: BTreeMap::new(),
-            wake: EventFd::new(EFD_NONBLOCK).map_err(ConsoleError::EventFd)?,
+            watch: Watch::new("console").map_err(ConsoleError::EventFd)?,
             active: None,
             driver_ready: false,
             control_pending: VecDeque::new(),
-            retired: Vec::new(),
-            registered: BTreeMap::new(),
+            resume: Vec::new(),
+            guest_warnings: WarnBudget::new("console: guest mistakes"),
         })
     }
 
@@ -249,9 +245,8 @@ impl Console {
         if self.driver_ready {
             self.send_control(HostMsg::DeviceRemove(id));
         }
-        self.retired.push(Retired::Channel {
-            _channel: Box::new(port.channel),
-        });
+        // Its descriptors stay open until the event loop, woken now, stopped watching them.
+        drop(port);
         self.kick();
         Ok(())
     }
@@ -296,9 +291,7 @@ impl Console {
 
     // Wakes the event loop so that it updates its watch list.
     pub(super) fn kick(&self) {
-        if let Err(e) = self.wake.write(1) {
-            warn!("console: cannot wake the event loop: {e}");
-        }
+        self.watch.wake();
     }
 
     /// Queues a control message for the guest and sends what the guest has buffers for.
@@ -339,7 +332,7 @@ impl ConsoleSet {
 
     fn device(&self, id: u32) -> MutexGuard<'_, Console> {
         let d = if id == 0 { &self.first } else { &self.rest };
-        d.lock().unwrap_or_else(|e| e.into_inner())
+        crate::locked(d)
     }
 
     /// Adds console `id` (see [`Console::add_port`]).
@@ -474,9 +467,8 @@ impl VirtioDevice for Console {
                 warn!("console: queue {i} is not valid in guest memory");
                 broken = true;
             }
-            match slots.get_mut(i) {
-                Some(s) => *s = Some(q),
-                None => self.retired.push(Retired::Queue { _notify: q.notify }),
+            if let Some(s) = slots.get_mut(i) {
+                *s = Some(q);
             }
         }
         for (i, s) in slots.iter().enumerate().take(need) {
@@ -485,12 +477,10 @@ impl VirtioDevice for Console {
                 broken = true;
             }
         }
-        if let Some(old) = self.active.take() {
+        if self.active.take().is_some() {
             warn!("console: activated twice without a reset");
-            for q in old.queues.into_iter().flatten() {
-                self.retired.push(Retired::Queue { _notify: q.notify });
-            }
         }
+        self.guest_warnings.refill();
         self.active = Some(Active {
             mem,
             interrupt,
@@ -506,11 +496,8 @@ impl VirtioDevice for Console {
     }
 
     fn reset(&mut self) -> bool {
-        if let Some(a) = self.active.take() {
-            for q in a.queues.into_iter().flatten() {
-                self.retired.push(Retired::Queue { _notify: q.notify });
-            }
-        }
+        self.active = None;
+        self.resume.clear();
         self.driver_ready = false;
         self.control_pending.clear();
         self.acked_features = 0;

@@ -2,16 +2,19 @@
 //! the control protocol.
 //!
 //! Event data: [`WAKE`] for the device's wake-up eventfd (activation, reset, ports added or
-//! removed at run time), `QUEUE | index` for a queue's notify eventfd, `PORT | id` for a port's
-//! channel descriptors. After every event the handler brings the event loop's watch list in
-//! line with the device state (`sync`): a port's input is watched only while its buffer has
-//! room (backpressure), its output only while output waits for the host side.
-
-use std::collections::BTreeMap;
-use std::os::fd::AsRawFd;
+//! removed at run time, and work left over when a round hit its budget), `QUEUE | index` for
+//! a queue's notify eventfd, `PORT | id` for a port's channel descriptors. After every event
+//! the handler hands the device's interest to its [`crate::watch::Watch`]: a port's input is
+//! watched only while its buffer has room (backpressure), its output only while output waits
+//! for the host side.
+//!
+//! A guest can keep refilling a transmit or control queue: each round handles at most
+//! [`BUDGET`] chains of a queue, then wakes the device to go on, so the disks, NICs and
+//! mconsole get their turn. Messages about a guest's mistakes are logged within a
+//! [`WarnBudget`].
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
-use log::{debug, warn};
+use log::{debug, log};
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::QueueT;
 
@@ -20,14 +23,16 @@ use super::device::{Active, Console, INPUT_BUFFER_MAX};
 use super::port::{read_tx_chain, write_rx_chain};
 use crate::chan::ChanRead;
 use crate::virtio::InterruptKind;
-
-/// Event data of the wake-up eventfd.
-pub const WAKE: u32 = 0;
+use crate::watch::Interest;
+pub use crate::watch::WAKE;
 /// Event data kind of a queue notify eventfd (`QUEUE | index`).
 pub const QUEUE: u32 = 1 << 16;
 /// Event data kind of a port's channel (`PORT | id`).
 pub const PORT: u32 = 2 << 16;
 const KIND_MASK: u32 = 0xffff_0000;
+
+/// Chains handled per queue and round (small under test, so that tests cross rounds).
+pub const BUDGET: usize = if cfg!(test) { 8 } else { 256 };
 
 /// Queue index of the control receive queue.
 const CONTROL_RX: usize = 2;
@@ -78,7 +83,7 @@ enum Pop {
 impl Active {
     fn mark_broken(&mut self, why: &str) {
         if !self.broken {
-            warn!("console: {why}; the device needs a reset");
+            log::warn!("console: {why}; the device needs a reset");
             self.broken = true;
         }
         self.signal_reset();
@@ -133,7 +138,7 @@ impl Active {
         let wanted = q.queue.needs_notification(&self.mem).unwrap_or(true);
         if wanted {
             if let Err(e) = self.interrupt.trigger(InterruptKind::Queue(q.index)) {
-                warn!("console: cannot interrupt the guest for queue {qi}: {e}");
+                log::warn!("console: cannot interrupt the guest for queue {qi}: {e}");
             }
         }
     }
@@ -150,25 +155,35 @@ impl Console {
         }
     }
 
-    // Guest output of port `id` to its channel.
+    // Guest output of port `id` to its channel, at most a budget of chains.
     fn process_tx(&mut self, qi: usize, id: u32) {
         let Some(active) = self.active.as_mut() else {
             return;
         };
-        let mut any = false;
-        while let Pop::Chain(head, descs) = active.pop(qi) {
+        let mut handled = 0;
+        while handled < BUDGET {
+            let Pop::Chain(head, descs) = active.pop(qi) else {
+                break;
+            };
+            handled += 1;
             match read_tx_chain(&active.mem, descs) {
                 Ok(data) => match self.ports.get_mut(&id) {
                     Some(p) => p.channel.write(&data),
                     None => debug!("console: output on port {id}, which does not exist"),
                 },
-                Err(e) => warn!("console: port {id}: dropping a bad transmit chain: {e}"),
+                Err(e) => log!(
+                    self.guest_warnings.level(),
+                    "console: port {id}: dropping a bad transmit chain: {e}"
+                ),
             }
             active.used(qi, head, 0);
-            any = true;
         }
-        if any {
+        if handled > 0 {
             active.notify(qi);
+        }
+        if handled == BUDGET {
+            // Chains may be left: come back to them after the other event sources.
+            self.resume(qi);
         }
     }
 
@@ -177,18 +192,32 @@ impl Console {
             return;
         };
         let mut msgs = Vec::new();
-        while let Pop::Chain(head, descs) = active.pop(CONTROL_TX) {
+        let mut handled = 0;
+        while handled < BUDGET {
+            let Pop::Chain(head, descs) = active.pop(CONTROL_TX) else {
+                break;
+            };
+            handled += 1;
             match read_tx_chain(&active.mem, descs) {
                 Ok(bytes) => match GuestMsg::decode(&bytes) {
                     Ok(m) => msgs.push(m),
-                    Err(e) => warn!("console: ignoring a control message: {e}"),
+                    Err(e) => log!(
+                        self.guest_warnings.level(),
+                        "console: ignoring a control message: {e}"
+                    ),
                 },
-                Err(e) => warn!("console: dropping a bad control chain: {e}"),
+                Err(e) => log!(
+                    self.guest_warnings.level(),
+                    "console: dropping a bad control chain: {e}"
+                ),
             }
             active.used(CONTROL_TX, head, 0);
         }
-        if !msgs.is_empty() {
+        if handled > 0 {
             active.notify(CONTROL_TX);
+        }
+        if handled == BUDGET {
+            self.resume(CONTROL_TX);
         }
         for m in msgs {
             self.handle_guest_msg(m);
@@ -199,7 +228,10 @@ impl Console {
         debug!("console: guest sent {msg:?}");
         match msg {
             GuestMsg::DeviceReady { ok: false } => {
-                warn!("console: the guest driver failed to set up the device");
+                log!(
+                    self.guest_warnings.level(),
+                    "console: the guest driver failed to set up the device"
+                );
             }
             GuestMsg::DeviceReady { ok: true } => {
                 if self.driver_ready {
@@ -213,11 +245,17 @@ impl Console {
             }
             GuestMsg::PortReady { id, ok } => {
                 let Some(p) = self.ports.get_mut(&id) else {
-                    warn!("console: the guest readied port {id}, which does not exist");
+                    log!(
+                        self.guest_warnings.level(),
+                        "console: the guest readied port {id}, which does not exist"
+                    );
                     return;
                 };
                 if !ok {
-                    warn!("console: the guest failed to set up port {id}");
+                    log!(
+                        self.guest_warnings.level(),
+                        "console: the guest failed to set up port {id}"
+                    );
                     return;
                 }
                 if p.ready {
@@ -234,12 +272,15 @@ impl Console {
             }
             GuestMsg::PortOpen { id, open } => {
                 let Some(p) = self.ports.get_mut(&id) else {
-                    warn!("console: the guest opened port {id}, which does not exist");
+                    log!(
+                        self.guest_warnings.level(),
+                        "console: the guest opened port {id}, which does not exist"
+                    );
                     return;
                 };
                 p.guest_open = open;
                 if let Err(e) = p.channel.set_guest_open(open) {
-                    warn!("console {id}: {}", crate::error_chain(&e));
+                    log::warn!("console {id}: {}", crate::error_chain(&e));
                 }
                 if open {
                     self.fill_rx(id);
@@ -261,13 +302,19 @@ impl Console {
             let n = match write_rx_chain(&active.mem, &descs, msg) {
                 Ok(n) => {
                     if n < msg.len() {
-                        warn!("console: control buffer too small, message truncated");
+                        log!(
+                            self.guest_warnings.level(),
+                            "console: control buffer too small, message truncated"
+                        );
                     }
                     self.control_pending.pop_front();
                     n
                 }
                 Err(e) => {
-                    warn!("console: bad control receive chain: {e}");
+                    log!(
+                        self.guest_warnings.level(),
+                        "console: bad control receive chain: {e}"
+                    );
                     0
                 }
             };
@@ -291,8 +338,8 @@ impl Console {
             return;
         }
         let qi = rx_queue(id);
-        let mut any = false;
-        loop {
+        let mut handled = 0;
+        while handled < BUDGET {
             if port.channel.input_always_ready() {
                 read_into(port, INPUT_BUFFER_MAX);
             }
@@ -305,18 +352,32 @@ impl Console {
             let n = match write_rx_chain(&active.mem, &descs, port.input.make_contiguous()) {
                 Ok(n) => n,
                 Err(e) => {
-                    warn!("console: port {id}: bad receive chain: {e}");
+                    log!(
+                        self.guest_warnings.level(),
+                        "console: port {id}: bad receive chain: {e}"
+                    );
                     0
                 }
             };
             log::trace!("console: port {id}: {n} bytes into receive chain {head}");
             port.input.drain(..n);
             active.used(qi, head, n);
-            any = true;
+            handled += 1;
         }
-        if any {
+        if handled > 0 {
             active.notify(qi);
         }
+        if handled == BUDGET {
+            self.resume(qi);
+        }
+    }
+
+    // Queue `qi` is to be served again once the other event sources had their turn.
+    fn resume(&mut self, qi: usize) {
+        if !self.resume.contains(&qi) {
+            self.resume.push(qi);
+        }
+        self.watch.wake();
     }
 
     // The channel of port `id` is readable.
@@ -328,9 +389,12 @@ impl Console {
     }
 
     fn on_wake(&mut self) {
-        let _ = self.wake.read();
+        self.watch.take_wake();
         if let Some(a) = self.active.as_mut() {
             a.signal_reset();
+        }
+        for qi in std::mem::take(&mut self.resume) {
+            self.process_queue(qi);
         }
         self.flush_control();
         let ids: Vec<u32> = self.ports.keys().copied().collect();
@@ -339,72 +403,20 @@ impl Console {
         }
     }
 
-    /// Brings the event loop's watch list in line with the device state.
-    pub(super) fn sync(&mut self, ops: &mut EventOps) {
-        let mut want: BTreeMap<i32, (u32, u32)> = BTreeMap::new();
-        let mut merge = |fd: i32, data: u32, set: EventSet| {
-            let e = want.entry(fd).or_insert((data, 0));
-            e.1 |= set.bits();
-        };
-        merge(self.wake.as_raw_fd(), WAKE, EventSet::IN);
+    /// What the event loop should watch: the queues while the device works, each port's
+    /// channel (input while its buffer has room, output while output waits).
+    pub(super) fn interest(&self) -> Interest {
+        let mut want = Interest::new();
         if let Some(a) = self.active.as_ref().filter(|a| !a.broken) {
             for q in a.queues.iter().flatten() {
-                merge(
-                    q.notify.as_raw_fd(),
-                    QUEUE | u32::from(q.index),
-                    EventSet::IN,
-                );
+                want.add(q.notify.clone(), QUEUE | u32::from(q.index), EventSet::IN);
             }
         }
         for (id, p) in &self.ports {
-            if p.input.len() < INPUT_BUFFER_MAX {
-                if let Some(fd) = p.channel.input_fd() {
-                    merge(fd, PORT | id, EventSet::IN);
-                }
-            }
-            if p.channel.wants_writable() {
-                if let Some(fd) = p.channel.output_fd() {
-                    merge(fd, PORT | id, EventSet::OUT);
-                }
-            }
+            p.channel
+                .watch(&mut want, PORT | id, p.input.len() < INPUT_BUFFER_MAX);
         }
-        // Remove first, while retired descriptors are still open; then let them go.
-        let registered = std::mem::take(&mut self.registered);
-        for (fd, have) in registered {
-            match want.get(&fd) {
-                None => {
-                    if let Err(e) = ops.remove(Events::empty_raw(fd)) {
-                        warn!("console: cannot stop watching fd {fd}: {e}");
-                    }
-                }
-                Some(w) if *w != have => {
-                    let ev = Events::with_data_raw(fd, w.0, EventSet::from_bits_truncate(w.1));
-                    if let Err(e) = ops.modify(ev) {
-                        warn!("console: cannot change what fd {fd} is watched for: {e}");
-                    }
-                    self.registered.insert(fd, *w);
-                }
-                Some(w) => {
-                    self.registered.insert(fd, *w);
-                }
-            }
-        }
-        self.retired.clear();
-        for p in self.ports.values_mut() {
-            p.channel.reap();
-        }
-        for (fd, w) in want {
-            if self.registered.contains_key(&fd) {
-                continue;
-            }
-            let ev = Events::with_data_raw(fd, w.0, EventSet::from_bits_truncate(w.1));
-            match ops.add(ev) {
-                Ok(()) => {
-                    self.registered.insert(fd, w);
-                }
-                Err(e) => warn!("console: cannot watch fd {fd}: {e}"),
-            }
-        }
+        want
     }
 }
 
@@ -425,7 +437,8 @@ fn read_into(port: &mut super::device::Port, max: usize) {
 
 impl MutEventSubscriber for Console {
     fn init(&mut self, ops: &mut EventOps) {
-        self.sync(ops);
+        let want = self.interest();
+        self.watch.apply(ops, want);
     }
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
@@ -452,9 +465,10 @@ impl MutEventSubscriber for Console {
                     }
                 }
             }
-            _ => warn!("console: unexpected event data {data:#x}"),
+            _ => log::warn!("console: unexpected event data {data:#x}"),
         }
-        self.sync(ops);
+        let want = self.interest();
+        self.watch.apply(ops, want);
     }
 }
 

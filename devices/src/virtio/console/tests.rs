@@ -3,155 +3,48 @@
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use event_manager::{EventManager, SubscriberOps};
-use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
-use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
-use virtio_queue::mock::MockSplitQueue;
+use virtio_queue::desc::split::Descriptor as SplitDescriptor;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::control::{GuestMsg, HostMsg};
 use super::device::Console;
 use crate::chan::{Chan, Channel, ChannelSpec};
-use crate::virtio::{ActiveQueue, InterruptKind, VirtioDevice, VirtioInterrupt};
+use crate::virtio::test_utils::{self, Driver, TestInterrupt, QLEN, W};
+use crate::virtio::{InterruptKind, VirtioDevice};
 
-const QLEN: u16 = 256;
 const MAX_PORTS: u32 = 4;
 
-#[derive(Default)]
-struct TestInterrupt {
-    triggers: Mutex<Vec<InterruptKind>>,
-    resets: AtomicUsize,
+/// What a console test drives on top of the shared driver.
+trait ConsoleDriver {
+    /// Queues `bytes` on queue `qi` and notifies it.
+    fn send(&mut self, qi: usize, bytes: &[u8]);
+    fn post_rx(&mut self, qi: usize, len: u32);
+    /// The control messages the device sent since the last call.
+    fn control_msgs(&mut self) -> Vec<HostMsg>;
+    fn guest_msg(&mut self, m: GuestMsg);
 }
 
-impl VirtioInterrupt for TestInterrupt {
-    fn trigger(&self, kind: InterruptKind) -> std::io::Result<()> {
-        self.triggers.lock().unwrap().push(kind);
-        Ok(())
-    }
-    fn needs_reset(&self) {
-        self.resets.fetch_add(1, Ordering::SeqCst);
-    }
-}
-
-/// The guest driver's side of every queue.
-struct Driver<'a> {
-    mem: &'a GuestMemoryMmap,
-    queues: Vec<MockSplitQueue<'a, GuestMemoryMmap>>,
-    next_desc: Vec<u16>,
-    seen_used: Vec<u16>,
-    notify: Vec<EventFd>,
-    next_buf: u64,
-}
-
-impl<'a> Driver<'a> {
-    fn new(mem: &'a GuestMemoryMmap, nq: usize) -> Self {
-        let queues = (0..nq)
-            .map(|i| MockSplitQueue::create(mem, GuestAddress(0x4000 * i as u64), QLEN))
-            .collect();
-        Self {
-            mem,
-            queues,
-            next_desc: vec![0; nq],
-            seen_used: vec![0; nq],
-            notify: (0..nq)
-                .map(|_| EventFd::new(EFD_NONBLOCK).unwrap())
-                .collect(),
-            next_buf: 0x10_0000,
-        }
-    }
-
-    fn active_queues(&self) -> Vec<ActiveQueue> {
-        self.queues
-            .iter()
-            .enumerate()
-            .map(|(i, m)| ActiveQueue {
-                index: i as u16,
-                queue: m.create_queue::<Queue>().unwrap(),
-                notify: Arc::new(self.notify[i].try_clone().unwrap()),
-            })
-            .collect()
-    }
-
-    fn buf(&mut self, len: u32) -> u64 {
-        let a = self.next_buf;
-        self.next_buf += u64::from(len).max(1).next_multiple_of(0x1000);
-        a
-    }
-
-    fn add(&mut self, qi: usize, descs: &[SplitDescriptor]) {
-        let base = self.next_desc[qi];
-        let raw: Vec<RawDescriptor> = descs
-            .iter()
-            .enumerate()
-            .map(|(k, d)| {
-                let last = k + 1 == descs.len();
-                let flags = if last {
-                    d.flags()
-                } else {
-                    d.flags() | VRING_DESC_F_NEXT as u16
-                };
-                RawDescriptor::from(SplitDescriptor::new(
-                    d.addr().0,
-                    d.len(),
-                    flags,
-                    base + k as u16 + 1,
-                ))
-            })
-            .collect();
-        self.queues[qi].add_desc_chains(&raw, base).unwrap();
-        self.next_desc[qi] += descs.len() as u16;
-    }
-
+impl ConsoleDriver for Driver<'_> {
     fn send(&mut self, qi: usize, bytes: &[u8]) {
-        let a = self.buf(bytes.len() as u32);
-        self.mem.write_slice(bytes, GuestAddress(a)).unwrap();
-        self.add(qi, &[SplitDescriptor::new(a, bytes.len() as u32, 0, 0)]);
+        let d = self.readable(bytes);
+        self.add(qi, &[d]);
         self.kick(qi);
     }
 
     fn post_rx(&mut self, qi: usize, len: u32) {
         let a = self.buf(len);
-        self.add(
-            qi,
-            &[SplitDescriptor::new(a, len, VRING_DESC_F_WRITE as u16, 0)],
-        );
-    }
-
-    fn kick(&self, qi: usize) {
-        self.notify[qi].write(1).unwrap();
-    }
-
-    /// Used entries since the last call: (head, len, bytes written there).
-    fn used(&mut self, qi: usize) -> Vec<(u32, u32, Vec<u8>)> {
-        let q = &self.queues[qi];
-        let idx = q.used().idx().load();
-        let mut out = Vec::new();
-        while self.seen_used[qi] != idx {
-            let e = q
-                .used()
-                .ring()
-                .ref_at(usize::from(self.seen_used[qi] % QLEN))
-                .unwrap()
-                .load();
-            let d = q.desc_table().load(e.id() as u16).unwrap();
-            let d = SplitDescriptor::from(d);
-            let mut b = vec![0u8; e.len().min(d.len()) as usize];
-            self.mem.read_slice(&mut b, d.addr()).unwrap();
-            out.push((e.id(), e.len(), b));
-            self.seen_used[qi] = self.seen_used[qi].wrapping_add(1);
-        }
-        out
+        self.add(qi, &[SplitDescriptor::new(a, len, W, 0)]);
     }
 
     fn control_msgs(&mut self) -> Vec<HostMsg> {
         self.used(2)
             .into_iter()
-            .map(|(_, _, b)| HostMsg::decode(&b).unwrap())
+            .map(|u| HostMsg::decode(&u.bytes).unwrap())
             .collect()
     }
 
@@ -160,35 +53,16 @@ impl<'a> Driver<'a> {
     }
 }
 
-struct Rig {
-    console: Arc<Mutex<Console>>,
-    em: EventManager<Arc<Mutex<Console>>>,
-    irq: Arc<TestInterrupt>,
-}
-
-impl Rig {
-    fn run(&mut self) {
-        for _ in 0..100 {
-            if self.em.run_with_timeout(0).unwrap() == 0 {
-                return;
-            }
-        }
-    }
-}
+type Rig = test_utils::Rig<Console>;
 
 fn mem() -> GuestMemoryMmap {
-    GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x200_0000)]).unwrap()
+    test_utils::mem(0x200_0000)
 }
 
+// A channel over one socket for both directions, as a pts or a telnet connection is.
 fn socket_channel() -> (UnixStream, Channel) {
     let (a, b) = UnixStream::pair().unwrap();
-    let b2 = b.try_clone().unwrap();
-    let ch = Channel::from_fds(
-        ChannelSpec::single(Chan::Fd(3)),
-        Some(b.into()),
-        Some(b2.into()),
-    )
-    .unwrap();
+    let ch = Channel::from_fd(ChannelSpec::single(Chan::Fd(3)), b.into()).unwrap();
     (a, ch)
 }
 
@@ -200,18 +74,7 @@ fn rig_with(mut c: Console, driver: &Driver, ports: Vec<(u32, Channel)>) -> Rig 
     for (id, ch) in ports {
         c.add_port(id, ch).unwrap();
     }
-    let console = Arc::new(Mutex::new(c));
-    let mut em = EventManager::<Arc<Mutex<Console>>>::new().unwrap();
-    em.add_subscriber(console.clone());
-    let irq = Arc::new(TestInterrupt::default());
-    console
-        .lock()
-        .unwrap()
-        .activate(driver.mem.clone(), irq.clone(), driver.active_queues())
-        .unwrap();
-    let mut r = Rig { console, em, irq };
-    r.run();
-    r
+    Rig::new(driver, c, 0)
 }
 
 // DEVICE_READY -> DEVICE_ADD for each port -> PORT_READY -> CONSOLE_PORT, PORT_NAME, PORT_OPEN.
@@ -310,8 +173,8 @@ fn test_receive_waits_for_guest_open_then_delivers() {
     r.run();
     let used = d.used(0);
     assert_eq!(used.len(), 1);
-    assert_eq!(used[0].2, b"early");
-    assert!(r.console.lock().unwrap().is_guest_open(0));
+    assert_eq!(used[0].bytes, b"early");
+    assert!(r.dev.lock().unwrap().is_guest_open(0));
     // More input with no buffer posted: kept until the guest posts one.
     peer.write_all(b"late").unwrap();
     r.run();
@@ -321,7 +184,7 @@ fn test_receive_waits_for_guest_open_then_delivers() {
     d.kick(0);
     r.run();
     let used = d.used(0);
-    let all: Vec<u8> = used.iter().flat_map(|u| u.2.clone()).collect();
+    let all: Vec<u8> = used.iter().flat_map(|u| u.bytes.clone()).collect();
     assert_eq!(all, b"late");
 }
 
@@ -346,7 +209,7 @@ fn test_input_backpressure_loses_nothing() {
             }
         }
         r.run();
-        assert!(r.console.lock().unwrap().ports[&0].input.len() <= super::INPUT_BUFFER_MAX);
+        assert!(r.dev.lock().unwrap().ports[&0].input.len() <= super::INPUT_BUFFER_MAX);
         // The guest is slow: a few small buffers per round.
         if d.next_desc[0] < QLEN - 4 {
             for _ in 0..4 {
@@ -356,7 +219,7 @@ fn test_input_backpressure_loses_nothing() {
         }
         r.run();
         for u in d.used(0) {
-            got.extend(u.2);
+            got.extend(u.bytes);
         }
         if got.len() == total.len() {
             break;
@@ -378,7 +241,7 @@ fn test_ports_added_and_removed_at_run_time() {
     let mut r = rig(&d, vec![(0, Channel::null())]);
     handshake(&mut d, &mut r, &[0]);
     let (mut peer, ch) = socket_channel();
-    r.console.lock().unwrap().add_port(3, ch).unwrap();
+    r.dev.lock().unwrap().add_port(3, ch).unwrap();
     r.run();
     assert_eq!(d.control_msgs(), vec![HostMsg::DeviceAdd(3)]);
     d.guest_msg(GuestMsg::PortReady { id: 3, ok: true });
@@ -389,10 +252,10 @@ fn test_ports_added_and_removed_at_run_time() {
     let mut b = [0u8; 3];
     peer.read_exact(&mut b).unwrap();
     assert_eq!(&b, b"on3");
-    r.console.lock().unwrap().remove_port(3).unwrap();
+    r.dev.lock().unwrap().remove_port(3).unwrap();
     r.run();
     assert_eq!(d.control_msgs(), vec![HostMsg::DeviceRemove(3)]);
-    assert_eq!(r.console.lock().unwrap().port_ids(), vec![0]);
+    assert_eq!(r.dev.lock().unwrap().port_ids(), vec![0]);
     // Output to the removed port is consumed and dropped.
     d.send(9, b"gone");
     r.run();
@@ -416,15 +279,7 @@ fn test_hostile_control_and_chains_never_panic() {
     });
     d.guest_msg(GuestMsg::PortReady { id: 0, ok: true }); // duplicate: ignored
                                                           // A write-only descriptor on a transmit queue; a buffer outside guest memory.
-    d.add(
-        1,
-        &[SplitDescriptor::new(
-            0x10_0000,
-            16,
-            VRING_DESC_F_WRITE as u16,
-            0,
-        )],
-    );
+    d.add(1, &[SplitDescriptor::new(0x10_0000, 16, W, 0)]);
     d.add(1, &[SplitDescriptor::new(0xffff_0000, 16, 0, 0)]);
     d.kick(1);
     // A readable descriptor on a receive queue.
@@ -449,10 +304,10 @@ fn test_reset_then_reactivate_renegotiates() {
     let mut d = Driver::new(&m, 10);
     let mut r = rig(&d, vec![(0, Channel::null())]);
     handshake(&mut d, &mut r, &[0]);
-    assert!(r.console.lock().unwrap().reset());
+    assert!(r.dev.lock().unwrap().reset());
     r.run();
     let mut d2 = Driver::new(&m, 10);
-    r.console
+    r.dev
         .lock()
         .unwrap()
         .activate(m.clone(), r.irq.clone(), d2.active_queues())
@@ -480,8 +335,13 @@ fn test_invalid_queue_at_activation_asks_for_reset_from_the_event_loop() {
     assert_eq!(irq.resets.load(Ordering::SeqCst), 0);
     let console = Arc::new(Mutex::new(c));
     let mut em = EventManager::<Arc<Mutex<Console>>>::new().unwrap();
-    em.add_subscriber(console.clone());
-    let mut r = Rig { console, em, irq };
+    let id = em.add_subscriber(console.clone());
+    let mut r = Rig {
+        dev: console,
+        em,
+        id,
+        irq,
+    };
     r.run();
     assert_eq!(r.irq.resets.load(Ordering::SeqCst), 1);
     // A broken device ignores the guest until it is reset.
@@ -528,7 +388,7 @@ fn test_single_port_device_is_a_console_from_activation_on() {
     peer.write_all(b"typed early").unwrap();
     let mut r = rig_with(single, &d, vec![(0, ch0)]);
     // No control queues, no handshake: the port is the guest's at once.
-    assert!(r.console.lock().unwrap().is_guest_open(0));
+    assert!(r.dev.lock().unwrap().is_guest_open(0));
     d.send(1, b"Linux version 6.1");
     d.post_rx(0, 64);
     d.kick(0);
@@ -538,11 +398,11 @@ fn test_single_port_device_is_a_console_from_activation_on() {
     assert_eq!(&got, b"Linux version 6.1");
     let used = d.used(0);
     assert_eq!(used.len(), 1);
-    assert_eq!(used[0].2, b"typed early");
+    assert_eq!(used[0].bytes, b"typed early");
     assert_eq!(r.irq.resets.load(Ordering::SeqCst), 0);
     // A reset closes the port until the driver activates the device again.
-    assert!(r.console.lock().unwrap().reset());
-    assert!(!r.console.lock().unwrap().is_guest_open(0));
+    assert!(r.dev.lock().unwrap().reset());
+    assert!(!r.dev.lock().unwrap().is_guest_open(0));
 }
 
 #[test]
@@ -571,7 +431,7 @@ fn test_single_port_pts_is_allocated_at_activation() {
         "allocated before the guest opened it"
     );
     let r = rig_with(Console::single().unwrap(), &d, vec![(0, ch)]);
-    let c = r.console.lock().unwrap();
+    let c = r.dev.lock().unwrap();
     let desc = c.port_description(0).unwrap();
     assert!(desc.starts_with("pts:/dev/pts/"), "{desc}");
 }
@@ -592,4 +452,90 @@ fn test_console_set_routes_con0_to_its_own_device() {
     ));
     set.remove_port(2).unwrap();
     assert_eq!(set.port_ids(), vec![0]);
+}
+
+// G3: a guest that keeps a transmit queue full kept the event loop in the console's loop
+// (no budget: disks, NICs and mconsole starved). A round now handles at most BUDGET chains
+// of a queue; the device wakes itself to go on, after the other event sources.
+#[test]
+fn test_transmit_rounds_are_bounded_and_resume() {
+    use super::event_handler::BUDGET;
+    let m = mem();
+    let mut d = Driver::new(&m, 10);
+    let (mut peer, ch0) = socket_channel();
+    let mut r = rig(&d, vec![(0, ch0)]);
+    handshake(&mut d, &mut r, &[0]);
+    let n = 3 * BUDGET + 1;
+    for i in 0..n {
+        let a = d.buf(1);
+        m.write_slice(&[i as u8], GuestAddress(a)).unwrap();
+        d.add(1, &[SplitDescriptor::new(a, 1, 0, 0)]);
+    }
+    d.kick(1);
+    // One event, one round.
+    assert_eq!(r.em.run_with_timeout(0).unwrap(), 1);
+    assert_eq!(d.used(1).len(), BUDGET, "one round is one budget");
+    r.run();
+    assert_eq!(d.used(1).len(), n - BUDGET, "the rest followed");
+    let mut got = vec![0u8; n];
+    peer.read_exact(&mut got).unwrap();
+    assert_eq!(got, (0..n).map(|i| i as u8).collect::<Vec<_>>());
+    // The same for the control queue.
+    d.used(3);
+    for _ in 0..n {
+        d.guest_msg(GuestMsg::PortReady { id: 0, ok: true });
+    }
+    assert_eq!(r.em.run_with_timeout(0).unwrap(), 1);
+    assert_eq!(d.used(3).len(), BUDGET);
+    r.run();
+    assert_eq!(d.used(3).len(), n - BUDGET);
+}
+
+// G4: each control message for a port that does not exist was a warning: a guest sending
+// them in a loop flooded the host log.
+#[test]
+fn test_bogus_control_messages_log_a_bounded_number_of_warnings() {
+    crate::test_log::start();
+    let m = mem();
+    let mut d = Driver::new(&m, 10);
+    let mut r = rig(&d, vec![(0, Channel::null())]);
+    handshake(&mut d, &mut r, &[0]);
+    d.used(3);
+    for i in 0..200 {
+        d.guest_msg(GuestMsg::PortOpen {
+            id: 0xffff_0000 + i,
+            open: true,
+        });
+    }
+    r.run();
+    assert_eq!(d.used(3).len(), 200, "every message was handled");
+    let warnings = crate::test_log::at(log::Level::Warn);
+    assert!(
+        warnings.len() <= crate::warn::WARN_BUDGET as usize + 1,
+        "{} warnings",
+        warnings.len()
+    );
+    assert!(warnings.iter().any(|w| w.contains("too many")));
+}
+
+// B2 on the console: a port removed at run time, and a connection's end, close their
+// descriptors only once the event loop stopped watching them.
+#[test]
+fn test_a_removed_port_is_closed_only_after_the_loop_let_go() {
+    use event_manager::EventSet;
+    let m = mem();
+    let mut d = Driver::new(&m, 10);
+    let (peer, ch) = socket_channel();
+    let mut r = rig(&d, vec![(0, Channel::null()), (1, ch)]);
+    handshake(&mut d, &mut r, &[0, 1]);
+    let fd = r.dev.lock().unwrap().ports[&1].channel.input_fd().unwrap();
+    assert!(r.dev.lock().unwrap().watch.watches(fd, EventSet::IN));
+    r.dev.lock().unwrap().remove_port(1).unwrap();
+    // SAFETY: F_GETFD only queries the descriptor table.
+    let open = |fd| unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0;
+    assert!(open(fd), "still watched, still open");
+    r.run();
+    assert!(!r.dev.lock().unwrap().watch.watches(fd, EventSet::IN));
+    assert!(!open(fd), "closed once forgotten");
+    drop(peer);
 }
