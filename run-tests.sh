@@ -67,7 +67,7 @@ record() { # lane what status seconds
     [ "$3" = 0 ] || failed=1
 }
 
-e2e_bins=(boot console mconsole net ubd debian)
+e2e_bins=(boot boot_log console mconsole net ubd debian)
 [ ${#tests[@]} -gt 0 ] && e2e_bins=("${tests[@]}")
 
 # ---- host lane
@@ -115,7 +115,7 @@ for line in sys.stdin:
         chunks=() cur=()
         for t in "${names[@]}"; do
             case $t in
-            *many_boots*) chunks+=("$t") ;;
+            *many_boots*|*every_boot*) chunks+=("$t") ;;
             *) cur+=("$t"); [ ${#cur[@]} -lt "$chunk" ] || { chunks+=("${cur[*]}"); cur=(); } ;;
             esac
         done

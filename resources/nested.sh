@@ -18,6 +18,7 @@
 #   --timeout S     end L1 after S seconds (default 7200)
 #   --rw DIR        share the host directory DIR writable at the same path (repeatable)
 #   --log FILE      keep L1's console log in FILE (default: a temporary file, removed on success)
+#   --append ARGS   more kernel command-line words for L1 (e.g. for an experiment)
 #   --tty           run the command on L1's console with your terminal (interactive; the
 #                   default when stdin and stdout are terminals); Ctrl-A x ends QEMU
 #   --no-tty        stdin from /dev/null, stdout/stderr on their own channels (the default
@@ -30,7 +31,7 @@ set -euo pipefail
 {
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-cpus=2 mem=3G timeout=7200 log= tty=auto rw=()
+cpus=2 mem=3G timeout=7200 log= tty=auto rw=() extra=
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit 2; }
 while [ $# -gt 0 ]; do
     case $1 in
@@ -39,6 +40,7 @@ while [ $# -gt 0 ]; do
     --timeout) timeout=$2; shift 2 ;;
     --rw) rw+=("$(realpath -e "$2")"); shift 2 ;;
     --log) log=$2; shift 2 ;;
+    --append) extra="$extra $2"; shift 2 ;;
     --tty) tty=1; shift ;;
     --no-tty) tty=0; shift ;;
     --) shift; break ;;
@@ -101,7 +103,7 @@ for d in "${rw[@]}"; do
 done
 # L1's kernel panics on a soft lockup (seen after ~20 guest boots in one L1) instead of hanging
 # until the timeout.
-append="console=ttyS0 panic=-1 softlockup_panic=1 watchdog_thresh=30"
+append="console=ttyS0 panic=-1 softlockup_panic=1 watchdog_thresh=30$extra"
 
 # One TCG VM per machine: the lock is held on fd 8 from here until this script and QEMU (which
 # inherits it) are gone. KUML_TCG_LOCK names another lock file (for testing this script).
