@@ -63,13 +63,15 @@ pvm = subprocess.run([os.path.join(root, "resources/pvm-cmdline.sh")],
 mkcow = os.path.join(os.path.dirname(KUML), "kuml-mkcow")
 MEM = 256
 guest_opts = ["kuml.agent=hvc0"] + pvm
+qemu_cpu = subprocess.run([os.path.join(root, "resources/qemu-cpu.sh")],
+                          capture_output=True, text=True).stdout.strip()
 
 def kuml_cmd(disk):
     return [KUML, f"kernel={kernel}", f"initrd={initrd}", f"mem={MEM}M", "noreboot",
             "con=none", "con0=fd:0,fd:1", "ssl=none", f"ubd0={disk}", "console=hvc0"] + guest_opts
 
 def qemu_cmd(img):
-    return ["qemu-system-x86_64", "-M", "microvm", "-accel", "kvm", "-cpu", "host",
+    return ["qemu-system-x86_64", "-M", "microvm", "-accel", "kvm", "-cpu", qemu_cpu,
             "-m", str(MEM), "-smp", "1", "-nodefaults", "-no-user-config", "-display", "none",
             "-no-reboot", "-kernel", kernel, "-initrd", initrd,
             "-drive", f"file={img},format=raw,if=none,id=d0",

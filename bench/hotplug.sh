@@ -67,6 +67,8 @@ def kuml_bin():
 
 PVM = subprocess.run([os.path.join(ROOT, "resources/pvm-cmdline.sh")],
                      capture_output=True, text=True).stdout.split()
+QEMU_CPU = subprocess.run([os.path.join(ROOT, "resources/qemu-cpu.sh")],
+                          capture_output=True, text=True).stdout.strip()
 
 
 class Console:
@@ -224,7 +226,7 @@ class Qmp:
 def run_qemu(tmp, log):
     qmp_path = os.path.join(tmp, "qmp.sock")
     append = " ".join(["console=ttyS0"] + PVM + ["root=/dev/vda", "ro", "kuml.agent=ttyS0"])
-    cmd = ["qemu-system-x86_64", "-M", "pc", "-accel", "kvm", "-cpu", "host", "-m", "128",
+    cmd = ["qemu-system-x86_64", "-M", "pc", "-accel", "kvm", "-cpu", QEMU_CPU, "-m", "128",
            "-smp", "1", "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
            "-kernel", VMLINUX, "-append", append, "-serial", "stdio",
            "-drive", f"file={ROOTFS},if=none,id=root,readonly=on,format=raw,file.locking=off",

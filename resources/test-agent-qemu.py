@@ -76,9 +76,11 @@ def main():
     subprocess.run(["cp", "--sparse=always", os.path.join(g, "data.ext4"), data], check=True)
     pvm = subprocess.run([os.path.join(HERE, "pvm-cmdline.sh")],
                          capture_output=True, text=True).stdout.strip()
+    cpu = subprocess.run([os.path.join(HERE, "qemu-cpu.sh")],
+                         capture_output=True, text=True).stdout.strip()
 
     rootfs = os.path.join(tmp, "rootfs.ext4")
-    q = ["qemu-system-x86_64", "-accel", "kvm", "-cpu", "host", "-m", o.mem, "-smp", "1",
+    q = ["qemu-system-x86_64", "-accel", "kvm", "-cpu", cpu, "-m", o.mem, "-smp", "1",
          "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
          "-kernel", os.path.join(g, o.image)]
     if o.scenario == "rootfs":

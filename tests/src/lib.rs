@@ -166,7 +166,18 @@ pub fn require_kvm() {
 
 /// Extra guest kernel options this host needs (from resources/pvm-cmdline.sh).
 pub fn host_guest_options() -> Vec<String> {
-    let script = workspace().join("resources/pvm-cmdline.sh");
+    resource_script_words("pvm-cmdline.sh")
+}
+
+/// The `-cpu` model for a QEMU guest on this host's KVM (from resources/qemu-cpu.sh: PVM's
+/// KVM makes QEMU abort on `-cpu host`).
+pub fn qemu_cpu() -> String {
+    resource_script_words("qemu-cpu.sh").join(" ")
+}
+
+/// The words a script in resources/ prints.
+fn resource_script_words(name: &str) -> Vec<String> {
+    let script = workspace().join("resources").join(name);
     let out = Command::new("sh")
         .arg(&script)
         .output()

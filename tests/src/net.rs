@@ -189,9 +189,8 @@ impl Qemu {
         append.extend(host_guest_options());
         let out = std::fs::File::create(log).expect("create the QEMU log");
         let mut child = Command::new("qemu-system-x86_64")
-            .args([
-                "-M", "microvm", "-accel", "kvm", "-cpu", "host", "-m", "128",
-            ])
+            .args(["-M", "microvm", "-accel", "kvm", "-m", "128"])
+            .args(["-cpu", &crate::qemu_cpu()])
             .args([
                 "-smp",
                 "1",
