@@ -46,6 +46,11 @@ set -e
 resources/setup-host.sh
 resources/build-guest.sh
 cargo build --workspace --bins
+# The nested lane runs the release build of kuml (the one build-and-boot.sh builds): under TCG
+# every exit that kuml handles is emulated code, and the release build boots a guest to its
+# agent ~35 % faster there (measured: 31-38 s against 50-52 s). The test binaries stay debug
+# (the tools next to kuml, kuml-mconsole, kuml-moo, kuml-mkcow, are release builds too).
+[ "$nested" = 0 ] || cargo build --release --workspace --bins
 # The Debian 12 guest (tests/tests/debian.rs) where some lane runs guest user space.
 if [ "$nested" = 1 ] || [ -z "$(resources/pvm-cmdline.sh)" ]; then
     KUML_DEBIAN_DIR=$(resources/build-debian.sh)
@@ -101,6 +106,11 @@ for line in sys.stdin:
     if m.get("reason") == "compiler-artifact" and m.get("executable") and "test" in m["target"]["kind"]:
         print(m["target"]["name"], m["executable"])' > "$logs/bins"
     chunk=${KUML_NESTED_CHUNK:-6}
+    # One TCG VM per machine: the lane holds the lock from its first L1 to its last, so that no
+    # other job's L1 runs between its chunks (nested.sh then does not take it again).
+    exec 9>"${KUML_TCG_LOCK:-/var/lock/kuml-tcg.lock}"
+    flock -n 9 || { echo "run-tests.sh: waiting for the TCG lock (another TCG VM runs on this machine)"; flock 9; }
+    export KUML_TCG_LOCK_HELD=1
     # The guests' console logs, written by the tests in L1 straight to the host (kept for
     # failed tests; readable while they run).
     mkdir -p "$logs/e2e-nested"
@@ -125,12 +135,14 @@ for line in sys.stdin:
             read -r -a sel <<< "$c"
             t1=$SECONDS
             echo "== lane nested: $b [$part/$parts]: ${sel[*]}"
-            KUML_E2E_LOGS=$logs/e2e-nested resources/nested.sh --timeout "${KUML_NESTED_TIMEOUT:-3600}" \
+            KUML_BIN=$PWD/target/release/kuml KUML_E2E_LOGS=$logs/e2e-nested resources/nested.sh --timeout "${KUML_NESTED_TIMEOUT:-3600}" \
                 --rw "$logs/e2e-nested" --log "$logs/nested-$b-$part.l1.log" -- "$exe" --test-threads=1 --exact "${sel[@]}" 2>&1 | mark nested | tee -a "$logs/nested.log"
             record nested "e2e $b [$part/$parts]" "${PIPESTATUS[0]}" $((SECONDS - t1))
             part=$((part + 1))
         done
     done
+    exec 9>&-
+    unset KUML_TCG_LOCK_HELD
 fi
 
 echo

@@ -25,6 +25,8 @@
 #                   otherwise)
 # Environment: passed through except host-session variables (DISPLAY, SSH_*, XDG_*, ...);
 # KUML_LANE=nested is added. Set KUML_NESTED_QEMU to use another qemu-system-x86_64.
+# KUML_TCG_LOCK_HELD=1 says that the caller already holds the TCG lock for this run (run-tests.sh
+# holds it for its whole nested lane, so that no other job's L1 runs between its chunks).
 set -euo pipefail
 # The whole script is one block, read before it runs: a checkout updated while a long run is
 # under way (git rebase, pull) cannot change the rest of this run.
@@ -79,7 +81,7 @@ trap cleanup EXIT
         k=${kv%%=*}
         case $k in
         ''|*[!A-Za-z0-9_]*|PWD|OLDPWD|SHLVL|_|DISPLAY|XAUTHORITY|SSH_*|XDG_*|DBUS_*|\
-        SESSION_MANAGER|WINDOWID|KUML_LANE) continue ;;
+        SESSION_MANAGER|WINDOWID|KUML_LANE|KUML_TCG_LOCK_HELD) continue ;;
         esac
         printf 'export %s=%q\n' "$k" "${kv#*=}"
     done < /proc/self/environ
@@ -108,6 +110,7 @@ append="console=ttyS0 panic=-1 softlockup_panic=1 watchdog_thresh=30$extra"
 # One TCG VM per machine: the lock is held on fd 8 from here until this script and QEMU (which
 # inherits it) are gone. KUML_TCG_LOCK names another lock file (for testing this script).
 take_lock() {
+    [ "${KUML_TCG_LOCK_HELD:-}" != 1 ] || return 0
     exec 8>"${KUML_TCG_LOCK:-/var/lock/kuml-tcg.lock}"
     flock -n 8 || { say "waiting for the TCG lock (another TCG VM runs on this machine)"; flock 8; }
 }
@@ -124,9 +127,10 @@ else
     # not disturb the offset of a stdout that is a file.
     exec 5> >(exec cat) 6> >(exec cat >&2)
     # QEMU's monitor, for a look at a stuck L1: socat - UNIX-CONNECT:<job>.monitor
-    echo "nested.sh: QEMU monitor: $job.monitor" >> "$log"
+    echo "nested.sh: QEMU monitor: $job.monitor" > "$log"
     args+=(-monitor "unix:$job.monitor,server=on,wait=off")
-    args+=(-serial "file:$log" -device virtio-serial-pci
+    # append=on: -serial file: would truncate the log, and with it the monitor line above.
+    args+=(-chardev "file,id=ser,path=$log,append=on" -serial chardev:ser -device virtio-serial-pci
            -chardev file,id=out,path=/proc/self/fd/5 -device virtserialport,chardev=out,name=kuml.stdout
            -chardev file,id=err,path=/proc/self/fd/6 -device virtserialport,chardev=err,name=kuml.stderr)
     take_lock
