@@ -126,6 +126,25 @@ pub fn user_space_part_or_skip(part: &str) -> bool {
     false
 }
 
+/// For a test that, where guest user space cannot run (a PVM host lane), proves nothing that
+/// another test (`covered_by`) does not already prove there at kernel level: on such a host it
+/// prints a SKIPPED line naming that test and returns false (the test then returns); where
+/// user space runs (hardware KVM, the nested lane) it returns true and the test runs in full.
+/// This keeps the PVM host lane to boots that prove something of their own (docs/testing.md,
+/// "The host lane on PVM hosts"); `KUML_PVM_ALL_TESTS=1` runs such a test on PVM anyway.
+pub fn kernel_level_duplicate_or_skip(covered_by: &str) -> bool {
+    if host_kind() == HostKind::Hardware
+        || std::env::var("KUML_PVM_ALL_TESTS").is_ok_and(|v| v == "1")
+    {
+        return true;
+    }
+    skip(&format!(
+        "without guest user space (PVM) it proves nothing that {covered_by} does not; it runs \
+         in the nested lane (run-tests.sh), or here with KUML_PVM_ALL_TESTS=1"
+    ));
+    false
+}
+
 const NO_USER_SPACE: &str = "needs guest user space, which this host's /dev/kvm (PVM) cannot \
      run; it runs in the nested lane (run-tests.sh --nested, resources/nested.sh)";
 

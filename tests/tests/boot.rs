@@ -6,7 +6,10 @@
 
 use std::time::Duration;
 
-use kuml_e2e::{artifact, host_kind, user_space_or_skip, HostKind, TestVm, VmOptions};
+use kuml_e2e::{
+    artifact, host_kind, kernel_level_duplicate_or_skip, user_space_or_skip, HostKind, TestVm,
+    VmOptions,
+};
 
 /// Boot under PVM emulation takes ~20 s from a vmlinux and ~70 s from a bzImage; these bounds
 /// only catch hangs.
@@ -67,6 +70,11 @@ fn boots_to_init(name: &str, kernel: &str, ncpus: u8, timeout: Duration) {
 
 #[test]
 fn vmlinux_one_vcpu_reaches_init() {
+    // On PVM: the same kernel-level checks as with two vCPUs, and every agent test boots this
+    // configuration (vmlinux, one vCPU) too.
+    if !kernel_level_duplicate_or_skip("vmlinux_two_vcpus_reach_init") {
+        return;
+    }
     boots_to_init("vmlinux-1cpu", "vmlinux", 1, VMLINUX_BOOT);
 }
 
@@ -82,6 +90,12 @@ fn bzimage_one_vcpu_reaches_init() {
 
 #[test]
 fn bzimage_two_vcpus_reach_init() {
+    // On PVM: the bzImage loader and SMP bring-up are independent; each has its own test there.
+    if !kernel_level_duplicate_or_skip(
+        "bzimage_one_vcpu_reaches_init (bzImage) and vmlinux_two_vcpus_reach_init (2 vCPUs)",
+    ) {
+        return;
+    }
     boots_to_init("bzimage-2cpu", "bzImage", 2, BZIMAGE_BOOT);
 }
 
@@ -96,6 +110,11 @@ fn agent_vm(name: &str, extra: &[&str]) -> TestVm {
 
 #[test]
 fn poweroff_exits_0() {
+    // On PVM: console::con0_is_hvc0_and_carries_the_boot_log boots the same VM, echoes through
+    // the agent on con0 and checks the same poweroff exit code.
+    if !kernel_level_duplicate_or_skip("console::con0_is_hvc0_and_carries_the_boot_log") {
+        return;
+    }
     let mut vm = agent_vm("poweroff", &[]);
     assert_eq!(
         vm.agent_ok("echo hello from the guest", SHORT),
