@@ -303,37 +303,7 @@ impl TestVm {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        if !opts.extra_fds.is_empty() {
-            assert!(opts.extra_fds.len() <= MAX_EXTRA_FDS, "too many extra_fds");
-            let mut fds = [(0, 0); MAX_EXTRA_FDS];
-            fds[..opts.extra_fds.len()].copy_from_slice(&opts.extra_fds);
-            let n = opts.extra_fds.len();
-            // SAFETY: only async-signal-safe calls (fcntl, dup2) between fork and exec, on a
-            // fixed-size array (no allocation).
-            unsafe {
-                use std::os::unix::process::CommandExt;
-                cmd.pre_exec(move || {
-                    // First copy every source above the targets (close-on-exec copies), so
-                    // that no dup2 overwrites a source still to be placed, and a source that
-                    // already has its target's number (dup2 would keep its close-on-exec flag)
-                    // is placed like any other.
-                    let mut moved = [(0, 0); MAX_EXTRA_FDS];
-                    for (m, (target, src)) in moved.iter_mut().zip(&fds[..n]) {
-                        let high = libc::fcntl(*src, libc::F_DUPFD_CLOEXEC, 100);
-                        if high < 0 {
-                            return Err(std::io::Error::last_os_error());
-                        }
-                        *m = (*target, high);
-                    }
-                    for (target, high) in &moved[..n] {
-                        if libc::dup2(*high, *target) < 0 {
-                            return Err(std::io::Error::last_os_error());
-                        }
-                    }
-                    Ok(())
-                });
-            }
-        }
+        pass_fds(&mut cmd, &opts.extra_fds);
         let mut child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", kuml_bin().display()));
@@ -780,4 +750,40 @@ pub fn announced_pts(out: &str, what: &str) -> String {
         .find(|l| l.starts_with(what))
         .unwrap_or_else(|| panic!("no announcement {what:?} in:\n{out}"));
     line.split('\'').nth(1).expect("a quoted device").to_owned()
+}
+
+/// Makes `cmd`'s child get each `(target, source)` descriptor pair: the source's file as
+/// descriptor number `target` (the sources stay open here; close them after spawning).
+pub fn pass_fds(cmd: &mut Command, fds_in: &[(i32, std::os::fd::RawFd)]) {
+    if !fds_in.is_empty() {
+        assert!(fds_in.len() <= MAX_EXTRA_FDS, "too many extra_fds");
+        let mut fds = [(0, 0); MAX_EXTRA_FDS];
+        fds[..fds_in.len()].copy_from_slice(fds_in);
+        let n = fds_in.len();
+        // SAFETY: only async-signal-safe calls (fcntl, dup2) between fork and exec, on a
+        // fixed-size array (no allocation).
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            cmd.pre_exec(move || {
+                // First copy every source above the targets (close-on-exec copies), so
+                // that no dup2 overwrites a source still to be placed, and a source that
+                // already has its target's number (dup2 would keep its close-on-exec flag)
+                // is placed like any other.
+                let mut moved = [(0, 0); MAX_EXTRA_FDS];
+                for (m, (target, src)) in moved.iter_mut().zip(&fds[..n]) {
+                    let high = libc::fcntl(*src, libc::F_DUPFD_CLOEXEC, 100);
+                    if high < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    *m = (*target, high);
+                }
+                for (target, high) in &moved[..n] {
+                    if libc::dup2(*high, *target) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+    }
 }

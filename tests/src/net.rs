@@ -74,6 +74,14 @@ impl Netns {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// A veth pair `a`–`b`, both up, with `addr`/24 on `a`.
+    pub fn veth(&self, a: &str, b: &str, addr: Ipv4Addr) {
+        self.ip(&format!("link add {a} type veth peer name {b}"));
+        self.ip(&format!("addr add {addr}/24 dev {a}"));
+        self.ip(&format!("link set {a} up"));
+        self.ip(&format!("link set {b} up"));
+    }
+
     /// Multicast on the namespace's loopback (the mcast transport's only interface).
     pub fn multicast(&self) {
         self.ip("link set lo multicast on");
@@ -132,20 +140,27 @@ pub fn ip_arg(addr: Ipv4Addr, gw: Ipv4Addr) -> String {
 /// Starts a kuml guest with `eth0=<eth>`, `ip=` and `extra` guest words (several guests boot
 /// in parallel; [`ready`] waits for each).
 pub fn start_guest(name: &str, eth: &str, addr: Ipv4Addr, gw: Ipv4Addr, extra: &[&str]) -> TestVm {
-    let mut args = vec![
+    let mut args = vec![format!("eth0={eth}"), ip_arg(addr, gw)];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    start_kuml(name, args, Vec::new())
+}
+
+/// Starts a kuml guest (the test kernel and initramfs, 128M, the agent on hvc0) with `args`
+/// (kuml options and guest words) and descriptors `fds` (see [`VmOptions::extra_fds`]).
+pub fn start_kuml(name: &str, args: Vec<String>, fds: Vec<(i32, std::os::fd::RawFd)>) -> TestVm {
+    let mut all = vec![
         format!("kernel={}", artifact("vmlinux").display()),
         format!("initrd={}", artifact("initramfs.cpio.gz").display()),
         "mem=128M".to_owned(),
         "noreboot".to_owned(),
-        format!("eth0={eth}"),
-        ip_arg(addr, gw),
     ];
-    args.extend(extra.iter().map(|s| s.to_string()));
+    all.extend(args);
     TestVm::start(
         name,
         VmOptions {
-            args,
+            args: all,
             agent_tty: Some("hvc0".into()),
+            extra_fds: fds,
             ..VmOptions::default()
         },
     )
@@ -181,6 +196,25 @@ pub struct Qemu {
 
 impl Qemu {
     pub fn start(log: &Path, netdev: &str, mac: &str, addr: Ipv4Addr, gw: Ipv4Addr) -> Qemu {
+        let net = [
+            "-netdev".to_owned(),
+            format!("{netdev},id=n0"),
+            "-device".to_owned(),
+            format!("virtio-net-device,netdev=n0,mac={mac}"),
+        ];
+        Qemu::start_with(log, &net, &[], addr, gw)
+    }
+
+    /// A QEMU guest with the network options `net` (`-netdev …`, `-device …`), descriptors
+    /// `fds` handed over as with [`crate::pass_fds`] (closed here once QEMU has them), and
+    /// eth0 configured from `ip=`.
+    pub fn start_with(
+        log: &Path,
+        net: &[String],
+        fds: &[(i32, std::os::fd::RawFd)],
+        addr: Ipv4Addr,
+        gw: Ipv4Addr,
+    ) -> Qemu {
         let mut append = vec![
             "console=ttyS0".to_owned(),
             "kuml.agent=ttyS0".to_owned(),
@@ -188,8 +222,8 @@ impl Qemu {
         ];
         append.extend(host_guest_options());
         let out = std::fs::File::create(log).expect("create the QEMU log");
-        let mut child = Command::new("qemu-system-x86_64")
-            .args(["-M", "microvm", "-accel", "kvm", "-m", "128"])
+        let mut cmd = Command::new("qemu-system-x86_64");
+        cmd.args(["-M", "microvm", "-accel", "kvm", "-m", "128"])
             .args(["-cpu", &crate::qemu_cpu()])
             .args([
                 "-smp",
@@ -205,13 +239,18 @@ impl Qemu {
             .arg("-initrd")
             .arg(artifact("initramfs.cpio.gz"))
             .args(["-append", &append.join(" ")])
-            .args(["-netdev", &format!("{netdev},id=n0")])
-            .args(["-device", &format!("virtio-net-device,netdev=n0,mac={mac}")])
+            .args(net)
             .stdin(Stdio::piped())
             .stdout(out.try_clone().unwrap())
-            .stderr(out)
+            .stderr(out);
+        crate::pass_fds(&mut cmd, fds);
+        let mut child = cmd
             .spawn()
             .expect("TEST CANNOT RUN: cannot start qemu-system-x86_64");
+        for (_, src) in fds {
+            // SAFETY: the descriptors were handed over to this call; QEMU has its copies.
+            unsafe { libc::close(*src) };
+        }
         let stdin = child.stdin.take();
         Qemu {
             child,
@@ -258,7 +297,7 @@ impl Drop for Qemu {
     }
 }
 
-/// A process (uml_switch) killed by its own pid on drop.
+/// A process (a switch, a helper, a QEMU hub) killed by its own pid on drop.
 #[derive(Debug)]
 pub struct Proc(pub Child);
 
@@ -267,6 +306,29 @@ impl Drop for Proc {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// A QEMU without a guest (`-machine none`) whose hub joins the backends `nets` (`-net`
+/// option values, e.g. `l2tpv3,…` or `vde,sock=…`) and the multicast group
+/// [`GROUP`]:[`MCAST_PORT`], where a [`McastPeer`] sits (the caller's namespace needs
+/// [`Netns::multicast`]). So a test peer reaches a kuml guest through QEMU's own
+/// implementation of a transport, without booting a second guest. Its output goes to `log`.
+pub fn qemu_hub(log: &Path, nets: &[String]) -> Proc {
+    let out = std::fs::File::create(log).expect("create the QEMU hub log");
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args(["-machine", "none", "-nodefaults", "-display", "none"]);
+    for n in nets {
+        cmd.arg("-net").arg(n);
+    }
+    cmd.arg("-net")
+        .arg(format!("socket,mcast={GROUP}:{MCAST_PORT}"))
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out);
+    Proc(
+        cmd.spawn()
+            .expect("TEST CANNOT RUN: cannot start qemu-system-x86_64"),
+    )
 }
 
 // ------------------------------------------------------------------ frames
