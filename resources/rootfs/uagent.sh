@@ -10,7 +10,9 @@
 ttydev=$1
 if [ -n "$ttydev" ]; then
     exec <"$ttydev" >"$ttydev" || exit 1
-    stty raw -echo 2>/dev/null
+    # icrnl: a CR ends a request too, as in the kernel agent (telnet clients send CR for Enter;
+    # a CRLF then also gives an empty line, which repeats the ready line).
+    stty raw -echo icrnl 2>/dev/null
 fi
 cr=$(printf '\r')
 tmp=${TMPDIR:-/tmp}
