@@ -670,8 +670,11 @@ pub fn ping(
 pub fn user_space_ping_and_tcp(a: &mut TestVm, b: &mut TestVm, b_addr: Ipv4Addr) {
     let out = a.sh_ok(&format!("ping -c 3 -W 20 {b_addr}"), ANSWER);
     eprintln!("ping from user space:\n{out}");
+    // The listener's stdin must stay open: busybox nc half-closes the connection when its
+    // stdin ends (the agent runs scripts with stdin /dev/null), and the sending nc exits at that
+    // FIN with its data only partly sent (43008 of 1048576 bytes in the nested lane).
     b.sh_ok(
-        "nc -l -p 5001 > /tmp/got 2> /tmp/nc.err & echo $! > /tmp/nc.pid",
+        "sleep 600 | nc -l -p 5001 > /tmp/got 2> /tmp/nc.err & echo $! > /tmp/nc.pid",
         ANSWER,
     );
     // The listener may need a moment: retry while the connection is refused.
