@@ -421,6 +421,17 @@ impl TestVm {
         }
     }
 
+    /// Mounts sysfs on `/sys` through the agent, for tests that read it. The kernel agent (PVM
+    /// hosts) starts before any mount; where user space runs, the test init has mounted it
+    /// already and the agent's mount says EBUSY, which is taken as done.
+    pub fn mount_sysfs(&mut self, timeout: Duration) {
+        match self.agent("mount sysfs /sys sysfs -", timeout) {
+            AgentReply::Ok(_) => {}
+            AgentReply::Err(e) if e.starts_with("EBUSY") && host_kind() == HostKind::Hardware => {}
+            AgentReply::Err(e) => self.fail(&format!("mount sysfs on /sys failed: {e}")),
+        }
+    }
+
     /// Runs `script` with `sh -c` in the guest through the user-space agent (`run`; needs
     /// `agent_tty` and guest user space, see [`user_space_or_skip`]); returns its exit status
     /// and its output (stdout and stderr together).

@@ -591,7 +591,7 @@ fn net_suite(mc: Mc) {
     let name = format!("mconsole-net-{mc:?}").to_lowercase();
     let mut g = boot(&name, &["eth0=mcast,,239.192.168.1,1103,1".to_owned()]);
     let sock = g.sock.clone();
-    g.vm.agent_ok("mount sysfs /sys sysfs -", SHORT);
+    g.vm.mount_sysfs(SHORT);
     assert_eq!(ls(&mut g.vm, "/sys/class/net"), ["eth0", "lo"]);
 
     mc.expect(&sock, "config eth1", "ERR No get_config routine defined", 1);

@@ -82,7 +82,7 @@ fn tuntap_deleted_tap_is_link_down_idle_and_reattaches() {
         vm
     });
     ns.run(|| host_ping(GUEST_A));
-    vm.agent_ok("mount sysfs /sys sysfs -", ANSWER);
+    vm.mount_sysfs(ANSWER);
     let carrier = |vm: &mut TestVm| vm.agent_ok("read /sys/class/net/eth0/carrier 0 1", ANSWER);
     assert_eq!(carrier(&mut vm), "31", "eth0 has a carrier");
 
