@@ -44,6 +44,12 @@ fn boots_to_init(name: &str, kernel: &str, ncpus: u8, timeout: Duration) {
         "SMP bring-up: {out}"
     );
     assert!(out.contains("ACPI: "), "the guest read kuml's ACPI tables");
+    // kuml describes one package of ncpus cores (CPUID leaf 0xB): Linux counts packages from
+    // the cores it found in the boot CPU's package once every CPU is up.
+    assert!(
+        out.contains("smpboot: Max logical packages: 1"),
+        "all vCPUs in one package"
+    );
     assert!(
         vm.stdout().contains("Run /init as init process"),
         "the kernel log reaches con0 (hvc0) on kuml's stdout"

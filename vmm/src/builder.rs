@@ -35,6 +35,9 @@ pub enum BuildError {
     /// The VM could not be created.
     #[error("cannot create the VM")]
     Vm(#[from] VmError),
+    /// The ACPI tables do not fit their region.
+    #[error("cannot build the ACPI tables")]
+    Acpi(#[from] acpi::AcpiError),
     /// Loading the kernel or initrd failed.
     #[error("cannot boot the guest")]
     Boot(#[from] boot::BootError),
@@ -404,7 +407,7 @@ pub fn build(cfg: &Config, umid: &str) -> Result<Machine, BuildError> {
     let initrd = cfg
         .initrd
         .as_deref()
-        .map(|p| boot::load_initrd(&vm.memory, p, cfg.mem_size, loaded.setup_header.as_ref()))
+        .map(|p| boot::load_initrd(&vm.memory, p, cfg.mem_size, &loaded))
         .transpose()?;
     let cmdline = guest_cmdline(cfg);
     log::info!(
@@ -425,7 +428,7 @@ pub fn build(cfg: &Config, umid: &str) -> Result<Machine, BuildError> {
         ncpus: cfg.ncpus,
         mem_size: cfg.mem_size,
         extra_dsdt: &hotplug_aml::hotplug_aml(hotplug_aml::HOTPLUG_SLOTS),
-    }) {
+    })? {
         vm.memory
             .write_slice(&t.bytes, GuestAddress(t.addr))
             .map_err(device_err("ACPI tables"))?;
@@ -449,7 +452,7 @@ pub fn build(cfg: &Config, umid: &str) -> Result<Machine, BuildError> {
             .create_vcpu(u64::from(i))
             .map_err(|e| verr(Box::new(e)))?;
         let mut entries = vm.supported_cpuid.as_slice().to_vec();
-        cpuid::adjust(&mut entries, i, cfg.ncpus);
+        cpuid::normalize(&mut entries, i, cfg.ncpus, vm.cpuid_caps);
         let id = kvm_bindings::CpuId::from_entries(&entries)
             .map_err(|_| verr("too many CPUID entries".into()))?;
         fd.set_cpuid2(&id).map_err(|e| verr(Box::new(e)))?;

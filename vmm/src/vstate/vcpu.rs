@@ -183,7 +183,8 @@ fn run(index: u8, vcpu: &mut VcpuFd, ctx: &VcpuContext, control: &VcpuControl) {
                 write_bus(&ctx.mmio, addr, data);
                 None
             }
-            Ok(VcpuExit::Hlt) => None,
+            // With the in-kernel irqchip HLT stays in KVM; KVM_EXIT_INTR is a kick.
+            Ok(VcpuExit::Hlt) | Ok(VcpuExit::Intr) => None,
             Ok(VcpuExit::Shutdown) => Some(VcpuEvent::Reset),
             Ok(VcpuExit::SystemEvent(kind, _)) => Some(match kind {
                 kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN => VcpuEvent::PowerOff,
@@ -197,10 +198,12 @@ fn run(index: u8, vcpu: &mut VcpuFd, ctx: &VcpuContext, control: &VcpuControl) {
             Ok(VcpuExit::FailEntry(reason, cpu)) => Some(VcpuEvent::Crash(format!(
                 "vCPU {index}: KVM could not enter the guest (reason {reason:#x}, host cpu {cpu})"
             ))),
-            Ok(other) => {
-                log::debug!("vCPU {index}: unhandled exit {other:?}");
-                None
-            }
+            // Anything else (KVM_EXIT_UNKNOWN, EXCEPTION, …) is an exit kuml does not model:
+            // re-entering would repeat it for ever at full CPU, so the machine stops (as
+            // Firecracker does).
+            Ok(other) => Some(VcpuEvent::Crash(format!(
+                "vCPU {index}: unhandled KVM exit {other:?}"
+            ))),
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
                 vcpu.set_kvm_immediate_exit(0);
                 None

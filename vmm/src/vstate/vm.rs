@@ -9,6 +9,7 @@ use std::sync::Arc;
 use kvm_ioctls::{Kvm, VmFd};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
+use crate::arch::x86_64::cpuid::KvmCaps;
 use crate::arch::x86_64::layout;
 
 /// Errors creating or configuring the VM.
@@ -39,6 +40,8 @@ pub struct Vm {
     pub memory: GuestMemoryMmap,
     /// CPUID entries KVM supports on this host.
     pub supported_cpuid: CpuId,
+    /// What KVM offers beyond its CPUID table.
+    pub cpuid_caps: KvmCaps,
 }
 
 impl Vm {
@@ -58,6 +61,9 @@ impl Vm {
         let fd = kvm
             .create_vm()
             .map_err(|e| VmError::Kvm("create a VM", e))?;
+        let cpuid_caps = KvmCaps {
+            tsc_deadline_timer: kvm.check_extension(kvm_ioctls::Cap::TscDeadlineTimer),
+        };
         let supported_cpuid = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(|e| VmError::Kvm("report its CPUID", e))?;
@@ -92,8 +98,11 @@ impl Vm {
                 memory_size: region.len(),
                 userspace_addr: host as u64,
             };
-            // SAFETY: the region is a live mapping owned by `memory`. `Vm` declares `fd` before
-            // `memory`, so the VM (and with it KVM's use of the mapping) is dropped first.
+            // SAFETY: the region is a live mapping owned by `memory`. KVM touches a slot's
+            // memory only on behalf of a running vCPU, and the machine stops and joins every
+            // vCPU thread before it drops its `Vm` (other `VmFd` clones, in the device manager,
+            // may outlive it, but they run no guest code); clones of `memory` in devices only
+            // keep the mapping alive longer.
             unsafe { fd.set_user_memory_region(r) }
                 .map_err(|e| VmError::Kvm("map guest memory", e))?;
         }
@@ -102,6 +111,7 @@ impl Vm {
             fd: Arc::new(fd),
             memory,
             supported_cpuid,
+            cpuid_caps,
         })
     }
 }

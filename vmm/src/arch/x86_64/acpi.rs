@@ -51,6 +51,17 @@ const BOOT_ARCH_NO_CMOS_RTC: u16 = 1 << 5;
 /// MADT flag: the system also has dual 8259 PICs.
 const MADT_PCAT_COMPAT: u32 = 1;
 
+/// The tables do not fit between [`layout::RSDP`] and [`layout::ACPI_END`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the ACPI tables end at {end:#x}, past the end of their region ({:#x})",
+    layout::ACPI_END
+)]
+pub struct AcpiError {
+    /// Where the last table ends.
+    pub end: u64,
+}
+
 /// A table to copy into guest memory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Table {
@@ -181,8 +192,9 @@ fn to_bytes(t: &dyn Aml) -> Vec<u8> {
     v
 }
 
-/// Builds every table and the address it goes to, starting at [`layout::RSDP`].
-pub fn build(cfg: &AcpiConfig) -> Vec<Table> {
+/// Builds every table and the address it goes to, starting at [`layout::RSDP`]; refuses
+/// tables that would run past [`layout::ACPI_END`] (into the kernel's memory).
+pub fn build(cfg: &AcpiConfig) -> Result<Vec<Table>, AcpiError> {
     let align = |a: u64| a.next_multiple_of(16);
     let rsdp_len = Rsdp::len() as u64;
     let dsdt_addr = align(layout::RSDP + rsdp_len);
@@ -223,8 +235,12 @@ pub fn build(cfg: &AcpiConfig) -> Vec<Table> {
     xsdt.add_entry(madt_addr);
     let xsdt_bytes = to_bytes(&xsdt);
 
+    let end = xsdt_addr + xsdt_bytes.len() as u64;
+    if end > layout::ACPI_END {
+        return Err(AcpiError { end });
+    }
     let rsdp_bytes = to_bytes(&Rsdp::new(OEM_ID, xsdt_addr));
-    vec![
+    Ok(vec![
         Table {
             addr: layout::RSDP,
             bytes: rsdp_bytes,
@@ -245,7 +261,7 @@ pub fn build(cfg: &AcpiConfig) -> Vec<Table> {
             addr: xsdt_addr,
             bytes: xsdt_bytes,
         },
-    ]
+    ])
 }
 
 /// Sets the MADT's flags field (offset 40) and fixes the checksum.
@@ -280,6 +296,31 @@ mod tests {
             mem_size: 256 << 20,
             extra_dsdt: &[],
         })
+        .unwrap()
+    }
+
+    #[test]
+    fn tables_must_fit_their_region() {
+        // The largest machine kuml builds fits.
+        let aml = super::super::hotplug_aml::hotplug_aml(super::super::hotplug_aml::HOTPLUG_SLOTS);
+        let t = build(&AcpiConfig {
+            ncpus: crate::config::MAX_VCPUS,
+            mem_size: 1 << 40,
+            extra_dsdt: &aml,
+        })
+        .unwrap();
+        let last = t.last().unwrap();
+        assert!(last.addr + last.bytes.len() as u64 <= layout::ACPI_END);
+        // A DSDT that cannot fit is refused, not written over the kernel.
+        let huge = vec![0u8; 200 << 10];
+        let e = build(&AcpiConfig {
+            ncpus: 1,
+            mem_size: 256 << 20,
+            extra_dsdt: &huge,
+        })
+        .unwrap_err();
+        assert!(e.end > layout::ACPI_END);
+        assert!(e.to_string().contains("0x100000"), "{e}");
     }
 
     #[test]

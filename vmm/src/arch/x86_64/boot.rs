@@ -26,6 +26,8 @@ const LOADED_HIGH: u8 = 1;
 const CAN_USE_HEAP: u8 = 0x80;
 /// Page size used to align the initrd.
 const PAGE: u64 = 4096;
+/// `xloadflags` bit: the kernel has the 64-bit entry point at +0x200 (boot protocol 2.12).
+const XLF_KERNEL_64: u16 = 1;
 
 /// Errors loading the guest kernel or initrd.
 #[derive(Debug, thiserror::Error)]
@@ -42,13 +44,26 @@ pub enum BootError {
     /// The initrd could not be opened or read.
     #[error("cannot read the initrd {}", .0.display())]
     InitrdFile(PathBuf, #[source] std::io::Error),
-    /// The initrd does not fit in guest memory below the kernel's limit.
-    #[error("the initrd {} ({size} bytes) does not fit in guest memory", path.display())]
+    /// A bzImage without the 64-bit entry point kuml jumps to.
+    #[error("{} is a bzImage without a 64-bit entry point (XLF_KERNEL_64 is not set in its setup header; boot protocol {}.{:02}): kuml boots only x86_64 kernels", path.display(), version >> 8, version & 0xff)]
+    Not64Bit {
+        /// The file.
+        path: PathBuf,
+        /// Its boot protocol version.
+        version: u16,
+    },
+    /// The initrd does not fit between the kernel's footprint and the top of low memory (or
+    /// the kernel's `initrd_addr_max`).
+    #[error("the initrd {} ({size} bytes) does not fit in guest memory between the end of the kernel ({kernel_end:#x}) and {limit:#x}; give the guest more memory (mem=)", path.display())]
     InitrdTooBig {
         /// The file.
         path: PathBuf,
         /// Its size.
         size: u64,
+        /// Where the kernel's footprint ends.
+        kernel_end: u64,
+        /// Where the initrd must end.
+        limit: u64,
     },
     /// The kernel command line is longer than the guest kernel accepts.
     #[error("the kernel command line is {0} bytes long; the limit is {max}", max = layout::CMDLINE_MAX)]
@@ -58,13 +73,46 @@ pub enum BootError {
     GuestMemory(#[source] vm_memory::GuestMemoryError),
 }
 
-/// A loaded kernel: where to start and the bzImage's setup header, if any.
+/// A loaded kernel: where to start, where it ends, and the bzImage's setup header, if any.
 #[derive(Debug)]
 pub struct LoadedKernel {
     /// Guest physical address of the 64-bit entry point.
     pub entry: u64,
+    /// The end of the memory the kernel uses while it boots: nothing may be loaded below it.
+    pub end: u64,
     /// The bzImage setup header, to copy into the zero page.
     pub setup_header: Option<setup_header>,
+}
+
+/// PURE: where a bzImage loaded at `load_addr` (its protected-mode code) ends up using memory
+/// to: the kernel decompresses itself into `[start, start + init_size)`, where `start` is
+/// `load_addr` aligned up to `kernel_alignment` if it is relocatable, and never below
+/// `pref_address` (the 64-bit entry moves a kernel loaded lower up to `LOAD_PHYSICAL_ADDR`,
+/// arch/x86/boot/compressed/head_64.S), and plain `pref_address` if it is not.
+/// (Documentation/arch/x86/boot.rst, "init_size".)
+pub fn bzimage_end(hdr: &setup_header, load_addr: u64) -> u64 {
+    let pref = hdr.pref_address;
+    let start = if hdr.relocatable_kernel != 0 {
+        let align = u64::from(hdr.kernel_alignment).max(1);
+        load_addr
+            .checked_next_multiple_of(align)
+            .unwrap_or(u64::MAX)
+            .max(pref)
+    } else {
+        pref
+    };
+    start.saturating_add(u64::from(hdr.init_size))
+}
+
+/// PURE: refuses a bzImage kuml cannot start at its 64-bit entry point.
+pub fn check_bzimage(path: &Path, hdr: &setup_header) -> Result<(), BootError> {
+    if hdr.xloadflags & XLF_KERNEL_64 == 0 {
+        return Err(BootError::Not64Bit {
+            path: path.to_owned(),
+            version: hdr.version,
+        });
+    }
+    Ok(())
 }
 
 /// Kind of kernel image, by magic.
@@ -99,15 +147,22 @@ pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, B
                 .map_err(load_err)?;
             Ok(LoadedKernel {
                 entry: r.kernel_load.0,
+                // The end of the highest PT_LOAD segment, .bss included.
+                end: r.kernel_end,
                 setup_header: None,
             })
         }
         Some(KernelKind::BzImage) => {
             let r = BzImage::load(mem, None, &mut file, Some(GuestAddress(layout::HIMEM)))
                 .map_err(load_err)?;
+            let hdr = r
+                .setup_header
+                .ok_or_else(|| BootError::KernelFormat(path.to_owned()))?;
+            check_bzimage(path, &hdr)?;
             Ok(LoadedKernel {
                 entry: r.kernel_load.0 + BZIMAGE_ENTRY_64,
-                setup_header: r.setup_header,
+                end: r.kernel_end.max(bzimage_end(&hdr, r.kernel_load.0)),
+                setup_header: Some(hdr),
             })
         }
         None => Err(BootError::KernelFormat(path.to_owned())),
@@ -133,31 +188,31 @@ pub fn initrd_address(size: u64, low_ram_end: u64, addr_max: u64, kernel_end: u6
     (start >= kernel_end).then_some(start)
 }
 
-/// Loads the initrd into the top of low memory; returns its address and size.
+/// Loads the initrd at the top of low memory, above `kernel`; returns its address and size.
 pub fn load_initrd(
     mem: &GuestMemoryMmap,
     path: &Path,
     mem_size: u64,
-    hdr: Option<&setup_header>,
+    kernel: &LoadedKernel,
 ) -> Result<(u64, u64), BootError> {
     let io_err = |e| BootError::InitrdFile(path.to_owned(), e);
     let mut file = File::open(path).map_err(io_err)?;
     let size = file.metadata().map_err(io_err)?.len();
-    let addr_max = hdr
+    let addr_max = kernel
+        .setup_header
+        .as_ref()
         .map(|h| u64::from(h.initrd_addr_max))
         .filter(|m| *m != 0)
         .unwrap_or(DEFAULT_INITRD_ADDR_MAX);
-    // Keep the initrd clear of the kernel's first 64 MiB, where it decompresses itself.
-    let kernel_end = layout::HIMEM + (64 << 20).min(mem_size / 2);
-    let addr = initrd_address(size, layout::low_ram_end(mem_size), addr_max, kernel_end)
-        .ok_or_else(|| BootError::InitrdTooBig {
-            path: path.to_owned(),
-            size,
-        })?;
-    let len = usize::try_from(size).map_err(|_| BootError::InitrdTooBig {
+    let low_end = layout::low_ram_end(mem_size);
+    let too_big = || BootError::InitrdTooBig {
         path: path.to_owned(),
         size,
-    })?;
+        kernel_end: kernel.end,
+        limit: low_end.min(addr_max.saturating_add(1)),
+    };
+    let addr = initrd_address(size, low_end, addr_max, kernel.end).ok_or_else(too_big)?;
+    let len = usize::try_from(size).map_err(|_| too_big())?;
     mem.read_exact_volatile_from(GuestAddress(addr), &mut file, len)
         .map_err(BootError::GuestMemory)?;
     Ok((addr, size))
@@ -259,6 +314,80 @@ mod tests {
         assert_eq!(
             initrd_address(0x100_0000, 0x800_0000, u64::MAX, 0x780_0000),
             None
+        );
+    }
+
+    fn bz_header(init_size: u32, relocatable: bool) -> setup_header {
+        setup_header {
+            version: 0x020f,
+            xloadflags: XLF_KERNEL_64 | 2,
+            pref_address: 0x100_0000,
+            kernel_alignment: 0x20_0000,
+            relocatable_kernel: u8::from(relocatable),
+            init_size,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn bzimage_footprint_starts_at_pref_address() {
+        // A distro kernel: loaded at 1 MiB, runs from 16 MiB, needs 60 MiB there.
+        let hdr = bz_header(60 << 20, true);
+        assert_eq!(bzimage_end(&hdr, layout::HIMEM), (16 + 60) << 20);
+        // Loaded higher than pref_address: aligned up from there.
+        assert_eq!(bzimage_end(&hdr, 0x210_0000), 0x220_0000 + (60 << 20));
+        // Not relocatable: always pref_address.
+        assert_eq!(
+            bzimage_end(&bz_header(60 << 20, false), 0x300_0000),
+            (16 + 60) << 20
+        );
+        // A header full of garbage does not overflow.
+        let wild = setup_header {
+            relocatable_kernel: 1,
+            kernel_alignment: 0,
+            pref_address: u64::MAX,
+            init_size: u32::MAX,
+            ..Default::default()
+        };
+        assert_eq!(bzimage_end(&wild, u64::MAX - 3), u64::MAX);
+    }
+
+    #[test]
+    fn initrd_stays_above_a_distro_kernel() {
+        // Review §4: mem=128M, a 50 MiB initramfs and a kernel that runs in [16, 86) MiB. The
+        // old fixed floor (1 MiB + 64 MiB) let the initrd start at 78 MiB, inside the kernel;
+        // placed against the kernel's real end it does not fit, and with more memory it goes
+        // above the end.
+        let hdr = bz_header(70 << 20, true);
+        let end = bzimage_end(&hdr, layout::HIMEM);
+        assert_eq!(initrd_address(50 << 20, 128 << 20, u64::MAX, end), None);
+        let at = initrd_address(50 << 20, 256 << 20, u64::MAX, end).unwrap();
+        assert!(at >= end);
+    }
+
+    #[test]
+    fn bzimage_without_64bit_entry_is_refused() {
+        let p = Path::new("/boot/bzImage-32");
+        assert!(check_bzimage(p, &bz_header(1, true)).is_ok());
+        let old = setup_header {
+            version: 0x020b,
+            xloadflags: 0,
+            ..bz_header(1, true)
+        };
+        let e = check_bzimage(p, &old).unwrap_err();
+        assert!(matches!(
+            e,
+            BootError::Not64Bit {
+                version: 0x020b,
+                ..
+            }
+        ));
+        let text = e.to_string();
+        assert!(
+            text.contains("/boot/bzImage-32")
+                && text.contains("XLF_KERNEL_64")
+                && text.contains("2.11"),
+            "{text}"
         );
     }
 

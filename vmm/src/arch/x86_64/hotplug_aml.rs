@@ -256,7 +256,8 @@ mod tests {
             ncpus: 1,
             mem_size: 256 << 20,
             extra_dsdt: extra,
-        });
+        })
+        .expect("the tables fit");
         let dsdt = tables.into_iter().find(|t| t.bytes.starts_with(b"DSDT"));
         dsdt.expect("a DSDT").bytes
     }

@@ -22,6 +22,16 @@ pub enum RegsError {
     /// A KVM vCPU ioctl failed.
     #[error("cannot set the vCPU's {0}")]
     Kvm(&'static str, #[source] kvm_ioctls::Error),
+    /// KVM set only the first `set` of the boot MSRs: it refused `refused`.
+    #[error("KVM refused to set MSR {refused:#x} (set {set} of {wanted} boot MSRs)")]
+    MsrRefused {
+        /// The MSR KVM stopped at.
+        refused: u32,
+        /// How many it set.
+        set: usize,
+        /// How many kuml asked for.
+        wanted: usize,
+    },
     /// Writing the GDT or page tables into guest memory failed.
     #[error("cannot write boot tables into guest memory")]
     GuestMemory(#[source] vm_memory::GuestMemoryError),
@@ -99,8 +109,11 @@ pub fn setup_common(vcpu: &VcpuFd) -> Result<(), RegsError> {
         .collect();
     let msrs = Msrs::from_entries(&entries)
         .map_err(|_| RegsError::Kvm("MSRs", kvm_ioctls::Error::new(libc::E2BIG)))?;
-    vcpu.set_msrs(&msrs)
+    // KVM_SET_MSRS stops at the first MSR it refuses and returns how many it set.
+    let set = vcpu
+        .set_msrs(&msrs)
         .map_err(|e| RegsError::Kvm("MSRs", e))?;
+    check_msrs_set(&entries, set)?;
 
     let fpu = kvm_fpu {
         fcw: 0x37f,
@@ -115,6 +128,18 @@ pub fn setup_common(vcpu: &VcpuFd) -> Result<(), RegsError> {
     set_lvt(&mut lapic.regs, 0x360, 0x4 << 8);
     vcpu.set_lapic(&lapic)
         .map_err(|e| RegsError::Kvm("LAPIC", e))
+}
+
+/// PURE: an error naming the first MSR KVM did not set, unless it set all of `entries`.
+fn check_msrs_set(entries: &[kvm_msr_entry], set: usize) -> Result<(), RegsError> {
+    match entries.get(set) {
+        Some(e) => Err(RegsError::MsrRefused {
+            refused: e.index,
+            set,
+            wanted: entries.len(),
+        }),
+        None => Ok(()),
+    }
 }
 
 /// Sets the delivery mode of the LVT register at `offset` in the LAPIC page.
@@ -135,6 +160,32 @@ fn set_lvt(regs: &mut [std::os::raw::c_char], offset: usize, mode: u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_short_msr_count_names_the_refused_msr() {
+        let entries: Vec<kvm_msr_entry> = msr::boot_msrs()
+            .into_iter()
+            .map(|(index, data)| kvm_msr_entry {
+                index,
+                data,
+                ..Default::default()
+            })
+            .collect();
+        assert!(check_msrs_set(&entries, entries.len()).is_ok());
+        let e = check_msrs_set(&entries, 8).unwrap_err();
+        assert!(matches!(
+            e,
+            RegsError::MsrRefused {
+                refused: 0x1a0,
+                set: 8,
+                wanted: 10
+            }
+        ));
+        assert_eq!(
+            e.to_string(),
+            "KVM refused to set MSR 0x1a0 (set 8 of 10 boot MSRs)"
+        );
+    }
 
     #[test]
     fn lvt_delivery_mode() {
