@@ -179,10 +179,8 @@ fn legacy_devices(body: &mut Vec<u8>) {
 
 fn sdt_with(signature: [u8; 4], revision: u8, body: &[u8]) -> Vec<u8> {
     let mut sdt = Sdt::new(signature, 36, revision, OEM_ID, OEM_TABLE_ID, OEM_REVISION);
-    for b in body {
-        sdt.append(*b);
-    }
-    sdt.update_checksum();
+    // One append: `Sdt::append` recomputes the checksum over the whole table for every byte.
+    sdt.append_slice(body);
     sdt.as_slice().to_vec()
 }
 
