@@ -85,6 +85,16 @@ impl Bus {
         Ok(())
     }
 
+    /// The number of ranges mapped.
+    pub fn len(&self) -> usize {
+        self.ranges.len()
+    }
+
+    /// Whether no range is mapped.
+    pub fn is_empty(&self) -> bool {
+        self.ranges.is_empty()
+    }
+
     /// Removes the device whose range starts at `base`.
     pub fn remove(&mut self, base: u64) -> Result<SharedDevice, BusError> {
         self.ranges

@@ -132,12 +132,16 @@ struct Guest {
 }
 
 fn boot(name: &str, extra: &[String]) -> Guest {
+    boot_with(name, extra, true)
+}
+
+/// [`boot`], and with `noreboot: false` a guest reboot restarts the VM in the same process.
+fn boot_with(name: &str, extra: &[String], noreboot: bool) -> Guest {
     let dir = tempfile::tempdir().expect("temp dir");
     let umid = format!("mc-{name}");
     let mut args = vec![
         format!("kernel={}", artifact("vmlinux").display()),
         "mem=128M".to_owned(),
-        "noreboot".to_owned(),
         format!("umid={umid}"),
         format!("uml_dir={}", dir.path().display()),
         // The suite asks mconsole for this line's channel.
@@ -148,6 +152,9 @@ fn boot(name: &str, extra: &[String]) -> Guest {
             artifact("rootfs.ext4").display()
         ),
     ];
+    if noreboot {
+        args.push("noreboot".to_owned());
+    }
     args.extend(extra.iter().cloned());
     let mut vm = TestVm::start(
         name,
@@ -663,6 +670,133 @@ fn user_space_suite(mc: Mc) {
     );
 }
 
+/// The guest's uptime in seconds, read by the agent (procfs mounted).
+fn uptime(reply: &AgentReply) -> f64 {
+    let AgentReply::Ok(hex) = reply else {
+        panic!("reading /proc/uptime: {reply:?}")
+    };
+    let bytes: Vec<u8> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex from the agent"))
+        .collect();
+    let text = String::from_utf8_lossy(&bytes);
+    text.split_whitespace()
+        .next()
+        .and_then(|f| f.parse().ok())
+        .unwrap_or_else(|| panic!("/proc/uptime reads {text:?}"))
+}
+
+/// `stop` with four vCPUs: no vCPU runs (a request to the agent is not answered) and the
+/// guest's clock stands still until `go` (kvmclock is frozen as QEMU's `stop` does).
+fn stop_freezes_every_vcpu_and_the_clock(mc: Mc) {
+    const STOPPED: Duration = Duration::from_secs(20);
+    let mut g = boot("mconsole-stop4", &["ncpus=4".to_owned()]);
+    let sock = g.sock.clone();
+    assert!(
+        g.vm.output().contains("smp: Brought up 1 node, 4 CPUs"),
+        "four vCPUs run"
+    );
+    g.vm.agent_ok("mount proc /proc proc -", SHORT);
+    let sent1 = Instant::now();
+    let u1 = uptime(&g.vm.agent("read /proc/uptime 0 64", SHORT));
+
+    mc.expect(&sock, "stop", "OK stopped", 0);
+    let stopped_at = Instant::now();
+    g.vm.send(b"9002 read /proc/uptime 0 64\n");
+    let answered =
+        g.vm.wait_until(STOPPED, |o| o.contains("KAGENT 9002"))
+            .is_some();
+    assert!(!answered, "a vCPU ran while stopped: the agent answered");
+    let go_at = Instant::now();
+    mc.expect(&sock, "go", "OK ", 0);
+    let out = g.vm.wait_for("KAGENT 9002 ok", SHORT);
+    let received2 = Instant::now();
+    let line = kuml_e2e::reply_line(&out, 9002).expect("the agent's reply line");
+    let u2 = uptime(&kuml_e2e::parse_reply(&line));
+
+    // The guest ran at most between sending the first read and receiving the second, minus
+    // the stop; a clock that kept running while stopped advances by the stop as well.
+    let stop = (go_at - stopped_at).as_secs_f64();
+    let window = (received2 - sent1).as_secs_f64();
+    let guest = u2 - u1;
+    eprintln!("guest clock advanced {guest:.2} s; host window {window:.2} s, stopped {stop:.2} s");
+    assert!(
+        guest < window - stop + 2.0,
+        "the guest clock advanced {guest:.2} s over a {window:.2} s window that had the guest \
+         stopped for {stop:.2} s"
+    );
+    mc.expect(&sock, "halt", "OK ", 0);
+    assert_eq!(g.vm.wait_exit(SHORT), 0);
+}
+
+/// A 32 MiB image in the guest's temp dir.
+fn image(g: &Guest, name: &str) -> PathBuf {
+    let img = g.dir.path().join(name);
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(32 << 20)
+        .unwrap();
+    img
+}
+
+/// Review C1/C2: a reboot keeps the hot-plugged disks, answers a `config` still waiting for
+/// the guest (with an error: `uml_mconsole` has no timeout), and the rebooted VM is not
+/// "stopped".
+fn reboot_keeps_disks_and_answers_pending_requests(mc: Mc) {
+    let mut g = boot_with("mconsole-reboot", &[], false);
+    let sock = g.sock.clone();
+    let img1 = image(&g, "one.img");
+    let img2 = image(&g, "two.img");
+    mc.expect(&sock, &format!("config ubd1={}", img1.display()), "OK ", 0);
+    g.vm.wait_for("[vdb] 65536 512-byte logical blocks", SHORT);
+
+    // The guest reboots: the disk is plugged again at boot and the guest sees it.
+    g.vm.send(b"9100 reboot\n");
+    g.vm.wait_until(BOOT, |o| o.matches("KAGENT ready").count() >= 2)
+        .expect("the guest came back after its reboot");
+    assert_eq!(
+        stat_until(&mut g.vm, "/dev/vdb", true),
+        AgentReply::Ok((32u64 << 20).to_string()),
+        "vdb after the reboot"
+    );
+    mc.expect(&sock, "config ubd1", &format!("OK {}", img1.display()), 0);
+
+    // Stopped, a disk is plugged but the guest cannot start it: the request waits.
+    mc.expect(&sock, "stop", "OK stopped", 0);
+    let pending = {
+        let sock = sock.clone();
+        let cmd = format!("config ubd2={}", img2.display());
+        std::thread::spawn(move || mc.run(&sock, &cmd))
+    };
+    let deadline = Instant::now() + SHORT;
+    while mc.run(&sock, "config ubd2").0 != format!("OK {}\n", img2.display()) {
+        assert!(Instant::now() < deadline, "ubd2 was never plugged");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // mconsole reboot while stopped: the waiting client gets an error, not a hang.
+    mc.expect(&sock, "reboot", "OK ", 0);
+    let (out, rc) = pending.join().expect("the config client");
+    assert!(
+        out.starts_with("ERR the VM restarted before the guest started ubd2"),
+        "{out:?}"
+    );
+    assert_eq!(rc, 1);
+    g.vm.wait_until(BOOT, |o| o.matches("KAGENT ready").count() >= 3)
+        .expect("the guest came back after mconsole reboot");
+    // The rebooted VM runs: `stop` is not "Already stopped".
+    mc.expect(&sock, "stop", "OK stopped", 0);
+    mc.expect(&sock, "go", "OK ", 0);
+    for (dev, what) in [("/dev/vdb", "ubd1"), ("/dev/vdc", "ubd2")] {
+        assert_eq!(
+            stat_until(&mut g.vm, dev, true),
+            AgentReply::Ok((32u64 << 20).to_string()),
+            "{what} after mconsole reboot"
+        );
+    }
+    mc.expect(&sock, "halt", "OK ", 0);
+    assert_eq!(g.vm.wait_exit(SHORT), 0);
+}
+
 #[cfg(test)]
 mod suites {
     use super::*;
@@ -689,6 +823,16 @@ mod suites {
         if user_space_or_skip() {
             user_space_suite(Mc::Uml);
         }
+    }
+
+    #[test]
+    fn stop_freezes_four_vcpus_and_the_guest_clock() {
+        stop_freezes_every_vcpu_and_the_clock(Mc::Uml);
+    }
+
+    #[test]
+    fn reboot_keeps_hotplugged_disks_and_answers_pending_config() {
+        reboot_keeps_disks_and_answers_pending_requests(Mc::Uml);
     }
 
     #[test]

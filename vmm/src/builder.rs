@@ -1,249 +1,103 @@
-//! Config → a running machine: memory, kernel, ACPI tables, devices, vCPU threads.
+//! Config -> a running [`Machine`]: memory, devices, kernel, ACPI tables, vCPU threads.
 
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use devices::chan::{self, ChanContext, Channel, ChannelSpec, LineClass};
-use devices::legacy::ged::Ged;
 use devices::legacy::i8042::{self, I8042};
 use devices::legacy::pm::{ExitPort, PmDevice, PvPanic};
 use devices::legacy::serial::{SerialDevice, COM_PORTS, COM_PORT_LEN};
-use devices::pci::{EjectHandler, PciHotplug};
-use devices::virtio::block::Block;
-use devices::virtio::console::{open_consoles, ConsoleSet, DEFAULT_MAX_PORTS};
-use devices::virtio::net::device::Net;
-use event_manager::MutEventSubscriber;
+use devices::virtio::console::{open_consoles, ConsoleError, DEFAULT_MAX_PORTS};
+use event_manager::SubscriberOps;
+use kvm_ioctls::VcpuFd;
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::arch::x86_64::{acpi, boot, cpuid, hotplug_aml, layout, regs};
+use crate::backends::{open_disk, open_nic, DiskError, NicError};
 use crate::config::Config;
-use crate::device_manager::{DeviceManager, PluggedDevice};
+use crate::device_manager::{DeviceConfig, DeviceError, DeviceManager, PciId, Subscriber};
 use crate::exit::ExitState;
-use crate::vstate::vcpu::{VcpuContext, VcpuHandle};
+use crate::guest::{guest_cmdline, resolve_kernel, NoKernel};
+use crate::machine::Machine;
+use crate::vstate::vcpu::{VcpuContext, Vcpus};
 use crate::vstate::vm::{Vm, VmError};
 
 /// The test exit port: a byte written here becomes kuml's exit status.
 pub const EXIT_PORT: u16 = 0xf4;
 
+/// Consoles UML has (`MAX_TTYS`): with `con=` given they all exist at boot.
+const UML_CONSOLES: u32 = 16;
+
+/// Errors setting up one vCPU.
+#[derive(Debug, thiserror::Error)]
+pub enum VcpuSetupError {
+    /// KVM_CREATE_VCPU failed.
+    #[error("KVM refused to create it")]
+    Create(#[source] kvm_ioctls::Error),
+    /// The CPUID table does not fit KVM's structure.
+    #[error("its CPUID table has too many entries")]
+    CpuidTooBig,
+    /// KVM_SET_CPUID2 failed.
+    #[error("KVM refused its CPUID")]
+    Cpuid(#[source] kvm_ioctls::Error),
+    /// Registers, MSRs, FPU or LAPIC.
+    #[error("cannot set its boot state")]
+    Registers(#[source] regs::RegsError),
+    /// The thread could not be started.
+    #[error("cannot start its thread")]
+    Thread(#[source] std::io::Error),
+}
+
 /// Errors building the machine.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
-    /// No kernel was given and none was found where resources/ builds it.
-    #[error("no guest kernel: give kernel=<vmlinux or bzImage>, set KUML_KERNEL, or build one with resources/build-guest.sh")]
-    NoKernel,
+    /// No kernel to boot.
+    #[error(transparent)]
+    NoKernel(#[from] NoKernel),
     /// The VM could not be created.
     #[error("cannot create the VM")]
     Vm(#[from] VmError),
-    /// The ACPI tables do not fit their region.
-    #[error("cannot build the ACPI tables")]
-    Acpi(#[from] acpi::AcpiError),
     /// Loading the kernel or initrd failed.
     #[error("cannot boot the guest")]
     Boot(#[from] boot::BootError),
+    /// The ACPI tables do not fit their region.
+    #[error("cannot build the ACPI tables")]
+    Acpi(#[from] acpi::AcpiError),
+    /// Writing boot data into guest memory failed.
+    #[error("cannot write the {0} into guest memory")]
+    GuestMemory(&'static str, #[source] vm_memory::GuestMemoryError),
+    /// The identity page tables could not be written.
+    #[error("cannot write the boot page tables")]
+    BootTables(#[source] regs::RegsError),
     /// A vCPU could not be created or set up.
     #[error("cannot set up vCPU {0}")]
-    Vcpu(u8, #[source] Box<dyn std::error::Error + Send + Sync>),
+    Vcpu(u8, #[source] VcpuSetupError),
     /// A ubd unit could not be opened (the message is UML's).
-    #[error("ubd{0}")]
-    Disk(usize, #[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error(transparent)]
+    Disk(#[from] DiskError),
     /// A network device could not be set up.
-    #[error("eth{0}")]
-    Nic(u32, #[source] Box<dyn std::error::Error + Send + Sync>),
-    /// A device could not be created or registered.
+    #[error(transparent)]
+    Nic(#[from] NicError),
+    /// A device could not be plugged or mapped.
     #[error("cannot set up the {0}")]
-    Device(
-        &'static str,
-        #[source] Box<dyn std::error::Error + Send + Sync>,
-    ),
+    Device(&'static str, #[source] DeviceError),
+    /// A PCI device could not be plugged.
+    #[error("cannot plug {0}")]
+    Plug(PciId, #[source] DeviceError),
+    /// The console or serial line options are wrong.
+    #[error("bad {} options", .0.option_name())]
+    Lines(LineClass, #[source] chan::LineSpecError),
+    /// The console device could not be built.
+    #[error("cannot set up the consoles")]
+    Consoles(#[source] ConsoleError),
+    /// An eventfd or another host object could not be created.
+    #[error("cannot create the {0}")]
+    Host(&'static str, #[source] std::io::Error),
 }
 
-fn device_err<E: std::error::Error + Send + Sync + 'static>(
-    what: &'static str,
-) -> impl FnOnce(E) -> BuildError {
-    move |e| BuildError::Device(what, Box::new(e))
+fn device_err(what: &'static str) -> impl FnOnce(DeviceError) -> BuildError {
+    move |e| BuildError::Device(what, e)
 }
-
-/// The kernel to boot: `kernel=`, else `$KUML_KERNEL`, else the one resources/ builds.
-pub fn resolve_kernel(cfg: &Config) -> Result<PathBuf, BuildError> {
-    if let Some(k) = &cfg.kernel {
-        return Ok(k.clone());
-    }
-    if let Some(k) = std::env::var_os("KUML_KERNEL") {
-        return Ok(PathBuf::from(k));
-    }
-    let mut candidates = Vec::new();
-    if let Ok(exe) = std::env::current_exe() {
-        // target/{debug,release}/kuml → <checkout>/build/guest/vmlinux
-        if let Some(root) = exe.parent().and_then(Path::parent).and_then(Path::parent) {
-            candidates.push(root.join("build/guest/vmlinux"));
-        }
-    }
-    candidates.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("../build/guest/vmlinux"));
-    candidates
-        .into_iter()
-        .find(|p| p.is_file())
-        .ok_or(BuildError::NoKernel)
-}
-
-/// PURE: `sysname nodename release version machine` from the kernel's banner
-/// (`Linux version 6.1.192-kuml (user@host) (gcc …) #1 SMP … 2026`), as `uname -a` prints it
-/// before the guest has set a host name.
-pub fn version_from_banner(image: &[u8]) -> Option<String> {
-    const NEEDLE: &[u8] = b"Linux version ";
-    let mut at = 0;
-    while let Some(pos) = image[at..].windows(NEEDLE.len()).position(|w| w == NEEDLE) {
-        let start = at + pos + NEEDLE.len();
-        at = start;
-        let rest = &image[start..];
-        let Some(end) = rest.iter().position(|b| *b == b'\n' || *b == 0) else {
-            continue;
-        };
-        let Ok(banner) = std::str::from_utf8(&rest[..end]) else {
-            continue;
-        };
-        // Skip templates such as "… # SMP": the real banner has a build number.
-        let Some(hash) = banner.find(" #") else {
-            continue;
-        };
-        if !banner[hash + 2..].starts_with(|c: char| c.is_ascii_digit()) {
-            continue;
-        }
-        let release = banner.split_whitespace().next()?;
-        let version = banner[hash + 1..].trim_end();
-        return Some(format!("Linux (none) {release} {version} x86_64"));
-    }
-    None
-}
-
-/// The guest kernel's version text for mconsole `version`, read from the kernel image.
-pub fn guest_version(cfg: &Config) -> String {
-    resolve_kernel(cfg)
-        .ok()
-        .and_then(|k| std::fs::read(k).ok())
-        .and_then(|img| version_from_banner(&img))
-        .unwrap_or_else(|| format!("Linux (none) unknown kuml-{}", env!("CARGO_PKG_VERSION")))
-}
-
-/// The guest kernel command line: kuml's defaults, then the user's words with UML's root
-/// device names mapped to the virtio disks.
-pub fn guest_cmdline(cfg: &Config) -> String {
-    let mut words: Vec<String> = Vec::new();
-    let has = |key: &str| {
-        cfg.guest_args
-            .iter()
-            .any(|w| w == key || w.starts_with(&format!("{key}=")))
-    };
-    if !has("console") {
-        words.push("console=hvc0".into());
-    }
-    if !has("net.ifnames") {
-        words.push("net.ifnames=0".into());
-    }
-    let units: Vec<usize> = cfg.ubd.keys().copied().collect();
-    words.extend(crate::config::rewrite_root(&cfg.guest_args, &units));
-    words.join(" ")
-}
-
-/// Subscribers the event loop runs for this machine.
-pub type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
-
-/// A running machine.
-pub struct Machine {
-    /// Why it stops, once it does.
-    pub exit: Arc<ExitState>,
-    /// The keyboard controller (Ctrl-Alt-Del injection).
-    pub i8042: Arc<Mutex<I8042>>,
-    /// Serial lines present (index, UART).
-    pub serials: Vec<(u32, Arc<Mutex<SerialDevice>>)>,
-    /// The consoles: `con0`'s own device and the multiport device of `con1` and up.
-    pub consoles: ConsoleSet,
-    /// Disks plugged at boot, by ubd unit.
-    pub disks: Vec<(usize, Arc<Mutex<Block>>, PluggedDevice)>,
-    /// Network cards plugged at boot, by ethN index.
-    pub nics: Vec<(u32, Arc<Mutex<Net>>, PluggedDevice)>,
-    /// Event-loop subscribers (devices with host descriptors or queues), besides the disks and
-    /// NICs, which the event loop registers itself so that it can remove them on hot-unplug.
-    pub subscribers: Vec<Subscriber>,
-    /// Buses, PCI, interrupts.
-    pub devices: DeviceManager,
-    /// The PCI hot-plug register block the DSDT scans.
-    pub hotplug: Arc<Mutex<PciHotplug>>,
-    /// The Generic Event Device that tells the guest to scan.
-    pub ged: Arc<Mutex<Ged>>,
-    /// Slots the guest has ejected, for the event loop to release.
-    pub ejects: Arc<EjectQueue>,
-    vcpus: Vec<VcpuHandle>,
-    // Dropped after the vCPUs.
-    _vm: Vm,
-}
-
-impl std::fmt::Debug for Machine {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Machine")
-            .field("vcpus", &self.vcpus.len())
-            .finish_non_exhaustive()
-    }
-}
-
-impl Machine {
-    /// Stops every vCPU (the machine can then be dropped).
-    pub fn stop(&mut self) {
-        for v in &mut self.vcpus {
-            v.stop();
-        }
-    }
-
-    /// Pauses every vCPU.
-    pub fn pause(&self) {
-        self.vcpus.iter().for_each(VcpuHandle::pause);
-    }
-
-    /// Resumes every vCPU.
-    pub fn resume(&self) {
-        self.vcpus.iter().for_each(VcpuHandle::resume);
-    }
-}
-
-/// Slots the guest ejected (`_EJ0`), handed from the vCPU that ran the AML to the event loop,
-/// which unplugs the device: the eject handler runs with the MMIO bus locked, so it must not
-/// change the buses itself.
-#[derive(Debug)]
-pub struct EjectQueue {
-    slots: Mutex<Vec<u8>>,
-    /// Readable when slots are waiting.
-    pub evt: EventFd,
-}
-
-impl EjectQueue {
-    fn new() -> std::io::Result<Self> {
-        Ok(EjectQueue {
-            slots: Mutex::new(Vec::new()),
-            evt: EventFd::new(libc::EFD_NONBLOCK)?,
-        })
-    }
-
-    /// Takes the ejected slots.
-    pub fn take(&self) -> Vec<u8> {
-        let _ = self.evt.read();
-        std::mem::take(&mut *self.slots.lock().unwrap_or_else(|e| e.into_inner()))
-    }
-}
-
-impl EjectHandler for EjectQueue {
-    fn eject(&self, slot: u8) {
-        self.slots
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(slot);
-        if let Err(e) = self.evt.write(1) {
-            log::error!("cannot signal the ejection of slot {slot}: {e}");
-        }
-    }
-}
-
-/// Consoles UML has (`MAX_TTYS`): with `con=` given they all exist at boot.
-const UML_CONSOLES: u32 = 16;
 
 /// How many consoles exist at boot: all of UML's when `con=` applies to every console,
 /// otherwise only con0 and the ones named on the command line (each virtio-console port costs
@@ -264,56 +118,50 @@ fn lines(
     ctx: &ChanContext,
 ) -> Result<Vec<(u32, ChannelSpec)>, BuildError> {
     chan::resolve_lines(class, opts.all.as_deref(), &opts.each, count, ctx.display)
-        .map_err(|e| BuildError::Device(class.display_name(), Box::new(e)))
+        .map_err(|e| BuildError::Lines(class, e))
 }
 
-/// Opens a ubd unit's image and makes its virtio-blk device.
-pub fn open_disk(spec: &ubd::UbdSpec, global_sync: bool) -> Result<Block, BuildError> {
-    let what = |e: Box<dyn std::error::Error + Send + Sync>| BuildError::Disk(spec.unit, e);
-    let image = ubd::open_spec(spec, global_sync).map_err(|e| what(Box::new(e)))?;
-    Block::from_image(image, spec, global_sync).map_err(|e| what(Box::new(e)))
-}
-
-/// Opens an ethN backend and makes its virtio-net device.
-pub fn open_nic(index: u32, spec: &netdev::NetSpec, umid: &str) -> Result<Net, BuildError> {
-    let what = |e: Box<dyn std::error::Error + Send + Sync>| BuildError::Nic(index, e);
-    let mac = spec.mac_or_derived(umid, index);
-    let backend = netdev::open_backend(spec, mac).map_err(|e| what(Box::new(e)))?;
-    log::info!("eth{index}: {}", spec.transport_line());
-    Net::new(backend, mac).map_err(|e| what(Box::new(e)))
-}
-
-/// Builds and starts the machine described by `cfg`, named `umid`.
-pub fn build(cfg: &Config, umid: &str) -> Result<Machine, BuildError> {
+/// Builds and starts the machine described by `cfg`, named `umid`. Its devices join `em`;
+/// `wake` is written when the guest activates or ejects a device.
+pub fn build(
+    cfg: &Config,
+    umid: &str,
+    wake: &EventFd,
+    em: &mut dyn SubscriberOps<Subscriber = Subscriber>,
+) -> Result<Machine, BuildError> {
     let kernel = resolve_kernel(cfg)?;
     let vm = Vm::new(cfg.mem_size)?;
-    let vm_fd = vm.fd.clone();
-    let exit = Arc::new(ExitState::new().map_err(device_err("exit event"))?);
-    let mut dm = DeviceManager::new(vm_fd, vm.memory.clone(), cfg.mem_size)
+    let exit = Arc::new(ExitState::new().map_err(|e| BuildError::Host("exit event", e))?);
+    let mut dm = DeviceManager::new(vm.fd.clone(), vm.memory.clone(), cfg.mem_size, wake)
         .map_err(device_err("PCI root"))?;
     let mut subscribers: Vec<Subscriber> = Vec::new();
-    let ctx = ChanContext {
-        umid: cfg.umid.clone(),
+    let chan_ctx = ChanContext {
+        umid: Some(umid.to_owned()),
         ..ChanContext::from_env()
     };
 
     // Serial lines: COM1..COM4, one UART per line that exists.
     let mut serials = Vec::new();
-    for (index, spec) in lines(LineClass::Serial, &cfg.ssl, COM_PORTS.len() as u32, &ctx)? {
+    for (index, spec) in lines(
+        LineClass::Serial,
+        &cfg.ssl,
+        COM_PORTS.len() as u32,
+        &chan_ctx,
+    )? {
         let Some((port, irq)) = COM_PORTS.get(index as usize) else {
             continue;
         };
         // A UART cannot be seen to open: its channel opens (pts announced) now.
-        let channel = match Channel::open_in(&spec, LineClass::Serial, index, &ctx) {
+        let channel = match Channel::open_in(&spec, LineClass::Serial, index, &chan_ctx) {
             Ok(ch) => ch,
             Err(e) => {
-                eprintln!("kuml: serial line {index}: {}", error_chain(&e));
+                eprintln!("kuml: serial line {index}: {}", crate::error_chain(&e));
                 Channel::null()
             }
         };
         let irq = dm.legacy_irq(*irq).map_err(device_err("serial line"))?;
         let dev = Arc::new(Mutex::new(
-            SerialDevice::new(irq, channel).map_err(device_err("serial line"))?,
+            SerialDevice::new(irq, channel).map_err(|e| BuildError::Host("serial line", e))?,
         ));
         dm.add_pio(dev.clone(), u64::from(*port), u64::from(COM_PORT_LEN))
             .map_err(device_err("serial line"))?;
@@ -350,56 +198,39 @@ pub fn build(cfg: &Config, umid: &str) -> Result<Machine, BuildError> {
     )
     .map_err(device_err("exit port"))?;
 
-    // ACPI hot-plug: the register block the DSDT's slot scan reads, and the GED that starts it.
-    let ejects = Arc::new(EjectQueue::new().map_err(device_err("hot-plug"))?);
-    let hotplug = Arc::new(Mutex::new(PciHotplug::new(ejects.clone())));
-    let ged = Arc::new(Mutex::new(Ged::new(
-        dm.legacy_irq(hotplug_aml::GED_GSI)
-            .map_err(device_err("GED"))?,
-    )));
-    dm.add_mmio(
-        hotplug.clone(),
-        hotplug_aml::PCI_HOTPLUG_ADDR,
-        hotplug_aml::PCI_HOTPLUG_LEN,
-    )
-    .map_err(device_err("PCI hot-plug registers"))?;
-    dm.add_mmio(ged.clone(), hotplug_aml::GED_ADDR, hotplug_aml::GED_LEN)
-        .map_err(device_err("GED"))?;
-
     // Consoles: con0 on its own device, plugged first so that the guest names it hvc0 while
     // it probes, before init opens /dev/console; con1.. as ports of a multiport device.
     let opened = open_consoles(
-        &lines(LineClass::Console, &cfg.con, boot_consoles(cfg), &ctx)?,
+        &lines(LineClass::Console, &cfg.con, boot_consoles(cfg), &chan_ctx)?,
         DEFAULT_MAX_PORTS,
-        &ctx,
+        &chan_ctx,
     )
-    .map_err(device_err("consoles"))?;
+    .map_err(BuildError::Consoles)?;
     for f in &opened.failures {
-        eprintln!("kuml: {}", error_chain(f));
+        eprintln!("kuml: {}", crate::error_chain(f));
     }
     let consoles = opened.consoles;
-    for dev in consoles.devices() {
-        dm.add_virtio(dev.clone(), None)
-            .map_err(device_err("virtio console"))?;
-        subscribers.push(dev);
+    for (n, dev) in (0u8..).zip(consoles.devices()) {
+        let id = PciId::Console(n);
+        dm.plug(id, dev, DeviceConfig::Lines, em, false)
+            .map_err(|e| BuildError::Plug(id, e))?;
     }
 
     // Disks in unit order, so that the guest names them vda, vdb, … as `root=` expects.
-    let mut disks = Vec::new();
     for (unit, spec) in &cfg.ubd {
         let block = Arc::new(Mutex::new(open_disk(spec, cfg.ubd_sync)?));
-        let plugged = dm
-            .add_virtio(block.clone(), None)
-            .map_err(|e| BuildError::Disk(*unit, Box::new(e)))?;
-        disks.push((*unit, block, plugged));
+        let id = PciId::Disk(*unit);
+        dm.plug(id, block, DeviceConfig::Disk(spec.clone()), em, false)
+            .map_err(|e| BuildError::Plug(id, e))?;
     }
-    let mut nics = Vec::new();
     for (index, spec) in &cfg.eth {
         let net = Arc::new(Mutex::new(open_nic(*index, spec, umid)?));
-        let plugged = dm
-            .add_virtio(net.clone(), None)
-            .map_err(|e| BuildError::Nic(*index, Box::new(e)))?;
-        nics.push((*index, net, plugged));
+        let id = PciId::Nic(*index);
+        dm.plug(id, net, DeviceConfig::Nic(spec.clone()), em, false)
+            .map_err(|e| BuildError::Plug(id, e))?;
+    }
+    for s in &subscribers {
+        em.add_subscriber(s.clone());
     }
 
     // Boot data.
@@ -431,14 +262,14 @@ pub fn build(cfg: &Config, umid: &str) -> Result<Machine, BuildError> {
     })? {
         vm.memory
             .write_slice(&t.bytes, GuestAddress(t.addr))
-            .map_err(device_err("ACPI tables"))?;
+            .map_err(|e| BuildError::GuestMemory("ACPI tables", e))?;
     }
-    regs::write_boot_tables(&vm.memory).map_err(device_err("boot page tables"))?;
+    regs::write_boot_tables(&vm.memory).map_err(BuildError::BootTables)?;
 
     // vCPUs.
     let vctx = VcpuContext {
-        pio: dm.pio.clone(),
-        mmio: dm.mmio.clone(),
+        pio: dm.pio(),
+        mmio: dm.mmio(),
         on_event: {
             let exit = exit.clone();
             Arc::new(move |ev| exit.vcpu_event(ev))
@@ -446,77 +277,41 @@ pub fn build(cfg: &Config, umid: &str) -> Result<Machine, BuildError> {
     };
     let mut fds = Vec::new();
     for i in 0..cfg.ncpus {
-        let verr = |e: Box<dyn std::error::Error + Send + Sync>| BuildError::Vcpu(i, e);
-        let fd = vm
-            .fd
-            .create_vcpu(u64::from(i))
-            .map_err(|e| verr(Box::new(e)))?;
-        let mut entries = vm.supported_cpuid.as_slice().to_vec();
-        cpuid::normalize(&mut entries, i, cfg.ncpus, vm.cpuid_caps);
-        let id = kvm_bindings::CpuId::from_entries(&entries)
-            .map_err(|_| verr("too many CPUID entries".into()))?;
-        fd.set_cpuid2(&id).map_err(|e| verr(Box::new(e)))?;
-        regs::setup_common(&fd).map_err(|e| verr(Box::new(e)))?;
-        if i == 0 {
-            regs::setup_boot_cpu(&fd, loaded.entry).map_err(|e| verr(Box::new(e)))?;
-        }
+        let fd = setup_vcpu(&vm, i, cfg.ncpus, loaded.entry).map_err(|e| BuildError::Vcpu(i, e))?;
         fds.push(fd);
     }
-    let mut vcpus = Vec::new();
-    for (i, fd) in fds.into_iter().enumerate() {
-        let h = VcpuHandle::spawn(i as u8, fd, vctx.clone())
-            .map_err(|e| BuildError::Vcpu(i as u8, Box::new(e)))?;
-        vcpus.push(h);
-    }
+    let vcpus = Vcpus::spawn(fds, &vctx)
+        .map_err(|(i, e)| BuildError::Vcpu(i, VcpuSetupError::Thread(e)))?;
     Ok(Machine {
+        config: cfg.clone(),
         exit,
+        devices: dm,
         i8042: kbd,
         serials,
         consoles,
-        disks,
-        nics,
-        subscribers,
-        devices: dm,
-        hotplug,
-        ged,
-        ejects,
+        chan: chan_ctx,
+        umid: umid.to_owned(),
         vcpus,
-        _vm: vm,
+        frozen_clock: None,
+        vm,
     })
 }
 
-pub use devices::error_chain;
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn cfg(args: &[&str]) -> Config {
-        match crate::config::parse(args).unwrap() {
-            crate::config::Action::Run(c) => *c,
-            _ => unreachable!(),
-        }
+/// Creates vCPU `index` of `ncpus` with its CPUID, MSRs, FPU and LAPIC; the boot vCPU also
+/// gets the registers that start the kernel at `entry`.
+fn setup_vcpu(vm: &Vm, index: u8, ncpus: u8, entry: u64) -> Result<VcpuFd, VcpuSetupError> {
+    let fd = vm
+        .fd
+        .create_vcpu(u64::from(index))
+        .map_err(VcpuSetupError::Create)?;
+    let mut entries = vm.supported_cpuid.as_slice().to_vec();
+    cpuid::normalize(&mut entries, index, ncpus, vm.cpuid_caps);
+    let table =
+        kvm_bindings::CpuId::from_entries(&entries).map_err(|_| VcpuSetupError::CpuidTooBig)?;
+    fd.set_cpuid2(&table).map_err(VcpuSetupError::Cpuid)?;
+    regs::setup_common(&fd).map_err(VcpuSetupError::Registers)?;
+    if index == 0 {
+        regs::setup_boot_cpu(&fd, entry).map_err(VcpuSetupError::Registers)?;
     }
-
-    #[test]
-    fn version_text() {
-        let img = b"junk\0Linux version 6.1.192-kuml (a) # SMP \0Linux version 6.1.192-kuml (root@h) (gcc 12) #3 SMP Sun Nov 29 09:00:00 UTC 2026\n\0";
-        assert_eq!(
-            version_from_banner(img).as_deref(),
-            Some("Linux (none) 6.1.192-kuml #3 SMP Sun Nov 29 09:00:00 UTC 2026 x86_64")
-        );
-        assert_eq!(version_from_banner(b"nothing"), None);
-    }
-
-    #[test]
-    fn default_console_unless_given() {
-        assert_eq!(
-            guest_cmdline(&cfg(&["quiet"])),
-            "console=hvc0 net.ifnames=0 quiet"
-        );
-        assert_eq!(
-            guest_cmdline(&cfg(&["console=ttyS0", "x", "ubd0=/i", "root=/dev/ubda"])),
-            "net.ifnames=0 console=ttyS0 x root=/dev/vda"
-        );
-    }
+    Ok(fd)
 }

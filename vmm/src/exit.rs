@@ -5,7 +5,7 @@ use std::sync::Mutex;
 use devices::legacy::{GuestEvent, GuestEvents};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::vstate::vcpu::VcpuEvent;
+use crate::vstate::vcpu::{VcpuCrash, VcpuEvent};
 
 /// Exit status: the guest powered off, or was halted (mconsole `halt`).
 pub const EXIT_POWEROFF: i32 = 0;
@@ -33,8 +33,8 @@ pub enum VmExit {
     Panic,
     /// The guest wrote this status to the test exit port.
     Status(u8),
-    /// The guest crashed; the text says how.
-    Crash(String),
+    /// The guest crashed.
+    Crash(VcpuCrash),
     /// The VMM was asked to stop (mconsole `halt`).
     Halt,
     /// A signal asked kuml to stop.
@@ -123,7 +123,7 @@ mod tests {
             VmExit::PowerOff.code(),
             VmExit::Reboot.code(),
             VmExit::Panic.code(),
-            VmExit::Crash(String::new()).code(),
+            VmExit::Crash(VcpuCrash::SystemEvent { vcpu: 0, kind: 9 }).code(),
             VmExit::Signal(15).code(),
         ];
         let mut sorted = all.to_vec();

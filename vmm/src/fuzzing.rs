@@ -8,7 +8,7 @@
 
 use devices::chan::{resolve_lines, LineClass};
 
-use crate::builder::guest_cmdline;
+use crate::guest::guest_cmdline;
 use crate::config::{parse, parse_size, Action};
 
 /// A harness: fuzz input in, panic on a broken invariant.

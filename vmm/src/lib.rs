@@ -1,6 +1,9 @@
 //! kuml: a KVM micro-VMM with User-Mode Linux's command line, disks, consoles and mconsole.
+//!
+//! See docs/architecture.md for how the modules fit together.
 
 pub mod arch;
+pub mod backends;
 pub mod builder;
 pub mod config;
 pub mod control;
@@ -9,5 +12,11 @@ pub mod event_loop;
 pub mod exit;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
+pub mod guest;
+pub mod machine;
+pub mod mconsole_adapter;
 pub mod sys;
+pub mod vmm;
 pub mod vstate;
+
+pub use devices::error_chain;

@@ -1,13 +1,14 @@
 //! `kuml`: run a Linux guest on KVM with User-Mode Linux's command line.
 
 use std::process::ExitCode;
-
-use kuml::config::{self, Action};
-use kuml::exit::{VmExit, EXIT_ERROR, EXIT_USAGE};
 use std::sync::{Arc, Mutex};
 
-use kuml::control::Control;
-use kuml::{builder, event_loop, vstate};
+use kuml::config::{self, Action};
+use kuml::control::ControlQueue;
+use kuml::exit::{VmExit, EXIT_ERROR, EXIT_USAGE};
+use kuml::mconsole_adapter::MconsoleFrontend;
+use kuml::vmm::{Vmm, VmmError};
+use kuml::{error_chain, event_loop, guest, vstate};
 
 const USAGE: &str = "\
 kuml — run a Linux kernel on KVM with User-Mode Linux's command line
@@ -91,21 +92,44 @@ fn main() -> ExitCode {
         Ok(exit) => {
             devices::chan::restore_terminals();
             if let VmExit::Crash(what) = &exit {
-                eprintln!("kuml: the guest crashed: {what}");
+                eprintln!("kuml: the guest crashed: {}", error_chain(what));
             }
             ExitCode::from(exit.code().clamp(0, 255) as u8)
         }
         Err(e) => {
             devices::chan::restore_terminals();
-            eprintln!("kuml: {}", builder::error_chain(e.as_ref()));
+            eprintln!("kuml: {}", error_chain(&e));
             ExitCode::from(EXIT_ERROR as u8)
         }
     }
 }
 
-fn run(cfg: &config::Config) -> Result<VmExit, Box<dyn std::error::Error>> {
-    event_loop::block_stop_signals()?;
-    vstate::vcpu::install_kick_handler()?;
+/// Why kuml could not start or run the VM.
+#[derive(Debug, thiserror::Error)]
+enum RunError {
+    /// The process setup (signal mask, kick handler).
+    #[error("cannot set up kuml's signals")]
+    Signals(#[source] std::io::Error),
+    /// The instance directory.
+    #[error(transparent)]
+    Umid(#[from] mconsole::UmidError),
+    /// The mconsole socket.
+    #[error(transparent)]
+    Mconsole(#[from] mconsole::ServerError),
+    /// The notification socket.
+    #[error("mconsole=notify")]
+    Notify(#[source] mconsole::notify::NotifyError),
+    /// The control queue's eventfd.
+    #[error("cannot create the control queue")]
+    Control(#[source] std::io::Error),
+    /// Building or running the VM.
+    #[error(transparent)]
+    Vmm(#[from] VmmError),
+}
+
+fn run(cfg: &config::Config) -> Result<VmExit, RunError> {
+    event_loop::block_stop_signals().map_err(RunError::Signals)?;
+    vstate::vcpu::install_kick_handler().map_err(RunError::Signals)?;
     let prev = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         devices::chan::restore_terminals();
@@ -125,28 +149,37 @@ fn run(cfg: &config::Config) -> Result<VmExit, Box<dyn std::error::Error>> {
         .mconsole_notify
         .as_ref()
         .map(mconsole::notify::Notifier::new)
-        .transpose()?;
+        .transpose()
+        .map_err(RunError::Notify)?;
     if let Some(n) = &notifier {
         if let Err(e) = n.socket_ready(&umid_dir.socket_path()) {
-            log::warn!("mconsole notification: {e}");
+            log::warn!("mconsole notification: {}", error_chain(&e));
         }
     }
-    let version = builder::guest_version(cfg);
+    let version = guest::guest_version(cfg);
+    let wake =
+        vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).map_err(RunError::Control)?;
+    let queue = ControlQueue::new(wake);
+    let mconsole = Arc::new(Mutex::new(MconsoleFrontend::new(server, queue.clone())));
+    let mut next = cfg.clone();
     loop {
-        let mut machine = builder::build(cfg, &umid)?;
-        let mut control = Control::new(cfg, &machine, &umid, version.clone());
-        let exit = event_loop::run(&mut machine, &mut control, &server)?;
+        let mut vmm = Vmm::build(&next, &umid, queue.clone(), version.clone())?;
+        vmm.add_subscriber(mconsole.clone());
+        let exit = vmm.run().map_err(VmmError::from)?;
         if exit == VmExit::Panic {
             if let Some(n) = &notifier {
                 if let Err(e) = n.panic("the guest kernel panicked") {
-                    log::warn!("mconsole notification: {e}");
+                    log::warn!("mconsole notification: {}", error_chain(&e));
                 }
             }
         }
-        machine.stop();
-        drop(machine);
+        // Requests still waiting for the guest are answered (with an error) before the
+        // machine goes; a restarted machine has the devices and lines of this one.
+        next = vmm.shutdown(&exit);
+        kuml::device_manager::locked(&mconsole).flush();
         if exit == VmExit::Reboot && !cfg.noreboot {
             log::info!("the guest rebooted; restarting it");
+            kuml::device_manager::locked(&mconsole).machine_restarted();
             continue;
         }
         return Ok(exit);

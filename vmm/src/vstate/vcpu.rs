@@ -1,16 +1,74 @@
 //! vCPU threads: each runs KVM_RUN and dispatches port and MMIO exits to the buses.
 //!
-//! A thread is stopped or paused by setting a flag in its [`VcpuControl`] and kicking it out of
-//! KVM_RUN with a real-time signal whose handler does nothing (the ioctl then returns EINTR).
+//! Pausing and stopping (Firecracker's pattern): the VMM records what it wants in the thread's
+//! [`VcpuControl`], then kicks the thread with a real-time signal. The signal handler sets
+//! `kvm_run.immediate_exit` through a thread-local pointer, so a kick that lands anywhere (in
+//! KVM_RUN, which returns EINTR, or between the thread's last look at its state and its next
+//! KVM_RUN, which then returns at once) brings the thread back to look at its state: no kick
+//! is lost. A paused thread parks on a condition variable and says so; [`Vcpus::pause`]
+//! kicks every thread at once and waits until all of them are parked, or fails.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::cell::Cell;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use devices::bus::Bus;
+use kvm_bindings::kvm_run;
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
+
+/// How long [`Vcpus::pause`] waits for every vCPU to leave KVM_RUN. A kicked vCPU leaves at
+/// once unless a device handler it is running blocks; this only bounds that case.
+pub const PAUSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why a vCPU cannot continue.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VcpuCrash {
+    /// KVM reported a system event kuml does not know.
+    #[error("vCPU {vcpu}: KVM system event {kind}")]
+    SystemEvent {
+        /// The vCPU.
+        vcpu: u8,
+        /// `kvm_run.system_event.type`.
+        kind: u32,
+    },
+    /// KVM could not emulate an instruction.
+    #[error("vCPU {vcpu}: KVM internal error (instruction emulation failed){}", rip.map(|r| format!(" at rip {r:#x}")).unwrap_or_default())]
+    InternalError {
+        /// The vCPU.
+        vcpu: u8,
+        /// Where the guest was, if KVM could tell.
+        rip: Option<u64>,
+    },
+    /// The hardware refused to enter the guest.
+    #[error("vCPU {vcpu}: KVM could not enter the guest (reason {reason:#x}, host cpu {cpu})")]
+    FailEntry {
+        /// The vCPU.
+        vcpu: u8,
+        /// `hardware_entry_failure_reason`.
+        reason: u64,
+        /// The host CPU.
+        cpu: u32,
+    },
+    /// An exit kuml does not model (KVM_EXIT_UNKNOWN, KVM_EXIT_EXCEPTION, …).
+    #[error("vCPU {vcpu}: unhandled KVM exit {exit}")]
+    UnhandledExit {
+        /// The vCPU.
+        vcpu: u8,
+        /// The exit as kvm-ioctls shows it.
+        exit: String,
+    },
+    /// KVM_RUN itself failed.
+    #[error("vCPU {vcpu}: KVM_RUN failed")]
+    Run {
+        /// The vCPU.
+        vcpu: u8,
+        /// The error.
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+}
 
 /// What ended a vCPU's run, as the VMM needs to know it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,29 +78,75 @@ pub enum VcpuEvent {
     /// The guest reset the machine (triple fault or a KVM system event).
     Reset,
     /// The guest crashed in a way the VMM cannot continue from.
-    Crash(String),
+    Crash(VcpuCrash),
+}
+
+/// Pausing failed: these vCPUs were still in KVM_RUN when the time ran out (the others were
+/// resumed again).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("vCPUs {running:?} did not leave KVM_RUN within {waited:?}")]
+pub struct PauseError {
+    /// The vCPUs that kept running.
+    pub running: Vec<u8>,
+    /// How long the pause waited.
+    pub waited: Duration,
+}
+
+/// What the VMM wants a vCPU thread to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum Want {
+    #[default]
+    Run,
+    Pause,
+    Stop,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    want: Want,
+    /// The thread is out of KVM_RUN and waiting (it acknowledges a pause).
+    parked: bool,
+    /// The thread reported an event and waits to be stopped; it never runs again.
+    halted: bool,
+    /// The thread has returned.
+    finished: bool,
 }
 
 /// Shared between a vCPU thread and the VMM.
 #[derive(Debug, Default)]
-pub struct VcpuControl {
-    stop: AtomicBool,
-    paused: Mutex<bool>,
-    /// Whether the thread is parked (acknowledges a pause).
-    parked: Mutex<bool>,
+struct VcpuControl {
+    state: Mutex<State>,
     cond: Condvar,
 }
 
 impl VcpuControl {
-    fn wait_while_paused(&self) {
-        let mut paused = self.paused.lock().unwrap_or_else(|e| e.into_inner());
-        if *paused {
-            *self.parked.lock().unwrap_or_else(|e| e.into_inner()) = true;
-            self.cond.notify_all();
-            while *paused && !self.stop.load(Ordering::Acquire) {
-                paused = self.cond.wait(paused).unwrap_or_else(|e| e.into_inner());
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Parks while the VMM wants a pause (or the thread is halted); returns false once the
+    /// thread must stop.
+    fn wait_to_run(&self, on_park: impl Fn()) -> bool {
+        let mut s = self.lock();
+        loop {
+            match s.want {
+                Want::Stop => return false,
+                Want::Run if !s.halted => {
+                    if s.parked {
+                        s.parked = false;
+                        self.cond.notify_all();
+                    }
+                    return true;
+                }
+                _ => {
+                    if !s.parked {
+                        s.parked = true;
+                        self.cond.notify_all();
+                        on_park();
+                    }
+                    s = self.cond.wait(s).unwrap_or_else(|e| e.into_inner());
+                }
             }
-            *self.parked.lock().unwrap_or_else(|e| e.into_inner()) = false;
         }
     }
 }
@@ -52,15 +156,31 @@ fn kick_signal() -> i32 {
     SIGRTMIN()
 }
 
-/// Installs the (empty) handler for the kick signal. Call once per process.
+thread_local! {
+    /// This thread's `kvm_run` page, while it runs a vCPU (null otherwise). `const`
+    /// initialisation and no destructor: reading it from a signal handler allocates nothing.
+    static KVM_RUN: Cell<*mut kvm_run> = const { Cell::new(std::ptr::null_mut()) };
+}
+
+extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    let run = KVM_RUN.with(Cell::get);
+    if !run.is_null() {
+        // SAFETY: the pointer is this thread's mapped `kvm_run` page, set by `run()` before
+        // it enters the loop and cleared before the VcpuFd (and the mapping) goes away. A
+        // volatile byte store is what KVM expects: it reads the flag on the next KVM_RUN.
+        unsafe { std::ptr::addr_of_mut!((*run).immediate_exit).write_volatile(1) };
+    }
+}
+
+/// Installs the handler for the kick signal. Call once per process, before starting vCPUs.
 pub fn install_kick_handler() -> std::io::Result<()> {
-    extern "C" fn noop(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
-    register_signal_handler(kick_signal(), noop).map_err(std::io::Error::from)
+    register_signal_handler(kick_signal(), kick_handler).map_err(std::io::Error::from)
 }
 
 /// A running vCPU thread.
 #[derive(Debug)]
-pub struct VcpuHandle {
+struct VcpuHandle {
+    index: u8,
     thread: Option<JoinHandle<()>>,
     control: Arc<VcpuControl>,
 }
@@ -83,14 +203,18 @@ impl std::fmt::Debug for VcpuContext {
 }
 
 impl VcpuHandle {
-    /// Starts a thread running `vcpu`.
-    pub fn spawn(index: u8, mut vcpu: VcpuFd, ctx: VcpuContext) -> std::io::Result<VcpuHandle> {
+    fn spawn(index: u8, mut vcpu: VcpuFd, ctx: VcpuContext) -> std::io::Result<VcpuHandle> {
         let control = Arc::new(VcpuControl::default());
         let ctl = control.clone();
         let thread = std::thread::Builder::new()
             .name(format!("vcpu{index}"))
-            .spawn(move || run(index, &mut vcpu, &ctx, &ctl))?;
+            .spawn(move || {
+                run(index, &mut vcpu, &ctx, &ctl);
+                ctl.lock().finished = true;
+                ctl.cond.notify_all();
+            })?;
         Ok(VcpuHandle {
+            index,
             thread: Some(thread),
             control,
         })
@@ -99,54 +223,46 @@ impl VcpuHandle {
     fn kick(&self) {
         if let Some(t) = &self.thread {
             if !t.is_finished() {
+                // The thread may end between the check and the signal: nothing to kick then.
                 let _ = t.kill(kick_signal());
             }
         }
     }
 
-    /// Pauses the vCPU and waits until it is out of KVM_RUN.
-    pub fn pause(&self) {
-        *self
-            .control
-            .paused
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = true;
-        for _ in 0..500 {
-            if *self
-                .control
-                .parked
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                || self.thread.as_ref().is_none_or(|t| t.is_finished())
-            {
-                return;
-            }
-            self.kick();
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        log::warn!("a vCPU did not acknowledge the pause in time");
-    }
-
-    /// Resumes a paused vCPU.
-    pub fn resume(&self) {
-        *self
-            .control
-            .paused
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = false;
+    fn want(&self, want: Want) {
+        self.control.lock().want = want;
         self.control.cond.notify_all();
     }
 
-    /// Stops the thread and waits for it.
-    pub fn stop(&mut self) {
-        self.control.stop.store(true, Ordering::Release);
-        self.control.cond.notify_all();
+    /// Out of KVM_RUN for good or for now.
+    fn is_stopped(s: &State) -> bool {
+        s.parked || s.finished
+    }
+
+    fn stop(&mut self) {
+        self.want(Want::Stop);
         if let Some(t) = self.thread.take() {
-            while !t.is_finished() {
-                let _ = t.kill(kick_signal());
-                std::thread::sleep(Duration::from_millis(1));
+            self.kick_until_finished(&t);
+            if t.join().is_err() {
+                log::error!("vCPU {} panicked", self.index);
             }
-            let _ = t.join();
+        }
+    }
+
+    fn kick_until_finished(&self, t: &JoinHandle<()>) {
+        // One kick suffices (immediate_exit); repeat only in case the thread was not yet in
+        // its loop when the first one came.
+        while !t.is_finished() {
+            let _ = t.kill(kick_signal());
+            let s = self.control.lock();
+            if s.finished {
+                break;
+            }
+            let _ = self
+                .control
+                .cond
+                .wait_timeout(s, Duration::from_millis(50))
+                .unwrap_or_else(|e| e.into_inner());
         }
     }
 }
@@ -157,13 +273,101 @@ impl Drop for VcpuHandle {
     }
 }
 
-fn run(index: u8, vcpu: &mut VcpuFd, ctx: &VcpuContext, control: &VcpuControl) {
-    loop {
-        if control.stop.load(Ordering::Acquire) {
-            return;
+/// The machine's vCPU threads.
+#[derive(Debug, Default)]
+pub struct Vcpus {
+    handles: Vec<VcpuHandle>,
+}
+
+impl Vcpus {
+    /// Starts a thread for each of `fds` (vCPU `i` is `fds[i]`).
+    pub fn spawn(fds: Vec<VcpuFd>, ctx: &VcpuContext) -> Result<Vcpus, (u8, std::io::Error)> {
+        let mut vcpus = Vcpus::default();
+        for (i, fd) in (0u8..).zip(fds) {
+            let h = VcpuHandle::spawn(i, fd, ctx.clone()).map_err(|e| (i, e))?;
+            vcpus.handles.push(h);
         }
-        control.wait_while_paused();
-        if control.stop.load(Ordering::Acquire) {
+        Ok(vcpus)
+    }
+
+    /// Pauses every vCPU: all are asked and kicked at once, then this waits until every one
+    /// is out of KVM_RUN. If one is still running after [`PAUSE_TIMEOUT`], the others are
+    /// resumed and the error names it: the machine is then not paused.
+    pub fn pause(&self) -> Result<(), PauseError> {
+        self.pause_within(PAUSE_TIMEOUT)
+    }
+
+    fn pause_within(&self, timeout: Duration) -> Result<(), PauseError> {
+        for h in &self.handles {
+            h.want(Want::Pause);
+        }
+        for h in &self.handles {
+            h.kick();
+        }
+        let deadline = Instant::now() + timeout;
+        let mut running = Vec::new();
+        for h in &self.handles {
+            let mut s = h.control.lock();
+            while !VcpuHandle::is_stopped(&s) {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    running.push(h.index);
+                    break;
+                }
+                s = h
+                    .control
+                    .cond
+                    .wait_timeout(s, left)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+            }
+        }
+        if running.is_empty() {
+            Ok(())
+        } else {
+            self.resume();
+            Err(PauseError {
+                running,
+                waited: timeout,
+            })
+        }
+    }
+
+    /// Resumes every paused vCPU.
+    pub fn resume(&self) {
+        for h in &self.handles {
+            h.want(Want::Run);
+        }
+    }
+
+    /// Stops every vCPU thread and waits for it.
+    pub fn stop(&mut self) {
+        for h in &self.handles {
+            h.want(Want::Stop);
+            h.kick();
+        }
+        for h in &mut self.handles {
+            h.stop();
+        }
+    }
+}
+
+fn run(index: u8, vcpu: &mut VcpuFd, ctx: &VcpuContext, control: &VcpuControl) {
+    KVM_RUN.with(|p| p.set(vcpu.get_kvm_run() as *mut kvm_run));
+    run_loop(index, vcpu, ctx, control);
+    KVM_RUN.with(|p| p.set(std::ptr::null_mut()));
+}
+
+fn run_loop(index: u8, vcpu: &mut VcpuFd, ctx: &VcpuContext, control: &VcpuControl) {
+    loop {
+        // Tell the guest's kvmclock that it was paused, so that its soft-lockup detector does
+        // not count the pause (EINVAL before the guest enabled kvmclock: nothing to tell).
+        let told = |fd: &VcpuFd| {
+            if let Err(e) = fd.kvmclock_ctrl() {
+                log::trace!("vCPU {index}: KVM_KVMCLOCK_CTRL: {e}");
+            }
+        };
+        if !control.wait_to_run(|| told(vcpu)) {
             return;
         }
         let event = match vcpu.run() {
@@ -189,41 +393,41 @@ fn run(index: u8, vcpu: &mut VcpuFd, ctx: &VcpuContext, control: &VcpuControl) {
             Ok(VcpuExit::SystemEvent(kind, _)) => Some(match kind {
                 kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN => VcpuEvent::PowerOff,
                 kvm_bindings::KVM_SYSTEM_EVENT_RESET => VcpuEvent::Reset,
-                other => VcpuEvent::Crash(format!("vCPU {index}: KVM system event {other}")),
+                kind => VcpuEvent::Crash(VcpuCrash::SystemEvent { vcpu: index, kind }),
             }),
-            Ok(VcpuExit::InternalError) => Some(VcpuEvent::Crash(format!(
-                "vCPU {index}: KVM internal error (instruction emulation failed){}",
-                describe_rip(vcpu)
-            ))),
-            Ok(VcpuExit::FailEntry(reason, cpu)) => Some(VcpuEvent::Crash(format!(
-                "vCPU {index}: KVM could not enter the guest (reason {reason:#x}, host cpu {cpu})"
-            ))),
+            Ok(VcpuExit::InternalError) => Some(VcpuEvent::Crash(VcpuCrash::InternalError {
+                vcpu: index,
+                rip: vcpu.get_regs().ok().map(|r| r.rip),
+            })),
+            Ok(VcpuExit::FailEntry(reason, cpu)) => Some(VcpuEvent::Crash(VcpuCrash::FailEntry {
+                vcpu: index,
+                reason,
+                cpu,
+            })),
             // Anything else (KVM_EXIT_UNKNOWN, EXCEPTION, …) is an exit kuml does not model:
             // re-entering would repeat it for ever at full CPU, so the machine stops (as
             // Firecracker does).
-            Ok(other) => Some(VcpuEvent::Crash(format!(
-                "vCPU {index}: unhandled KVM exit {other:?}"
-            ))),
+            Ok(other) => Some(VcpuEvent::Crash(VcpuCrash::UnhandledExit {
+                vcpu: index,
+                exit: format!("{other:?}"),
+            })),
+            // A kick: in KVM_RUN (EINTR) or before it (immediate_exit made KVM return at
+            // once). Clear the flag, then look at what the VMM wants.
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
                 vcpu.set_kvm_immediate_exit(0);
                 None
             }
-            Err(e) => Some(VcpuEvent::Crash(format!(
-                "vCPU {index}: KVM_RUN failed: {e}"
-            ))),
+            Err(source) => Some(VcpuEvent::Crash(VcpuCrash::Run {
+                vcpu: index,
+                source,
+            })),
         };
         if let Some(ev) = event {
+            // Halt before reporting, so that the VMM finds this vCPU out of KVM_RUN.
+            control.lock().halted = true;
             (ctx.on_event)(ev);
-            // Park until the VMM stops or restarts the machine.
-            *control.paused.lock().unwrap_or_else(|e| e.into_inner()) = true;
         }
     }
-}
-
-fn describe_rip(vcpu: &VcpuFd) -> String {
-    vcpu.get_regs()
-        .map(|r| format!(" at rip {:#x}", r.rip))
-        .unwrap_or_default()
 }
 
 fn read_bus(bus: &RwLock<Bus>, addr: u64, data: &mut [u8]) {
@@ -237,5 +441,81 @@ fn write_bus(bus: &RwLock<Bus>, addr: u64, data: &[u8]) {
     let bus = bus.read().unwrap_or_else(|e| e.into_inner());
     if !bus.write(addr, data) {
         log::trace!("write to unmapped address {addr:#x}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A thread that behaves like `run_loop` without KVM: it "runs" by sleeping in short
+    /// slices (as KVM_RUN would until kicked) and looks at its state between them.
+    fn fake_vcpu(index: u8, stuck: bool) -> VcpuHandle {
+        let control = Arc::new(VcpuControl::default());
+        let ctl = control.clone();
+        let thread = std::thread::spawn(move || {
+            while ctl.wait_to_run(|| {}) {
+                if stuck {
+                    // A vCPU inside a device handler that never returns (for this test).
+                    std::thread::sleep(Duration::from_secs(3600));
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            ctl.lock().finished = true;
+            ctl.cond.notify_all();
+        });
+        VcpuHandle {
+            index,
+            thread: Some(thread),
+            control,
+        }
+    }
+
+    #[test]
+    fn pause_waits_for_every_vcpu_and_resume_releases_them() {
+        install_kick_handler().unwrap();
+        let vcpus = Vcpus {
+            handles: (0..4).map(|i| fake_vcpu(i, false)).collect(),
+        };
+        vcpus.pause().unwrap();
+        for h in &vcpus.handles {
+            assert!(h.control.lock().parked, "vCPU {} parked", h.index);
+        }
+        vcpus.resume();
+        for h in &vcpus.handles {
+            let mut s = h.control.lock();
+            while s.parked {
+                s = h.control.cond.wait(s).unwrap();
+            }
+        }
+        let mut vcpus = vcpus;
+        vcpus.stop();
+        assert!(vcpus.handles.iter().all(|h| h.control.lock().finished));
+    }
+
+    #[test]
+    fn a_vcpu_that_stays_in_kvm_run_fails_the_pause() {
+        install_kick_handler().unwrap();
+        let vcpus = Vcpus {
+            handles: vec![fake_vcpu(0, false), fake_vcpu(1, true)],
+        };
+        // Let vCPU 1 get stuck before the pause.
+        std::thread::sleep(Duration::from_millis(50));
+        let e = vcpus.pause_within(Duration::from_millis(300)).unwrap_err();
+        assert_eq!(e.running, vec![1]);
+        assert!(e.to_string().contains("[1]"), "{e}");
+        // The others were let go again.
+        let h = &vcpus.handles[0];
+        let mut s = h.control.lock();
+        while s.parked {
+            s = h.control.cond.wait(s).unwrap();
+        }
+        assert_eq!(s.want, Want::Run);
+        drop(s);
+        // Detach the stuck thread: it sleeps for an hour and holds nothing.
+        let mut vcpus = vcpus;
+        for h in &mut vcpus.handles {
+            drop(h.thread.take());
+        }
     }
 }

@@ -33,6 +33,25 @@ pub const VIRTIO_RING_F_EVENT_IDX: u32 = 29;
 /// Size of the common configuration structure.
 pub const COMMON_CFG_LEN: u64 = 0x3c;
 
+/// A queue the driver set up so that it cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueSetupError {
+    /// virtio-queue refused a register value (size, ring address).
+    #[error("queue {queue}: bad {what}")]
+    Register {
+        /// The queue index.
+        queue: usize,
+        /// The register.
+        what: &'static str,
+        /// virtio-queue's reason.
+        #[source]
+        source: virtio_queue::Error,
+    },
+    /// The rings do not lie in guest memory.
+    #[error("queue {0}: rings outside guest memory")]
+    RingsOutsideMemory(usize),
+}
+
 /// What the transport must do after a write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
@@ -320,26 +339,32 @@ impl CommonConfig {
     }
 
     /// Builds the enabled queues for activation, checked against guest memory.
-    pub fn build_queues(&self, mem: &GuestMemory) -> Result<Vec<(u16, Queue)>, String> {
+    pub fn build_queues(&self, mem: &GuestMemory) -> Result<Vec<(u16, Queue)>, QueueSetupError> {
         let event_idx = self.driver_features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
         let mut out = Vec::new();
         for (i, r) in self.queues.iter().enumerate() {
             if !r.enabled {
                 continue;
             }
-            let bad = |what: &str| format!("queue {i}: {what}");
-            let mut q = Queue::new(r.max_size).map_err(|e| bad(&e.to_string()))?;
-            q.try_set_size(r.size).map_err(|e| bad(&e.to_string()))?;
+            let bad = |what: &'static str| {
+                move |source| QueueSetupError::Register {
+                    queue: i,
+                    what,
+                    source,
+                }
+            };
+            let mut q = Queue::new(r.max_size).map_err(bad("maximum size"))?;
+            q.try_set_size(r.size).map_err(bad("size"))?;
             q.try_set_desc_table_address(GuestAddress(r.desc))
-                .map_err(|e| bad(&e.to_string()))?;
+                .map_err(bad("descriptor table address"))?;
             q.try_set_avail_ring_address(GuestAddress(r.driver))
-                .map_err(|e| bad(&e.to_string()))?;
+                .map_err(bad("driver ring address"))?;
             q.try_set_used_ring_address(GuestAddress(r.device))
-                .map_err(|e| bad(&e.to_string()))?;
+                .map_err(bad("device ring address"))?;
             q.set_ready(true);
             q.set_event_idx(event_idx);
             if !q.is_valid(mem) {
-                return Err(bad("rings outside guest memory"));
+                return Err(QueueSetupError::RingsOutsideMemory(i));
             }
             // The queue count is bounded by new().
             out.push((i as u16, q));

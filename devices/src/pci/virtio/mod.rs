@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex};
 use log::{debug, error, info, warn};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-pub use self::common::{Action, CommonConfig, QueueRegs, COMMON_CFG_LEN};
+pub use self::common::{Action, CommonConfig, QueueRegs, QueueSetupError, COMMON_CFG_LEN};
 pub use self::interrupt::{InterruptState, NO_VECTOR};
 use super::config::{BarKind, BarMove, ConfigError, PciConfig, PciIdentity};
 use super::msix::{self, MsiRouting, Msix, MsixError, MSIX_CAP_CONTROL};
@@ -139,6 +139,8 @@ pub struct VirtioPciDevice {
     mem: GuestMemory,
     notify: Vec<EventFd>,
     activated: bool,
+    /// Written each time the device is activated (the VMM answers a hot-plug then).
+    on_activation: Option<EventFd>,
 }
 
 impl std::fmt::Debug for VirtioPciDevice {
@@ -240,6 +242,7 @@ impl VirtioPciDevice {
             mem,
             notify,
             activated: false,
+            on_activation: None,
         })
     }
 
@@ -271,6 +274,12 @@ impl VirtioPciDevice {
             .collect()
     }
 
+    /// Has `evt` written each time the device is activated, so that the VMM learns it without
+    /// polling [`VirtioPciDevice::is_activated`].
+    pub fn notify_activation(&mut self, evt: EventFd) {
+        self.on_activation = Some(evt);
+    }
+
     /// Whether the device is running (DRIVER_OK was accepted and activation succeeded).
     pub fn is_activated(&self) -> bool {
         self.activated
@@ -296,7 +305,10 @@ impl VirtioPciDevice {
         let queues = match self.common.build_queues(&self.mem) {
             Ok(q) => q,
             Err(e) => {
-                warn!("virtio-pci: driver set up a bad queue: {e}");
+                warn!(
+                    "virtio-pci: driver set up a bad queue: {}",
+                    crate::error_chain(&e)
+                );
                 VirtioInterrupt::needs_reset(&*self.irq);
                 return;
             }
@@ -326,6 +338,11 @@ impl VirtioPciDevice {
             Ok(()) => {
                 info!("virtio-pci: device activated");
                 self.activated = true;
+                if let Some(evt) = &self.on_activation {
+                    if let Err(e) = evt.write(1) {
+                        warn!("virtio-pci: cannot signal the activation: {e}");
+                    }
+                }
             }
             Err(e) => {
                 warn!("virtio-pci: activation failed: {e}");
