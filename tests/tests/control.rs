@@ -58,6 +58,10 @@ fn a_disk_comes_and_goes_through_the_control_seam() {
         "mem=128M".to_owned(),
         "noreboot".to_owned(),
         format!("con0=null,file:{}", console.display()),
+        "ssl=null".to_owned(),
+        // The in-kernel agent keeps the guest in its kernel (user space does not run on every
+        // host) and says when the boot is done; its input is null, so it only waits.
+        "kuml.agent=hvc0".to_owned(),
     ];
     args.extend(host_guest_options());
     let cfg = match kuml::config::parse(&args).unwrap() {
@@ -76,6 +80,8 @@ fn a_disk_comes_and_goes_through_the_control_seam() {
         exit
     });
     let control = rx.recv().unwrap();
+    // Hot-plug answers must come within HOTPLUG_TIMEOUT: start once the guest has booted.
+    wait_for_text(&console, "KAGENT ready");
 
     let spec = match ubd::parse_ubd(&format!("1={}", img.display())).unwrap() {
         ubd::UbdOption::Device(s) => s,

@@ -13,7 +13,7 @@ use crate::backends::{open_disk, open_nic, NicError};
 use crate::config::Config;
 use crate::control::{ControlError, DeviceId};
 use crate::device_manager::{
-    locked, DeviceConfig, DeviceEvent, DeviceManager, PciId, PlugState, Subscriber,
+    locked, DeviceConfig, DeviceEvent, DeviceManager, PciId, PlugState, Pluggable, Subscriber,
 };
 use crate::exit::{ExitState, VmExit};
 use crate::vstate::vcpu::{PauseError, Vcpus};
@@ -119,22 +119,11 @@ impl Machine {
         ops: &mut dyn SubscriberOps<Subscriber = Subscriber>,
     ) -> Result<(), ControlError> {
         let id = DeviceId::Disk(spec.unit);
-        let pci = PciId::Disk(spec.unit);
-        if self.devices.state(pci).is_some() {
-            return Err(ControlError::AlreadyConfigured(id));
-        }
+        self.check_free(id, PciId::Disk(spec.unit))?;
         let block =
             open_disk(&spec, self.config.ubd_sync).map_err(|e| ControlError::Disk(id, e))?;
-        self.devices
-            .plug(
-                pci,
-                Arc::new(Mutex::new(block)),
-                DeviceConfig::Disk(spec),
-                ops,
-                true,
-            )
-            .map_err(|e| ControlError::Plug(id, e))?;
-        Ok(())
+        let pci = PciId::Disk(spec.unit);
+        self.announce(id, pci, block, DeviceConfig::Disk(spec), ops)
     }
 
     /// Plugs a NIC and announces it to the guest. A NIC that exists keeps its backend while
@@ -147,19 +136,30 @@ impl Machine {
         ops: &mut dyn SubscriberOps<Subscriber = Subscriber>,
     ) -> Result<(), ControlError> {
         let id = DeviceId::Nic(index);
-        let pci = PciId::Nic(index);
-        if self.devices.state(pci).is_some() {
+        if self.devices.state(PciId::Nic(index)).is_some() {
             return self.reattach_nic(index, spec);
         }
         let net = open_nic(index, &spec, &self.umid).map_err(|e| ControlError::Nic(id, e))?;
+        self.announce(id, PciId::Nic(index), net, DeviceConfig::Nic(spec), ops)
+    }
+
+    fn check_free(&self, id: DeviceId, pci: PciId) -> Result<(), ControlError> {
+        match self.devices.state(pci) {
+            Some(_) => Err(ControlError::AlreadyConfigured(id)),
+            None => Ok(()),
+        }
+    }
+
+    fn announce<D: Pluggable + 'static>(
+        &mut self,
+        id: DeviceId,
+        pci: PciId,
+        device: D,
+        config: DeviceConfig,
+        ops: &mut dyn SubscriberOps<Subscriber = Subscriber>,
+    ) -> Result<(), ControlError> {
         self.devices
-            .plug(
-                pci,
-                Arc::new(Mutex::new(net)),
-                DeviceConfig::Nic(spec),
-                ops,
-                true,
-            )
+            .plug(pci, Arc::new(Mutex::new(device)), config, ops, true)
             .map_err(|e| ControlError::Plug(id, e))?;
         Ok(())
     }

@@ -155,8 +155,9 @@ pub enum ConfigError {
 
 /// Highest `ethN` index accepted.
 const MAX_ETH: u32 = 15;
-/// Highest `conN` index (UML's `MAX_TTYS` is 64 consoles).
-const MAX_CON: u32 = 63;
+/// Highest `conN` index: UML has 16 consoles (`MAX_TTYS`), and so has kuml's console
+/// device; a higher index is a usage error here rather than a warning at build time (C4).
+const MAX_CON: u32 = devices::virtio::console::DEFAULT_MAX_PORTS - 1;
 /// Highest `sslN` index: COM1 to COM4.
 const MAX_SSL: u32 = 3;
 
@@ -392,6 +393,8 @@ mod tests {
         assert!(err("kernel=").starts_with("kernel=: "));
         assert!(err("eth99=mcast").starts_with("eth99: "));
         assert!(err("ssl4=pts").starts_with("ssl4: "));
+        assert!(err("con16=pts").starts_with("con16: "));
+        assert_eq!(run(&["con15=pts"]).con.get(15), Some("pts"));
         assert!(err("mconsole=foo").starts_with("mconsole=foo: "));
         assert!(err("ubdz=x").starts_with("ubdz=x: "), "{}", err("ubdz=x"));
         assert!(err("eth0=carrier-pigeon").starts_with("eth0=carrier-pigeon: "));

@@ -339,11 +339,7 @@ impl DeviceManager {
         base: u64,
         len: u64,
     ) -> Result<(), DeviceError> {
-        self.pio
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(dev, base, len)?;
-        Ok(())
+        map(&self.pio, dev, base, len)
     }
 
     /// Maps a platform device on the MMIO bus.
@@ -353,11 +349,7 @@ impl DeviceManager {
         base: u64,
         len: u64,
     ) -> Result<(), DeviceError> {
-        self.mmio
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(dev, base, len)?;
-        Ok(())
+        map(&self.mmio, dev, base, len)
     }
 
     /// An eventfd routed to legacy IRQ `gsi` (for the machine's lifetime).
@@ -605,20 +597,18 @@ impl DeviceManager {
 
     /// Runs `f` on the network card `id`, if it is plugged.
     pub fn with_nic<R>(&self, id: PciId, f: impl FnOnce(&mut Net) -> R) -> Option<R> {
-        let device = locked(&self.registry)
-            .values()
-            .find(|p| p.id == id)
-            .map(|p| p.device.clone())?;
+        let device = self.with_plugged(id, |p| p.device.clone())?;
         let mut device = locked(&device);
         device.as_net().map(f)
     }
 
+    fn with_plugged<R>(&self, id: PciId, f: impl FnOnce(&Plugged) -> R) -> Option<R> {
+        locked(&self.registry).values().find(|p| p.id == id).map(f)
+    }
+
     /// The state of `id`, if it is plugged.
     pub fn state(&self, id: PciId) -> Option<PlugState> {
-        locked(&self.registry)
-            .values()
-            .find(|p| p.id == id)
-            .map(|p| p.state)
+        self.with_plugged(id, |p| p.state)
     }
 
     /// The configuration of every device plugged from its own option (disks and NICs), in slot
@@ -633,10 +623,7 @@ impl DeviceManager {
 
     /// The configuration of `id`, if it is plugged.
     pub fn config(&self, id: PciId) -> Option<DeviceConfig> {
-        locked(&self.registry)
-            .values()
-            .find(|p| p.id == id)
-            .map(|p| p.config.clone())
+        self.with_plugged(id, |p| p.config.clone())
     }
 
     /// Records that `id` is now made from `config` (a NIC given a new backend).
@@ -660,6 +647,18 @@ impl DeviceManager {
             mmio_ranges: self.mmio.read().unwrap_or_else(|e| e.into_inner()).len(),
         }
     }
+}
+
+fn map(
+    bus: &RwLock<Bus>,
+    dev: Arc<Mutex<dyn BusDevice>>,
+    base: u64,
+    len: u64,
+) -> Result<(), DeviceError> {
+    bus.write()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(dev, base, len)?;
+    Ok(())
 }
 
 /// Resources taken for one device, in the order they are taken.

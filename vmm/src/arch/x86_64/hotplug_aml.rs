@@ -37,7 +37,7 @@
 //! `_PRT`, no `_STA` (acpiphp then reads the slot's vendor ID from PCI config space), one `If`
 //! per group of eight slots and one per slot.
 //!
-//! The registers live in a small platform MMIO block at [`PLATFORM_MMIO`], just below the
+//! The registers live in a small platform MMIO block at [`layout::PLATFORM_MMIO`](super::layout::PLATFORM_MMIO), just below the
 //! IOAPIC. The 32-bit PCI window (`layout::MMIO32_END`) must end at or below it, and the PCI
 //! root's `_CRS` must not cover it.
 
@@ -52,17 +52,14 @@ use acpi_tables::{Aml, AmlSink};
 
 pub use devices::legacy::ged::GED_PCI_HOTPLUG;
 
-/// Start of the platform MMIO block (hot-plug registers, GED), below the IOAPIC. Meant to
-/// become `layout::PLATFORM_MMIO`; the 32-bit PCI window ends here.
-pub const PLATFORM_MMIO: u64 = super::layout::PLATFORM_MMIO;
-/// Size of the platform MMIO block (room for more register blocks later).
-pub const PLATFORM_MMIO_SIZE: u64 = super::layout::PLATFORM_MMIO_SIZE;
+use super::layout;
+
 /// The PCI hot-plug register block (PCIU, PCID, B0EJ, PSEG).
-pub const PCI_HOTPLUG_ADDR: u64 = PLATFORM_MMIO;
+pub const PCI_HOTPLUG_ADDR: u64 = layout::PLATFORM_MMIO;
 /// Length of the PCI hot-plug register block.
 pub const PCI_HOTPLUG_LEN: u64 = devices::pci::hotplug::HOTPLUG_LEN;
 /// The GED register block (the selector).
-pub const GED_ADDR: u64 = PLATFORM_MMIO + 0x1000;
+pub const GED_ADDR: u64 = layout::PLATFORM_MMIO + 0x1000;
 /// Length of the GED register block.
 pub const GED_LEN: u64 = devices::legacy::ged::GED_LEN;
 /// The GED's interrupt: an ISA IRQ no legacy device uses (COM ports take 3 and 4, the i8042
@@ -74,8 +71,8 @@ pub const HOTPLUG_SLOTS: RangeInclusive<u8> = 1..=31;
 // The register blocks do not overlap and sit in the platform block, below the IOAPIC; the GED's
 // GSI is not the i8042's (1) or a UART's (3, 4).
 const _: () = assert!(PCI_HOTPLUG_ADDR + PCI_HOTPLUG_LEN <= GED_ADDR);
-const _: () = assert!(GED_ADDR + GED_LEN <= PLATFORM_MMIO + PLATFORM_MMIO_SIZE);
-const _: () = assert!(PLATFORM_MMIO + PLATFORM_MMIO_SIZE <= super::layout::IOAPIC);
+const _: () = assert!(GED_ADDR + GED_LEN <= layout::PLATFORM_MMIO + layout::PLATFORM_MMIO_SIZE);
+const _: () = assert!(layout::PLATFORM_MMIO + layout::PLATFORM_MMIO_SIZE <= layout::IOAPIC);
 const _: () = assert!(GED_GSI != 1 && GED_GSI != 3 && GED_GSI != 4);
 
 /// Notify value: re-check the device (it was added).

@@ -97,16 +97,21 @@ pub fn setup_boot_cpu(vcpu: &VcpuFd, entry: u64) -> Result<(), RegsError> {
         .map_err(|e| RegsError::Kvm("segment registers", e))
 }
 
-/// Loads the MSRs, FPU state and LAPIC LINT pins every vCPU starts with.
-pub fn setup_common(vcpu: &VcpuFd) -> Result<(), RegsError> {
-    let entries: Vec<kvm_msr_entry> = msr::boot_msrs()
+/// The boot MSRs as KVM takes them.
+fn boot_msr_entries() -> Vec<kvm_msr_entry> {
+    msr::boot_msrs()
         .into_iter()
         .map(|(index, data)| kvm_msr_entry {
             index,
             data,
             ..Default::default()
         })
-        .collect();
+        .collect()
+}
+
+/// Loads the MSRs, FPU state and LAPIC LINT pins every vCPU starts with.
+pub fn setup_common(vcpu: &VcpuFd) -> Result<(), RegsError> {
+    let entries = boot_msr_entries();
     let msrs = Msrs::from_entries(&entries)
         .map_err(|_| RegsError::Kvm("MSRs", kvm_ioctls::Error::new(libc::E2BIG)))?;
     // KVM_SET_MSRS stops at the first MSR it refuses and returns how many it set.
@@ -163,14 +168,7 @@ mod tests {
 
     #[test]
     fn a_short_msr_count_names_the_refused_msr() {
-        let entries: Vec<kvm_msr_entry> = msr::boot_msrs()
-            .into_iter()
-            .map(|(index, data)| kvm_msr_entry {
-                index,
-                data,
-                ..Default::default()
-            })
-            .collect();
+        let entries = boot_msr_entries();
         assert!(check_msrs_set(&entries, entries.len()).is_ok());
         let e = check_msrs_set(&entries, 8).unwrap_err();
         assert!(matches!(
