@@ -8,8 +8,8 @@
 
 use devices::chan::{resolve_lines, LineClass};
 
-use crate::guest::guest_cmdline;
 use crate::config::{parse, parse_size, Action};
+use crate::guest::guest_cmdline;
 
 /// A harness: fuzz input in, panic on a broken invariant.
 pub type Harness = fn(&[u8]);

@@ -200,21 +200,34 @@ fn normalize_amd(entries: &mut Vec<kvm_cpuid_entry2>, cpu: u8, ncpus: u8) {
         // have no such MSR: a guest that trusts the bit on AMD takes the wrong mitigations.
         l7.edx &= !LEAF7_EDX_ARCH_CAPABILITIES;
     }
-    if let Some(ext0) = leaf_mut(entries, 0x8000_0000, 0) {
-        // kuml provides 0x8000_001E (below); the guest reads it only within the range.
-        ext0.eax = ext0.eax.max(LEAF_AMD_EXT_APIC_ID);
-    }
-    if let Some(ext1) = leaf_mut(entries, 0x8000_0001, 0) {
-        // TOPOEXT: Linux then takes core IDs from 0x8000_001E and cache sharing from
-        // 0x8000_001D, both of which kuml fills in; without it a family 17h+ guest has no
-        // core IDs at all.
-        ext1.ecx |= EXT1_ECX_TOPOEXT;
-    }
     if let Some(ext8) = leaf_mut(entries, 0x8000_0008, 0) {
         // ECX[7:0] NC: cores in the package - 1. ECX[15:12] ApicIdCoreIdSize: APIC ID bits
-        // that number the cores (the same shift as leaf 0xB's core level). KVM passes the
-        // host's values through, which describe the host's package, not this VM's.
+        // that number the cores (the same shift as leaf 0xB's core level). Linux takes the
+        // package ID from these (amd_detect_cmp) on every AMD CPU; KVM passes the host's
+        // values through, which describe the host's package, not this VM's.
         ext8.ecx = (ext8.ecx & !0xf0ff) | ((cores - 1) & 0xff) | ((id_bits(ncpus) & 0xf) << 12);
+    }
+    // TOPOEXT says that 0x8000_001D (cache topology) and 0x8000_001E (core IDs) are valid.
+    // KVM lists 0x8000_001D when the host has it: then kuml describes this VM's sharing in it,
+    // fills 0x8000_001E (which KVM zeroes) and sets TOPOEXT, without which a family 17h+
+    // guest has no core IDs. A host without it (the nested lane's TCG "AMD" CPU) keeps TOPOEXT
+    // clear: the guest would find no caches in an empty 0x8000_001D.
+    let cache_topology = entries
+        .iter()
+        .any(|e| e.function == LEAF_AMD_CACHE_TOPOLOGY && e.eax & 0x1f != 0);
+    if let Some(ext1) = leaf_mut(entries, 0x8000_0001, 0) {
+        if cache_topology {
+            ext1.ecx |= EXT1_ECX_TOPOEXT;
+        } else {
+            ext1.ecx &= !EXT1_ECX_TOPOEXT;
+        }
+    }
+    if !cache_topology {
+        return;
+    }
+    if let Some(ext0) = leaf_mut(entries, 0x8000_0000, 0) {
+        // The guest reads 0x8000_001E only within the range.
+        ext0.eax = ext0.eax.max(LEAF_AMD_EXT_APIC_ID);
     }
     for e in entries
         .iter_mut()
@@ -229,17 +242,17 @@ fn normalize_amd(entries: &mut Vec<kvm_cpuid_entry2>, cpu: u8, ncpus: u8) {
         let sharing = if level >= 3 { cores - 1 } else { 0 };
         e.eax = (e.eax & !(0xfff << 14)) | ((sharing & 0xfff) << 14);
     }
-    // 0x8000_001E: KVM zeroes it ("do not return host topology"). EAX extended APIC ID;
-    // EBX[7:0] core ID, [15:8] threads per core - 1; ECX[7:0] node ID, [10:8] nodes per
-    // package - 1: one node, one thread per core, core ID = vCPU index.
+    // 0x8000_001E: EAX extended APIC ID; EBX[7:0] core ID, [15:8] threads per core - 1;
+    // ECX[7:0] node ID, [10:8] nodes per package - 1: one node, one thread per core, core
+    // ID = vCPU index. Not indexed.
     let id = u32::from(cpu);
-    replace_leaf(entries, LEAF_AMD_EXT_APIC_ID, &[[id, id & 0xff, 0, 0]]);
-    if let Some(e) = entries
-        .iter_mut()
-        .find(|e| e.function == LEAF_AMD_EXT_APIC_ID)
-    {
-        e.flags = 0;
-    }
+    entries.retain(|e| e.function != LEAF_AMD_EXT_APIC_ID);
+    entries.push(kvm_cpuid_entry2 {
+        function: LEAF_AMD_EXT_APIC_ID,
+        eax: id,
+        ebx: id & 0xff,
+        ..Default::default()
+    });
 }
 
 #[cfg(test)]

@@ -7,6 +7,9 @@ use super::*;
 const HOST_AMD_PVM: &str = include_str!("fixtures/host-amd-epyc-pvm.txt");
 /// A hardware-KVM Intel host, written by hand in KVM's shape (see the file's header).
 const INTEL_SPR: &str = include_str!("fixtures/intel-sapphire-rapids-kvm.txt");
+/// The nested lane's L1 (QEMU TCG `-cpu max`, AMD, kvm_amd), recorded inside it with the
+/// `cpuid-dump` example through resources/nested.sh: no TOPOEXT, no 0x8000_001D/1E.
+const NESTED_AMD: &str = include_str!("fixtures/nested-lane-amd-tcg.txt");
 
 fn table(text: &str) -> Vec<kvm_cpuid_entry2> {
     dump::parse(text).expect("a valid fixture")
@@ -81,19 +84,35 @@ fn linux_topology(t: &[kvm_cpuid_entry2]) -> Option<(u32, u32, u32)> {
     ))
 }
 
+/// Linux 6.1's AMD path (amd.c, `early_init_amd_mc` + `amd_detect_cmp`), which every AMD
+/// guest takes: (package ID, core ID) from 0x8000_0008.
+fn linux_amd_cmp(t: &[kvm_cpuid_entry2]) -> (u32, u32) {
+    let apic_id = guest_cpuid(t, 1, 0)[1] >> 24;
+    let ecx = guest_cpuid(t, 0x8000_0008, 0)[2];
+    let max_cores = (ecx & 0xff) + 1;
+    let mut bits = (ecx >> 12) & 0xf;
+    if bits == 0 {
+        while (1 << bits) < max_cores {
+            bits += 1;
+        }
+    }
+    (apic_id >> bits, apic_id & ((1 << bits) - 1))
+}
+
 const SHAPES: [u8; 8] = [1, 2, 3, 4, 7, 8, 33, 64];
+const AMD: [(&str, &str); 2] = [("host AMD", HOST_AMD_PVM), ("nested AMD", NESTED_AMD)];
 
 #[test]
 fn kvm_no_longer_reports_the_core_level() {
     // What made every vCPU its own package: KVM's table has only the thread level.
-    for t in [table(HOST_AMD_PVM), table(INTEL_SPR)] {
+    for t in [table(HOST_AMD_PVM), table(INTEL_SPR), table(NESTED_AMD)] {
         assert!(leaf(&t, 0xb, 1).is_none());
     }
 }
 
 #[test]
 fn every_vcpu_is_a_core_of_one_package() {
-    for (name, text) in [("host AMD", HOST_AMD_PVM), ("Intel", INTEL_SPR)] {
+    for (name, text) in [AMD[0], AMD[1], ("Intel", INTEL_SPR)] {
         for ncpus in SHAPES {
             for cpu in 0..ncpus {
                 let t = normalized(text, cpu, ncpus, KvmCaps::default());
@@ -107,6 +126,13 @@ fn every_vcpu_is_a_core_of_one_package() {
                 assert_eq!(ebx >> 24, u32::from(cpu));
                 assert_eq!((ebx >> 16) & 0xff, u32::from(ncpus.next_power_of_two()));
                 assert_eq!(edx & LEAF1_EDX_HTT != 0, ncpus > 1);
+                if AMD.iter().any(|(n, _)| *n == name) {
+                    assert_eq!(
+                        linux_amd_cmp(&t),
+                        (0, u32::from(cpu)),
+                        "{name} (0x8000_0008): vCPU {cpu} of {ncpus}"
+                    );
+                }
             }
         }
     }
@@ -197,8 +223,22 @@ fn amd_extended_topology() {
 }
 
 #[test]
+fn amd_without_cache_topology_keeps_topoext_clear() {
+    // The nested lane: KVM lists no 0x8000_001D, so there is no TOPOEXT and no 0x8000_001E;
+    // the cores come from 0x8000_0008 (and leaf 0xB).
+    let t = normalized(NESTED_AMD, 1, 2, KvmCaps::default());
+    assert_eq!(leaf(&t, 0x8000_0001, 0).unwrap()[2] & EXT1_ECX_TOPOEXT, 0);
+    assert_eq!(leaf(&t, 0x8000_0000, 0).unwrap()[0], 0x8000_000a);
+    assert!(leaf(&t, 0x8000_001e, 0).is_none());
+    let ecx8 = leaf(&t, 0x8000_0008, 0).unwrap()[2];
+    assert_eq!((ecx8 & 0xff, (ecx8 >> 12) & 0xf), (1, 1));
+    assert_eq!(leaf(&t, 7, 0).unwrap()[3] & LEAF7_EDX_ARCH_CAPABILITIES, 0);
+}
+
+#[test]
 fn vendors() {
     assert_eq!(vendor(&table(HOST_AMD_PVM)), Vendor::Amd);
+    assert_eq!(vendor(&table(NESTED_AMD)), Vendor::Amd);
     assert_eq!(vendor(&table(INTEL_SPR)), Vendor::Intel);
     assert_eq!(vendor(&[]), Vendor::Other);
 }
