@@ -105,6 +105,48 @@ fn bzimage_two_vcpus_reach_init() {
     boots_to_init("bzimage-2cpu", "bzImage", 2, BZIMAGE_BOOT);
 }
 
+/// What user space sees of the CPU topology with ncpus=3: one socket of three cores, one
+/// thread each. The test initramfs is busybox (no `lscpu`), so this reads what `lscpu` reads:
+/// sysfs topology and /proc/cpuinfo.
+#[test]
+fn user_space_sees_one_socket_of_ncpus_cores() {
+    if !user_space_or_skip() {
+        return;
+    }
+    let mut o = opts("vmlinux", &["ncpus=3"]);
+    o.agent_tty = Some("hvc0".into());
+    let mut vm = TestVm::start("topology-3cpu", o);
+    vm.wait_agent(VMLINUX_BOOT);
+    let sysfs = vm.sh_ok(
+        "cd /sys/devices/system/cpu && for c in cpu[0-9]*; do \
+         echo $c $(cat $c/topology/physical_package_id $c/topology/die_id \
+         $c/topology/core_id $c/topology/thread_siblings_list); done",
+        SHORT,
+    );
+    let rows: Vec<Vec<&str>> = sysfs
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows.len(), 3, "three CPUs: {sysfs}");
+    for (i, r) in rows.iter().enumerate() {
+        // cpuN package die core thread-siblings
+        assert_eq!(r[1], "0", "one socket: {sysfs}");
+        assert_eq!(r[2], "0", "one die: {sysfs}");
+        assert_eq!(r[3], i.to_string(), "core IDs 0..3: {sysfs}");
+        assert_eq!(r[4], i.to_string(), "one thread per core: {sysfs}");
+    }
+    let cpuinfo = vm.sh_ok("cat /proc/cpuinfo", SHORT);
+    for field in ["physical id\t: 0", "siblings\t: 3", "cpu cores\t: 3"] {
+        assert_eq!(
+            cpuinfo.matches(field).count(),
+            3,
+            "{field:?} for every CPU:\n{cpuinfo}"
+        );
+    }
+    vm.send(b"99 poweroff\n");
+    assert_eq!(vm.wait_exit(SHORT), 0);
+}
+
 /// A VM with the test agent on the console (COM1).
 fn agent_vm(name: &str, extra: &[&str]) -> TestVm {
     let mut o = opts("vmlinux", extra);

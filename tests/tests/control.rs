@@ -15,7 +15,7 @@ use kuml::vmm::Vmm;
 use kuml_e2e::{artifact, host_guest_options, require_kvm};
 
 /// Boot and hot-plug under PVM emulation are slow; this only bounds a hang.
-const GUEST: Duration = Duration::from_secs(600);
+const GUEST: Duration = Duration::from_secs(900);
 
 fn wait(
     rx: mpsc::Receiver<Result<VmmData, ControlError>>,

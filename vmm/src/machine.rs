@@ -69,6 +69,10 @@ impl Machine {
     /// set back to that value on [`Machine::resume`].
     pub fn pause(&mut self) -> Result<(), PauseError> {
         self.vcpus.pause()?;
+        if self.frozen_clock.is_some() {
+            // Paused already: the clock stands where the first pause left it.
+            return Ok(());
+        }
         match self.vm.fd.get_clock() {
             Ok(c) => self.frozen_clock = Some(c.clock),
             Err(e) => log::warn!("the guest clock keeps running while paused: KVM_GET_CLOCK: {e}"),

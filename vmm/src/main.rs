@@ -72,7 +72,7 @@ fn main() -> ExitCode {
     let action = match config::parse(std::env::args().skip(1)) {
         Ok(a) => a,
         Err(e) => {
-            eprintln!("kuml: {e}");
+            eprintln!("kuml: {}", error_chain(&e));
             eprintln!("Try 'kuml --help' for more information.");
             return ExitCode::from(EXIT_USAGE as u8);
         }

@@ -110,7 +110,7 @@ impl Default for Config {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
     /// `mem=` is not a size kuml can give the guest.
-    #[error("mem={value}: {source}")]
+    #[error("mem={value}")]
     Mem {
         /// The value given.
         value: String,
@@ -131,7 +131,7 @@ pub enum ConfigError {
     #[error("{0}: bad device index")]
     Index(String),
     /// A `ubd` option is malformed (UML's message).
-    #[error("{arg}: {source}")]
+    #[error("{arg}")]
     Ubd {
         /// The argument.
         arg: String,
@@ -140,7 +140,7 @@ pub enum ConfigError {
         source: ubd::SpecError,
     },
     /// An `eth`/`vec` option is malformed.
-    #[error("{arg}: {source}")]
+    #[error("{arg}")]
     Eth {
         /// The argument.
         arg: String,
@@ -378,7 +378,7 @@ mod tests {
 
     #[test]
     fn bad_values_name_the_argument() {
-        let err = |a: &str| parse([a]).unwrap_err().to_string();
+        let err = |a: &str| devices::error_chain(&parse([a]).unwrap_err());
         assert!(
             err("mem=12Q").starts_with("mem=12Q: "),
             "{}",

@@ -489,7 +489,11 @@ impl DeviceManager {
         );
         if announce {
             locked(&self.hotplug).announce_add(slot);
-            self.notify_guest()?;
+            // The slot stays announced: the guest finds it at its next scan if this
+            // interrupt is lost.
+            if let Err(e) = self.notify_guest() {
+                log::warn!("{id}: {}", crate::error_chain(&e));
+            }
         } else {
             // A device present at boot may be ejected only if mconsole may remove it.
             locked(&self.hotplug).set_removable(slot, id.removable());
