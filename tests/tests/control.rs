@@ -97,7 +97,7 @@ fn a_disk_comes_and_goes_through_the_control_seam() {
         .unwrap(),
         VmmData::Empty
     );
-    wait_for_text(&console, "[vdb] 65536 512-byte logical blocks");
+    wait_for_text(&console, "[vda] 65536 512-byte logical blocks");
     assert_eq!(
         wait(
             control.request(VmmAction::QueryDevice(DeviceId::Disk(1))),

@@ -132,11 +132,12 @@ struct Guest {
 }
 
 fn boot(name: &str, extra: &[String]) -> Guest {
-    boot_with(name, extra, true)
+    boot_with(name, extra, true, BOOT)
 }
 
-/// [`boot`], and with `noreboot: false` a guest reboot restarts the VM in the same process.
-fn boot_with(name: &str, extra: &[String], noreboot: bool) -> Guest {
+/// [`boot`], and with `noreboot: false` a guest reboot restarts the VM in the same process;
+/// `boot` bounds the wait for the agent.
+fn boot_with(name: &str, extra: &[String], noreboot: bool, boot: Duration) -> Guest {
     let dir = tempfile::tempdir().expect("temp dir");
     let umid = format!("mc-{name}");
     let mut args = vec![
@@ -164,7 +165,7 @@ fn boot_with(name: &str, extra: &[String], noreboot: bool) -> Guest {
             ..VmOptions::default()
         },
     );
-    vm.wait_agent(BOOT);
+    vm.wait_agent(boot);
     let umid_dir = dir.path().join(&umid);
     let sock = umid_dir.join("mconsole");
     assert!(sock.exists(), "no mconsole socket at {}", sock.display());
@@ -690,7 +691,8 @@ fn uptime(reply: &AgentReply) -> f64 {
 /// guest's clock stands still until `go` (kvmclock is frozen as QEMU's `stop` does).
 fn stop_freezes_every_vcpu_and_the_clock(mc: Mc) {
     const STOPPED: Duration = Duration::from_secs(20);
-    let mut g = boot("mconsole-stop4", &["ncpus=4".to_owned()]);
+    // Four vCPUs under PVM emulation boot several times slower than one.
+    let mut g = boot_with("mconsole-stop4", &["ncpus=4".to_owned()], true, 4 * BOOT);
     let sock = g.sock.clone();
     assert!(
         g.vm.output().contains("smp: Brought up 1 node, 4 CPUs"),
@@ -744,7 +746,7 @@ fn image(g: &Guest, name: &str) -> PathBuf {
 /// the guest (with an error: `uml_mconsole` has no timeout), and the rebooted VM is not
 /// "stopped".
 fn reboot_keeps_disks_and_answers_pending_requests(mc: Mc) {
-    let mut g = boot_with("mconsole-reboot", &[], false);
+    let mut g = boot_with("mconsole-reboot", &[], false, BOOT);
     let sock = g.sock.clone();
     let img1 = image(&g, "one.img");
     let img2 = image(&g, "two.img");

@@ -24,6 +24,8 @@ const LEAF1_ECX_HYPERVISOR: u32 = 1 << 31;
 const LEAF1_EDX_HTT: u32 = 1 << 28;
 /// Leaf 7.0 EDX: the IA32_ARCH_CAPABILITIES MSR exists.
 const LEAF7_EDX_ARCH_CAPABILITIES: u32 = 1 << 29;
+/// Leaf 0x8000_0007 EDX: the TSC is invariant.
+const EXT7_EDX_INVARIANT_TSC: u32 = 1 << 8;
 /// Leaf 0x8000_0001 ECX: TOPOEXT, leaves 0x8000_001D and 0x8000_001E are valid.
 const EXT1_ECX_TOPOEXT: u32 = 1 << 22;
 
@@ -167,6 +169,15 @@ pub fn normalize(entries: &mut Vec<kvm_cpuid_entry2>, cpu: u8, ncpus: u8, caps: 
     // every guest context switch. On AMD the leaf is reserved; zero is what it must read.
     if let Some(la) = leaf_mut(entries, 0xa, 0) {
         (la.eax, la.ebx, la.ecx, la.edx) = (0, 0, 0, 0);
+    }
+
+    // Invariant TSC: a guest that sees it lowers kvm-clock's rating below the TSC's and keeps
+    // time with the raw TSC, which runs on while kuml holds the vCPUs (mconsole `stop`), so
+    // the guest's clock would jump at `go` and its watchdogs fire. With the bit clear it keeps
+    // kvm-clock, which kuml freezes across a pause (KVM_GET/SET_CLOCK) and which tells the
+    // guest it was paused (KVM_KVMCLOCK_CTRL). QEMU hides the bit by default too.
+    if let Some(ext7) = leaf_mut(entries, 0x8000_0007, 0) {
+        ext7.edx &= !EXT7_EDX_INVARIANT_TSC;
     }
 
     match vendor {

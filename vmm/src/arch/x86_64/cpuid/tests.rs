@@ -178,6 +178,23 @@ fn leaf1_features() {
 }
 
 #[test]
+fn no_invariant_tsc() {
+    // Both recorded tables have it (0x8000_0007 EDX = 0x100); the guest must keep kvm-clock.
+    let before = table(HOST_AMD_PVM);
+    assert_eq!(
+        leaf(&before, 0x8000_0007, 0).unwrap()[3],
+        EXT7_EDX_INVARIANT_TSC
+    );
+    for text in [HOST_AMD_PVM, INTEL_SPR] {
+        let t = normalized(text, 0, 1, KvmCaps::default());
+        assert_eq!(
+            leaf(&t, 0x8000_0007, 0).unwrap()[3] & EXT7_EDX_INVARIANT_TSC,
+            0
+        );
+    }
+}
+
+#[test]
 fn no_vpmu() {
     for text in [HOST_AMD_PVM, INTEL_SPR] {
         assert_eq!(
