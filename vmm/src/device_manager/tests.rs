@@ -205,6 +205,43 @@ fn the_guest_ejects_only_removable_devices() {
     assert_eq!(r.baseline(), before);
 }
 
+/// A disk present at boot was never announced, yet the guest may eject it (mconsole `remove`);
+/// once it is gone its slot is not ejectable, whatever is plugged there next.
+#[test]
+fn a_device_plugged_at_boot_can_be_ejected_once() {
+    let mut r = rig();
+    let before = r.baseline();
+    let eject = |r: &mut Rig, slot: u8| {
+        let wrote = r.dm.mmio().read().unwrap().write(
+            hotplug_aml::PCI_HOTPLUG_ADDR + B0EJ,
+            &(1u32 << slot).to_le_bytes(),
+        );
+        assert!(wrote);
+        r.dm.take_events(&mut r.em)
+    };
+    let slot = {
+        let d = r.device(1);
+        r.dm.plug(PciId::Disk(0), d, DeviceConfig::Lines, &mut r.em, false)
+            .unwrap()
+    };
+    assert_eq!(r.dm.state(PciId::Disk(0)), Some(PlugState::Present));
+    r.dm.request_removal(PciId::Disk(0)).unwrap();
+    assert_eq!(
+        eject(&mut r, slot),
+        vec![DeviceEvent::Ejected(PciId::Disk(0))]
+    );
+    assert_eq!(r.baseline(), before);
+    // The slot is reused by a console, which the guest cannot eject.
+    let again = {
+        let d = r.device(2);
+        r.dm.plug(PciId::Console(0), d, DeviceConfig::Lines, &mut r.em, false)
+            .unwrap()
+    };
+    assert_eq!(again, slot);
+    assert_eq!(eject(&mut r, slot), vec![]);
+    assert_eq!(r.dm.state(PciId::Console(0)), Some(PlugState::Present));
+}
+
 #[test]
 fn configs_are_what_a_rebuilt_machine_plugs() {
     let mut r = rig();
