@@ -212,7 +212,7 @@ pub fn build(
     let consoles = opened.consoles;
     for (n, dev) in (0u8..).zip(consoles.devices()) {
         let id = PciId::Console(n);
-        dm.plug(id, dev, DeviceConfig::Lines, em, false)
+        dm.plug(id, dev, DeviceConfig::Boot, em, false)
             .map_err(|e| BuildError::Plug(id, e))?;
     }
 

@@ -119,8 +119,9 @@ pub enum DeviceConfig {
     Disk(ubd::UbdSpec),
     /// An ethN card.
     Nic(netdev::NetSpec),
-    /// Built from the lines (consoles), not from its own option.
-    Lines,
+    /// Made from the boot configuration, which a rebuilt machine reads again (the consoles,
+    /// built from the lines); never plugged or removed at run time.
+    Boot,
 }
 
 /// Where a device is in its hot-plug life.
@@ -609,7 +610,7 @@ impl DeviceManager {
     pub fn configs(&self) -> Vec<(PciId, DeviceConfig)> {
         locked(&self.registry)
             .values()
-            .filter(|p| p.config != DeviceConfig::Lines)
+            .filter(|p| p.config != DeviceConfig::Boot)
             .map(|p| (p.id, p.config.clone()))
             .collect()
     }

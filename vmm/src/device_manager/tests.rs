@@ -89,7 +89,7 @@ impl Rig {
 
     fn plug(&mut self, id: PciId, queues: usize) -> Result<u8, DeviceError> {
         let d = self.device(queues);
-        self.dm.plug(id, d, DeviceConfig::Lines, &mut self.em, true)
+        self.dm.plug(id, d, DeviceConfig::Boot, &mut self.em, true)
     }
 
     fn baseline(&self) -> (Usage, Registered) {
@@ -181,7 +181,7 @@ fn the_guest_ejects_only_removable_devices() {
     let disk = r.plug(PciId::Disk(0), 1).unwrap();
     let console = {
         let d = r.device(2);
-        r.dm.plug(PciId::Console(0), d, DeviceConfig::Lines, &mut r.em, false)
+        r.dm.plug(PciId::Console(0), d, DeviceConfig::Boot, &mut r.em, false)
             .unwrap()
     };
     r.dm.request_removal(PciId::Disk(0)).unwrap();
@@ -221,7 +221,7 @@ fn a_device_plugged_at_boot_can_be_ejected_once() {
     };
     let slot = {
         let d = r.device(1);
-        r.dm.plug(PciId::Disk(0), d, DeviceConfig::Lines, &mut r.em, false)
+        r.dm.plug(PciId::Disk(0), d, DeviceConfig::Boot, &mut r.em, false)
             .unwrap()
     };
     assert_eq!(r.dm.state(PciId::Disk(0)), Some(PlugState::Present));
@@ -234,7 +234,7 @@ fn a_device_plugged_at_boot_can_be_ejected_once() {
     // The slot is reused by a console, which the guest cannot eject.
     let again = {
         let d = r.device(2);
-        r.dm.plug(PciId::Console(0), d, DeviceConfig::Lines, &mut r.em, false)
+        r.dm.plug(PciId::Console(0), d, DeviceConfig::Boot, &mut r.em, false)
             .unwrap()
     };
     assert_eq!(again, slot);
