@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use crate::{artifact, host_guest_options, TestVm, VmOptions};
 
 /// Boot bounds only catch hangs (PVM boots take ~35-60 s, more on a loaded host).
-pub const BOOT: Duration = Duration::from_secs(300);
+pub const BOOT: Duration = Duration::from_secs(600);
 /// How long a guest kernel may take to answer (emulated on PVM hosts).
 pub const ANSWER: Duration = Duration::from_secs(60);
 

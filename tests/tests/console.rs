@@ -171,6 +171,72 @@ fn pts_console() {
     assert_eq!(vm.wait_exit(SHORT), 0);
 }
 
+// G1: a serial line nobody reads, under a verbose boot (far more than a pty holds), went
+// silent for the rest of the run on c0c0e17 (the line's one fd was refused a second
+// registration for output, and the vCPU's writes never re-armed it). A terminal that
+// attaches afterwards must see new text: the help that mconsole `sysrq h` makes the kernel
+// print.
+#[test]
+fn serial_pts_nobody_read_during_a_verbose_boot_shows_new_text_once_opened() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = base_args();
+    args.extend(
+        [
+            "ssl0=pts",
+            "console=ttyS0",
+            "console=hvc0",
+            "ignore_loglevel",
+            "initcall_debug",
+            "umid=g1",
+        ]
+        .map(String::from),
+    );
+    args.push(format!("uml_dir={}", dir.path().display()));
+    let mut vm = TestVm::start(
+        "ssl0-pts-verbose",
+        VmOptions {
+            args,
+            agent_tty: Some("hvc0".into()),
+            early_log: false,
+            ..VmOptions::default()
+        },
+    );
+    let out = vm.wait_for("Serial line 0 assigned device '/dev/pts/", BOOT);
+    let pts = announced_pts(&out, "Serial line 0 assigned device");
+    // Every printk goes through the UART a byte (and a VM exit) at a time: a slow boot on
+    // PVM, slower on a loaded host. The bound only catches a hang.
+    vm.wait_agent(3 * BOOT);
+    // More output nobody reads: the task dumps of `sysrq t` go to both consoles, so what
+    // hvc0 shows (kuml's stdout) also went to the pts: three times what a pty holds (about
+    // 20 KiB), on top of the boot log. (Console output is slow on PVM: a VM exit a byte.)
+    let sock = dir.path().join("g1/mconsole");
+    let start = vm.stdout().len();
+    let deadline = std::time::Instant::now() + BOOT;
+    while vm.stdout().len() - start < 64 << 10 {
+        // (The keyboard may still be probing when the agent is up: a key then goes nowhere.)
+        assert!(
+            std::time::Instant::now() < deadline,
+            "sysrq t printed only {} bytes on hvc0",
+            vm.stdout().len() - start
+        );
+        let before = vm.output().len();
+        mconsole(&sock, "sysrq t");
+        vm.wait_until(Duration::from_secs(20), |o| o.len() >= before + (4 << 10));
+    }
+    let mut term = open_terminal(&pts);
+    make_raw(&term);
+    mconsole(&sock, "sysrq h");
+    let got = read_until(&mut term, "sysrq: HELP", SHORT);
+    assert!(
+        got.contains("sysrq: HELP"),
+        "the line stayed silent: {} bytes read, ending {:?}",
+        got.len(),
+        got.get(got.len().saturating_sub(200)..).unwrap_or_default()
+    );
+    vm.send(b"99 poweroff\n");
+    assert_eq!(vm.wait_exit(SHORT), 0);
+}
+
 /// Two consoles on one `port:` with the agent on the first (`hvc1`); the second (`hvc2`) gets
 /// text the agent writes to `/dev/hvc2`. Also: refusal while no line waits, a console
 /// hot-plugged while the guest is stopped, and Debian's `telnet` client.
