@@ -171,29 +171,13 @@ fn pts_console() {
     assert_eq!(vm.wait_exit(SHORT), 0);
 }
 
-// G1: a serial line nobody reads, under a verbose boot (far more than a pty holds), went
-// silent for the rest of the run on c0c0e17 (the line's one fd was refused a second
-// registration for output, and the vCPU's writes never re-armed it). A terminal that
-// attaches afterwards must see new text: the help that mconsole `sysrq h` makes the kernel
-// print.
-#[test]
-fn serial_pts_nobody_read_during_a_verbose_boot_shows_new_text_once_opened() {
-    let dir = tempfile::tempdir().unwrap();
+/// A VM with `ssl0=pts` nobody reads, `extra` arguments and the agent on hvc0; and the pts.
+fn vm_with_serial_pts(name: &str, extra: &[&str]) -> (TestVm, String) {
     let mut args = base_args();
-    args.extend(
-        [
-            "ssl0=pts",
-            "console=ttyS0",
-            "console=hvc0",
-            "ignore_loglevel",
-            "initcall_debug",
-            "umid=g1",
-        ]
-        .map(String::from),
-    );
-    args.push(format!("uml_dir={}", dir.path().display()));
+    args.push("ssl0=pts".into());
+    args.extend(extra.iter().map(|s| s.to_string()));
     let mut vm = TestVm::start(
-        "ssl0-pts-verbose",
+        name,
         VmOptions {
             args,
             agent_tty: Some("hvc0".into()),
@@ -203,6 +187,28 @@ fn serial_pts_nobody_read_during_a_verbose_boot_shows_new_text_once_opened() {
     );
     let out = vm.wait_for("Serial line 0 assigned device '/dev/pts/", BOOT);
     let pts = announced_pts(&out, "Serial line 0 assigned device");
+    (vm, pts)
+}
+
+// G1: a serial line nobody reads, under a verbose boot (far more than a pty holds), went
+// silent for the rest of the run on c0c0e17 (the line's one fd was refused a second
+// registration for output, and the vCPU's writes never re-armed it). A terminal that
+// attaches afterwards must see new text: the help that mconsole `sysrq h` makes the kernel
+// print.
+#[test]
+fn serial_pts_nobody_read_during_a_verbose_boot_shows_new_text_once_opened() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut vm, pts) = vm_with_serial_pts(
+        "ssl0-pts-verbose",
+        &[
+            "console=ttyS0",
+            "console=hvc0",
+            "ignore_loglevel",
+            "initcall_debug",
+            "umid=g1",
+            &format!("uml_dir={}", dir.path().display()),
+        ],
+    );
     // Every printk goes through the UART a byte (and a VM exit) at a time: a slow boot on
     // PVM, slower on a loaded host. The bound only catches a hang.
     vm.wait_agent(3 * BOOT);
@@ -232,6 +238,43 @@ fn serial_pts_nobody_read_during_a_verbose_boot_shows_new_text_once_opened() {
         "the line stayed silent: {} bytes read, ending {:?}",
         got.len(),
         got.get(got.len().saturating_sub(200)..).unwrap_or_default()
+    );
+    vm.send(b"99 poweroff\n");
+    assert_eq!(vm.wait_exit(SHORT), 0);
+}
+
+// G1 from guest user space (nested lane): a guest process writes to /dev/ttyS0 for two
+// minutes while nobody holds the line's pts; the guest never blocks, kuml keeps serving,
+// and a terminal that opens the pts afterwards reads what the guest writes next.
+#[test]
+fn serial_pts_a_guest_process_writes_for_minutes_unread_then_a_terminal_reads_new_text() {
+    if !user_space_or_skip() {
+        return;
+    }
+    let (mut vm, pts) = vm_with_serial_pts("ssl0-pts-writer", &[]);
+    vm.wait_agent(BOOT);
+    let lines = vm.sh_ok(
+        "end=$(($(date +%s) + 120)); n=0; \
+         while [ $(date +%s) -lt $end ]; do \
+           echo \"filler $n: nobody reads this line of the serial port\"; n=$((n + 1)); \
+         done > /dev/ttyS0; echo $n",
+        Duration::from_secs(600),
+    );
+    let lines: u64 = lines.trim().parse().expect("a line count");
+    eprintln!("the guest wrote {lines} lines to /dev/ttyS0 in two minutes");
+    assert!(
+        lines > 20_000,
+        "only {lines} lines: more than a pty holds is needed"
+    );
+    assert_eq!(vm.agent_ok("echo still-serving", SHORT), "still-serving");
+    let mut term = open_terminal(&pts);
+    make_raw(&term);
+    vm.sh_ok("echo NEW-TEXT-AFTER-THE-STALL > /dev/ttyS0", SHORT);
+    let got = read_until(&mut term, "NEW-TEXT-AFTER-THE-STALL", SHORT);
+    assert!(
+        got.contains("NEW-TEXT-AFTER-THE-STALL"),
+        "the line stayed silent: {} bytes read",
+        got.len()
     );
     vm.send(b"99 poweroff\n");
     assert_eq!(vm.wait_exit(SHORT), 0);

@@ -85,9 +85,19 @@ fn tuntap_deleted_tap_is_link_down_idle_and_reattaches() {
     vm.mount_sysfs(ANSWER);
     let carrier = |vm: &mut TestVm| vm.agent_ok("read /sys/class/net/eth0/carrier 0 1", ANSWER);
     assert_eq!(carrier(&mut vm), "31", "eth0 has a carrier");
+    // With guest user space (the nested lane): a ping from the guest runs throughout.
+    let user_space = kuml_e2e::user_space_part_or_skip("the guest's own ping");
+    if user_space {
+        vm.sh_ok(&format!("ping -c 2 -W 5 {HOST}"), ANSWER);
+        vm.sh_ok(
+            &format!("ping -i 0.5 {HOST} > /tmp/ping.log 2>&1 < /dev/null &"),
+            ANSWER,
+        );
+    }
 
     ns.ip("link del tap0");
     vm.wait_for("the backend failed", ANSWER);
+    let guest_ping = user_space.then(|| count_replies(&mut vm));
     assert_eq!(carrier(&mut vm), "30", "the guest sees the link down");
     assert_idle(&vm);
 
@@ -107,6 +117,25 @@ fn tuntap_deleted_tap_is_link_down_idle_and_reattaches() {
     let rtt = ns.run(|| host_ping(GUEST_A));
     eprintln!("the guest answered again after {rtt:?}");
     assert_eq!(vm.output().matches("the backend failed").count(), 1);
+    if let Some(replies) = guest_ping {
+        // A ping that ran in the guest all along gets answers again.
+        let deadline = Instant::now() + ANSWER;
+        loop {
+            let now = count_replies(&mut vm);
+            if now > replies {
+                eprintln!("the guest's ping resumed: {replies} replies before, {now} now");
+                break;
+            }
+            assert!(Instant::now() < deadline, "the guest's ping did not resume");
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
+}
+
+// Replies the guest's background ping (started by tuntap_deleted_tap_...) got so far.
+fn count_replies(vm: &mut TestVm) -> u64 {
+    let out = vm.sh_ok("grep -c 'bytes from' /tmp/ping.log || true", ANSWER);
+    out.trim().parse().unwrap_or(0)
 }
 
 #[test]
