@@ -14,12 +14,16 @@
 pub mod block;
 pub mod console;
 pub mod net;
+mod rings;
 #[cfg(test)]
 pub(crate) mod test_utils;
+
+pub(crate) use rings::{QueueSlots, Rings};
 
 use std::io;
 use std::sync::Arc;
 
+use virtio_queue::desc::split::Descriptor;
 use virtio_queue::Queue;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -139,12 +143,21 @@ pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
     }
 }
 
+/// The capacity of a receive chain, or `None` if a descriptor in it is device-readable (a
+/// receive chain must be all device-writable).
+pub fn writable_capacity(chain: &[Descriptor]) -> Option<usize> {
+    chain.iter().try_fold(0usize, |total, d| {
+        d.is_write_only()
+            .then(|| total.saturating_add(d.len() as usize))
+    })
+}
+
 /// Takes the next available descriptor chain of `queue`: its head index and descriptors.
 /// `Err` means the driver's available ring is unusable (the device should ask for a reset).
 pub fn next_chain(
     queue: &mut Queue,
     mem: &GuestMemory,
-) -> Result<Option<(u16, Vec<virtio_queue::desc::split::Descriptor>)>, virtio_queue::Error> {
+) -> Result<Option<(u16, Vec<Descriptor>)>, virtio_queue::Error> {
     use virtio_queue::QueueOwnedT;
     Ok(queue
         .iter(mem)?

@@ -12,7 +12,7 @@ use super::request::{
     MAX_WRITE_ZEROES_SEG, SECTOR_SHIFT,
 };
 use crate::virtio::{
-    types, ActivateError, ActiveQueue, GuestMemory, VirtioDevice, VirtioInterrupt,
+    types, ActivateError, ActiveQueue, GuestMemory, Rings, VirtioDevice, VirtioInterrupt,
     VIRTIO_F_VERSION_1,
 };
 use crate::warn::WarnBudget;
@@ -97,33 +97,8 @@ impl BlockConfig {
     }
 }
 
-/// What exists once the driver set DRIVER_OK.
-pub(super) struct Active {
-    pub(super) mem: GuestMemory,
-    pub(super) interrupt: Arc<dyn VirtioInterrupt>,
-    pub(super) queue: ActiveQueue,
-    /// The guest broke the device; it waits for a reset.
-    pub(super) broken: bool,
-}
-
-impl std::fmt::Debug for Active {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Active")
-            .field("queue", &self.queue.index)
-            .field("broken", &self.broken)
-            .finish()
-    }
-}
-
-impl Active {
-    pub(super) fn mark_broken(&mut self, why: &str) {
-        if !self.broken {
-            warn!("block: {why}; the device needs a reset");
-            self.broken = true;
-            self.interrupt.needs_reset();
-        }
-    }
-}
+/// What exists once the driver set DRIVER_OK: the request queue.
+pub(super) type Active = Rings<ActiveQueue>;
 
 /// A virtio-blk device over a ubd image (raw or COW).
 ///
@@ -335,17 +310,13 @@ impl VirtioDevice for Block {
         let broken = !queue.queue.is_valid(&mem);
         if broken {
             warn!("block: the request queue is not valid in guest memory");
-            interrupt.needs_reset();
         }
         self.warn_budget.refill();
         // A previous activation's queue is dropped: its eventfd stays open until the event
         // loop, woken now, has stopped watching it.
-        self.active = Some(Active {
-            mem,
-            interrupt,
-            queue,
-            broken,
-        });
+        let mut active = Rings::new("block", mem, interrupt, queue, broken);
+        active.signal_reset();
+        self.active = Some(active);
         self.watch.wake();
         Ok(())
     }

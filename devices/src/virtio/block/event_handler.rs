@@ -2,11 +2,9 @@
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use log::warn;
-use virtio_queue::QueueT;
 
-use super::device::{Active, Block};
+use super::device::Block;
 use super::execute::{process_chain, ChainContext};
-use crate::virtio::InterruptKind;
 use crate::watch::Interest;
 pub use crate::watch::WAKE;
 /// Event data of the request queue's notify eventfd.
@@ -23,37 +21,28 @@ impl Block {
         let Some(active) = self.active.as_mut() else {
             return;
         };
-        if active.broken {
-            return;
-        }
         let mut any = false;
         let mut served = 0usize;
-        loop {
-            if let Err(e) = active.queue.queue.disable_notification(&active.mem) {
-                active.mark_broken(&format!("cannot disable notifications ({e})"));
-                return;
-            }
+        while !active.broken {
+            active.disable_notification(0);
             let mut progressed = false;
             loop {
                 if served >= self.batch_limit {
                     // Let the other event sources run; come back through the notify eventfd.
-                    if let Err(e) = active.queue.notify.write(1) {
-                        warn!("block: cannot re-arm the queue eventfd: {e}");
-                    } else {
-                        if any {
-                            notify(active);
+                    match active.queues.notify.write(1) {
+                        Ok(()) => {
+                            if any {
+                                active.notify(0);
+                            }
+                            return;
                         }
-                        return;
+                        Err(e) => {
+                            warn!("block: cannot re-arm the queue eventfd: {e}");
+                            served = 0;
+                        }
                     }
                 }
-                let next = match crate::virtio::next_chain(&mut active.queue.queue, &active.mem) {
-                    Ok(next) => next,
-                    Err(e) => {
-                        active.mark_broken(&format!("bad available ring ({e})"));
-                        break;
-                    }
-                };
-                let Some((head, descs)) = next else {
+                let Some((head, descs)) = active.pop(0) else {
                     break;
                 };
                 progressed = true;
@@ -66,39 +55,22 @@ impl Block {
                     &mut self.scratch,
                     &mut self.warn_budget,
                 );
-                if let Err(e) = active
-                    .queue
-                    .queue
-                    .add_used(&active.mem, head, used.unwrap_or(0))
-                {
-                    active.mark_broken(&format!("cannot add a used entry ({e})"));
-                    break;
-                }
+                active.used(0, head, used.unwrap_or(0));
                 any = true;
                 if used.is_none() {
                     active.mark_broken("a request without a writable status byte");
-                    break;
                 }
             }
-            if active.broken {
+            if !active.enable_notification(0) {
                 break;
             }
-            match active.queue.queue.enable_notification(&active.mem) {
-                Ok(true) if progressed => continue,
-                Ok(true) => {
-                    // New entries announced, yet none could be read.
-                    active.mark_broken("unreadable available ring entry");
-                    break;
-                }
-                Ok(false) => break,
-                Err(e) => {
-                    active.mark_broken(&format!("cannot enable notifications ({e})"));
-                    break;
-                }
+            if !progressed {
+                // New entries announced, yet none could be read.
+                active.mark_broken("unreadable available ring entry");
             }
         }
         if any {
-            notify(active);
+            active.notify(0);
         }
     }
 
@@ -106,26 +78,9 @@ impl Block {
     pub(super) fn interest(&self) -> Interest {
         let mut want = Interest::new();
         if let Some(a) = self.active.as_ref().filter(|a| !a.broken) {
-            want.add(a.queue.notify.clone(), QUEUE, EventSet::IN);
+            want.add(a.queues.notify.clone(), QUEUE, EventSet::IN);
         }
         want
-    }
-}
-
-// Interrupts the guest for the request queue if it wants to be.
-fn notify(active: &mut Active) {
-    let wanted = active
-        .queue
-        .queue
-        .needs_notification(&active.mem)
-        .unwrap_or(true);
-    if wanted {
-        if let Err(e) = active
-            .interrupt
-            .trigger(InterruptKind::Queue(active.queue.index))
-        {
-            warn!("block: cannot interrupt the guest: {e}");
-        }
     }
 }
 
@@ -144,7 +99,7 @@ impl MutEventSubscriber for Block {
             }
             QUEUE => {
                 if let Some(a) = self.active.as_ref() {
-                    let _ = a.queue.notify.read();
+                    let _ = a.queues.notify.read();
                 }
                 self.process_queue();
             }

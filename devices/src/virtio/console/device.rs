@@ -9,7 +9,7 @@ use virtio_queue::QueueT;
 use super::control::HostMsg;
 use crate::chan::{ChanContext, ChanError, Channel, ChannelSpec, LineClass};
 use crate::virtio::{
-    types, ActivateError, ActiveQueue, GuestMemory, VirtioDevice, VirtioInterrupt,
+    types, ActivateError, ActiveQueue, GuestMemory, Rings, VirtioDevice, VirtioInterrupt,
     VIRTIO_F_VERSION_1,
 };
 use crate::warn::WarnBudget;
@@ -90,27 +90,9 @@ pub(super) struct Port {
     pub(super) input: VecDeque<u8>,
 }
 
-/// What exists once the driver set DRIVER_OK.
-pub(super) struct Active {
-    pub(super) mem: GuestMemory,
-    pub(super) interrupt: Arc<dyn VirtioInterrupt>,
-    /// Indexed by queue index; a queue the driver did not enable is `None`.
-    pub(super) queues: Vec<Option<ActiveQueue>>,
-    /// The guest broke the device; it waits for a reset.
-    pub(super) broken: bool,
-    /// NEEDS_RESET was signalled for `broken` (activation defers it to the event loop, so
-    /// that the transport is not called back while it activates the device).
-    pub(super) reset_signalled: bool,
-}
-
-impl std::fmt::Debug for Active {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Active")
-            .field("queues", &self.queues.len())
-            .field("broken", &self.broken)
-            .finish()
-    }
-}
+/// What exists once the driver set DRIVER_OK: the queues by index (a queue the driver did not
+/// enable is `None`).
+pub(super) type Active = Rings<Vec<Option<ActiveQueue>>>;
 
 /// A virtio-console device: either multiport (UML's consoles as ports) or a single port
 /// without control queues ([`Console::single`], for `con0`).
@@ -481,13 +463,9 @@ impl VirtioDevice for Console {
             warn!("console: activated twice without a reset");
         }
         self.guest_warnings.refill();
-        self.active = Some(Active {
-            mem,
-            interrupt,
-            queues: slots,
-            broken,
-            reset_signalled: false,
-        });
+        // A broken device asks for its reset from the event loop (woken below), not from
+        // inside the transport's activation.
+        self.active = Some(Rings::new("console", mem, interrupt, slots, broken));
         if !self.multiport {
             self.open_single_port();
         }

@@ -15,14 +15,11 @@
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use log::{debug, log};
-use virtio_queue::desc::split::Descriptor;
-use virtio_queue::QueueT;
 
 use super::control::{GuestMsg, HostMsg};
-use super::device::{Active, Console, INPUT_BUFFER_MAX};
+use super::device::{Console, INPUT_BUFFER_MAX};
 use super::port::{read_tx_chain, write_rx_chain};
 use crate::chan::ChanRead;
-use crate::virtio::InterruptKind;
 use crate::watch::Interest;
 pub use crate::watch::WAKE;
 /// Event data kind of a queue notify eventfd (`QUEUE | index`).
@@ -75,75 +72,6 @@ pub(super) fn rx_queue(id: u32) -> usize {
     }
 }
 
-enum Pop {
-    Chain(u16, Vec<Descriptor>),
-    Empty,
-}
-
-impl Active {
-    fn mark_broken(&mut self, why: &str) {
-        if !self.broken {
-            log::warn!("console: {why}; the device needs a reset");
-            self.broken = true;
-        }
-        self.signal_reset();
-    }
-
-    fn signal_reset(&mut self) {
-        if self.broken && !self.reset_signalled {
-            self.reset_signalled = true;
-            self.interrupt.needs_reset();
-        }
-    }
-
-    // The next available chain of queue `qi`.
-    fn pop(&mut self, qi: usize) -> Pop {
-        if self.broken {
-            return Pop::Empty;
-        }
-        let Some(Some(q)) = self.queues.get_mut(qi) else {
-            return Pop::Empty;
-        };
-        let next = match crate::virtio::next_chain(&mut q.queue, &self.mem) {
-            Ok(next) => next,
-            Err(e) => {
-                let why = format!("queue {qi}: bad available ring ({e})");
-                self.mark_broken(&why);
-                return Pop::Empty;
-            }
-        };
-        match next {
-            Some((head, descs)) => Pop::Chain(head, descs),
-            None => Pop::Empty,
-        }
-    }
-
-    // Returns a chain to the guest.
-    fn used(&mut self, qi: usize, head: u16, len: usize) {
-        let Some(Some(q)) = self.queues.get_mut(qi) else {
-            return;
-        };
-        let len = u32::try_from(len).unwrap_or(u32::MAX);
-        if let Err(e) = q.queue.add_used(&self.mem, head, len) {
-            let why = format!("queue {qi}: cannot add a used entry ({e})");
-            self.mark_broken(&why);
-        }
-    }
-
-    // Interrupts the guest for queue `qi` if it wants to be.
-    fn notify(&mut self, qi: usize) {
-        let Some(Some(q)) = self.queues.get_mut(qi) else {
-            return;
-        };
-        let wanted = q.queue.needs_notification(&self.mem).unwrap_or(true);
-        if wanted {
-            if let Err(e) = self.interrupt.trigger(InterruptKind::Queue(q.index)) {
-                log::warn!("console: cannot interrupt the guest for queue {qi}: {e}");
-            }
-        }
-    }
-}
-
 impl Console {
     /// Handles a notification of queue `qi`.
     pub(super) fn process_queue(&mut self, qi: usize) {
@@ -162,7 +90,7 @@ impl Console {
         };
         let mut handled = 0;
         while handled < BUDGET {
-            let Pop::Chain(head, descs) = active.pop(qi) else {
+            let Some((head, descs)) = active.pop(qi) else {
                 break;
             };
             handled += 1;
@@ -194,7 +122,7 @@ impl Console {
         let mut msgs = Vec::new();
         let mut handled = 0;
         while handled < BUDGET {
-            let Pop::Chain(head, descs) = active.pop(CONTROL_TX) else {
+            let Some((head, descs)) = active.pop(CONTROL_TX) else {
                 break;
             };
             handled += 1;
@@ -296,7 +224,7 @@ impl Console {
         };
         let mut any = false;
         while let Some(msg) = self.control_pending.front() {
-            let Pop::Chain(head, descs) = active.pop(CONTROL_RX) else {
+            let Some((head, descs)) = active.pop(CONTROL_RX) else {
                 break;
             };
             let n = match write_rx_chain(&active.mem, &descs, msg) {
@@ -318,7 +246,7 @@ impl Console {
                     0
                 }
             };
-            active.used(CONTROL_RX, head, n);
+            active.used(CONTROL_RX, head, u32::try_from(n).unwrap_or(u32::MAX));
             any = true;
         }
         if any {
@@ -346,7 +274,7 @@ impl Console {
             if port.input.is_empty() {
                 break;
             }
-            let Pop::Chain(head, descs) = active.pop(qi) else {
+            let Some((head, descs)) = active.pop(qi) else {
                 break;
             };
             let n = match write_rx_chain(&active.mem, &descs, port.input.make_contiguous()) {
@@ -361,7 +289,7 @@ impl Console {
             };
             log::trace!("console: port {id}: {n} bytes into receive chain {head}");
             port.input.drain(..n);
-            active.used(qi, head, n);
+            active.used(qi, head, u32::try_from(n).unwrap_or(u32::MAX));
             handled += 1;
         }
         if handled > 0 {

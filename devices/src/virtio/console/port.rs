@@ -8,6 +8,8 @@
 use virtio_queue::desc::split::Descriptor;
 use vm_memory::{Bytes, GuestMemory};
 
+use crate::virtio::writable_capacity;
+
 /// The longest transmit chain accepted (Linux sends at most 32 KiB per write).
 pub const TX_CHAIN_MAX: usize = 1 << 20;
 
@@ -58,25 +60,13 @@ pub fn read_tx_chain<M: GuestMemory>(
     Ok(out)
 }
 
-/// The total capacity of a receive chain, checked to be all device-writable.
-pub fn rx_chain_capacity(chain: &[Descriptor]) -> Result<usize, PortError> {
-    let mut total = 0usize;
-    for d in chain {
-        if !d.is_write_only() {
-            return Err(PortError::ReadableInRx);
-        }
-        total = total.saturating_add(d.len() as usize);
-    }
-    Ok(total)
-}
-
 /// Writes the front of `data` into a receive chain; returns how many bytes went in.
 pub fn write_rx_chain<M: GuestMemory>(
     mem: &M,
     chain: &[Descriptor],
     data: &[u8],
 ) -> Result<usize, PortError> {
-    rx_chain_capacity(chain)?;
+    writable_capacity(chain).ok_or(PortError::ReadableInRx)?;
     let mut done = 0usize;
     for d in chain {
         if done == data.len() {
@@ -145,7 +135,7 @@ mod tests {
             Descriptor::new(0x1000, 3, W, 0),
             Descriptor::new(0x2000, 10, W, 0),
         ];
-        assert_eq!(rx_chain_capacity(&chain), Ok(13));
+        assert_eq!(crate::virtio::writable_capacity(&chain), Some(13));
         assert_eq!(write_rx_chain(&m, &chain, b"abcdef").unwrap(), 6);
         let mut b = [0u8; 3];
         m.read_slice(&mut b, GuestAddress(0x1000)).unwrap();

@@ -7,8 +7,8 @@ use netdev::{Backend, BackendState, MacAddr};
 use virtio_queue::QueueT;
 
 use crate::virtio::{
-    types, ActivateError, ActiveQueue, GuestMemory, InterruptKind, VirtioDevice, VirtioInterrupt,
-    VIRTIO_F_VERSION_1,
+    types, ActivateError, ActiveQueue, GuestMemory, InterruptKind, QueueSlots, Rings, VirtioDevice,
+    VirtioInterrupt, VIRTIO_F_VERSION_1,
 };
 use crate::watch::Watch;
 
@@ -62,23 +62,24 @@ pub struct NetStats {
     pub rx_bad_buffers: u64,
 }
 
-/// What exists once the driver set DRIVER_OK.
-pub(super) struct Active {
-    pub(super) mem: GuestMemory,
-    pub(super) interrupt: Arc<dyn VirtioInterrupt>,
+/// The receive and transmit queues.
+pub(super) struct RxTx {
     pub(super) rx: ActiveQueue,
     pub(super) tx: ActiveQueue,
-    /// The guest broke a ring; the device waits for a reset.
-    pub(super) broken: bool,
 }
 
-impl std::fmt::Debug for Active {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Active")
-            .field("broken", &self.broken)
-            .finish()
+impl QueueSlots for RxTx {
+    fn slot(&mut self, qi: usize) -> Option<&mut ActiveQueue> {
+        match qi {
+            RX_QUEUE => Some(&mut self.rx),
+            TX_QUEUE => Some(&mut self.tx),
+            _ => None,
+        }
     }
 }
+
+/// What exists once the driver set DRIVER_OK.
+pub(super) type Active = Rings<RxTx>;
 
 /// A virtio-net device (UML's `ethN`) carrying raw Ethernet frames to a [`Backend`].
 ///
@@ -324,17 +325,12 @@ impl VirtioDevice for Net {
         let broken = !rx.queue.is_valid(&mem) || !tx.queue.is_valid(&mem);
         if broken {
             warn!("net {}: a queue is not valid in guest memory", self.mac);
-            interrupt.needs_reset();
         }
         // Anything left from a previous activation belongs to a ring that no longer exists.
         self.tx_pending = None;
-        self.active = Some(Active {
-            mem,
-            interrupt,
-            rx,
-            tx,
-            broken,
-        });
+        let mut active = Rings::new("net", mem, interrupt, RxTx { rx, tx }, broken);
+        active.signal_reset();
+        self.active = Some(active);
         self.watch.wake();
         Ok(())
     }

@@ -26,12 +26,10 @@ use std::io;
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use log::{debug, warn};
 use netdev::BackendState;
-use virtio_queue::desc::split::Descriptor;
-use virtio_queue::{QueueOwnedT, QueueT};
+use virtio_queue::QueueOwnedT;
 
 use super::device::{Active, Net, MTU, RX_QUEUE, TX_QUEUE};
 use super::rxtx::{read_tx_frame, write_rx_frame, ChainError};
-use crate::virtio::{ActiveQueue, GuestMemory, InterruptKind};
 use crate::warn::sparse;
 use crate::watch::Interest;
 pub use crate::watch::WAKE;
@@ -55,96 +53,6 @@ pub const BUDGET: usize = if cfg!(test) { 16 } else { 256 };
 /// The longest frame given to the guest: the MTU plus an Ethernet header with a VLAN tag
 /// (VIRTIO_NET_F_MTU: the device must not pass longer frames).
 pub const RX_FRAME_MAX: usize = MTU as usize + 14 + 4;
-
-enum Pop {
-    Chain(u16, Vec<Descriptor>),
-    Empty,
-}
-
-impl Active {
-    // Guest memory and queue `qi`, borrowed together.
-    fn split(&mut self, qi: usize) -> (&GuestMemory, &mut ActiveQueue) {
-        let q = if qi == RX_QUEUE {
-            &mut self.rx
-        } else {
-            &mut self.tx
-        };
-        (&self.mem, q)
-    }
-
-    fn mark_broken(&mut self, why: &str) {
-        if !self.broken {
-            warn!("net: {why}; the device needs a reset");
-            self.broken = true;
-            self.interrupt.needs_reset();
-        }
-    }
-
-    // The next available chain of queue `qi`.
-    fn pop(&mut self, qi: usize) -> Pop {
-        if self.broken {
-            return Pop::Empty;
-        }
-        let (mem, q) = self.split(qi);
-        let next = match crate::virtio::next_chain(&mut q.queue, mem) {
-            Ok(next) => next,
-            Err(e) => {
-                let why = format!("queue {qi}: bad available ring ({e})");
-                self.mark_broken(&why);
-                return Pop::Empty;
-            }
-        };
-        match next {
-            Some((head, descs)) => Pop::Chain(head, descs),
-            None => Pop::Empty,
-        }
-    }
-
-    // Returns a chain to the guest.
-    fn used(&mut self, qi: usize, head: u16, len: u32) {
-        let (mem, q) = self.split(qi);
-        if let Err(e) = q.queue.add_used(mem, head, len) {
-            let why = format!("queue {qi}: cannot add a used entry ({e})");
-            self.mark_broken(&why);
-        }
-    }
-
-    fn disable_notification(&mut self, qi: usize) {
-        let (mem, q) = self.split(qi);
-        if let Err(e) = q.queue.disable_notification(mem) {
-            let why = format!("queue {qi}: cannot suppress notifications ({e})");
-            self.mark_broken(&why);
-        }
-    }
-
-    // Asks the guest to notify the queue again; true if chains arrived meanwhile.
-    fn enable_notification(&mut self, qi: usize) -> bool {
-        if self.broken {
-            return false;
-        }
-        let (mem, q) = self.split(qi);
-        match q.queue.enable_notification(mem) {
-            Ok(more) => more,
-            Err(e) => {
-                let why = format!("queue {qi}: cannot enable notifications ({e})");
-                self.mark_broken(&why);
-                false
-            }
-        }
-    }
-
-    // Interrupts the guest for queue `qi` if it wants to be.
-    fn notify(&mut self, qi: usize) {
-        let (mem, q) = self.split(qi);
-        let index = q.index;
-        let wanted = q.queue.needs_notification(mem).unwrap_or(true);
-        if wanted {
-            if let Err(e) = self.interrupt.trigger(InterruptKind::Queue(index)) {
-                warn!("net: cannot interrupt the guest for queue {qi}: {e}");
-            }
-        }
-    }
-}
 
 /// What became of a frame handed to the backend.
 enum Sent {
@@ -210,7 +118,7 @@ impl Net {
         'rounds: loop {
             self.with_active(|a| a.disable_notification(TX_QUEUE));
             while budget > 0 {
-                let Some(Pop::Chain(head, descs)) = self.with_active(|a| a.pop(TX_QUEUE)) else {
+                let Some(Some((head, descs))) = self.with_active(|a| a.pop(TX_QUEUE)) else {
                     break;
                 };
                 budget -= 1;
@@ -347,8 +255,8 @@ impl Net {
                 break;
             };
             let (head, descs) = match active.pop(RX_QUEUE) {
-                Pop::Chain(head, descs) => (head, descs),
-                Pop::Empty => {
+                Some(chain) => chain,
+                None => {
                     if active.enable_notification(RX_QUEUE) {
                         continue;
                     }
@@ -367,7 +275,7 @@ impl Net {
                 }
                 Err(ChainError::BufferTooSmall { need, have }) => {
                     // Keep the guest's buffer for the next frame; this one cannot fit.
-                    active.rx.queue.go_to_previous_position();
+                    active.queues.rx.queue.go_to_previous_position();
                     self.rx_pending = None;
                     self.stats.rx_dropped += 1;
                     if sparse(self.stats.rx_dropped) {
@@ -458,8 +366,8 @@ impl Net {
         let mut want = Interest::new();
         let live = self.active.as_ref().filter(|a| !a.broken);
         if let Some(a) = live {
-            want.add(a.rx.notify.clone(), RX_NOTIFY, EventSet::IN);
-            want.add(a.tx.notify.clone(), TX_NOTIFY, EventSet::IN);
+            want.add(a.queues.rx.notify.clone(), RX_NOTIFY, EventSet::IN);
+            want.add(a.queues.tx.notify.clone(), TX_NOTIFY, EventSet::IN);
         }
         let Some(b) = self.backend.as_ref().filter(|_| !self.backend_failed) else {
             return want;
@@ -493,13 +401,13 @@ impl MutEventSubscriber for Net {
             WAKE => self.on_wake(),
             RX_NOTIFY => {
                 if let Some(a) = self.active.as_ref() {
-                    let _ = a.rx.notify.read();
+                    let _ = a.queues.rx.notify.read();
                 }
                 self.process_rx();
             }
             TX_NOTIFY => {
                 if let Some(a) = self.active.as_ref() {
-                    let _ = a.tx.notify.read();
+                    let _ = a.queues.tx.notify.read();
                 }
                 self.process_tx();
             }

@@ -13,6 +13,7 @@ use virtio_queue::desc::split::Descriptor;
 use vm_memory::{Bytes, GuestAddress, GuestMemory};
 
 use super::header::{NetHdr, NET_HDR_LEN};
+use crate::virtio::writable_capacity;
 
 /// The longest frame accepted from the guest (a 64 KiB IP packet with its Ethernet header,
 /// as Linux sizes GSO frames); longer chains are dropped.
@@ -110,18 +111,6 @@ pub fn read_tx_frame<M: GuestMemory>(
     Ok(NetHdr::from_bytes(&hdr))
 }
 
-/// The capacity of a receive chain, checked to be all device-writable.
-pub fn rx_chain_capacity(chain: &[Descriptor]) -> Result<usize, ChainError> {
-    let mut total = 0usize;
-    for d in chain {
-        if !d.is_write_only() {
-            return Err(ChainError::ReadableInRx);
-        }
-        total = total.saturating_add(d.len() as usize);
-    }
-    Ok(total)
-}
-
 /// Writes [`NetHdr::RX`] and `frame` into a receive chain; returns the used length (header
 /// plus frame). Nothing is written when the chain is malformed or too small.
 pub fn write_rx_frame<M: GuestMemory>(
@@ -129,7 +118,7 @@ pub fn write_rx_frame<M: GuestMemory>(
     chain: &[Descriptor],
     frame: &[u8],
 ) -> Result<u32, ChainError> {
-    let have = rx_chain_capacity(chain)?;
+    let have = writable_capacity(chain).ok_or(ChainError::ReadableInRx)?;
     let need = NET_HDR_LEN.saturating_add(frame.len());
     let used = u32::try_from(need).map_err(|_| ChainError::BufferTooSmall { need, have })?;
     if have < need {
