@@ -57,6 +57,31 @@ trait BlockDriver {
     fn status_of(&self, d: &SplitDescriptor) -> u8;
     /// Used entries since the last call: (head, len).
     fn done(&mut self) -> Vec<(u32, u32)>;
+    /// Queues a request of `kind` at `sector` carrying `out` (if any); returns its status.
+    fn send(&mut self, kind: u32, sector: u64, out: &[u8]) -> SplitDescriptor {
+        let h = self.header(kind, sector);
+        let s;
+        if out.is_empty() {
+            s = self.status();
+            self.add_chain(&[h, s]);
+        } else {
+            let a = self.data_out(out);
+            s = self.status();
+            self.add_chain(&[h, a, s]);
+        }
+        s
+    }
+    /// Queues a request of `kind` at `sector` with a `len`-byte buffer for the device to
+    /// fill; returns the buffer and the status.
+    fn fetch(&mut self, kind: u32, sector: u64, len: u32) -> (SplitDescriptor, SplitDescriptor) {
+        let h = self.header(kind, sector);
+        let x = self.data_in(len);
+        let s = self.status();
+        self.add_chain(&[h, x, s]);
+        (x, s)
+    }
+    /// Queues a chain on the request queue.
+    fn add_chain(&mut self, chain: &[SplitDescriptor]);
 }
 
 impl BlockDriver for Driver<'_> {
@@ -85,6 +110,10 @@ impl BlockDriver for Driver<'_> {
 
     fn status_of(&self, d: &SplitDescriptor) -> u8 {
         self.mem.read_obj(d.addr()).unwrap()
+    }
+
+    fn add_chain(&mut self, chain: &[SplitDescriptor]) {
+        self.add(0, chain);
     }
 
     fn done(&mut self) -> Vec<(u32, u32)> {
@@ -175,18 +204,13 @@ fn test_large_request_goes_through_the_bounce_buffer_in_pieces() {
     let mut d = Driver::new(&m, 1);
     let (mut r, disk) = rig(&d, &config());
     let data = pattern(600 << 10, 3);
-    let h = d.header(VIRTIO_BLK_T_OUT, 1);
-    let a = d.data_out(&data);
-    let s = d.status();
-    d.add(0, &[h, a, s]);
-    let h = d.header(VIRTIO_BLK_T_IN, 1);
-    let x = d.data_in(data.len() as u32);
-    let s2 = d.status();
-    d.add(0, &[h, x, s2]);
+    let s = d.send(VIRTIO_BLK_T_OUT, 1, &data);
+    let (x, s2) = d.fetch(VIRTIO_BLK_T_IN, 1, data.len() as u32);
     d.kick(0);
     r.run();
     assert_eq!(d.done(), vec![(0, 1), (3, data.len() as u32 + 1)]);
     assert_eq!(d.status_of(&s), VIRTIO_BLK_S_OK);
+    assert_eq!(d.status_of(&s2), VIRTIO_BLK_S_OK);
     assert_eq!(d.read(&x), data);
     assert_eq!(
         &disk.0.lock().unwrap().data[512..512 + data.len()],
@@ -236,17 +260,9 @@ fn test_get_id_flush_and_unsupported() {
         false,
     );
     let (mut r, disk) = rig(&d, &cfg);
-    let h = d.header(VIRTIO_BLK_T_GET_ID, 0);
-    let id = d.data_in(20);
-    let s1 = d.status();
-    d.add(0, &[h, id, s1]);
-    let h = d.header(VIRTIO_BLK_T_FLUSH, 0);
-    let s2 = d.status();
-    d.add(0, &[h, s2]);
-    let h = d.header(VIRTIO_BLK_T_GET_LIFETIME, 0);
-    let l = d.data_in(16);
-    let s3 = d.status();
-    d.add(0, &[h, l, s3]);
+    let (id, s1) = d.fetch(VIRTIO_BLK_T_GET_ID, 0, 20);
+    let s2 = d.send(VIRTIO_BLK_T_FLUSH, 0, &[]);
+    let (l, s3) = d.fetch(VIRTIO_BLK_T_GET_LIFETIME, 0, 16);
     d.kick(0);
     r.run();
     assert_eq!(d.done(), vec![(0, 21), (3, 1), (5, 1)]);
@@ -315,15 +331,13 @@ fn test_discard_and_write_zeroes() {
     let s1 = d.status();
     d.add(0, &[h, sd, s1]);
     // Discard one range.
-    let h = d.header(VIRTIO_BLK_T_DISCARD, 0);
-    let sd = d.data_out(&segment(20, 4, 0));
-    let s2 = d.status();
-    d.add(0, &[h, sd, s2]);
+    let s2 = d.send(VIRTIO_BLK_T_DISCARD, 0, &segment(20, 4, 0));
     // Discard with UNMAP: UNSUPP.
-    let h = d.header(VIRTIO_BLK_T_DISCARD, 0);
-    let sd = d.data_out(&segment(20, 4, VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP));
-    let s3 = d.status();
-    d.add(0, &[h, sd, s3]);
+    let s3 = d.send(
+        VIRTIO_BLK_T_DISCARD,
+        0,
+        &segment(20, 4, VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP),
+    );
     // Write zeroes past the end: IOERR, nothing zeroed.
     let h = d.header(VIRTIO_BLK_T_WRITE_ZEROES, 0);
     let mut segs = segment(30, 1, 0);
@@ -353,10 +367,7 @@ fn test_no_trim_makes_discard_unsupported() {
     let mut cfg = config();
     cfg.trim = false;
     let (mut r, _disk) = rig(&d, &cfg);
-    let h = d.header(VIRTIO_BLK_T_DISCARD, 0);
-    let sd = d.data_out(&segment(0, 1, 0));
-    let s = d.status();
-    d.add(0, &[h, sd, s]);
+    let s = d.send(VIRTIO_BLK_T_DISCARD, 0, &segment(0, 1, 0));
     d.kick(0);
     r.run();
     assert_eq!(d.status_of(&s), VIRTIO_BLK_S_UNSUPP);
@@ -374,14 +385,8 @@ fn test_read_only_refuses_writes_and_serves_reads() {
     let a = d.data_out(&[9; 512]);
     let s1 = d.status();
     d.add(0, &[h, a, s1]);
-    let h = d.header(VIRTIO_BLK_T_WRITE_ZEROES, 0);
-    let sd = d.data_out(&segment(0, 1, 0));
-    let s2 = d.status();
-    d.add(0, &[h, sd, s2]);
-    let h = d.header(VIRTIO_BLK_T_IN, 0);
-    let x = d.data_in(512);
-    let s3 = d.status();
-    d.add(0, &[h, x, s3]);
+    let s2 = d.send(VIRTIO_BLK_T_WRITE_ZEROES, 0, &segment(0, 1, 0));
+    let (x, s3) = d.fetch(VIRTIO_BLK_T_IN, 0, 512);
     d.kick(0);
     r.run();
     assert_eq!(d.status_of(&s1), VIRTIO_BLK_S_IOERR);
@@ -400,10 +405,7 @@ fn test_out_of_range_and_malformed_requests_get_ioerr() {
     let last = (DISK_LEN / 512) as u64;
     let mut statuses = Vec::new();
     // Read across the end.
-    let h = d.header(VIRTIO_BLK_T_IN, last - 1);
-    let x = d.data_in(1024);
-    let s = d.status();
-    d.add(0, &[h, x, s]);
+    let (_, s) = d.fetch(VIRTIO_BLK_T_IN, last - 1, 1024);
     statuses.push(s);
     // Write at u64::MAX.
     let h = d.header(VIRTIO_BLK_T_OUT, u64::MAX);
@@ -460,9 +462,7 @@ fn test_chain_without_status_needs_reset() {
     let (mut r, _disk) = rig(&d, &config());
     let h = d.header(VIRTIO_BLK_T_FLUSH, 0);
     d.add(0, &[h]);
-    let h = d.header(VIRTIO_BLK_T_FLUSH, 0);
-    let s = d.status();
-    d.add(0, &[h, s]);
+    let s = d.send(VIRTIO_BLK_T_FLUSH, 0, &[]);
     d.kick(0);
     r.run();
     assert_eq!(r.resets(), 1);
@@ -483,9 +483,7 @@ fn test_chain_without_status_needs_reset() {
         .activate(m.clone(), r.irq.clone(), vec![d.active_queue()])
         .unwrap();
     r.run();
-    let h = d.header(VIRTIO_BLK_T_FLUSH, 0);
-    let s = d.status();
-    d.add(0, &[h, s]);
+    let s = d.send(VIRTIO_BLK_T_FLUSH, 0, &[]);
     d.kick(0);
     r.run();
     assert_eq!(d.done(), vec![(0, 1)]);
@@ -525,10 +523,7 @@ fn test_release_disk_then_requests_fail() {
         1,
         "the device let go of the disk"
     );
-    let h = d.header(VIRTIO_BLK_T_IN, 0);
-    let x = d.data_in(512);
-    let s = d.status();
-    d.add(0, &[h, x, s]);
+    let (_, s) = d.fetch(VIRTIO_BLK_T_IN, 0, 512);
     d.kick(0);
     r.run();
     assert_eq!(d.status_of(&s), VIRTIO_BLK_S_IOERR);
@@ -556,18 +551,13 @@ fn test_real_raw_image_file() {
     let a = d.data_out(&[0x5a; 1024]);
     let s1 = d.status();
     d.add(0, &[h, a, s1]);
-    let h = d.header(VIRTIO_BLK_T_IN, 0);
-    let x = d.data_in(512);
-    let s2 = d.status();
-    d.add(0, &[h, x, s2]);
-    let h = d.header(VIRTIO_BLK_T_WRITE_ZEROES, 0);
-    let sd = d.data_out(&segment(100, 8, VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP));
-    let s3 = d.status();
-    d.add(0, &[h, sd, s3]);
-    let h = d.header(VIRTIO_BLK_T_GET_ID, 0);
-    let id = d.data_in(20);
-    let s4 = d.status();
-    d.add(0, &[h, id, s4]);
+    let (x, s2) = d.fetch(VIRTIO_BLK_T_IN, 0, 512);
+    let s3 = d.send(
+        VIRTIO_BLK_T_WRITE_ZEROES,
+        0,
+        &segment(100, 8, VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP),
+    );
+    let (id, s4) = d.fetch(VIRTIO_BLK_T_GET_ID, 0, 20);
     d.kick(0);
     r.run();
     for s in [s1, s2, s3, s4] {
@@ -657,13 +647,8 @@ fn test_cow_image_keeps_the_backing_file() {
     let a = d.data_out(&[0x77; 512]);
     let s1 = d.status();
     d.add(0, &[h, a, s1]);
-    let h = d.header(VIRTIO_BLK_T_IN, 2);
-    let x = d.data_in(3 * 512);
-    let s2 = d.status();
-    d.add(0, &[h, x, s2]);
-    let h = d.header(VIRTIO_BLK_T_FLUSH, 0);
-    let s3 = d.status();
-    d.add(0, &[h, s3]);
+    let (x, s2) = d.fetch(VIRTIO_BLK_T_IN, 2, 3 * 512);
+    let s3 = d.send(VIRTIO_BLK_T_FLUSH, 0, &[]);
     d.kick(0);
     r.run();
     for s in [s1, s2, s3] {
@@ -690,9 +675,7 @@ fn test_event_idx_queue_is_served_and_interrupts() {
         // used_event: interrupt once the first new entry is used.
         d.set_used_event(0, d.seen_used[0]);
         for _ in 0..4 {
-            let h = d.header(VIRTIO_BLK_T_FLUSH, 0);
-            let s = d.status();
-            d.add(0, &[h, s]);
+            d.send(VIRTIO_BLK_T_FLUSH, 0, &[]);
         }
         d.kick(0);
         r.run();
@@ -716,9 +699,7 @@ fn test_batch_limit_yields_to_the_event_loop_and_comes_back() {
     r.dev.lock().unwrap().batch_limit = 2;
     let mut statuses = Vec::new();
     for _ in 0..5 {
-        let h = d.header(VIRTIO_BLK_T_FLUSH, 0);
-        let s = d.status();
-        d.add(0, &[h, s]);
+        let s = d.send(VIRTIO_BLK_T_FLUSH, 0, &[]);
         statuses.push(s);
     }
     d.kick(0);
@@ -794,20 +775,15 @@ fn test_through_the_pci_transport() {
     }
     // A write and a read, notified through the BAR.
     let data = pattern(4096, 5);
-    let h = d.header(VIRTIO_BLK_T_OUT, 8);
-    let a = d.data_out(&data);
-    let s1 = d.status();
-    d.add(0, &[h, a, s1]);
-    let h = d.header(VIRTIO_BLK_T_IN, 8);
-    let x = d.data_in(4096);
-    let s2 = d.status();
-    d.add(0, &[h, x, s2]);
+    let s1 = d.send(VIRTIO_BLK_T_OUT, 8, &data);
+    let (x, s2) = d.fetch(VIRTIO_BLK_T_IN, 8, 4096);
     w(&mut pci, NOTIFY_OFFSET, 0, 2);
     for _ in 0..10 {
         em.run_with_timeout(0).unwrap();
     }
     assert_eq!(d.done(), vec![(0, 1), (3, 4097)]);
     assert_eq!(d.status_of(&s1), VIRTIO_BLK_S_OK);
+    assert_eq!(d.status_of(&s2), VIRTIO_BLK_S_OK);
     assert_eq!(d.read(&x), data);
     assert_eq!(pci.device_status() & status::NEEDS_RESET, 0);
     // The driver resets the device: it stops watching the queue and keeps the disk.
