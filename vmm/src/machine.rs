@@ -20,6 +20,15 @@ use crate::vstate::vcpu::{PauseError, Vcpus};
 use crate::vstate::vm::Vm;
 use event_manager::SubscriberOps;
 
+/// What an attach did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attached {
+    /// A new device, announced to the guest: done once its driver has started it.
+    Announced,
+    /// An existing NIC whose backend had failed got the new one: done now.
+    BackendReplaced,
+}
+
 /// Everything one boot of the guest runs on.
 pub struct Machine {
     /// The configuration the machine was built from, with the lines changed at run time.
@@ -132,19 +141,22 @@ impl Machine {
 
     /// Plugs a NIC and announces it to the guest. A NIC that exists keeps its backend while
     /// that works; one whose backend failed (its tap was deleted, its switch went away) gets
-    /// the new one, keeping its MAC, and its link comes back.
+    /// the new one, keeping its MAC, and its link comes back: the guest has nothing to do.
     pub fn attach_nic(
         &mut self,
         index: u32,
         spec: netdev::NetSpec,
         ops: &mut dyn SubscriberOps<Subscriber = Subscriber>,
-    ) -> Result<(), ControlError> {
+    ) -> Result<Attached, ControlError> {
         let id = DeviceId::Nic(index);
         if self.devices.state(PciId::Nic(index)).is_some() {
-            return self.reattach_nic(index, spec);
+            return self
+                .reattach_nic(index, spec)
+                .map(|()| Attached::BackendReplaced);
         }
         let net = open_nic(index, &spec, &self.umid).map_err(|e| ControlError::Nic(id, e))?;
         self.announce(id, PciId::Nic(index), net, DeviceConfig::Nic(spec), ops)
+            .map(|()| Attached::Announced)
     }
 
     fn check_free(&self, id: DeviceId, pci: PciId) -> Result<(), ControlError> {

@@ -8,7 +8,7 @@ use event_manager::SubscriberOps;
 use super::{ControlError, DeviceId, Responder, StopReason, VmmAction, VmmData, HOTPLUG_TIMEOUT};
 use crate::device_manager::{DeviceEvent, PciId, Subscriber};
 use crate::exit::VmExit;
-use crate::machine::Machine;
+use crate::machine::{Attached, Machine};
 
 /// A request that waits for the guest.
 struct Pending {
@@ -78,7 +78,9 @@ impl Controller {
                     .check_idle(id)
                     .and_then(|()| machine.attach_nic(index, spec, ops))
                 {
-                    Ok(()) => self.wait(id, false, respond),
+                    Ok(Attached::Announced) => self.wait(id, false, respond),
+                    // The device the guest has runs on: nothing to wait for.
+                    Ok(Attached::BackendReplaced) => respond(Ok(VmmData::Empty)),
                     Err(e) => respond(Err(e)),
                 }
             }
