@@ -101,7 +101,7 @@ fn export() -> Export {
 }
 
 #[test]
-fn mount_t_hostfs_reads_and_writes_host_files() {
+fn mount_t_hostfs_reads_and_writes_host_files_and_never_leaves_the_export() {
     let e = export();
     let mut vm = agent_vm(
         "hostfs-mount",
@@ -159,20 +159,8 @@ fn mount_t_hostfs_reads_and_writes_host_files() {
     vm.agent_ok("umount /mnt/host", SHORT);
     let err = agent_err(&mut vm, "mount none /mnt/host hostfs /no/such/dir");
     assert!(err.starts_with("ENOENT"), "{err}");
-    poweroff(vm);
-}
 
-#[test]
-fn escapes_from_the_export_fail() {
-    let e = export();
-    let mut vm = agent_vm(
-        "hostfs-escape",
-        &[
-            format!("initrd={}", artifact("initramfs.cpio").display()),
-            format!("hostfs={}", e.root.display()),
-        ],
-    );
-    vm.agent_ok("mkdir /mnt/host", SHORT);
+    // Escapes from the export fail (in the same boot: each PVM boot costs minutes of CI).
     // `..` in the mount data stops at the export's root.
     vm.agent_ok("mount none /mnt/host hostfs /../../..", SHORT);
     assert_eq!(
