@@ -503,7 +503,7 @@ mod tests {
         );
         let e = parse(["hostfs1=/x,tag=hostfs"]).unwrap_err();
         assert_eq!(
-            crate::builder::error_chain(&e),
+            crate::error_chain(&e),
             "hostfs: hostfs and hostfs1 both have the tag 'hostfs'"
         );
     }
