@@ -72,7 +72,7 @@ record() { # lane what status seconds
     [ "$3" = 0 ] || failed=1
 }
 
-e2e_bins=(boot boot_log console mconsole net ubd hostfs debian)
+e2e_bins=(boot boot_log console mconsole net ubd debian)
 [ ${#tests[@]} -gt 0 ] && e2e_bins=("${tests[@]}")
 
 # ---- host lane

@@ -5,7 +5,6 @@
 #
 # Outputs in ${KUML_GUEST_DIR:-<checkout>/build/guest}:
 #   initramfs.cpio.gz  busybox + /init (resources/rootfs/init) + /sbin/kuml-uagent
-#                      + /sbin/mount.hostfs (hostfs/guest/mount.hostfs, docs/hostfs.md)
 #   initramfs.cpio     the same, uncompressed: on PVM hosts (emulated guest kernel) gunzip of
 #                      the 1 MB archive costs ~25 s of boot time; the plain cpio costs ~nothing
 #   rootfs.ext4        the same tree as an ext4 image (label kumlroot, 64 MiB sparse);
@@ -50,7 +49,6 @@ done
 install -m 0755 "$here/rootfs/init" "$tree/init"
 install -m 0755 "$here/rootfs/init" "$tree/sbin/init"
 install -m 0755 "$here/rootfs/uagent.sh" "$tree/sbin/kuml-uagent"
-install -m 0755 "$root/hostfs/guest/mount.hostfs" "$tree/sbin/mount.hostfs"
 cat > "$tree/etc/passwd" <<'P'
 root:x:0:0:root:/root:/bin/sh
 P

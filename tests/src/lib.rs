@@ -239,9 +239,6 @@ pub struct VmOptions {
     pub early_log: bool,
     /// Extra environment for kuml (e.g. `DISPLAY`).
     pub env: Vec<(String, String)>,
-    /// Run kuml as this user and group instead of the test's (it needs /dev/kvm, its kernel,
-    /// and a `uml_dir=` it can write).
-    pub user: Option<(u32, u32)>,
 }
 
 impl Default for VmOptions {
@@ -256,7 +253,6 @@ impl Default for VmOptions {
             // turns the serial copy on, e.g. to see a guest that dies before con0 probes.
             early_log: std::env::var("KUML_E2E_EARLY_LOG").is_ok_and(|v| v == "1"),
             env: Vec::new(),
-            user: None,
         }
     }
 }
@@ -307,10 +303,6 @@ impl TestVm {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        if let Some((uid, gid)) = opts.user {
-            use std::os::unix::process::CommandExt;
-            cmd.uid(uid).gid(gid);
-        }
         pass_fds(&mut cmd, &opts.extra_fds);
         let mut child = cmd
             .spawn()

@@ -18,7 +18,6 @@ use crate::config::Config;
 use crate::device_manager::{DeviceConfig, DeviceError, DeviceManager, PciId, Subscriber};
 use crate::exit::ExitState;
 use crate::guest::{guest_cmdline, resolve_kernel, NoKernel};
-use crate::hostfs_shares::{self, ShareError};
 use crate::machine::Machine;
 use crate::vstate::vcpu::{VcpuContext, Vcpus};
 use crate::vstate::vm::{Vm, VmError};
@@ -79,9 +78,6 @@ pub enum BuildError {
     /// A network device could not be set up.
     #[error(transparent)]
     Nic(#[from] NicError),
-    /// A hostfs share could not be set up.
-    #[error(transparent)]
-    Share(#[from] ShareError),
     /// A device could not be plugged or mapped.
     #[error("cannot set up the {0}")]
     Device(&'static str, #[source] DeviceError),
@@ -244,13 +240,6 @@ pub fn build(
         .as_deref()
         .map(|p| boot::load_initrd(&vm.memory, p, cfg.mem_size, &loaded))
         .transpose()?;
-    // hostfs: a virtio-fs device per share (after the kernel loaded: a bad kernel= fails
-    // before any daemon starts). Rebuilt from the command line on reboot, as the consoles.
-    for (spec, fs) in hostfs_shares::open_shares(cfg)? {
-        let id = PciId::Share(spec.index);
-        dm.plug(id, Arc::new(Mutex::new(fs)), DeviceConfig::Boot, em, false)
-            .map_err(|e| BuildError::Plug(id, e))?;
-    }
     let cmdline = guest_cmdline(cfg);
     log::info!(
         "guest kernel {} with command line: {cmdline}",

@@ -57,10 +57,9 @@ mod tests {
     use std::path::Path;
 
     /// Every crate's harness table, with the path its targets call it by.
-    fn tables() -> [(&'static str, &'static [(&'static str, Harness)]); 6] {
+    fn tables() -> [(&'static str, &'static [(&'static str, Harness)]); 5] {
         [
             ("ubd", ubd::fuzzing::TARGETS),
-            ("hostfs", hostfs::fuzzing::TARGETS),
             ("netdev", netdev::fuzzing::TARGETS),
             ("mconsole", mconsole::fuzzing::TARGETS),
             ("devices", devices::fuzzing::TARGETS),

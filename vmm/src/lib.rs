@@ -13,7 +13,6 @@ pub mod exit;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 pub mod guest;
-pub mod hostfs_shares;
 pub mod machine;
 pub mod mconsole_adapter;
 pub mod sys;

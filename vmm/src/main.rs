@@ -33,17 +33,8 @@ Options:
   con=<chan>, con<N>=<chan>          consoles
   ssl=<chan>, ssl<N>=<chan>          serial lines
   mconsole=notify:<socket>           notification socket
-  hostfs=<dir>[,ro]   UML's hostfs root: the guest's `mount -t hostfs none <mnt> -o <path>`
-                      and `rootfstype=hostfs rootflags=<path>` reach <dir>/<path> (default /)
-  hostfs<N>=<dir>[,ro][,tag=<tag>]   another shared directory, N=1..15 (guest:
-                      mount -t virtiofs <tag> <mnt>; tag default hostfs<N>)
-  nohostfs            no hostfs export
   --help, -h          print this text
   --version, -V       print the version
-
-hostfs: each share is served by a sandboxed virtiofsd (virtio-fs) running as kuml's user;
-the project's guest kernel has UML's `hostfs` type, stock kernels use mount.hostfs or
-`mount -t virtiofs hostfs <mnt>` (docs/hostfs.md). Without virtiofsd the guest has no hostfs.
 
 Consoles: con0 is the guest's hvc0 and its kernel console (console=hvc0 unless the guest
 command line names another console=), on kuml's stdin and stdout by default (con0=fd:0,fd:1).

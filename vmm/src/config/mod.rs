@@ -81,13 +81,6 @@ pub struct Config {
     pub ssl: IndexedOptions,
     /// `mconsole=notify:<socket>`.
     pub mconsole_notify: Option<PathBuf>,
-    /// `hostfs=<dir>[,flags]`: the export the guest's `hostfs` type mounts, when given (the
-    /// default is the host's `/`, see [`Config::hostfs_shares`]).
-    pub hostfs: Option<hostfs::ShareSpec>,
-    /// `nohostfs`: no default hostfs export.
-    pub nohostfs: bool,
-    /// `hostfs<N>=<dir>[,flags]`: more shared directories, by N.
-    pub shares: BTreeMap<u32, hostfs::ShareSpec>,
     /// Words passed to the guest kernel command line, in order.
     pub guest_args: Vec<String>,
 }
@@ -108,27 +101,8 @@ impl Default for Config {
             con: IndexedOptions::default(),
             ssl: IndexedOptions::default(),
             mconsole_notify: None,
-            hostfs: None,
-            nohostfs: false,
-            shares: BTreeMap::new(),
             guest_args: Vec::new(),
         }
-    }
-}
-
-impl Config {
-    /// The directories kuml shares with the guest: the default export (`hostfs=`, else the
-    /// host's `/`, unless `nohostfs`), then `hostfs1`, `hostfs2`, ….
-    pub fn hostfs_shares(&self) -> Vec<hostfs::ShareSpec> {
-        let default = match (&self.hostfs, self.nohostfs) {
-            (_, true) => None,
-            (Some(s), false) => Some(s.clone()),
-            (None, false) => Some(hostfs::ShareSpec::default_export()),
-        };
-        default
-            .into_iter()
-            .chain(self.shares.values().cloned())
-            .collect()
     }
 }
 
@@ -177,21 +151,6 @@ pub enum ConfigError {
     /// `mconsole=` holds something other than `notify:<socket>`.
     #[error("mconsole={0}: expected notify:<socket>")]
     Mconsole(String),
-    /// A `hostfs` option is malformed.
-    #[error("{arg}: {source}")]
-    Hostfs {
-        /// The argument.
-        arg: String,
-        /// What is wrong.
-        #[source]
-        source: hostfs::SpecError,
-    },
-    /// `nohostfs` together with `hostfs=`.
-    #[error("nohostfs and hostfs= contradict each other")]
-    HostfsOff,
-    /// Two shares with the same tag.
-    #[error("hostfs")]
-    HostfsTags(#[source] hostfs::DuplicateTag),
 }
 
 /// Highest `ethN` index accepted.
@@ -218,10 +177,6 @@ where
                 cfg.noreboot = true;
                 continue;
             }
-            "nohostfs" => {
-                cfg.nohostfs = true;
-                continue;
-            }
             _ => {}
         }
         if let Some(after) = arg.strip_prefix("ubd") {
@@ -244,10 +199,6 @@ where
             cfg.guest_args.push(arg.to_owned());
         }
     }
-    if cfg.nohostfs && cfg.hostfs.is_some() {
-        return Err(ConfigError::HostfsOff);
-    }
-    hostfs::check_unique_tags(&cfg.hostfs_shares()).map_err(ConfigError::HostfsTags)?;
     Ok(Action::Run(Box::new(cfg)))
 }
 
@@ -294,19 +245,7 @@ fn apply(cfg: &mut Config, name: &str, value: &str) -> Result<bool, ConfigError>
         "con" => cfg.con.all = Some(nonempty(value)?),
         "ssl" => cfg.ssl.all = Some(nonempty(value)?),
         _ => {
-            if let Some(index) = hostfs::parse_share_name(name) {
-                let err = |source| ConfigError::Hostfs {
-                    arg: format!("{name}={value}"),
-                    source,
-                };
-                let spec = hostfs::parse_share(index.map_err(err)?, value).map_err(err)?;
-                match spec.index {
-                    0 => cfg.hostfs = Some(spec),
-                    n => {
-                        cfg.shares.insert(n, spec);
-                    }
-                }
-            } else if let Some(n) = indexed(name, "eth", MAX_ETH)? {
+            if let Some(n) = indexed(name, "eth", MAX_ETH)? {
                 let spec = netdev::parse_net_spec(value).map_err(|source| ConfigError::Eth {
                     arg: format!("{name}={value}"),
                     source,
@@ -462,53 +401,6 @@ mod tests {
     }
 
     #[test]
-    fn hostfs_options() {
-        let cfg = run(&[]);
-        assert_eq!(cfg.hostfs_shares(), [hostfs::ShareSpec::default_export()]);
-        let cfg = run(&[
-            "hostfs=/srv/uml,append",
-            "hostfs2=/data,ro,tag=data",
-            "hostfs1=/x",
-        ]);
-        let shares = cfg.hostfs_shares();
-        let names: Vec<String> = shares.iter().map(|s| s.to_string()).collect();
-        assert_eq!(
-            names,
-            [
-                "hostfs=/srv/uml,append",
-                "hostfs1=/x",
-                "hostfs2=/data,ro,tag=data"
-            ]
-        );
-        assert!(cfg.guest_args.is_empty());
-        let cfg = run(&["nohostfs", "hostfs3=/y"]);
-        assert_eq!(cfg.hostfs_shares().len(), 1);
-        assert_eq!(cfg.hostfs_shares()[0].index, 3);
-        // The guest's own words stay the guest's.
-        let cfg = run(&["rootfstype=hostfs", "rootflags=/srv/root", "hostfsx=1"]);
-        assert_eq!(
-            cfg.guest_args,
-            ["rootfstype=hostfs", "rootflags=/srv/root", "hostfsx=1"]
-        );
-        let err = |a: &[&str]| parse(a).unwrap_err().to_string();
-        assert_eq!(
-            err(&["hostfs1=/x,rx"]),
-            "hostfs1=/x,rx: unknown flag 'rx' (ro, rw, tag=<tag> or append)"
-        );
-        assert!(err(&["hostfs16=/x"]).starts_with("hostfs16=/x: share number 16"));
-        assert_eq!(err(&["hostfs1="]), "hostfs1=: no directory given");
-        assert_eq!(
-            err(&["nohostfs", "hostfs=/x"]),
-            "nohostfs and hostfs= contradict each other"
-        );
-        let e = parse(["hostfs1=/x,tag=hostfs"]).unwrap_err();
-        assert_eq!(
-            crate::error_chain(&e),
-            "hostfs: hostfs and hostfs1 both have the tag 'hostfs'"
-        );
-    }
-
-    #[test]
     fn lookalike_words_go_to_the_guest() {
         let cfg = run(&["console=ttyS0", "ethtool=1", "conmode=x"]);
         assert_eq!(cfg.guest_args, ["console=ttyS0", "ethtool=1", "conmode=x"]);
@@ -525,14 +417,13 @@ mod tests {
             words in proptest::collection::vec("[a-z_.]{1,10}(=[a-z0-9]{0,6})?", 0..8)
         ) {
             let known = ["mem", "ncpus", "umid", "uml_dir", "kernel", "initrd", "mconsole",
-                         "con", "ssl", "noreboot", "nohostfs"];
+                         "con", "ssl", "noreboot"];
             let words: Vec<String> = words
                 .into_iter()
                 .filter(|w| {
                     let n = w.split('=').next().unwrap_or("");
                     !known.contains(&n) && !n.starts_with("ubd") && !n.starts_with("vec")
                         && !n.starts_with("eth") && !n.starts_with("con") && !n.starts_with("ssl")
-                        && !n.starts_with("hostfs")
                 })
                 .collect();
             let cfg = run(&words.iter().map(String::as_str).collect::<Vec<_>>());

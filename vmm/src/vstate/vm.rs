@@ -4,12 +4,10 @@ use kvm_bindings::{
     kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_MAX_CPUID_ENTRIES,
     KVM_PIT_SPEAKER_DUMMY,
 };
-use std::fs::File;
-use std::os::fd::FromRawFd;
 use std::sync::Arc;
 
 use kvm_ioctls::{Kvm, VmFd};
-use vm_memory::{FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 use crate::arch::x86_64::cpuid::KvmCaps;
 use crate::arch::x86_64::layout;
@@ -29,9 +27,6 @@ pub enum VmError {
     /// Guest memory could not be allocated.
     #[error("cannot allocate {0} bytes of guest memory")]
     Memory(u64, #[source] vm_memory::mmap::FromRangesError),
-    /// The file behind guest memory could not be made.
-    #[error("cannot create the file of {0} bytes behind guest memory")]
-    MemoryFile(u64, #[source] std::io::Error),
 }
 
 /// The VM and the host-side objects it needs.
@@ -47,33 +42,6 @@ pub struct Vm {
     pub supported_cpuid: CpuId,
     /// What KVM offers beyond its CPUID table.
     pub cpuid_caps: KvmCaps,
-}
-
-/// Guest RAM in one memfd, mapped shared, region after region: vhost-user daemons (hostfs's
-/// virtiofsd) map the same file to reach the guest's buffers, as UML maps its memory file.
-fn shared_memory(mem_size: u64) -> Result<GuestMemoryMmap, VmError> {
-    let file_err = |e| VmError::MemoryFile(mem_size, e);
-    let name = c"kuml-guest-ram";
-    // SAFETY: memfd_create with a NUL-terminated name; the result is checked.
-    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
-    if fd < 0 {
-        return Err(file_err(std::io::Error::last_os_error()));
-    }
-    // SAFETY: fd is a new descriptor that nothing else owns.
-    let file = unsafe { File::from_raw_fd(fd) };
-    file.set_len(mem_size).map_err(file_err)?;
-    let file = Arc::new(file);
-    let mut offset = 0u64;
-    let mut ranges = Vec::new();
-    for (base, len) in layout::ram_regions(mem_size) {
-        ranges.push((
-            GuestAddress(base),
-            len as usize,
-            Some(FileOffset::from_arc(file.clone(), offset)),
-        ));
-        offset += len;
-    }
-    GuestMemoryMmap::from_ranges_with_files(&ranges).map_err(|e| VmError::Memory(mem_size, e))
 }
 
 impl Vm {
@@ -113,7 +81,12 @@ impl Vm {
         fd.create_pit2(pit)
             .map_err(|e| VmError::Kvm("create the PIT", e))?;
 
-        let memory = shared_memory(mem_size)?;
+        let ranges: Vec<(GuestAddress, usize)> = layout::ram_regions(mem_size)
+            .into_iter()
+            .map(|(base, len)| (GuestAddress(base), len as usize))
+            .collect();
+        let memory =
+            GuestMemoryMmap::from_ranges(&ranges).map_err(|e| VmError::Memory(mem_size, e))?;
         for (slot, region) in memory.iter().enumerate() {
             let host = region
                 .get_host_address(vm_memory::MemoryRegionAddress(0))
