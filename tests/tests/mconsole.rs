@@ -145,8 +145,12 @@ fn boot_with(name: &str, extra: &[String], noreboot: bool, boot: Duration) -> Gu
         "mem=128M".to_owned(),
         format!("umid={umid}"),
         format!("uml_dir={}", dir.path().display()),
-        // The suite asks mconsole for this line's channel.
+        // The suite asks mconsole for this line's channel. The kernel log goes there too:
+        // a restart's last lines come after the guest shut its virtio devices down, so only a
+        // console on the UART carries them (hvc0 stays the guest's /dev/console).
         "ssl0=null,fd:2".to_owned(),
+        "console=ttyS0".to_owned(),
+        "console=hvc0".to_owned(),
         format!(
             "ubd0={},{}",
             dir.path().join("root.cow").display(),
