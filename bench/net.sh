@@ -1,80 +1,161 @@
 #!/bin/sh
-# Network benchmark: guest <-> host over a tap, kuml vs QEMU microvm, same kernel, same tap setup,
-# in one run. A benchmark, not a test: it prints figures and never fails on them.
+# Network benchmark: kuml against QEMU microvm with the SAME backend, one transport after the
+# other, in one run; same kernel, same path from the measuring side to the guest. A benchmark,
+# not a test: it prints figures and never fails on them.
 #
-#   bench/net.sh [--json FILE] [--rounds N] [--count N] [--seconds S]
+#   bench/net.sh [--json FILE] [--rounds N] [--count N] [--seconds S] [--transports LIST]
 #
-# Everything runs inside a private network namespace created here and deleted on exit
-# (tap0 = 10.0.2.1/24 there; the guest is 10.0.2.15, configured by its kernel from `ip=`).
+# LIST (comma-separated, default all): the transport under the guest's eth0:
+#   tap     kuml eth0=tuntap,tap0                   QEMU -netdev tap,ifname=tap0
+#   vectap  kuml vec0:transport=tap,ifname=tap0     QEMU -netdev tap,ifname=tap0
+#   mcast   kuml eth0=mcast,,239.192.168.7,1107,1   QEMU -netdev socket,mcast=239.192.168.7:1107
+#   l2tpv3  kuml vec0:transport=l2tpv3,udp=1,...    QEMU -netdev l2tpv3,udp=on,... (same sessions)
+#   vde     kuml eth0=vde,<switch>                  QEMU -netdev vde,sock=<switch>
+# Not measured: gre (QEMU has no GRE netdev: no same-backend figure), slirp (a user-mode stack
+# NATs: the measuring side cannot send ICMP echo INTO the guest), fd (a descriptor from a
+# helper: its figures are the helper's).
+#
+# Everything runs inside a private network namespace created here and deleted on exit. The
+# measuring side is the namespace's own IP stack on tap0 (10.0.2.1/24; the guest is 10.0.2.15,
+# configured by its kernel from `ip=`). For tap and vectap the guest's NIC is tap0 itself; for
+# the others a helper joins tap0 to the transport, the same one for both VMMs: a guestless QEMU
+# hub (`-machine none -net tap -net <transport>`) for mcast and l2tpv3, `vde_switch -t tap0`
+# for vde. A ratio therefore compares the two VMMs' ends of one path; the absolute figures
+# include the helper.
 # The guest runs no user space: the in-kernel test agent keeps the kernel alive (on PVM hosts
 # guest user space cannot run at all), so the figures are what the guest KERNEL alone allows:
 #   - ICMP echo round trip (sequential pings from the namespace, median and p90),
 #   - ICMP echo rate with 32 requests in flight (small packets: per-packet cost of the path),
 #   - ICMP echo throughput with 1400-byte payloads, 32 in flight (bytes echoed per second).
-# Not measured: TCP/UDP stream throughput and latency (iperf3/netperf style) need a program in
-# the guest; the guest images carry none, and on PVM hosts no guest program can run.
+# Not measured here: TCP/UDP streams need a program in the guest, i.e. guest user space.
 # Output: a table, and with --json the "net" figure for bench/run.sh.
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
 json= rounds=${NET_ROUNDS:-1} count=${NET_COUNT:-100} seconds=${NET_SECONDS:-5}
+transports=${NET_TRANSPORTS:-tap,vectap,mcast,l2tpv3,vde}
 while [ $# -gt 0 ]; do
     case "$1" in
         --json) json=$2; shift ;;
         --rounds) rounds=$2; shift ;;
         --count) count=$2; shift ;;
         --seconds) seconds=$2; shift ;;
-        *) echo "usage: bench/net.sh [--json FILE] [--rounds N] [--count N] [--seconds S]" >&2; exit 2 ;;
+        --transports) transports=$2; shift ;;
+        *) echo "usage: bench/net.sh [--json FILE] [--rounds N] [--count N] [--seconds S] [--transports LIST]" >&2; exit 2 ;;
     esac
     shift
 done
 kuml=${KUML_BIN:-$root/target/release/kuml}
 [ -x "$kuml" ] || kuml=$root/target/debug/kuml
 guest=${KUML_GUEST_DIR:-$root/build/guest}
-for f in "$kuml" "$guest/vmlinux" "$guest/initramfs.cpio.gz"; do
+# The uncompressed initramfs where there is one: gunzip costs ~25 s of emulated kernel on PVM.
+initrd=$guest/initramfs.cpio
+[ -e "$initrd" ] || initrd=$guest/initramfs.cpio.gz
+for f in "$kuml" "$guest/vmlinux" "$initrd"; do
     [ -e "$f" ] || { echo "net.sh: missing $f (cargo build -p kuml; resources/build-guest.sh)" >&2; exit 1; }
 done
 command -v qemu-system-x86_64 >/dev/null || { echo "net.sh: qemu-system-x86_64 missing" >&2; exit 1; }
 [ -e /dev/kvm ] || { echo "net.sh: no /dev/kvm" >&2; exit 1; }
+for t in $(echo "$transports" | tr , ' '); do
+    case $t in
+        tap|vectap|mcast|l2tpv3) ;;
+        vde) command -v vde_switch >/dev/null || { echo "net.sh: vde_switch missing (apt-get install vde2)" >&2; exit 1; } ;;
+        *) echo "net.sh: unknown transport '$t' (tap, vectap, mcast, l2tpv3, vde)" >&2; exit 2 ;;
+    esac
+done
 
 ns=kuml-bench-net-$$
 tmp=$(mktemp -d)
 cleanup() {
-    [ -f "$tmp/pid" ] && kill "$(cat "$tmp/pid")" 2>/dev/null
+    for p in pid hub holder; do
+        [ -f "$tmp/$p" ] && kill "$(cat "$tmp/$p")" 2>/dev/null
+    done
     ip netns del "$ns" 2>/dev/null
     rm -rf "$tmp"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 ip netns add "$ns" || { echo "net.sh: cannot create a network namespace (root needed)" >&2; exit 1; }
-ip -n "$ns" link set lo up
+ip -n "$ns" link set lo up multicast on
+ip -n "$ns" route add 224.0.0.0/4 dev lo
 ip -n "$ns" tuntap add tap0 mode tap
 ip -n "$ns" addr add 10.0.2.1/24 dev tap0
 ip -n "$ns" link set tap0 up
 
 hostopts=$(sh "$root/resources/pvm-cmdline.sh")
+qcpu=$(sh "$root/resources/qemu-cpu.sh")
 ipopt="ip=10.0.2.15::10.0.2.1:255.255.255.0::eth0:off"
-cp "$guest/vmlinux" "$guest/initramfs.cpio.gz" "$tmp/"
+cp "$guest/vmlinux" "$initrd" "$tmp/"
+initrd=$tmp/$(basename "$initrd")
+mcast=239.192.168.7:1107
+l2k="src=127.0.0.1,dst=127.0.0.1,srcport=1701,dstport=1702"   # the guest's end
+l2h="src=127.0.0.1,dst=127.0.0.1,srcport=1702,dstport=1701"   # the hub's end
 
-# start <vmm> <log>: boots the guest in the namespace, leaves it running (pid in $tmp/pid).
+# kuml's option and QEMU's -netdev for transport $1.
+kuml_net() {
+    case $1 in
+        tap) echo "eth0=tuntap,tap0" ;;
+        vectap) echo "vec0:transport=tap,ifname=tap0" ;;
+        mcast) echo "eth0=mcast,,${mcast%:*},${mcast#*:},1" ;;
+        l2tpv3) echo "vec0:transport=l2tpv3,udp=1,$l2k,rx_session=0x11,tx_session=0x22" ;;
+        vde) echo "eth0=vde,$tmp/sw" ;;
+    esac
+}
+qemu_net() {
+    case $1 in
+        tap|vectap) echo "tap,ifname=tap0,script=no,downscript=no" ;;
+        mcast) echo "socket,mcast=$mcast" ;;
+        l2tpv3) echo "l2tpv3,udp=on,$l2k,rxsession=0x11,txsession=0x22" ;;
+        vde) echo "vde,sock=$tmp/sw" ;;
+    esac
+}
+
+# hub <transport>: joins tap0 to the transport for the measuring side (pid in $tmp/hub).
+hub() {
+    case $1 in
+        mcast|l2tpv3)
+            if [ "$1" = mcast ]; then
+                far="socket,mcast=$mcast"
+            else
+                far="l2tpv3,udp=on,$l2h,rxsession=0x22,txsession=0x11"
+            fi
+            ip netns exec "$ns" qemu-system-x86_64 -machine none -nodefaults -display none \
+                -net tap,ifname=tap0,script=no,downscript=no -net "$far" \
+                < /dev/null > "$tmp/hub.log" 2>&1 &
+            echo $! > "$tmp/hub" ;;
+        vde)
+            rm -rf "$tmp/sw"
+            ip netns exec "$ns" vde_switch -s "$tmp/sw" -t tap0 -d -p "$tmp/hub.pid" > "$tmp/hub.log" 2>&1
+            cp "$tmp/hub.pid" "$tmp/hub" ;;
+        *) return 0 ;;
+    esac
+    sleep 1
+}
+
+unhub() {
+    [ -f "$tmp/hub" ] || return 0
+    kill "$(cat "$tmp/hub")" 2>/dev/null
+    sleep 1
+    rm -f "$tmp/hub" "$tmp/hub.pid"
+}
+
+# start <vmm> <transport> <log>: boots the guest in the namespace, leaves it running (pid in
+# $tmp/pid).
 start() {
+    # The console on a FIFO kept open so the agent waits instead of seeing end of file.
+    mkfifo "$tmp/in.$$" 2>/dev/null
+    sleep 100000 > "$tmp/in.$$" &
+    echo $! > "$tmp/holder"
     if [ "$1" = kuml ]; then
-        # con0 on a FIFO kept open so the agent waits instead of seeing end of file.
-        mkfifo "$tmp/in.$$" 2>/dev/null
-        sleep 100000 > "$tmp/in.$$" &
-        echo $! > "$tmp/holder"
-        ip netns exec "$ns" "$kuml" kernel="$tmp/vmlinux" initrd="$tmp/initramfs.cpio.gz" mem=128M \
-            eth0=tuntap,tap0 "$ipopt" kuml.agent=hvc0 $hostopts < "$tmp/in.$$" > "$2" 2>&1 &
+        ip netns exec "$ns" "$kuml" kernel="$tmp/vmlinux" initrd="$initrd" mem=128M nohostfs \
+            "$(kuml_net "$2")" "$ipopt" kuml.agent=hvc0 $hostopts < "$tmp/in.$$" > "$3" 2>&1 &
     else
-        mkfifo "$tmp/in.$$" 2>/dev/null
-        sleep 100000 > "$tmp/in.$$" &
-        echo $! > "$tmp/holder"
-        ip netns exec "$ns" qemu-system-x86_64 -M microvm -accel kvm -cpu host -m 128 -smp 1 \
+        ip netns exec "$ns" qemu-system-x86_64 -M microvm -accel kvm -cpu "$qcpu" -m 128 -smp 1 \
             -nodefaults -no-user-config -display none -no-reboot -serial stdio \
-            -kernel "$tmp/vmlinux" -initrd "$tmp/initramfs.cpio.gz" \
+            -kernel "$tmp/vmlinux" -initrd "$initrd" \
             -append "console=ttyS0 kuml.agent=ttyS0 $ipopt $hostopts" \
-            -netdev tap,id=n0,ifname=tap0,script=no,downscript=no \
-            -device virtio-net-device,netdev=n0 < "$tmp/in.$$" > "$2" 2>&1 &
+            -netdev "$(qemu_net "$2"),id=n0" \
+            -device virtio-net-device,netdev=n0 < "$tmp/in.$$" > "$3" 2>&1 &
     fi
     echo $! > "$tmp/pid"
 }
@@ -83,7 +164,7 @@ stop() {
     kill "$(cat "$tmp/pid")" 2>/dev/null
     wait "$(cat "$tmp/pid")" 2>/dev/null
     kill "$(cat "$tmp/holder")" 2>/dev/null
-    rm -f "$tmp/pid" "$tmp/in.$$"
+    rm -f "$tmp/pid" "$tmp/holder" "$tmp/in.$$"
 }
 
 # The measuring side: raw ICMP from the namespace's stack to the guest.
@@ -183,67 +264,75 @@ EOF
 
 results=$tmp/results
 : > "$results"
-r=1
-while [ "$r" -le "$rounds" ]; do
-    if [ $((r % 2)) -eq 1 ]; then order="kuml qemu"; else order="qemu kuml"; fi
-    for vmm in $order; do
-        log=$tmp/$vmm.$r.log
-        start "$vmm" "$log"
-        t0=$(date +%s)
-        until grep -q "KAGENT ready" "$log" 2>/dev/null; do
-            if ! kill -0 "$(cat "$tmp/pid")" 2>/dev/null || [ $(($(date +%s) - t0)) -gt 600 ]; then
-                echo "net.sh: $vmm guest did not come up; last lines:" >&2
-                tail -5 "$log" >&2
-                break
+for t in $(echo "$transports" | tr , ' '); do
+    r=1
+    while [ "$r" -le "$rounds" ]; do
+        if [ $((r % 2)) -eq 1 ]; then order="kuml qemu"; else order="qemu kuml"; fi
+        for vmm in $order; do
+            hub "$t"
+            log=$tmp/$vmm.$t.$r.log
+            start "$vmm" "$t" "$log"
+            t0=$(date +%s)
+            until grep -q "KAGENT ready" "$log" 2>/dev/null; do
+                if ! kill -0 "$(cat "$tmp/pid")" 2>/dev/null || [ $(($(date +%s) - t0)) -gt 600 ]; then
+                    echo "net.sh: $vmm guest on $t did not come up; last lines:" >&2
+                    tail -5 "$log" >&2
+                    break
+                fi
+                sleep 1
+            done
+            if grep -q "KAGENT ready" "$log"; then
+                out=$(ip netns exec "$ns" python3 "$tmp/icmp.py" 10.0.2.15 "$count" "$seconds")
+                echo "$t $vmm round $r: $out"
+                echo "$t $vmm $out" >> "$results"
             fi
-            sleep 1
+            stop
+            unhub
         done
-        if grep -q "KAGENT ready" "$log"; then
-            out=$(ip netns exec "$ns" python3 "$tmp/icmp.py" 10.0.2.15 "$count" "$seconds")
-            echo "$vmm round $r: $out"
-            echo "$vmm $out" >> "$results"
-        fi
-        stop
+        r=$((r + 1))
     done
-    r=$((r + 1))
 done
 
-python3 - "$results" "${json:-}" "$rounds" "$count" "$seconds" <<'EOF'
+python3 - "$results" "${json:-}" "$rounds" "$count" "$seconds" "$transports" <<'EOF'
 import json, statistics, sys
-path, out, rounds, count, seconds = sys.argv[1], sys.argv[2], *sys.argv[3:]
-res = {"kuml": [], "qemu": []}
+path, out, rounds, count, seconds, transports = sys.argv[1], sys.argv[2], *sys.argv[3:]
+res = {}
 for line in open(path):
-    vmm, js = line.split(" ", 1)
+    t, vmm, js = line.split(" ", 2)
     d = json.loads(js)
     if "error" not in d:
-        res[vmm].append(d)
+        res.setdefault(t, {"kuml": [], "qemu": []})[vmm].append(d)
 
-def med(vmm, k):
-    xs = [d[k] for d in res[vmm] if d.get(k) is not None]
+def med(t, vmm, k):
+    xs = [d[k] for d in res.get(t, {}).get(vmm, []) if d.get(k) is not None]
     return statistics.median(xs) if xs else None
 
 def fmt(x, unit, nd):
     return "n/a" if x is None else f"{x:.{nd}f} {unit}"
 
 rows = []
-for key, label, unit, nd, target in (
-        ("rtt_median_ms", f"ICMP echo RTT host->guest over tap (median of {count})", "ms", 3, "lower is better"),
-        ("rtt_p90_ms", "ICMP echo RTT, p90", "ms", 3, "lower is better"),
-        ("pps", f"ICMP echo rate, 56 B, 32 in flight ({seconds} s)", "pkt/s", 0, "higher is better"),
-        ("mbytes_s", f"ICMP echo throughput, 1400 B, 32 in flight ({seconds} s)", "MB/s", 2, "higher is better")):
-    k, q = med("kuml", key), med("qemu", key)
-    rows.append({"label": label, "kuml": fmt(k, unit, nd), "qemu": fmt(q, unit, nd),
-                 "ratio": (k / q) if k is not None and q else None, "target": target})
-lost = {v: sum(d["lost"] for d in res[v]) for v in res}
-rows.append({"label": "echo requests lost in the RTT series", "kuml": str(lost["kuml"]),
-             "qemu": str(lost["qemu"]), "ratio": None, "target": ""})
-why = ("needs a program in the guest (iperf3/netperf); the guest images carry none and on PVM "
-       "hosts guest user space cannot run")
-rows.append({"label": "TCP/UDP stream throughput and latency guest<->host",
-             "kuml": "not measured: " + why, "qemu": "", "ratio": None, "target": ""})
+for t in transports.split(","):
+    for key, label, unit, nd, target in (
+            ("rtt_median_ms", f"{t}: ICMP echo RTT host->guest (median of {count})", "ms", 3, "lower is better"),
+            ("rtt_p90_ms", f"{t}: ICMP echo RTT, p90", "ms", 3, "lower is better"),
+            ("pps", f"{t}: ICMP echo rate, 56 B, 32 in flight ({seconds} s)", "pkt/s", 0, "higher is better"),
+            ("mbytes_s", f"{t}: ICMP echo throughput, 1400 B, 32 in flight ({seconds} s)", "MB/s", 2, "higher is better")):
+        k, q = med(t, "kuml", key), med(t, "qemu", key)
+        rows.append({"label": label, "kuml": fmt(k, unit, nd), "qemu": fmt(q, unit, nd),
+                     "ratio": (k / q) if k is not None and q else None, "target": target})
+    lost = {v: sum(d["lost"] for d in res.get(t, {}).get(v, [])) for v in ("kuml", "qemu")}
+    rows.append({"label": f"{t}: echo requests lost in the RTT series", "kuml": str(lost["kuml"]),
+                 "qemu": str(lost["qemu"]), "ratio": None, "target": ""})
+not_measured = [("gre", "QEMU has no GRE netdev: no same-backend comparison"),
+                ("slirp", "a user-mode stack NATs: nothing reaches the guest from outside unasked")]
+not_measured.append(("TCP/UDP streams", "need a program in the guest, i.e. guest user space (not on PVM)"))
+for t, why in not_measured:
+    rows.append({"label": t, "kuml": "not measured: " + why, "qemu": "", "ratio": None, "target": ""})
 fig = {"figure": "net", "rounds": int(rounds), "runs": res, "rows": rows,
-       "setup": "tap0 10.0.2.1/24 in a private netns; guest 10.0.2.15 via ip=; kernel only (in-kernel agent); "
-                "QEMU: -M microvm -accel kvm, -netdev tap (no vhost), virtio-net-device"}
+       "setup": "tap0 10.0.2.1/24 in a private netns; guest 10.0.2.15 via ip=; "
+                "kernel only (in-kernel agent); "
+                "QEMU: -M microvm -accel kvm, virtio-net-device on the same backend (tap without vhost); "
+                "mcast and l2tpv3: a guestless QEMU hub joins tap0 to the transport; vde: vde_switch -t tap0"}
 w = max(len(r["label"]) for r in rows)
 print(f"{'':{w}}  {'kuml':>16}  {'QEMU microvm':>16}  kuml/QEMU")
 for r in rows:

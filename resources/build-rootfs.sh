@@ -5,6 +5,8 @@
 #
 # Outputs in ${KUML_GUEST_DIR:-<checkout>/build/guest}:
 #   initramfs.cpio.gz  busybox + /init (resources/rootfs/init) + /sbin/kuml-uagent
+#                      + /sbin/uml-names and /etc/mdev.conf (UML's /dev/ubdX, /dev/ttyN)
+#                      + /sbin/mount.hostfs (hostfs/guest/mount.hostfs, docs/hostfs.md)
 #   initramfs.cpio     the same, uncompressed: on PVM hosts (emulated guest kernel) gunzip of
 #                      the 1 MB archive costs ~25 s of boot time; the plain cpio costs ~nothing
 #   rootfs.ext4        the same tree as an ext4 image (label kumlroot, 64 MiB sparse);
@@ -49,6 +51,9 @@ done
 install -m 0755 "$here/rootfs/init" "$tree/init"
 install -m 0755 "$here/rootfs/init" "$tree/sbin/init"
 install -m 0755 "$here/rootfs/uagent.sh" "$tree/sbin/kuml-uagent"
+install -m 0755 "$here/rootfs/uml-names" "$tree/sbin/uml-names"
+install -m 0644 "$here/rootfs/mdev.conf" "$tree/etc/mdev.conf"
+install -m 0755 "$root/hostfs/guest/mount.hostfs" "$tree/sbin/mount.hostfs"
 cat > "$tree/etc/passwd" <<'P'
 root:x:0:0:root:/root:/bin/sh
 P

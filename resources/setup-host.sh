@@ -29,6 +29,8 @@ pkgs=(
     passt libslirp-helper vde2
     # benchmarks: real UML, the anchor kuml replaces (bench/kbench.py boot)
     user-mode-linux
+    # hostfs: building the Rust virtiofsd (below)
+    libseccomp-dev libcap-ng-dev
 )
 missing=()
 for p in "${pkgs[@]}"; do
@@ -68,6 +70,22 @@ if [ -e /dev/kvm ]; then
 else
     echo "setup-host: WARNING: /dev/kvm missing (load kvm_intel/kvm_amd)" >&2
 fi
+# hostfs: the Rust virtiofsd (docs/hostfs.md). Debian 12 has no package of it (QEMU 7.2's
+# /usr/lib/qemu/virtiofsd is the old C daemon: it needs root and takes other options), so it
+# is built from crates.io, pinned, into /usr/local/bin; a run that finds that version skips it.
+VIRTIOFSD_VERSION=1.14.0
+have=$(/usr/local/bin/virtiofsd --version 2>/dev/null | awk '{ print $2 }' || true)
+if [ "$have" = "$VIRTIOFSD_VERSION" ]; then
+    echo "setup-host: virtiofsd $VIRTIOFSD_VERSION present"
+else
+    cargo=$(command -v cargo || echo "${CARGO_HOME:-$HOME/.cargo}/bin/cargo")
+    echo "setup-host: building virtiofsd $VIRTIOFSD_VERSION from crates.io (a few minutes)"
+    # Outside the checkout, so that its rust-toolchain.toml does not apply.
+    (cd / && CARGO_TARGET_DIR="${KUML_CACHE:-/var/cache/kuml}/virtiofsd-build" \
+        "$cargo" install virtiofsd --version "$VIRTIOFSD_VERSION" --locked --root /usr/local) ||
+        echo "setup-host: WARNING: virtiofsd did not build; kuml runs without hostfs" >&2
+fi
+
 # cache for the guest kernel build (resources/build-kernel.sh)
 mkdir -p "${KUML_CACHE:-/var/cache/kuml}"
 echo "setup-host: done"

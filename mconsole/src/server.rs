@@ -197,7 +197,8 @@ impl Server {
                 EpollEvent::new(EventSet::IN, TOKEN_TIMER),
             )
             .map_err(ServerError::Setup)?;
-        log::info!("mconsole (version 2) initialized on {}", path.display());
+        // UML's console line (kuml prints target "uml" on stdout, as UML's con0 shows it).
+        log::info!(target: "uml", "mconsole (version 2) initialized on {}", path.display());
         Ok(Server {
             sock,
             path,

@@ -27,6 +27,7 @@ pub mod frame;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 pub mod inherited;
+pub mod launch;
 pub mod mac;
 pub mod mcast;
 pub mod slirp;
@@ -183,12 +184,12 @@ pub enum OpenError {
 /// Opens the host side of `spec` for a guest interface whose MAC is `mac` (used by the
 /// multicast backend to drop its own looped-back frames).
 ///
-/// Logs UML's transport line (`mcast backend multicast address: …`, …) at info level.
+/// Logs the warnings UML prints for the spec (target `uml`); the caller, which knows the
+/// interface's index, prints UML's `Netdevice N (<mac>) : ` and transport lines.
 pub fn open_backend(spec: &NetSpec, mac: MacAddr) -> Result<Box<dyn Backend>, OpenError> {
     for w in &spec.warnings {
-        log::warn!("{w}");
+        log::warn!(target: "uml", "{w}");
     }
-    log::info!("Netdevice ({mac}) : {}", spec.transport_line());
     Ok(match &spec.transport {
         Transport::Tap(cfg) => Box::new(TapBackend::open(cfg).map_err(OpenError::Tap)?),
         Transport::Mcast(cfg) => {

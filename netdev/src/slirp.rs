@@ -102,7 +102,7 @@ impl SlirpBackend {
                 Ok(())
             })
         };
-        let mut child = cmd.spawn().map_err(|source| SlirpError::Spawn {
+        let mut child = crate::launch::spawn(cmd).map_err(|source| SlirpError::Spawn {
             helper: cfg.helper.clone(),
             source,
         })?;

@@ -143,6 +143,18 @@ fn set_if_sockaddr(sock: &OwnedFd, name: &str, req: libc::Ioctl, ip: Ipv4Addr) -
     if_ioctl(sock, req, &mut ifr)
 }
 
+/// Whether a network interface `name` exists in this thread's network namespace (asked through
+/// a socket, which lives in that namespace; sysfs would show the namespace it was mounted in).
+pub(crate) fn if_exists(name: &str) -> bool {
+    let Ok(sock) = inet_dgram_socket() else {
+        return false;
+    };
+    let Ok(mut ifr) = ifreq_named(name) else {
+        return false;
+    };
+    if_ioctl(&sock, libc::SIOCGIFINDEX, &mut ifr).is_ok()
+}
+
 /// `ifconfig <name> <ip> netmask <mask> up`, as UML's `uml_net` helper does.
 pub(crate) fn if_configure(
     name: &str,

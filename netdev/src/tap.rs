@@ -25,6 +25,44 @@ pub enum TapError {
     /// `/dev/net/tun` could not be opened.
     #[error("failed to open {TUN_PATH}")]
     OpenTun(#[source] io::Error),
+    /// kuml's user may not open `/dev/net/tun`.
+    #[error(
+        "kuml's user may not open {TUN_PATH} ({node}): attaching to a tap made for this user \
+         needs read-write access to it, which Debian gives every user (mode 0666: `sudo chmod \
+         0666 {TUN_PATH}`)"
+    )]
+    TunDenied {
+        /// Its mode and owner.
+        node: String,
+        /// The open's error.
+        #[source]
+        source: io::Error,
+    },
+    /// The named tap does not exist, and kuml's user may not create one.
+    #[error(
+        "tap device '{dev}' does not exist, and creating one needs root (CAP_NET_ADMIN): make \
+         it for kuml's user beforehand (`sudo ip tuntap add dev {dev} mode tap user $USER`)"
+    )]
+    NoSuchTap {
+        /// The requested name.
+        dev: String,
+        /// TUNSETIFF's error.
+        #[source]
+        source: io::Error,
+    },
+    /// The named device exists but kuml's user may not attach to it.
+    #[error(
+        "tap device '{dev}' was not made for kuml's user (or is no tap), and attaching to it \
+         needs root (CAP_NET_ADMIN): make it with `sudo ip tuntap add dev {dev} mode tap user \
+         $USER` (`ip -d link show {dev}` shows its owner)"
+    )]
+    NotYourTap {
+        /// The requested name.
+        dev: String,
+        /// TUNSETIFF's error.
+        #[source]
+        source: io::Error,
+    },
     /// TUNSETIFF failed.
     #[error("TUNSETIFF for tap device '{dev}' failed")]
     SetIff {
@@ -34,12 +72,21 @@ pub enum TapError {
         #[source]
         source: io::Error,
     },
-    /// Creating a tap needs privileges.
+    /// Creating a tap (and giving it the gate address) needs privileges.
     #[error(
-        "creating a tap device needs root (CAP_NET_ADMIN); create one beforehand \
-         (`ip tuntap add dev tap0 mode tap user $USER`) and use eth<N>=tuntap,tap0"
+        "creating a tap device{} needs root (CAP_NET_ADMIN); as an ordinary user, have one made \
+         beforehand (`sudo ip tuntap add dev tap0 mode tap user $USER`{}) and use \
+         eth<N>=tuntap,tap0",
+        if .gate.is_some() { " with a gate address and host routes" } else { "" },
+        if .gate.is_some() { ", the host side configured by root" } else { "" }
     )]
-    NotPermitted(#[source] io::Error),
+    NotPermitted {
+        /// The gate address asked for.
+        gate: Option<Ipv4Addr>,
+        /// TUNSETIFF's error.
+        #[source]
+        source: io::Error,
+    },
     /// Host-side configuration of a created tap failed.
     #[error("failed to configure host side of '{dev}' (address {gate}, link up)")]
     Configure {
@@ -103,9 +150,9 @@ impl TapBackend {
     /// Attaches to the tap `dev` (TUNSETIFF creates it if it does not exist and we may).
     pub fn open_named(dev: &str) -> Result<Self, TapError> {
         let file = open_tun()?;
-        let name = sys::tun_set_tap(&file, dev).map_err(|source| TapError::SetIff {
-            dev: dev.to_string(),
-            source,
+        let name = sys::tun_set_tap(&file, dev).map_err(|source| {
+            let refused = source.raw_os_error() == Some(libc::EPERM);
+            attach_error(dev, refused.then(|| sys::if_exists(dev)), source)
         })?;
         log::info!("TUN/TAP backend - {name}");
         Ok(TapBackend {
@@ -125,7 +172,7 @@ impl TapBackend {
         let file = open_tun()?;
         let name = sys::tun_set_tap(&file, "").map_err(|source| {
             if source.raw_os_error() == Some(libc::EPERM) {
-                TapError::NotPermitted(source)
+                TapError::NotPermitted { gate, source }
             } else {
                 TapError::SetIff {
                     dev: String::new(),
@@ -163,13 +210,39 @@ impl TapBackend {
     }
 }
 
+/// PURE: the error for TUNSETIFF on `dev` failing with `source`; `exists` is whether a device
+/// of that name exists in kuml's network namespace, asked only when the kernel refused the
+/// attach (EPERM), which is what an ordinary user meets.
+fn attach_error(dev: &str, exists: Option<bool>, source: io::Error) -> TapError {
+    let dev = dev.to_owned();
+    match exists {
+        Some(false) => TapError::NoSuchTap { dev, source },
+        Some(true) => TapError::NotYourTap { dev, source },
+        None => TapError::SetIff { dev, source },
+    }
+}
+
 fn open_tun() -> Result<File, TapError> {
     OpenOptions::new()
         .read(true)
         .write(true)
         .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
         .open(TUN_PATH)
-        .map_err(TapError::OpenTun)
+        .map_err(|source| {
+            use std::os::unix::fs::MetadataExt;
+            match std::fs::metadata(TUN_PATH) {
+                Ok(m) if source.kind() == io::ErrorKind::PermissionDenied => TapError::TunDenied {
+                    node: format!(
+                        "mode {:04o}, owner uid {}, group gid {}",
+                        m.mode() & 0o7777,
+                        m.uid(),
+                        m.gid()
+                    ),
+                    source,
+                },
+                _ => TapError::OpenTun(source),
+            }
+        })
 }
 
 impl AsRawFd for TapBackend {
@@ -239,6 +312,50 @@ mod tests {
         f.extend_from_slice(&ip);
         f.extend_from_slice(&[0; 10]);
         f
+    }
+
+    fn eperm() -> io::Error {
+        io::Error::from_raw_os_error(libc::EPERM)
+    }
+
+    #[test]
+    fn a_refused_attach_says_what_to_do() {
+        let e = attach_error("tap7", Some(false), eperm());
+        assert!(matches!(e, TapError::NoSuchTap { .. }), "{e:?}");
+        let text = e.to_string();
+        assert!(text.contains("'tap7' does not exist"), "{text}");
+        assert!(text.contains("needs root (CAP_NET_ADMIN)"), "{text}");
+        assert!(
+            text.contains("ip tuntap add dev tap7 mode tap user $USER"),
+            "{text}"
+        );
+        let text = attach_error("tap7", Some(true), eperm()).to_string();
+        assert!(text.contains("not made for kuml's user"), "{text}");
+        assert!(text.contains("needs root (CAP_NET_ADMIN)"), "{text}");
+        let busy = attach_error("tap7", None, io::Error::from_raw_os_error(libc::EBUSY));
+        assert!(matches!(busy, TapError::SetIff { .. }), "{busy:?}");
+    }
+
+    #[test]
+    fn a_gate_needs_root_and_says_so() {
+        let e = TapError::NotPermitted {
+            gate: Some(Ipv4Addr::new(10, 0, 0, 1)),
+            source: eperm(),
+        };
+        let text = e.to_string();
+        assert!(
+            text.contains("with a gate address and host routes needs root"),
+            "{text}"
+        );
+        let text = TapError::NotPermitted {
+            gate: None,
+            source: eperm(),
+        }
+        .to_string();
+        assert!(
+            text.starts_with("creating a tap device needs root (CAP_NET_ADMIN)"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -164,7 +164,11 @@ fn run_ifup(cfg: &VectorConfig, ifname: &str) -> Result<(), VectorError> {
         ifname: ifname.to_string(),
         source,
     };
-    let status = Command::new(script).arg(ifname).status().map_err(err)?;
+    let mut cmd = Command::new(script);
+    cmd.arg(ifname);
+    let status = crate::launch::spawn(cmd)
+        .and_then(|mut child| child.wait())
+        .map_err(err)?;
     if !status.success() {
         return Err(err(io::Error::other(format!("exited with {status}"))));
     }

@@ -128,7 +128,10 @@ fn creating_a_tap_without_cap_net_admin_is_a_clear_error() {
             gate: Some(Ipv4Addr::new(10, 0, 79, 254)),
         })
         .unwrap_err();
-        assert!(matches!(err, netdev::TapError::NotPermitted(_)), "{err:?}");
+        assert!(
+            matches!(err, netdev::TapError::NotPermitted { .. }),
+            "{err:?}"
+        );
         assert!(err.to_string().contains("needs root"), "{err}");
     });
 }

@@ -61,8 +61,12 @@ while :; do
             elif [ "$3" -gt 32768 ]; then err "E2BIG read-max-32768"
             elif [ ! -e "$1" ]; then err ENOENT
             elif [ -d "$1" ]; then err EISDIR
-            else out=$(dd if="$1" bs=4096 skip="$2" count="$3" iflag=skip_bytes,count_bytes 2>/dev/null | xxd -p | tr -d '\n')
-                 ok $out; fi ;;
+            # the data through a file, not a pipe: a pipe's status is xxd's, so dd's failure
+            # (a device node without a driver, an I/O error) would be an empty success
+            elif m=$(dd if="$1" of="$tmp/.ua.read" bs=4096 skip="$2" count="$3" \
+                       iflag=skip_bytes,count_bytes 2>&1); then
+                 out=$(xxd -p "$tmp/.ua.read" | tr -d '\n'); rm -f "$tmp/.ua.read"; ok $out
+            else rm -f "$tmp/.ua.read"; err "$m"; fi ;;
     write)  need 3 || continue
             n=$(( ${#3} / 2 ))
             if ! isnum "$2" || [ $(( ${#3} % 2 )) -ne 0 ]; then err EINVAL
@@ -85,8 +89,11 @@ while :; do
     sync)   need 0 && sync && ok ;;
     stat)   need 1 || continue
             if [ ! -e "$1" ]; then err ENOENT
-            elif [ -b "$1" ]; then ok "$(blockdev --getsize64 "$1")"
-            else ok "$(stat -L -c %s "$1")"; fi ;;
+            # A failure is an err (a just-announced disk can refuse its open for a moment).
+            elif [ -b "$1" ]; then
+                if m=$(blockdev --getsize64 "$1" 2>&1); then ok "$m"; else err "$m"; fi
+            elif m=$(stat -L -c %s "$1" 2>&1); then ok "$m"
+            else err "$m"; fi ;;
     ls)     need 1 || continue
             if [ ! -d "$1" ]; then [ -e "$1" ] && err ENOTDIR || err ENOENT
             else names=$(ls -A "$1" | tr '\n' ' '); ok ${names% }; fi ;;

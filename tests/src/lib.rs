@@ -17,6 +17,7 @@
 //! docs/testing.md, "Writing a test that runs user-space commands in the guest".
 
 pub mod net;
+pub mod user;
 
 use std::io::{Read, Write};
 use std::os::unix::process::ExitStatusExt;
@@ -239,7 +240,27 @@ pub struct VmOptions {
     pub early_log: bool,
     /// Extra environment for kuml (e.g. `DISPLAY`).
     pub env: Vec<(String, String)>,
+    /// Run kuml as this user and group instead of the test's (it needs /dev/kvm, its kernel,
+    /// and a `uml_dir=` it can write).
+    pub user: Option<(u32, u32)>,
+    /// Keep kuml's default hostfs export (the host's `/`, or the `hostfs=` in `args`). Off by
+    /// default: the fixture passes [`NO_HOSTFS`], so that each test proves its own feature, a
+    /// boot starts no virtiofsd, and a hostfs defect fails only the hostfs tests
+    /// (tests/tests/hostfs.rs turns it on).
+    pub hostfs: bool,
+    /// The program to run instead of [`kuml_bin`] (e.g. a link to it named `linux`).
+    pub program: Option<PathBuf>,
+    /// kuml's working directory (default: the test's).
+    pub cwd: Option<PathBuf>,
+    /// A program and its leading arguments that run kuml (e.g. `setpriv …`, from
+    /// [`user::OrdinaryUser::wrapper`]); empty: kuml is started directly.
+    pub wrapper: Vec<String>,
 }
+
+/// kuml's option that turns its default hostfs export off: every kuml the suite starts gets
+/// it, except in the hostfs tests ([`VmOptions::hostfs`]). A test that runs kuml itself
+/// passes it too.
+pub const NO_HOSTFS: &str = "nohostfs";
 
 impl Default for VmOptions {
     fn default() -> Self {
@@ -253,6 +274,11 @@ impl Default for VmOptions {
             // turns the serial copy on, e.g. to see a guest that dies before con0 probes.
             early_log: std::env::var("KUML_E2E_EARLY_LOG").is_ok_and(|v| v == "1"),
             env: Vec::new(),
+            user: None,
+            hostfs: false,
+            program: None,
+            cwd: None,
+            wrapper: Vec::new(),
         }
     }
 }
@@ -282,7 +308,17 @@ impl TestVm {
     /// Starts kuml with `opts`; `name` labels the log file.
     pub fn start(name: &str, opts: VmOptions) -> TestVm {
         require_kvm();
-        let mut args = opts.args.clone();
+        // The fixture's words are the kernel's: they go before a `--` (after it, every word is
+        // an argument of init).
+        let dashes = opts
+            .args
+            .iter()
+            .position(|a| a == "--")
+            .unwrap_or(opts.args.len());
+        let mut args = opts.args[..dashes].to_vec();
+        if !opts.hostfs {
+            args.push(NO_HOSTFS.to_owned());
+        }
         if opts.early_log {
             args.extend(["ssl0=null,fd:2", "console=ttyS0", "console=hvc0"].map(String::from));
         }
@@ -295,18 +331,39 @@ impl TestVm {
                 HostKind::Hardware => format!("kuml.uagent={tty}"),
             });
         }
+        args.extend(opts.args[dashes..].iter().cloned());
         let log_dir = log_dir();
         let log_path = log_dir.join(format!("{name}-{}.log", std::process::id()));
-        let mut cmd = Command::new(kuml_bin());
+        let program = opts.program.clone().unwrap_or_else(kuml_bin);
+        let mut cmd = match opts.wrapper.split_first() {
+            Some((wrapper, wrapper_args)) => {
+                let mut cmd = Command::new(wrapper);
+                cmd.args(wrapper_args).arg(&program);
+                cmd
+            }
+            None => Command::new(&program),
+        };
+        if let Some(dir) = &opts.cwd {
+            cmd.current_dir(dir);
+        }
+        // Every test runs kuml with its seccomp filters on (kuml's default), whatever the
+        // test's environment says; KUML_E2E_SECCOMP=log runs them in kuml's log mode, which
+        // lets the kernel's audit log list the calls outside a filter (where audit is enabled).
+        let filters = std::env::var("KUML_E2E_SECCOMP").unwrap_or_else(|_| "on".to_owned());
         cmd.args(&args)
+            .env("KUML_SECCOMP", filters)
             .envs(opts.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        if let Some((uid, gid)) = opts.user {
+            use std::os::unix::process::CommandExt;
+            cmd.uid(uid).gid(gid);
+        }
         pass_fds(&mut cmd, &opts.extra_fds);
         let mut child = cmd
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", kuml_bin().display()));
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()));
         for (_, src) in &opts.extra_fds {
             // SAFETY: the descriptors were handed over to this call (see VmOptions::extra_fds);
             // kuml has its own copies now.
@@ -678,6 +735,81 @@ pub fn parse_reply(line: &str) -> AgentReply {
     }
 }
 
+/// What /proc says of a process: its command name, process group and session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcStat {
+    /// The command name (`comm`).
+    pub comm: String,
+    /// The process group id.
+    pub pgrp: u32,
+    /// The session id.
+    pub session: u32,
+}
+
+/// `/proc/<pid>/stat` of a live process; `None` once it is gone.
+pub fn proc_stat(pid: u32) -> Option<ProcStat> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // pid (comm) state ppid pgrp session …; comm may hold spaces and parentheses.
+    let (open, close) = (stat.find('(')?, stat.rfind(')')?);
+    let mut rest = stat[close + 1..].split_whitespace().skip(2);
+    Some(ProcStat {
+        comm: stat[open + 1..close].to_owned(),
+        pgrp: rest.next()?.parse().ok()?,
+        session: rest.next()?.parse().ok()?,
+    })
+}
+
+/// One thread of a process as /proc shows it: its name and its seccomp state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ThreadSeccomp {
+    /// The thread's name (`comm`: `vcpu0`, `launcher`; the main thread has the program's).
+    pub comm: String,
+    /// `Seccomp:` 0 none, 1 strict, 2 filter.
+    pub mode: u32,
+    /// `Seccomp_filters:` how many filters apply (stacked ones count each).
+    pub filters: u32,
+}
+
+/// The seccomp state of every thread of `pid`, main thread first.
+pub fn thread_seccomp(pid: u32) -> Vec<ThreadSeccomp> {
+    let mut tids: Vec<u32> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    tids.sort_by_key(|t| (*t != pid, *t));
+    tids.into_iter()
+        .filter_map(|t| {
+            let dir = format!("/proc/{pid}/task/{t}");
+            let comm = std::fs::read_to_string(format!("{dir}/comm")).ok()?;
+            let status = std::fs::read_to_string(format!("{dir}/status")).ok()?;
+            let field = |name: &str| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            };
+            Some(ThreadSeccomp {
+                comm: comm.trim_end().to_owned(),
+                mode: field("Seccomp:")?,
+                filters: field("Seccomp_filters:").unwrap_or(0),
+            })
+        })
+        .collect()
+}
+
+/// Runs `cmd` to its end: (exit code, or -1 after a signal; stdout; stderr).
+pub fn run_output(cmd: &mut Command) -> (i32, String, String) {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// Runs `cmd`, panics (with its output) unless it succeeds; returns its standard output.
 pub fn run_ok(cmd: &mut Command) -> String {
     let out = cmd
@@ -771,6 +903,14 @@ pub fn pass_fds(cmd: &mut Command, fds_in: &[(i32, std::os::fd::RawFd)]) {
         let mut fds = [(0, 0); MAX_EXTRA_FDS];
         fds[..fds_in.len()].copy_from_slice(fds_in);
         let n = fds_in.len();
+        // Above every target: a copy that landed on a target's own number would keep its
+        // close-on-exec flag through the dup2 onto itself.
+        let floor = fds_in
+            .iter()
+            .map(|(t, _)| t + 1)
+            .max()
+            .unwrap_or(0)
+            .max(100);
         // SAFETY: only async-signal-safe calls (fcntl, dup2) between fork and exec, on a
         // fixed-size array (no allocation).
         unsafe {
@@ -782,7 +922,7 @@ pub fn pass_fds(cmd: &mut Command, fds_in: &[(i32, std::os::fd::RawFd)]) {
                 // is placed like any other.
                 let mut moved = [(0, 0); MAX_EXTRA_FDS];
                 for (m, (target, src)) in moved.iter_mut().zip(&fds[..n]) {
-                    let high = libc::fcntl(*src, libc::F_DUPFD_CLOEXEC, 100);
+                    let high = libc::fcntl(*src, libc::F_DUPFD_CLOEXEC, floor);
                     if high < 0 {
                         return Err(std::io::Error::last_os_error());
                     }

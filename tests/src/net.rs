@@ -91,7 +91,12 @@ impl Netns {
     /// Runs `f` on a thread that has joined this namespace; processes it spawns run there.
     pub fn run<R: Send + 'static>(&self, f: impl FnOnce() -> R + Send + 'static) -> R {
         let path = PathBuf::from("/run/netns").join(&self.name);
-        let t = std::thread::spawn(move || {
+        // The thread carries the test's name, which SKIPPED lines (crate::skip) print.
+        let mut builder = std::thread::Builder::new();
+        if let Some(name) = std::thread::current().name() {
+            builder = builder.name(name.to_owned());
+        }
+        let t = builder.spawn(move || {
             let ns = std::fs::File::open(&path)
                 .unwrap_or_else(|e| panic!("TEST CANNOT RUN: open {}: {e}", path.display()));
             // SAFETY: setns on a descriptor we own; CLONE_NEWNET moves only this thread.
@@ -105,7 +110,9 @@ impl Netns {
             );
             f()
         });
-        t.join().unwrap_or_else(|e| std::panic::resume_unwind(e))
+        t.expect("TEST CANNOT RUN: spawn the namespace's thread")
+            .join()
+            .unwrap_or_else(|e| std::panic::resume_unwind(e))
     }
 }
 

@@ -38,6 +38,7 @@ fn boots_to_init(name: &str, kernel: &str, ncpus: u8, timeout: Duration) {
     let n = ncpus.to_string();
     let mut vm = TestVm::start(name, opts(kernel, &[&format!("ncpus={n}")]));
     vm.wait_for("Linux version", timeout);
+    every_thread_is_filtered(&vm, ncpus);
     let out = vm.wait_for("Run /init as init process", timeout);
     assert!(
         out.contains(&format!("Brought up 1 node, {n} CPU")),
@@ -72,6 +73,34 @@ fn boots_to_init(name: &str, kernel: &str, ncpus: u8, timeout: Duration) {
             assert_eq!(vm.wait_exit(SHORT), 4, "a guest panic exits with 4");
         }
     }
+}
+
+/// kuml's least privilege (docs/architecture.md, "Threads"): once the guest runs, every
+/// thread of kuml is under a seccomp filter, a vCPU under two (the event loop's, which it
+/// inherits, and its own), and the helper launcher exists.
+fn every_thread_is_filtered(vm: &TestVm, ncpus: u8) {
+    let threads = kuml_e2e::thread_seccomp(vm.pid());
+    assert!(!threads.is_empty(), "kuml's threads in /proc");
+    for t in &threads {
+        assert_eq!(
+            t.mode, 2,
+            "every thread runs under a seccomp filter: {threads:?}"
+        );
+    }
+    assert_eq!(
+        threads[0].filters, 1,
+        "the main thread (event loop): {threads:?}"
+    );
+    for i in 0..ncpus {
+        let vcpu = threads.iter().find(|t| t.comm == format!("vcpu{i}"));
+        assert_eq!(
+            vcpu.map(|t| t.filters),
+            Some(2),
+            "vcpu{i}: the event loop's and its own: {threads:?}"
+        );
+    }
+    let launcher = threads.iter().find(|t| t.comm == "launcher");
+    assert_eq!(launcher.map(|t| t.filters), Some(1), "{threads:?}");
 }
 
 #[test]

@@ -44,6 +44,7 @@ const INIT_LINES: &[&str] = &[
     "KUML-INIT: disks ",
     "KUML-INIT: nets ",
     "KUML-INIT: ttys ",
+    "KUML-INIT: uml names ",
     "KUML-INIT: shell on console",
 ];
 

@@ -5,18 +5,10 @@
 
 use std::process::Command;
 
-use kuml_e2e::kuml_bin;
+use kuml_e2e::{kuml_bin, run_output};
 
 fn run(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(kuml_bin())
-        .args(args)
-        .output()
-        .expect("run kuml");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    run_output(Command::new(kuml_bin()).args(args))
 }
 
 #[test]
@@ -58,7 +50,8 @@ fn bad_values_are_usage_errors_naming_the_argument() {
 
 #[test]
 fn missing_kernel_is_a_one_line_error() {
-    let (code, _, err) = run(&["kernel=/nonexistent/vmlinux"]);
+    // (An initrd, so that UML's default disk ./root_fs is not needed.)
+    let (code, _, err) = run(&["kernel=/nonexistent/vmlinux", "initrd=/nonexistent/initrd"]);
     assert_eq!(code, 1);
     assert!(err.contains("/nonexistent/vmlinux"), "{err}");
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");

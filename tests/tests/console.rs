@@ -8,8 +8,8 @@ use std::io::{Read, Write};
 use std::time::Duration;
 
 use kuml_e2e::{
-    announced_pts, artifact, expect_text, make_raw, open_terminal, read_until, run_ok,
-    user_space_or_skip, AgentReply, PipeAgent, TestVm, VmOptions,
+    announced_pts, artifact, expect_text, host_kind, make_raw, open_terminal, read_until, run_ok,
+    user_space_or_skip, AgentReply, HostKind, PipeAgent, TestVm, VmOptions,
 };
 
 const BOOT: Duration = Duration::from_secs(600);
@@ -190,11 +190,24 @@ fn vm_with_serial_pts(name: &str, extra: &[&str]) -> (TestVm, String) {
     (vm, pts)
 }
 
+/// SysRq `key` for the guest: from its user space where that runs (the nested lane, hardware
+/// KVM), else through mconsole (the keyboard). In the nested lane, after four task dumps had
+/// kept the guest's interrupts off for a minute (every UART byte an emulated exit), the
+/// keyboard's `sysrq h` never showed (2026-12-03, not explained; docs/testing.md); the line
+/// under test is the same either way.
+fn sysrq(vm: &mut TestVm, sock: &std::path::Path, key: char) {
+    if host_kind() == HostKind::Hardware {
+        vm.sh_ok(&format!("echo {key} > /proc/sysrq-trigger"), SHORT);
+    } else {
+        mconsole(sock, &format!("sysrq {key}"));
+    }
+}
+
 // G1: a serial line nobody reads went silent for the rest of the run on c0c0e17 once about
 // 20 KiB waited (the line's one fd was refused a second registration for output, and the
 // vCPU's writes never re-armed it). Here the boot log and then `sysrq t` task dumps (at least
 // 64 KiB, three times what a pty holds) go to a pts nobody reads; a terminal that attaches
-// afterwards must see new text: the help that mconsole `sysrq h` makes the kernel print.
+// afterwards must see new text: the help that `sysrq h` makes the kernel print.
 // (No initcall_debug: the dumps give the volume, and every byte on a UART is a VM exit, which
 // a verbose boot multiplies on PVM.)
 #[test]
@@ -226,12 +239,12 @@ fn serial_pts_nobody_read_during_boot_and_task_dumps_shows_new_text_once_opened(
             vm.stdout().len() - start
         );
         let before = vm.output().len();
-        mconsole(&sock, "sysrq t");
+        sysrq(&mut vm, &sock, 't');
         vm.wait_until(Duration::from_secs(20), |o| o.len() >= before + (4 << 10));
     }
     let mut term = open_terminal(&pts);
     make_raw(&term);
-    mconsole(&sock, "sysrq h");
+    sysrq(&mut vm, &sock, 'h');
     // The help comes after every dump line still queued for the UART (a VM exit a byte: on a
     // loaded PVM host that took longer than SHORT, while the line flowed). The bound only
     // catches a line that stays silent.
@@ -256,18 +269,24 @@ fn serial_pts_a_guest_process_writes_for_minutes_unread_then_a_terminal_reads_ne
     }
     let (mut vm, pts) = vm_with_serial_pts("ssl0-pts-writer", &[]);
     vm.wait_agent(BOOT);
+    // Two minutes of writing, and at least FILL_LINES lines (~260 KB): several times what a
+    // pty and its line discipline hold (64 KiB + 4 KiB), however slow the guest is (the nested
+    // lane's emulated UART writes ~45 lines a second, hardware KVM millions in two minutes).
+    const FILL_LINES: u64 = 5000;
     let lines = vm.sh_ok(
-        "end=$(($(date +%s) + 120)); n=0; \
-         while [ $(date +%s) -lt $end ]; do \
-           echo \"filler $n: nobody reads this line of the serial port\"; n=$((n + 1)); \
-         done > /dev/ttyS0; echo $n",
-        Duration::from_secs(600),
+        &format!(
+            "end=$(($(date +%s) + 120)); n=0; \
+             while [ $(date +%s) -lt $end ] || [ $n -lt {FILL_LINES} ]; do \
+               echo \"filler $n: nobody reads this line of the serial port\"; n=$((n + 1)); \
+             done > /dev/ttyS0; echo $n"
+        ),
+        Duration::from_secs(900),
     );
     let lines: u64 = lines.trim().parse().expect("a line count");
-    eprintln!("the guest wrote {lines} lines to /dev/ttyS0 in two minutes");
+    eprintln!("the guest wrote {lines} lines to /dev/ttyS0 while nobody read");
     assert!(
-        lines > 20_000,
-        "only {lines} lines: more than a pty holds is needed"
+        lines >= FILL_LINES,
+        "the loop ended after {lines} lines, before {FILL_LINES}"
     );
     assert_eq!(vm.agent_ok("echo still-serving", SHORT), "still-serving");
     let mut term = open_terminal(&pts);
@@ -572,7 +591,8 @@ fn xterm_console_starts_a_terminal_on_the_display() {
         std::thread::sleep(Duration::from_millis(100));
     }
     let mut args = base_args();
-    args.push("con1=xterm".into());
+    // UML's xterm= names the terminal and its switches (xterm takes -title as well as -T).
+    args.extend(["con1=xterm".into(), "xterm=xterm,-title,-e".into()]);
     let mut vm = TestVm::start(
         "con1-xterm",
         VmOptions {
@@ -593,7 +613,7 @@ fn xterm_console_starts_a_terminal_on_the_display() {
         let text = String::from_utf8_lossy(&ps.stdout).into_owned();
         if let Some(l) = text
             .lines()
-            .find(|l| l.contains("xterm") && l.contains("-T"))
+            .find(|l| l.contains("xterm") && l.contains(" -title "))
         {
             found = Some(l.to_owned());
             break;
@@ -606,6 +626,13 @@ fn xterm_console_starts_a_terminal_on_the_display() {
     assert!(
         String::from_utf8_lossy(&env).contains(&format!("DISPLAY=:{display}")),
         "the xterm runs on the test's display"
+    );
+    // kuml leads its process group (setsid) and its helpers stay in it (issue 17).
+    let stat = kuml_e2e::proc_stat(pid as u32);
+    assert_eq!(
+        stat.as_ref().map(|s| s.pgrp),
+        Some(vm.pid()),
+        "the xterm is in kuml's process group: {stat:?}"
     );
     let pts = line
         .split("cat '")

@@ -194,6 +194,18 @@ fn mcast_guest_answers_arp_and_icmp_from_a_peer_on_the_group() {
         let (dst, rtt) = ping(&mut peer, PEER, mac, GUEST_A, 1);
         assert_eq!(dst, PEER_MAC, "the echo reply goes back to the peer");
         eprintln!("guest {} answered on the group, rtt {rtt:?}", mac_str(mac));
+        // UML's console lines for the device, on stdout without RUST_LOG (issue 17).
+        let stdout = vm.stdout();
+        for line in [
+            "Configured mcast device: 239.192.168.1:1102-1\n".to_owned(),
+            format!("Netdevice 0 ({}) : \n", mac_str(mac)),
+            "mcast backend multicast address: 239.192.168.1:1102, TTL:1\n".to_owned(),
+        ] {
+            assert!(
+                stdout.contains(&line),
+                "UML's line {line:?} on stdout:\n{stdout}"
+            );
+        }
         let _ = vm.wait_until(Duration::from_millis(1), |_| false);
     });
 }

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
-use kuml_e2e::{artifact, hex, kuml_bin, run_ok as run, unhex, TestVm, VmOptions};
+use kuml_e2e::{artifact, hex, kuml_bin, run_ok as run, unhex, TestVm, VmOptions, NO_HOSTFS};
 
 /// Boot under PVM emulation takes ~35-60 s to the agent alone, minutes on a loaded host; these
 /// bounds only catch hangs.
@@ -236,7 +236,7 @@ fn second_kuml_on_the_same_cow_is_refused_by_the_lock() {
 
     let start = Instant::now();
     let mut child = Command::new(kuml_bin())
-        .args(base_args(&[spec]))
+        .args(base_args(&[spec, NO_HOSTFS.to_owned()]))
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

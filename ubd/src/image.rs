@@ -318,7 +318,7 @@ fn backing_stat(path: &Path) -> Result<(u64, i64), OpenError> {
 pub fn check_backing(path: &Path, size: u64, mtime: u32) -> Result<(), OpenError> {
     let (actual, actual_mtime) = backing_stat(path)?;
     if actual != size {
-        log::error!("Size mismatch ({size} vs {actual}) of COW header vs backing file");
+        log::error!(target: "uml", "Size mismatch ({size} vs {actual}) of COW header vs backing file");
         return Err(OpenError::SizeMismatch {
             header: size,
             actual,
@@ -326,7 +326,7 @@ pub fn check_backing(path: &Path, size: u64, mtime: u32) -> Result<(), OpenError
         });
     }
     if actual_mtime != i64::from(mtime) {
-        log::error!("mtime mismatch ({mtime} vs {actual_mtime}) of COW header vs backing file");
+        log::error!(target: "uml", "mtime mismatch ({mtime} vs {actual_mtime}) of COW header vs backing file");
         return Err(OpenError::MtimeMismatch {
             header: i64::from(mtime),
             actual: actual_mtime,
@@ -415,7 +415,7 @@ fn take_lock(
     shared: bool,
 ) -> Result<Option<crate::lock::HostLock>, OpenError> {
     if shared {
-        log::info!("Not locking \"{}\" on the host", path.display());
+        log::info!(target: "uml", "Not locking \"{}\" on the host", path.display());
         return Ok(None);
     }
     lock_file(f, path, write)
@@ -486,6 +486,7 @@ pub fn open_image(
             let f = open_file_create(file, opts.sync)?;
             init_cow_file(&f, file, b)?;
             log::info!(
+                target: "uml",
                 "Creating \"{}\" as COW file for \"{}\"",
                 file.display(),
                 b.display()

@@ -92,8 +92,8 @@ pub fn lock_file(file: &File, path: &Path, write: bool) -> Result<HostLock, Lock
             source: io::Error::last_os_error(),
         });
     }
-    log::error!("F_SETLK failed, file already locked by pid {}", fl.l_pid);
-    log::error!("Failed to lock '{}', err = {}", path.display(), errno);
+    log::error!(target: "uml", "F_SETLK failed, file already locked by pid {}", fl.l_pid);
+    log::error!(target: "uml", "Failed to lock '{}', err = {}", path.display(), errno);
     Err(LockError::Locked {
         path: path.to_path_buf(),
         errno,

@@ -4,6 +4,8 @@
 use devices::virtio::block::{Block, BlockError};
 use devices::virtio::net::{Net, NetError};
 
+use crate::uml_log::UML_TARGET;
+
 /// A ubd unit could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum DiskError {
@@ -61,8 +63,14 @@ pub fn open_disk(spec: &ubd::UbdSpec, global_sync: bool) -> Result<Block, DiskEr
 /// Opens an ethN backend and makes its virtio-net device; `umid` seeds the default MAC.
 pub fn open_nic(index: u32, spec: &netdev::NetSpec, umid: &str) -> Result<Net, NicError> {
     let mac = spec.mac_or_derived(umid, index);
+    // UML's console lines for the device (its MAC is derived from the umid, not random, so
+    // UML's "Choosing a random ethernet address" has no counterpart).
+    if let netdev::Transport::Mcast(m) = &spec.transport {
+        log::info!(target: UML_TARGET, "Configured mcast device: {}:{}-{}", m.group, m.port, m.ttl);
+    }
+    log::info!(target: UML_TARGET, "Netdevice {index} ({mac}) : ");
+    log::info!(target: UML_TARGET, "{}", spec.transport_line());
     let backend =
         netdev::open_backend(spec, mac).map_err(|source| NicError::Backend { index, source })?;
-    log::info!("eth{index}: {}", spec.transport_line());
     Net::new(backend, mac).map_err(|source| NicError::Device { index, source })
 }

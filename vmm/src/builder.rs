@@ -18,6 +18,7 @@ use crate::config::Config;
 use crate::device_manager::{DeviceConfig, DeviceError, DeviceManager, PciId, Subscriber};
 use crate::exit::ExitState;
 use crate::guest::{guest_cmdline, resolve_kernel, NoKernel};
+use crate::hostfs_shares::{self, ShareError};
 use crate::machine::Machine;
 use crate::vstate::vcpu::{VcpuContext, Vcpus};
 use crate::vstate::vm::{Vm, VmError};
@@ -78,6 +79,9 @@ pub enum BuildError {
     /// A network device could not be set up.
     #[error(transparent)]
     Nic(#[from] NicError),
+    /// A hostfs share could not be set up.
+    #[error(transparent)]
+    Share(#[from] ShareError),
     /// A device could not be plugged or mapped.
     #[error("cannot set up the {0}")]
     Device(&'static str, #[source] DeviceError),
@@ -111,6 +115,46 @@ fn boot_consoles(cfg: &Config) -> u32 {
     }
 }
 
+/// The consoles that exist at boot, ascending: those [`boot_consoles`] counts, every one named
+/// (`conN=`), and every one a UML `console=ttyN` word names (UML has all its consoles, so a
+/// launcher may name one it gave no channel: it gets the default channel). A console set to
+/// `none` does not exist. The guest names them hvc0, hvc1, … in this order.
+pub(crate) fn boot_console_ids(cfg: &Config) -> Vec<u32> {
+    let ids: std::collections::BTreeSet<u32> = (0..boot_consoles(cfg))
+        .chain(cfg.con.each.keys().copied())
+        .chain(crate::config::named_consoles(&cfg.guest_args))
+        .collect();
+    ids.into_iter()
+        .filter(|n| !matches!(cfg.con.get(*n).map(chan::parse_line), Some(Ok(None))))
+        .collect()
+}
+
+/// The consoles that exist only because a UML `console=ttyN` word names them.
+pub(crate) fn consoles_for_console_words(cfg: &Config) -> Vec<u32> {
+    crate::config::named_consoles(&cfg.guest_args)
+        .into_iter()
+        .filter(|n| *n >= boot_consoles(cfg) && cfg.con.get(*n).is_none())
+        .collect()
+}
+
+/// The channel of each console in [`boot_console_ids`].
+fn console_lines(cfg: &Config, ctx: &ChanContext) -> Result<Vec<(u32, ChannelSpec)>, BuildError> {
+    let mut out = Vec::new();
+    for i in boot_console_ids(cfg) {
+        let each = cfg.con.each.get(&i).map(String::as_str);
+        let spec = chan::resolve_line(
+            LineClass::Console,
+            i,
+            each,
+            cfg.con.all.as_deref(),
+            ctx.display,
+        )
+        .map_err(|e| BuildError::Lines(LineClass::Console, e))?;
+        out.extend(spec.map(|s| (i, s)));
+    }
+    Ok(out)
+}
+
 fn lines(
     class: LineClass,
     opts: &crate::config::IndexedOptions,
@@ -137,6 +181,7 @@ pub fn build(
     let mut subscribers: Vec<Subscriber> = Vec::new();
     let chan_ctx = ChanContext {
         umid: Some(umid.to_owned()),
+        xterm: cfg.xterm.clone().unwrap_or_default(),
         ..ChanContext::from_env()
     };
 
@@ -201,7 +246,7 @@ pub fn build(
     // Consoles: con0 on its own device, plugged first so that the guest names it hvc0 while
     // it probes, before init opens /dev/console; con1.. as ports of a multiport device.
     let opened = open_consoles(
-        &lines(LineClass::Console, &cfg.con, boot_consoles(cfg), &chan_ctx)?,
+        &console_lines(cfg, &chan_ctx)?,
         DEFAULT_MAX_PORTS,
         &chan_ctx,
     )
@@ -240,6 +285,13 @@ pub fn build(
         .as_deref()
         .map(|p| boot::load_initrd(&vm.memory, p, cfg.mem_size, &loaded))
         .transpose()?;
+    // hostfs: a virtio-fs device per share (after the kernel loaded: a bad kernel= fails
+    // before any daemon starts). Rebuilt from the command line on reboot, as the consoles.
+    for (spec, fs) in hostfs_shares::open_shares(cfg)? {
+        let id = PciId::Share(spec.index);
+        dm.plug(id, Arc::new(Mutex::new(fs)), DeviceConfig::Boot, em, false)
+            .map_err(|e| BuildError::Plug(id, e))?;
+    }
     let cmdline = guest_cmdline(cfg);
     log::info!(
         "guest kernel {} with command line: {cmdline}",

@@ -57,9 +57,10 @@ mod tests {
     use std::path::Path;
 
     /// Every crate's harness table, with the path its targets call it by.
-    fn tables() -> [(&'static str, &'static [(&'static str, Harness)]); 5] {
+    fn tables() -> [(&'static str, &'static [(&'static str, Harness)]); 6] {
         [
             ("ubd", ubd::fuzzing::TARGETS),
+            ("hostfs", hostfs::fuzzing::TARGETS),
             ("netdev", netdev::fuzzing::TARGETS),
             ("mconsole", mconsole::fuzzing::TARGETS),
             ("devices", devices::fuzzing::TARGETS),

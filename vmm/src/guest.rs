@@ -70,12 +70,15 @@ pub fn guest_version(cfg: &Config) -> String {
 }
 
 /// The guest kernel command line: kuml's defaults, then the user's words with UML's root
-/// device names mapped to the virtio disks.
+/// device names mapped to the virtio disks and `console=hvcK` added after each UML console
+/// word (`console=tty1`, see [`crate::config::map_consoles`]).
 pub fn guest_cmdline(cfg: &Config) -> String {
     let mut words: Vec<String> = Vec::new();
+    // Words after `--` are init's arguments, not the kernel's.
     let has = |key: &str| {
         cfg.guest_args
             .iter()
+            .take_while(|w| *w != "--")
             .any(|w| w == key || w.starts_with(&format!("{key}=")))
     };
     if !has("console") {
@@ -85,8 +88,22 @@ pub fn guest_cmdline(cfg: &Config) -> String {
         words.push("net.ifnames=0".into());
     }
     let units: Vec<usize> = cfg.ubd.keys().copied().collect();
-    words.extend(crate::config::rewrite_root(&cfg.guest_args, &units));
+    let user = crate::config::rewrite_root(&cfg.guest_args, &units);
+    words.extend(crate::config::map_consoles(
+        &user,
+        &crate::builder::boot_console_ids(cfg),
+    ));
     words.join(" ")
+}
+
+/// What kuml made of each UML console word (`console=tty1` → hvc1), one line each, for the
+/// user once at start.
+pub fn console_notes(cfg: &Config) -> Vec<String> {
+    crate::config::console_notes(
+        &cfg.guest_args,
+        &crate::builder::boot_console_ids(cfg),
+        &crate::builder::consoles_for_console_words(cfg),
+    )
 }
 
 #[cfg(test)]
@@ -111,6 +128,38 @@ mod tests {
     }
 
     #[test]
+    fn uml_console_words_get_their_hvc() {
+        // con1 is not named: a console= word makes it exist (default channel), as hvc1.
+        let c = cfg(&["console=tty1", "ubd1=/d", "root=/dev/ubdb"]);
+        assert_eq!(
+            guest_cmdline(&c),
+            "net.ifnames=0 console=tty1 console=hvc1 root=/dev/vda"
+        );
+        assert_eq!(crate::builder::boot_console_ids(&c), [0, 1]);
+        assert_eq!(crate::builder::consoles_for_console_words(&c), [1]);
+        // con3 named, con1 and con2 not: con3 is the guest's hvc1.
+        let c = cfg(&["con3=null", "console=tty3", "console=ttyS0"]);
+        assert_eq!(
+            guest_cmdline(&c),
+            "net.ifnames=0 console=tty3 console=hvc1 console=ttyS0"
+        );
+        assert!(crate::builder::consoles_for_console_words(&c).is_empty());
+        // con=pts: all 16 exist; con2=none leaves a gap.
+        let c = cfg(&["con=pts", "con2=none", "console=tty3"]);
+        assert_eq!(crate::builder::boot_console_ids(&c).len(), 15);
+        assert_eq!(guest_cmdline(&c), "net.ifnames=0 console=tty3 console=hvc2");
+        // tty and tty0 are con0.
+        assert_eq!(
+            guest_cmdline(&cfg(&["console=tty"])),
+            "net.ifnames=0 console=tty console=hvc0"
+        );
+        // A console that does not exist is left alone.
+        let c = cfg(&["con1=none", "console=tty1"]);
+        assert_eq!(guest_cmdline(&c), "net.ifnames=0 console=tty1");
+        assert_eq!(crate::builder::boot_console_ids(&c), [0]);
+    }
+
+    #[test]
     fn default_console_unless_given() {
         assert_eq!(
             guest_cmdline(&cfg(&["quiet"])),
@@ -119,6 +168,10 @@ mod tests {
         assert_eq!(
             guest_cmdline(&cfg(&["console=ttyS0", "x", "ubd0=/i", "root=/dev/ubda"])),
             "net.ifnames=0 console=ttyS0 x root=/dev/vda"
+        );
+        assert_eq!(
+            guest_cmdline(&cfg(&["ubd0=/i", "FOO=1", "--", "console=x"])),
+            "console=hvc0 net.ifnames=0 FOO=1 root=/dev/vda -- console=x"
         );
     }
 }

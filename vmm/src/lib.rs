@@ -13,9 +13,13 @@ pub mod exit;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 pub mod guest;
+pub mod hostfs_shares;
 pub mod machine;
 pub mod mconsole_adapter;
+pub mod seccomp;
+pub mod session;
 pub mod sys;
+pub mod uml_log;
 pub mod vmm;
 pub mod vstate;
 

@@ -145,8 +145,9 @@ pub struct Channel {
     deferred: Option<Deferred>,
 }
 
-/// Where a channel's announcements go (`Virtual console 1 assigned device '/dev/pts/3'`):
-/// standard output by default, as UML prints them.
+/// Where a channel's announcements go (`Virtual console 1 assigned device '/dev/pts/3'`): by
+/// default the log target `uml`, which kuml prints on standard output as UML's console shows
+/// them.
 #[derive(Clone)]
 pub struct Announcer(Arc<dyn Fn(&str) + Send + Sync>);
 
@@ -163,7 +164,7 @@ impl Announcer {
 
 impl Default for Announcer {
     fn default() -> Self {
-        Announcer::new(|msg| println!("{msg}"))
+        Announcer::new(|msg| log::info!(target: "uml", "{msg}"))
     }
 }
 

@@ -54,15 +54,16 @@ impl Channel {
 /// Starts `cmd` in the background through `sh`, which exits at once: the program is
 /// reparented to init and never becomes kuml's zombie.
 fn spawn_detached(cmd: &[String]) -> io::Result<()> {
-    let status = std::process::Command::new("/bin/sh")
-        .arg("-c")
+    let mut sh = std::process::Command::new("/bin/sh");
+    sh.arg("-c")
         .arg("\"$@\" </dev/null >/dev/null 2>&1 &")
         .arg("sh")
         .args(cmd)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()?;
+        .stderr(std::process::Stdio::null());
+    // Through the launcher thread: the shell and the xterm must not inherit a filter.
+    let status = netdev::launch::spawn(sh)?.wait()?;
     if status.success() {
         Ok(())
     } else {

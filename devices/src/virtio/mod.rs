@@ -13,6 +13,7 @@
 
 pub mod block;
 pub mod console;
+pub mod fs;
 pub mod net;
 mod rings;
 #[cfg(test)]
@@ -38,6 +39,8 @@ pub mod types {
     pub const BLOCK: u32 = 2;
     /// Console.
     pub const CONSOLE: u32 = 3;
+    /// File system (virtio-fs).
+    pub const FS: u32 = 26;
 }
 
 /// Feature bit: the device complies with virtio 1.0 and later (modern interface).
@@ -102,6 +105,9 @@ pub enum ActivateError {
     /// An eventfd or another host resource could not be set up.
     #[error("cannot set up the device's host resources")]
     Host(#[source] io::Error),
+    /// The device's backend (a vhost-user daemon) refused to start.
+    #[error("the device's backend cannot start")]
+    Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// A virtio device model, transport-agnostic.

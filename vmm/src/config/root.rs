@@ -58,23 +58,56 @@ fn parse_ubd_name(name: &str) -> Option<(u32, u32)> {
     Some((unit, part))
 }
 
-/// The rewritten value of a `root=` word, if it names a ubd device kuml can map.
-fn rewrite_value(value: &str, units: &[usize]) -> Option<String> {
+/// The ubd (unit, partition) a `root=` value names: `/dev/ubdb1` or `98:17`.
+fn root_unit(value: &str) -> Option<(u32, u32)> {
     if let Some(name) = value.strip_prefix("/dev/") {
-        let (unit, part) = parse_ubd_name(name)?;
-        return vd_for(unit, part, units).map(|d| format!("/dev/{d}"));
+        return parse_ubd_name(name);
     }
     let (major, minor) = value.split_once(':')?;
     if major.parse::<u32>().ok()? != UBD_MAJOR {
         return None;
     }
     let minor: u32 = minor.parse().ok()?;
-    vd_for(minor / UBD_MINORS, minor % UBD_MINORS, units).map(|d| format!("/dev/{d}"))
+    Some((minor / UBD_MINORS, minor % UBD_MINORS))
+}
+
+/// The rewritten value of a `root=` word, if it names a ubd device kuml can map.
+fn rewrite_value(value: &str, units: &[usize]) -> Option<String> {
+    let (unit, part) = root_unit(value)?;
+    vd_for(unit, part, units).map(|d| format!("/dev/{d}"))
+}
+
+/// Root filesystem types that need no block device.
+const DEVICELESS_ROOTS: &[&str] = &["hostfs", "virtiofs", "9p", "nfs", "tmpfs", "ramfs"];
+
+/// Whether the guest's root is ubd0: no `root=` (UML's default `root=98:0`), or the last
+/// `root=` before any `--` (the one Linux keeps) names unit 0; a `rootfstype=` that needs no
+/// disk (`hostfs`, …) means another root.
+pub fn root_needs_ubd0(words: &[String]) -> bool {
+    let kernel_words: Vec<&String> = words.iter().take_while(|w| *w != "--").collect();
+    let fstype = kernel_words
+        .iter()
+        .rev()
+        .find_map(|w| w.strip_prefix("rootfstype="));
+    if fstype.is_some_and(|t| DEVICELESS_ROOTS.contains(&t)) {
+        return false;
+    }
+    match kernel_words
+        .iter()
+        .rev()
+        .find_map(|w| w.strip_prefix("root="))
+    {
+        None => true,
+        Some(v) => root_unit(v).is_some_and(|(unit, _)| unit == 0),
+    }
 }
 
 /// Rewrites UML root names in the guest words for disks `units` (sorted unit numbers); with no
-/// `root=` at all and a ubd0, appends UML's default (`root=98:0`, i.e. the first disk).
+/// `root=` at all and a ubd0, adds UML's default (`root=98:0`, i.e. the first disk) to the
+/// kernel's words (before a `--`, after which every word is init's).
 pub fn rewrite_root(words: &[String], units: &[usize]) -> Vec<String> {
+    let kernel_words = words.iter().position(|w| w == "--").unwrap_or(words.len());
+    let (words, init_words) = words.split_at(kernel_words);
     let mut out: Vec<String> = words
         .iter()
         .map(|w| {
@@ -92,6 +125,7 @@ pub fn rewrite_root(words: &[String], units: &[usize]) -> Vec<String> {
             out.push(format!("root={v}"));
         }
     }
+    out.extend(init_words.iter().cloned());
     out
 }
 
@@ -154,7 +188,31 @@ mod tests {
             w(&["quiet", "root=/dev/vda"])
         );
         assert_eq!(rewrite_root(&w(&["quiet"]), &[1]), w(&["quiet"]));
+        // Words after `--` are init's: the default root goes before them, and a `root=`
+        // there is an argument of init, not the kernel's root.
+        assert_eq!(
+            rewrite_root(&w(&["init=/x", "--", "a", "root=/dev/ubda"]), &[0]),
+            w(&["init=/x", "root=/dev/vda", "--", "a", "root=/dev/ubda"])
+        );
         assert_eq!(rewrite_root(&w(&["quiet"]), &[]), w(&["quiet"]));
+    }
+
+    #[test]
+    fn which_roots_need_ubd0() {
+        assert!(root_needs_ubd0(&w(&["quiet"])));
+        assert!(root_needs_ubd0(&w(&["root=98:0"])));
+        assert!(root_needs_ubd0(&w(&["root=/dev/ubda1"])));
+        assert!(root_needs_ubd0(&w(&["root=/dev/sda", "root=/dev/ubd0"])));
+        assert!(!root_needs_ubd0(&w(&["root=/dev/ubdb"])));
+        assert!(!root_needs_ubd0(&w(&["root=98:16"])));
+        assert!(!root_needs_ubd0(&w(&["root=/dev/nfs"])));
+        assert!(!root_needs_ubd0(&w(&["root=/dev/ubda", "root=hostfs"])));
+        assert!(root_needs_ubd0(&w(&["--", "root=/dev/nfs"])));
+        assert!(!root_needs_ubd0(&w(&[
+            "rootfstype=hostfs",
+            "rootflags=/srv"
+        ])));
+        assert!(root_needs_ubd0(&w(&["rootfstype=ext4"])));
     }
 
     proptest! {

@@ -33,6 +33,7 @@ use devices::pci::virtio::{msix_vectors, BAR_SIZE};
 use devices::pci::{PciHotplug, PciRoot, VirtioPciDevice, PCI_CONFIG_IO_BASE, PCI_CONFIG_IO_LEN};
 use devices::virtio::block::Block;
 use devices::virtio::console::Console;
+use devices::virtio::fs::Fs;
 use devices::virtio::net::device::Net;
 use devices::virtio::{GuestMemory, VirtioDevice};
 use event_manager::{MutEventSubscriber, SubscriberId, SubscriberOps};
@@ -84,6 +85,12 @@ impl Pluggable for Net {
 
 impl Pluggable for Console {}
 
+impl Pluggable for Fs {
+    fn release(&mut self) {
+        Fs::release(self);
+    }
+}
+
 /// What sits in a PCI slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum PciId {
@@ -93,12 +100,15 @@ pub enum PciId {
     Nic(u32),
     /// The n-th virtio-console device (never removable).
     Console(u8),
+    /// A hostfs share's virtio-fs device, by N of `hostfs<N>=` (0: `hostfs=`, the default
+    /// export); not removable yet (hot-plug of shares is not done).
+    Share(u32),
 }
 
 impl PciId {
     /// Whether the guest may be asked to eject it.
     pub fn removable(self) -> bool {
-        !matches!(self, PciId::Console(_))
+        !matches!(self, PciId::Console(_) | PciId::Share(_))
     }
 }
 
@@ -108,6 +118,7 @@ impl std::fmt::Display for PciId {
             PciId::Disk(u) => write!(f, "ubd{u}"),
             PciId::Nic(n) => write!(f, "eth{n}"),
             PciId::Console(n) => write!(f, "console device {n}"),
+            PciId::Share(n) => f.write_str(&hostfs::share_name(*n)),
         }
     }
 }

@@ -59,6 +59,14 @@ pub enum VcpuCrash {
         /// The exit as kvm-ioctls shows it.
         exit: String,
     },
+    /// The thread could not put itself under its seccomp filter.
+    #[error("vCPU {vcpu}: {message}")]
+    Seccomp {
+        /// The vCPU.
+        vcpu: u8,
+        /// What failed, with its causes.
+        message: String,
+    },
     /// KVM_RUN itself failed.
     #[error("vCPU {vcpu}: KVM_RUN failed")]
     Run {
@@ -353,6 +361,15 @@ impl Vcpus {
 }
 
 fn run(index: u8, vcpu: &mut VcpuFd, ctx: &VcpuContext, control: &VcpuControl) {
+    // The thread's setup is done (the vCPU was configured by the VMM): from here on it
+    // makes only the calls its filter allows.
+    if let Err(e) = crate::seccomp::install(crate::seccomp::ThreadKind::Vcpu) {
+        (ctx.on_event)(VcpuEvent::Crash(VcpuCrash::Seccomp {
+            vcpu: index,
+            message: crate::error_chain(&e),
+        }));
+        return;
+    }
     KVM_RUN.with(|p| p.set(vcpu.get_kvm_run() as *mut kvm_run));
     run_loop(index, vcpu, ctx, control);
     KVM_RUN.with(|p| p.set(std::ptr::null_mut()));

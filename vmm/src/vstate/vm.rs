@@ -4,10 +4,12 @@ use kvm_bindings::{
     kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_MAX_CPUID_ENTRIES,
     KVM_PIT_SPEAKER_DUMMY,
 };
+use std::fs::File;
+use std::os::fd::FromRawFd;
 use std::sync::Arc;
 
 use kvm_ioctls::{Kvm, VmFd};
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 use crate::arch::x86_64::cpuid::KvmCaps;
 use crate::arch::x86_64::layout;
@@ -18,6 +20,17 @@ pub enum VmError {
     /// /dev/kvm is missing or cannot be opened.
     #[error("cannot open /dev/kvm (is KVM available and accessible?)")]
     OpenKvm(#[source] kvm_ioctls::Error),
+    /// kuml's user may not open /dev/kvm (EACCES).
+    #[error("kuml's user may not open /dev/kvm ({node}): {advice}")]
+    KvmDenied {
+        /// Its owner, group and mode.
+        node: String,
+        /// What to do.
+        advice: String,
+        /// The open's error.
+        #[source]
+        source: kvm_ioctls::Error,
+    },
     /// The host's KVM lacks something kuml needs.
     #[error("the host's KVM does not support {0}")]
     Unsupported(&'static str),
@@ -27,6 +40,9 @@ pub enum VmError {
     /// Guest memory could not be allocated.
     #[error("cannot allocate {0} bytes of guest memory")]
     Memory(u64, #[source] vm_memory::mmap::FromRangesError),
+    /// The file behind guest memory could not be made.
+    #[error("cannot create the file of {0} bytes behind guest memory")]
+    MemoryFile(u64, #[source] std::io::Error),
 }
 
 /// The VM and the host-side objects it needs.
@@ -44,10 +60,54 @@ pub struct Vm {
     pub cpuid_caps: KvmCaps,
 }
 
+/// Guest RAM in one memfd, mapped shared, region after region: vhost-user daemons (hostfs's
+/// virtiofsd) map the same file to reach the guest's buffers, as UML maps its memory file.
+fn shared_memory(mem_size: u64) -> Result<GuestMemoryMmap, VmError> {
+    let file_err = |e| VmError::MemoryFile(mem_size, e);
+    let name = c"kuml-guest-ram";
+    // SAFETY: memfd_create with a NUL-terminated name; the result is checked.
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(file_err(std::io::Error::last_os_error()));
+    }
+    // SAFETY: fd is a new descriptor that nothing else owns.
+    let file = unsafe { File::from_raw_fd(fd) };
+    file.set_len(mem_size).map_err(file_err)?;
+    let file = Arc::new(file);
+    let mut offset = 0u64;
+    let mut ranges = Vec::new();
+    for (base, len) in layout::ram_regions(mem_size) {
+        ranges.push((
+            GuestAddress(base),
+            len as usize,
+            Some(FileOffset::from_arc(file.clone(), offset)),
+        ));
+        offset += len;
+    }
+    GuestMemoryMmap::from_ranges_with_files(&ranges).map_err(|e| VmError::Memory(mem_size, e))
+}
+
+/// The error for a failed open of /dev/kvm: when the node is there but kuml's user may not
+/// use it, what to do about it (kuml needs no root).
+fn open_kvm_error(source: kvm_ioctls::Error) -> VmError {
+    use crate::sys::node;
+    if source.errno() != libc::EACCES && source.errno() != libc::EPERM {
+        return VmError::OpenKvm(source);
+    }
+    match node::owner_group_mode(std::path::Path::new("/dev/kvm")) {
+        Some((owner, group, mode)) => VmError::KvmDenied {
+            node: node::describe(&owner, &group, mode),
+            advice: node::kvm_advice(&group, mode),
+            source,
+        },
+        None => VmError::OpenKvm(source),
+    }
+}
+
 impl Vm {
     /// Creates a VM with `mem_size` bytes of RAM, an in-kernel irqchip and PIT.
     pub fn new(mem_size: u64) -> Result<Vm, VmError> {
-        let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
+        let kvm = Kvm::new().map_err(open_kvm_error)?;
         for (cap, what) in [
             (kvm_ioctls::Cap::Irqchip, "an in-kernel irqchip"),
             (kvm_ioctls::Cap::Irqfd, "irqfd"),
@@ -81,12 +141,7 @@ impl Vm {
         fd.create_pit2(pit)
             .map_err(|e| VmError::Kvm("create the PIT", e))?;
 
-        let ranges: Vec<(GuestAddress, usize)> = layout::ram_regions(mem_size)
-            .into_iter()
-            .map(|(base, len)| (GuestAddress(base), len as usize))
-            .collect();
-        let memory =
-            GuestMemoryMmap::from_ranges(&ranges).map_err(|e| VmError::Memory(mem_size, e))?;
+        let memory = shared_memory(mem_size)?;
         for (slot, region) in memory.iter().enumerate() {
             let host = region
                 .get_host_address(vm_memory::MemoryRegionAddress(0))

@@ -106,6 +106,8 @@ fn class_code(device_type: u32) -> u32 {
         types::NET => 0x02_00_00,
         types::BLOCK => 0x01_80_00,
         types::CONSOLE => 0x07_80_00,
+        // Mass storage, other (as QEMU's vhost-user-fs-pci).
+        types::FS => 0x01_80_00,
         _ => 0xff_00_00,
     }
 }

@@ -1,0 +1,510 @@
+//! hostfs: UML's `mount -t hostfs` and a root on a host directory, on virtio-fs (docs/hostfs.md).
+//!
+//! Kernel level (the in-kernel agent, every lane): the guest mounts directories of kuml's
+//! export with UML's mount data, reads what the host wrote and writes what the host reads;
+//! `rootfstype=hostfs rootflags=<dir>` mounts the root there (`VFS: Mounted root (hostfs
+//! filesystem)`); escapes through `..`, symbolic links and device nodes fail. User space (the
+//! nested lane): the same through busybox's `mount`, the `mount.hostfs` helper, a guest whose
+//! init runs from a host directory read-only and read-write, a command whose result reaches the
+//! host, and kuml run as an ordinary user whose guest cannot read another user's files.
+
+// An integration test crate: every function here is test code.
+#![allow(clippy::tests_outside_test_module)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use kuml_e2e::{artifact, hex, unhex, user_space_or_skip, AgentReply, HostKind, TestVm, VmOptions};
+
+/// Boot under PVM emulation takes minutes on a loaded host; only a hang bound.
+const BOOT: Duration = Duration::from_secs(600);
+const SHORT: Duration = Duration::from_secs(120);
+
+/// kuml arguments every test VM has.
+fn base_args(extra: &[String]) -> Vec<String> {
+    let mut args = vec![
+        format!("kernel={}", artifact("vmlinux").display()),
+        "mem=256M".to_owned(),
+        "noreboot".to_owned(),
+    ];
+    args.extend(extra.iter().cloned());
+    args
+}
+
+/// A VM with the test agent on con0 (hvc0), kuml run as `user` if given (else as the test's
+/// user); returns once the agent is ready (the in-kernel agent on PVM, the user-space one
+/// where guest user space runs).
+fn user_vm(name: &str, extra: &[String], user: Option<(u32, u32)>) -> TestVm {
+    let mut vm = TestVm::start(
+        name,
+        VmOptions {
+            args: base_args(extra),
+            agent_tty: Some("hvc0".into()),
+            user,
+            hostfs: true,
+            ..VmOptions::default()
+        },
+    );
+    vm.wait_agent(BOOT);
+    vm
+}
+
+fn agent_vm(name: &str, extra: &[String]) -> TestVm {
+    user_vm(name, extra, None)
+}
+
+fn write(path: &Path, text: &str) {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).unwrap();
+    }
+    std::fs::write(path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+}
+
+/// The text of a guest file, read through the agent.
+fn guest_read(vm: &mut TestVm, path: &str) -> String {
+    let hexed = vm.agent_ok(&format!("read {path} 0 4096"), SHORT);
+    String::from_utf8_lossy(&unhex(&hexed)).into_owned()
+}
+
+/// Writes `text` to a guest file through the agent and syncs it to the host.
+fn guest_write(vm: &mut TestVm, path: &str, text: &str) {
+    vm.agent_ok(&format!("write {path} 0 {}", hex(text.as_bytes())), SHORT);
+    vm.agent_ok(&format!("fsync {path}"), SHORT);
+}
+
+/// The error (errno name first) of an agent command that must fail.
+fn agent_err(vm: &mut TestVm, command: &str) -> String {
+    match vm.agent(command, SHORT) {
+        AgentReply::Err(e) => e,
+        AgentReply::Ok(p) => panic!("{command:?} succeeded ({p:?}) but must fail"),
+    }
+}
+
+fn poweroff(mut vm: TestVm) {
+    let _ = vm.agent("poweroff", SHORT);
+    assert_eq!(vm.wait_exit(SHORT), 0);
+}
+
+/// An export with files the tests look for, next to a directory that must stay out of reach.
+struct Export {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+    outside: PathBuf,
+}
+
+const SECRET: &str = "outside the export: the guest must never read this\n";
+
+fn export() -> Export {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("export");
+    let outside = tmp.path().join("outside");
+    write(&root.join("sub/from-host.txt"), "written on the host\n");
+    write(&root.join("top.txt"), "top of the export\n");
+    write(&outside.join("secret"), SECRET);
+    // Symbolic links that point out of the export, absolute and relative.
+    std::os::unix::fs::symlink(outside.join("secret"), root.join("sub/abs-link")).unwrap();
+    std::os::unix::fs::symlink("../../outside/secret", root.join("sub/rel-link")).unwrap();
+    std::os::unix::fs::symlink("../outside", root.join("dir-link")).unwrap();
+    Export {
+        _tmp: tmp,
+        root,
+        outside,
+    }
+}
+
+#[test]
+fn mount_t_hostfs_reads_and_writes_host_files_and_never_leaves_the_export() {
+    let e = export();
+    let mut vm = agent_vm(
+        "hostfs-mount",
+        &[
+            format!("initrd={}", artifact("initramfs.cpio").display()),
+            format!("hostfs={}", e.root.display()),
+        ],
+    );
+    vm.agent_ok("mkdir /mnt/host", SHORT);
+    // UML's mount data: the path alone, as `mount -t hostfs none /mnt/host -o /sub` passes it.
+    vm.agent_ok("mount none /mnt/host hostfs /sub", SHORT);
+    assert_eq!(
+        guest_read(&mut vm, "/mnt/host/from-host.txt"),
+        "written on the host\n"
+    );
+    let text = "written in the guest through hostfs\n";
+    guest_write(&mut vm, "/mnt/host/from-guest.txt", text);
+    assert_eq!(
+        std::fs::read_to_string(e.root.join("sub/from-guest.txt")).unwrap(),
+        text,
+        "the host reads what the guest wrote"
+    );
+    // The host changes a file; the guest sees the change.
+    write(&e.root.join("sub/from-host.txt"), "changed on the host\n");
+    assert_eq!(
+        guest_read(&mut vm, "/mnt/host/from-host.txt"),
+        "changed on the host\n"
+    );
+    vm.agent_ok("umount /mnt/host", SHORT);
+
+    // The newer form, hostfs=<path>, and `ro`: writes fail, reads work.
+    vm.agent_ok("mount none /mnt/host hostfs ro,hostfs=/sub", SHORT);
+    assert_eq!(
+        guest_read(&mut vm, "/mnt/host/from-guest.txt"),
+        text,
+        "ro mount reads"
+    );
+    let err = agent_err(&mut vm, "write /mnt/host/x 0 00");
+    assert!(err.starts_with("EROFS"), "{err}");
+    vm.agent_ok("umount /mnt/host", SHORT);
+
+    // The export's root, then a path that does not exist.
+    vm.agent_ok("mount none /mnt/host hostfs -", SHORT);
+    assert_eq!(
+        vm.agent_ok("ls /mnt/host", SHORT)
+            .split_whitespace()
+            .filter(|n| *n == "sub" || *n == "top.txt")
+            .count(),
+        2
+    );
+    vm.agent_ok("umount /mnt/host", SHORT);
+    let err = agent_err(&mut vm, "mount none /mnt/host hostfs /no/such/dir");
+    assert!(err.starts_with("ENOENT"), "{err}");
+
+    // Escapes from the export fail (in the same boot: each PVM boot costs minutes of CI).
+    // `..` in the mount data stops at the export's root.
+    vm.agent_ok("mount none /mnt/host hostfs /../../..", SHORT);
+    assert_eq!(
+        guest_read(&mut vm, "/mnt/host/top.txt"),
+        "top of the export\n"
+    );
+    let names = vm.agent_ok("ls /mnt/host", SHORT);
+    assert!(!names.contains("outside"), "{names}");
+    vm.agent_ok("umount /mnt/host", SHORT);
+    // Links out of the export: an absolute target is resolved in the guest (not on the host),
+    // a relative one stops at the export's root.
+    vm.agent_ok("mount none /mnt/host hostfs /", SHORT);
+    for link in ["sub/abs-link", "sub/rel-link", "dir-link/secret"] {
+        match vm.agent(&format!("read /mnt/host/{link} 0 4096"), SHORT) {
+            AgentReply::Ok(h) => assert!(
+                !String::from_utf8_lossy(&unhex(&h)).contains("outside the export"),
+                "{link} reached the secret"
+            ),
+            AgentReply::Err(err) => assert!(err.starts_with("ENOENT"), "{link}: {err}"),
+        }
+    }
+    // A path that names a link out of the export is no way out either.
+    vm.agent_ok("mkdir /mnt/other", SHORT);
+    match vm.agent("mount none /mnt/other hostfs /dir-link", SHORT) {
+        AgentReply::Ok(_) => {
+            let names = vm.agent_ok("ls /mnt/other", SHORT);
+            assert!(!names.contains("secret"), "{names}");
+        }
+        AgentReply::Err(err) => assert!(err.starts_with("ENOENT"), "{err}"),
+    }
+    // A host device node in the export opens the guest's device, not the host's: the host's
+    // /dev/kvm (10:232) has no driver in the guest.
+    let node = e.root.join("kvm");
+    let made = std::process::Command::new("mknod")
+        .arg(&node)
+        .args(["c", "10", "232"])
+        .status()
+        .unwrap();
+    if made.success() {
+        std::fs::set_permissions(&node, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let err = agent_err(&mut vm, "read /mnt/host/kvm 0 16");
+        // (The kernel agent names the errno; the user agent maps busybox's "No such device
+        // [or address]" to ENOENT and keeps the message.)
+        assert!(
+            err.starts_with("ENODEV") || err.starts_with("ENXIO") || err.contains("No such device"),
+            "the host's /dev/kvm node: {err}"
+        );
+    }
+    assert_eq!(
+        std::fs::read_to_string(e.outside.join("secret")).unwrap(),
+        SECRET
+    );
+    poweroff(vm);
+}
+
+/// A host directory as the guest's root: the busybox tree of the test initramfs, unpacked.
+fn root_tree(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    let cpio = std::fs::File::open(artifact("initramfs.cpio")).unwrap();
+    let st = std::process::Command::new("cpio")
+        .args(["-idm", "--quiet", "--no-absolute-filenames"])
+        .current_dir(dir)
+        .stdin(cpio)
+        .status()
+        .unwrap();
+    assert!(st.success(), "cpio failed");
+    write(
+        &dir.join("etc/kuml-root-proof"),
+        "root on a host directory\n",
+    );
+    std::fs::create_dir_all(dir.join("dev")).unwrap();
+}
+
+#[test]
+fn root_on_a_host_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let export = tmp.path().join("export");
+    root_tree(&export.join("srv/root"));
+    let words = ["rootfstype=hostfs", "rootflags=/srv/root", "rw"];
+    let mut args = vec![format!("hostfs={}", export.display())];
+    args.extend(words.iter().map(|w| w.to_string()));
+    let mut vm = agent_vm("hostfs-root", &args);
+    let out = vm.output();
+    assert!(
+        out.contains("VFS: Mounted root (hostfs filesystem)"),
+        "no hostfs root in the kernel log"
+    );
+    assert_eq!(
+        guest_read(&mut vm, "/etc/kuml-root-proof"),
+        "root on a host directory\n"
+    );
+    vm.agent_ok("mount proc /proc proc -", SHORT);
+    let cmdline = guest_read(&mut vm, "/proc/cmdline");
+    for w in words {
+        assert!(
+            cmdline.split_whitespace().any(|x| x == w),
+            "/proc/cmdline lacks {w}: {cmdline}"
+        );
+    }
+    let text = "written to the root\n";
+    guest_write(&mut vm, "/root/from-guest", text);
+    assert_eq!(
+        std::fs::read_to_string(export.join("srv/root/root/from-guest")).unwrap(),
+        text
+    );
+    poweroff(vm);
+}
+
+fn user_poweroff(mut vm: TestVm) {
+    vm.send(b"999 poweroff\n");
+    assert_eq!(vm.wait_exit(SHORT), 0);
+}
+
+#[test]
+fn user_space_mounts_with_busybox_and_the_helper() {
+    if !user_space_or_skip() {
+        return;
+    }
+    let e = export();
+    let mut vm = user_vm(
+        "hostfs-user",
+        &[
+            format!("initrd={}", artifact("initramfs.cpio").display()),
+            format!("hostfs={}", e.root.display()),
+        ],
+        None,
+    );
+    // UML's command, unchanged, through busybox mount(8).
+    let out = vm.sh_ok(
+        "mkdir -p /mnt/host && mount -t hostfs none /mnt/host -o /sub && \
+         cat /mnt/host/from-host.txt && echo 'from guest user space' > /mnt/host/from-guest.txt && \
+         sync && grep ' /mnt/host ' /proc/mounts",
+        SHORT,
+    );
+    assert!(out.contains("written on the host"), "{out}");
+    assert!(out.contains("none /mnt/host hostfs rw"), "{out}");
+    assert_eq!(
+        std::fs::read_to_string(e.root.join("sub/from-guest.txt")).unwrap(),
+        "from guest user space\n"
+    );
+    let info = vm.sh_ok("grep ' /mnt/host ' /proc/self/mountinfo", SHORT);
+    assert!(info.split_whitespace().nth(3) == Some("/sub"), "{info}");
+    // A command whose result reaches the host.
+    vm.sh_ok("ls -la / > /mnt/host/guest-ls.txt; sync", SHORT);
+    let ls = std::fs::read_to_string(e.root.join("sub/guest-ls.txt")).unwrap();
+    assert!(ls.contains("proc"), "{ls}");
+    // Escapes from user space: `..` above the mount is the guest's own tree; mknod as guest
+    // root goes to the host as kuml's user (root here: allowed), so it is tested below with
+    // an ordinary user.
+    let (status, out) = vm.sh("cat /mnt/host/rel-link /mnt/host/abs-link", SHORT);
+    assert_ne!(status, 0);
+    assert!(!out.contains("outside the export"), "{out}");
+    vm.sh_ok("umount /mnt/host", SHORT);
+
+    // The helper for stock kernels, as mount(8) would run it: virtio-fs underneath.
+    let out = vm.sh_ok(
+        "mkdir -p /mnt/h2 && mount.hostfs none /mnt/h2 -o /sub,ro && \
+         cat /mnt/h2/from-guest.txt && grep ' /mnt/h2 ' /proc/mounts",
+        SHORT,
+    );
+    assert!(out.contains("from guest user space"), "{out}");
+    assert!(out.contains(" /mnt/h2 virtiofs ro"), "{out}");
+    let (status, out) = vm.sh("touch /mnt/h2/nope", SHORT);
+    assert_ne!(status, 0, "{out}");
+    assert!(out.contains("Read-only file system"), "{out}");
+    let (status, out) = vm.sh("mount.hostfs none /mnt/h2 -o /dir-link", SHORT);
+    assert_ne!(status, 0, "{out}");
+    vm.sh_ok("umount /mnt/h2", SHORT);
+    user_poweroff(vm);
+}
+
+#[test]
+fn user_space_on_a_read_write_host_root() {
+    if !user_space_or_skip() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let export = tmp.path().join("export");
+    root_tree(&export.join("guests/one"));
+    let mut vm = user_vm(
+        "hostfs-root-rw",
+        &[
+            format!("hostfs={}", export.display()),
+            "rootfstype=hostfs".into(),
+            "rootflags=/guests/one".into(),
+            "rw".into(),
+        ],
+        None,
+    );
+    let cmdline = vm.sh_ok("cat /proc/cmdline", SHORT);
+    assert!(
+        cmdline.contains("rootfstype=hostfs rootflags=/guests/one rw"),
+        "{cmdline}"
+    );
+    vm.sh_ok("hostname > /etc/written-in-guest && sync", SHORT);
+    assert_eq!(
+        std::fs::read_to_string(export.join("guests/one/etc/written-in-guest")).unwrap(),
+        "kuml-guest\n"
+    );
+    user_poweroff(vm);
+}
+
+#[test]
+fn user_space_on_a_read_only_host_root_and_a_result_through_hostfs() {
+    if !user_space_or_skip() {
+        return;
+    }
+    assert_eq!(kuml_e2e::host_kind(), HostKind::Hardware);
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root");
+    root_tree(&root);
+    let results = tmp.path().join("results");
+    std::fs::create_dir_all(&results).unwrap();
+    // The mount point, made on the host: the guest cannot make it on its read-only root.
+    std::fs::create_dir_all(root.join("mnt/results")).unwrap();
+    // The root's export is read-only; a second share takes the result.
+    let mut vm = agent_vm(
+        "hostfs-root-ro",
+        &[
+            format!("hostfs={},ro", root.display()),
+            format!("hostfs1={},tag=results", results.display()),
+            "rootfstype=hostfs".into(),
+            "ro".into(),
+        ],
+    );
+    let mounts = vm.sh_ok("cat /proc/mounts", SHORT);
+    assert!(
+        mounts.lines().any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.get(1) == Some(&"/") && f.get(2) == Some(&"hostfs")
+        }),
+        "{mounts}"
+    );
+    let (status, out) = vm.sh("echo x > /etc/written-in-guest", SHORT);
+    assert_ne!(status, 0, "a read-only root took a write: {out}");
+    assert!(out.contains("Read-only file system"), "{out}");
+    vm.sh_ok(
+        "mount -t virtiofs results /mnt/results && \
+         uname -a > /mnt/results/uname.txt && sync",
+        SHORT,
+    );
+    let uname = std::fs::read_to_string(results.join("uname.txt")).unwrap();
+    assert!(uname.contains("kuml"), "{uname}");
+    assert!(!root.join("etc/written-in-guest").exists());
+    user_poweroff(vm);
+}
+
+/// The user the unprivileged test runs kuml as.
+const NOBODY: (u32, u32) = (65534, 65534);
+
+/// Whether `user` can use /dev/kvm; in the nested lane (a throwaway L1) the test opens it to
+/// everyone first.
+fn kvm_for(user: (u32, u32)) -> bool {
+    if kuml_e2e::lane() == "nested" {
+        let _ = std::fs::set_permissions("/dev/kvm", std::fs::Permissions::from_mode(0o666));
+    }
+    std::process::Command::new("sh")
+        .args(["-c", "exec 3<>/dev/kvm"])
+        .uid(user.0)
+        .gid(user.1)
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Whether `user` can make a user namespace (what virtiofsd's sandbox does for an ordinary
+/// user).
+fn userns_for(user: (u32, u32)) -> bool {
+    std::process::Command::new("unshare")
+        .args(["--user", "--map-root-user", "true"])
+        .uid(user.0)
+        .gid(user.1)
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+#[test]
+fn an_ordinary_users_guest_cannot_escape() {
+    if !user_space_or_skip() {
+        return;
+    }
+    if !kvm_for(NOBODY) {
+        kuml_e2e::skip("needs /dev/kvm usable by an ordinary user (the nested lane opens it)");
+        return;
+    }
+    if !userns_for(NOBODY) {
+        // virtiofsd's sandbox for an ordinary user is a user namespace; the kernel refuses one
+        // to a process in a chroot (the nested lane's L1 runs its command in one).
+        kuml_e2e::skip("an ordinary user cannot make a user namespace here (virtiofsd's sandbox)");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let open = |p: &Path, mode| std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode));
+    open(tmp.path(), 0o755).unwrap();
+    let share = tmp.path().join("share");
+    std::fs::create_dir(&share).unwrap();
+    std::os::unix::fs::chown(&share, Some(NOBODY.0), Some(NOBODY.1)).unwrap();
+    // Another user's private file inside the share.
+    write(&share.join("private"), "root's private file\n");
+    open(&share.join("private"), 0o600).unwrap();
+    let uml_dir = tmp.path().join("uml");
+    std::fs::create_dir(&uml_dir).unwrap();
+    std::os::unix::fs::chown(&uml_dir, Some(NOBODY.0), Some(NOBODY.1)).unwrap();
+    let mut vm = user_vm(
+        "hostfs-nobody",
+        &[
+            format!("initrd={}", artifact("initramfs.cpio").display()),
+            format!("hostfs={}", share.display()),
+            format!("uml_dir={}", uml_dir.display()),
+        ],
+        Some(NOBODY),
+    );
+    assert!(
+        !vm.output().contains("with root's rights"),
+        "the root warning is for root only"
+    );
+    vm.sh_ok(
+        "mkdir -p /mnt/host && mount -t hostfs none /mnt/host -o /",
+        SHORT,
+    );
+    let (status, out) = vm.sh("cat /mnt/host/private", SHORT);
+    assert_ne!(status, 0, "guest root read another user's file: {out}");
+    assert!(out.contains("Permission denied"), "{out}");
+    let (status, out) = vm.sh("mknod /mnt/host/sda b 8 0", SHORT);
+    assert_ne!(status, 0, "a device node was made on the host: {out}");
+    assert!(!share.join("sda").exists());
+    let (status, out) = vm.sh("chown 0:0 /mnt/host && chmod 777 /mnt/host/private", SHORT);
+    assert_ne!(status, 0, "{out}");
+    vm.sh_ok("echo mine > /mnt/host/made-by-guest-root && sync", SHORT);
+    let made = std::fs::metadata(share.join("made-by-guest-root")).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        (made.uid(), made.gid()),
+        NOBODY,
+        "guest root writes as kuml's user"
+    );
+    user_poweroff(vm);
+}
