@@ -96,7 +96,14 @@ trap cleanup EXIT
     printf 'exec'; printf ' %q' "$@"; echo
 } > "$job/cmd"
 
-args=(-accel tcg,thread=multi -M q35 -cpu max -smp "$cpus" -m "$mem"
+# `-xsave`: Debian 12's QEMU (7.2) does not check the SVM XSETBV intercept (QEMU added the
+# check in 8.2, "target/i386: check intercept for XSETBV"), so L1's KVM never sees a guest's
+# XSETBV: it keeps the guest's XCR0 at x87-only and loads that on every VM entry while the
+# guest kernel believes SSE/AVX state is enabled. The guest then warns "XSAVE consistency
+# problem" at boot, its XSAVE/XRSTOR skip the SSE state of every task, and an XRSTOR of a
+# buffer with more features than XCR0 faults (#GP), which the kernel's fixup retries. Without
+# XSAVE in L1's CPU, L1's KVM offers the guest no XSAVE (nor AVX), and the guest uses FXSAVE.
+args=(-accel tcg,thread=multi -M q35 -cpu max,-xsave -smp "$cpus" -m "$mem"
       -nodefaults -no-user-config -display none -no-reboot
       -kernel "$l1/vmlinuz" -initrd "$l1/initramfs.gz"
       -fsdev "local,id=hostroot,path=/,security_model=none,readonly=on,multidevs=remap"

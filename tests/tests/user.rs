@@ -6,7 +6,8 @@
 //!   user cannot write, the default `~/.uml`, consoles on `pts`, `port:` and `file:`, an mcast
 //!   network and a hostfs share, and the user's `uml_mconsole` drives it;
 //! * what needs root (creating a tap, a `gate`) fails before the boot with a line saying so;
-//! * passt, started by kuml as the user, leases the guest an address.
+//! * passt, started by kuml as the user, leases the guest an address;
+//! * the guest is reached on a tap root made for the user, and on the user's `uml_switch`.
 //!
 //! NETWORK SAFETY: each test that touches the network does so in its own network namespace
 //! (tests/src/net.rs), deleted at its end.
@@ -502,4 +503,105 @@ fn an_ordinary_users_guest_gets_a_lease_from_passt() {
     );
     vm.send(b"999 poweroff\n");
     assert_eq!(vm.wait_exit(SHORT), 0);
+}
+
+/// The user's own networks: `tuntap` on a tap that root made for the user beforehand
+/// (`ip tuntap add … user U`, as UML's docs say), and `daemon` on a `uml_switch` the user
+/// started. The guest kernel configures eth0 itself (`ip=`) and answers ARP and ICMP, so this
+/// is proven at kernel level on every lane.
+#[test]
+fn an_ordinary_users_guest_is_reached_on_a_tap_made_for_it_and_on_its_uml_switch() {
+    let user = OrdinaryUser::new();
+    let ns = Netns::new("usernet");
+    ns.ip(&format!("tuntap add kumluser0 mode tap user {}", user.uid));
+    ns.ip(&format!("addr add {HOST}/24 dev kumluser0"));
+    ns.ip("link set kumluser0 up");
+    let initrd = format!(
+        "initrd={}",
+        user.reachable(&artifact("initramfs.cpio")).display()
+    );
+    let user_kernel = user.reachable(&artifact("vmlinux"));
+
+    // tuntap: the user attaches to its tap; the namespace pings the guest over it.
+    let opts = user_options(
+        &user,
+        vec![
+            initrd.clone(),
+            "eth0=tuntap,kumluser0".to_owned(),
+            ip_arg(GUEST_A, HOST),
+        ],
+        false,
+    );
+    let kernel = user_kernel.clone();
+    let mut vm = ns.run(move || start_in_namespace(&kernel, "user-tap", opts));
+    ready(&mut vm, GUEST_A);
+    let rtt = ns.run(|| host_ping(GUEST_A));
+    eprintln!("the user's guest answered over its tap after {rtt:?}");
+    let owner = std::fs::metadata(format!("/proc/{}", vm.pid())).map(|m| m.uid());
+    assert_eq!(owner.ok(), Some(user.uid), "kuml runs as the user");
+    vm.send(b"999 poweroff\n");
+    assert_eq!(vm.wait_exit(SHORT), 0);
+
+    // daemon: uml_switch started by the user, its socket in the user's home; a third port
+    // (this test) resolves and pings the user's guest through the switch.
+    let ctl = user.home.join("switch.ctl");
+    let log = user.home.join("switch.log");
+    let logf = std::fs::File::create(&log).unwrap();
+    let switch =
+        {
+            let ctl = ctl.clone();
+            let mut cmd = user.command("uml_switch");
+            cmd.arg("-unix")
+                .arg(&ctl)
+                .stdin(Stdio::null())
+                .stdout(logf.try_clone().unwrap())
+                .stderr(logf);
+            ns.run(move || {
+                Proc(cmd.spawn().expect(
+                    "TEST CANNOT RUN: cannot start uml_switch (apt-get install uml-utilities)",
+                ))
+            })
+        };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ctl.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "uml_switch made no {}",
+            ctl.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        std::fs::symlink_metadata(&ctl).unwrap().uid(),
+        user.uid,
+        "the switch's socket is the user's"
+    );
+    let opts = user_options(
+        &user,
+        vec![
+            initrd,
+            format!("eth0=daemon,,unix,{}", ctl.display()),
+            ip_arg(GUEST_A, HOST),
+        ],
+        false,
+    );
+    let mut vm = ns.run(move || start_in_namespace(&user_kernel, "user-daemon", opts));
+    ready(&mut vm, GUEST_A);
+    // The switch's data sockets are abstract, so they live in its network namespace: the
+    // third port is opened there too.
+    let mut port = ns.run(move || {
+        netdev::DaemonBackend::connect_path(&ctl).expect("a port on the user's switch")
+    });
+    port.wait_ready(ANSWER).expect("the switch answers");
+    let mut peer = BackendPeer(Box::new(port));
+    let mac = resolve(&mut peer, GUEST_A);
+    let (dst, _) = ping(&mut peer, PEER, mac, GUEST_A, 1);
+    assert_eq!(dst, PEER_MAC, "the guest answered the peer's echo");
+    vm.send(b"999 poweroff\n");
+    assert_eq!(vm.wait_exit(SHORT), 0);
+    drop(switch);
+    eprintln!(
+        "uml_switch log:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
 }
