@@ -3,10 +3,13 @@
 # target: executions, executions per second, coverage (edges and features libFuzzer counts),
 # corpus size, peak memory and crashes. Writes bench/results/fuzz-<stamp>.md.
 #
-#   bench/fuzz.sh [-t SECONDS] [-n RUNS] [TARGET...]   (default: 60 s each, every target)
+#   bench/fuzz.sh [-t SECONDS] [-n RUNS] [-j JOBS] [TARGET...]   (default: 60 s each, every
+#                                                                  target, one at a time)
 #
 # -n RUNS: stop each target after RUNS executions instead (e.g. -n 1000000 for the 10^6 goal),
 # with -t as the cap (default then 1800 s); the table then shows how long each one took.
+# -j JOBS: run up to JOBS targets at once (each libFuzzer process is single-threaded; the
+# report says how many ran at once, since they share the cores).
 #
 # Builds on the pinned stable toolchain with RUSTC_BOOTSTRAP=1 (cargo-fuzz passes unstable
 # -Z flags: the sanitizer and coverage instrumentation); see docs/fuzzing.md. Installs
@@ -19,12 +22,13 @@
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
-secs= runs=
-while getopts t:n: o; do
+secs= runs= jobs=1
+while getopts t:n:j: o; do
     case $o in
         t) secs=$OPTARG ;;
         n) runs=$OPTARG ;;
-        *) echo "usage: bench/fuzz.sh [-t SECONDS] [-n RUNS] [TARGET...]" >&2; exit 2 ;;
+        j) jobs=$OPTARG ;;
+        *) echo "usage: bench/fuzz.sh [-t SECONDS] [-n RUNS] [-j JOBS] [TARGET...]" >&2; exit 2 ;;
     esac
 done
 if [ -n "$runs" ]; then secs=${secs:-1800}; else secs=${secs:-60}; fi
@@ -54,10 +58,10 @@ work=${FUZZ_KEEP:-$(mktemp -d)}
 [ -n "${FUZZ_KEEP:-}" ] || trap 'rm -rf "$work"' EXIT
 mkdir -p "$here/results" "$work"
 out="$here/results/fuzz-$stamp.md"
-rows=()
-total_crashes=0
-for t in "${targets[@]}"; do
-    corpus="$work/corpus/$t" arts="$root/fuzz/artifacts/$t/"
+# One target: runs it and writes its table row to $work/$t.row.
+fuzz_one() {
+    local t=$1 corpus="$work/corpus/$1" arts="$root/fuzz/artifacts/$1/"
+    local log start rc took execs rate rss last cov ft corp crashes found goal note
     mkdir -p "$corpus" "$arts"
     log="$work/$t.log"
     echo "fuzz.sh: $t for ${secs}s${runs:+ or $runs runs}" >&2
@@ -78,18 +82,30 @@ for t in "${targets[@]}"; do
     crashes=$(grep -cE '^==[0-9]+== ?ERROR|^SUMMARY: libFuzzer|panicked at' "$log")
     found=$(grep -oE "Test unit written to [^ ]+" "$log" | sed 's/Test unit written to //' | head -3)
     if [ "$rc" -ne 0 ] && [ "$crashes" -eq 0 ]; then crashes=1; fi
-    total_crashes=$((total_crashes + crashes))
     goal=no
     [ "${execs:-0}" -ge 1000000 ] && goal=yes
     note=${found:+ $(echo "$found" | xargs -n1 basename | tr '\n' ' ')}
-    rows+=("| $t | $took | ${execs:-?} | ${rate:-?} | ${cov:-?} | ${ft:-?} | ${corp:-?} | ${rss:-?} | $crashes$note | $goal |")
-    printf '%s\n' "${rows[-1]}" >&2
+    echo "| $t | $took | ${execs:-?} | ${rate:-?} | ${cov:-?} | ${ft:-?} | ${corp:-?} | ${rss:-?} | $crashes$note | $goal |" >"$work/$t.row"
+    echo "$crashes" >"$work/$t.crashes"
+    cat "$work/$t.row" >&2
+}
+
+for t in "${targets[@]}"; do
+    while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do wait -n; done
+    fuzz_one "$t" &
+done
+wait
+rows=()
+total_crashes=0
+for t in "${targets[@]}"; do
+    rows+=("$(cat "$work/$t.row" 2>/dev/null || echo "| $t | ? | ? | ? | ? | ? | ? | ? | 1 (no report) | no |")")
+    total_crashes=$((total_crashes + $(cat "$work/$t.crashes" 2>/dev/null || echo 1)))
 done
 
 {
     echo "# Fuzzing run $stamp"
     echo
-    echo "bench/fuzz.sh -t $secs${runs:+ -n $runs}; sanitizer $sanitizer; debug assertions on; one target at a time;"
+    echo "bench/fuzz.sh -t $secs${runs:+ -n $runs} -j $jobs; sanitizer $sanitizer; debug assertions on; $jobs target(s) at a time;"
     echo "$(nproc) cores, load at start: $load0, at end: $(cut -d' ' -f1-3 /proc/loadavg); $(rustc -V); commit $commit."
     echo
     echo "| target | s | executions | exec/s | cov | ft | corpus | peak MB | crashes | >= 10^6 |"
