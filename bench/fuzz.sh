@@ -17,6 +17,7 @@
 #   FUZZ_SANITIZER  address (default) or none (faster, catches panics and hangs only)
 #   FUZZ_TIMEOUT    seconds one input may take before it counts as a hang (default 10)
 #   FUZZ_KEEP       directory to keep each run's corpus in (default: a temporary one)
+#   CARGO_TARGET_DIR  where the fuzzers are built (default fuzz/target)
 # Crashing inputs are kept in fuzz/artifacts/<target>/ (ignored by git); turn each into a
 # regression test in the crate it belongs to (docs/fuzzing.md).
 set -u
@@ -49,7 +50,7 @@ export RUSTC_BOOTSTRAP=1
 echo "fuzz.sh: building ${#targets[@]} targets (sanitizer: $sanitizer)" >&2
 cargo fuzz build --debug-assertions --sanitizer "$sanitizer" || exit 1
 triple=$(rustc -vV | sed -n 's/^host: //p')
-bin="$root/fuzz/target/$triple/release"
+bin="${CARGO_TARGET_DIR:-$root/fuzz/target}/$triple/release"
 
 stamp=$(date -u +%Y-%m-%dT%H%M)
 load0=$(cut -d' ' -f1-3 /proc/loadavg)

@@ -16,12 +16,14 @@
 //! [rest]              host-side data (disk contents, frames, console input)
 //! ```
 
+use std::cell::RefCell;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use event_manager::{EventManager, MutEventSubscriber};
 use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_WRITE};
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap, GuestRegionMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::virtio::{ActiveQueue, GuestMemory, InterruptKind, VirtioInterrupt};
@@ -47,13 +49,38 @@ pub fn rings(q: usize) -> (u64, u64, u64) {
     (base, base + 0x100, base + 0x200)
 }
 
-/// A guest of [`MEM_SIZE`] bytes holding `image` from address 0.
+thread_local! {
+    /// The guest mapping, kept from one input to the next (mapping, faulting in and unmapping
+    /// 64 KiB for every input was a tenth of a device target's time).
+    static GUEST: Arc<GuestRegionMmap<()>> = Arc::new(new_region());
+    /// Snapshot buffers of [`MEM_SIZE`] bytes, reused for the same reason.
+    static SPARE: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Zeros to clear the guest with.
+static ZEROS: [u8; MEM_SIZE] = [0; MEM_SIZE];
+
+fn new_region() -> GuestRegionMmap<()> {
+    GuestRegionMmap::from_range(GuestAddress(0), MEM_SIZE, None).expect("mapping a 64 KiB guest")
+}
+
+/// A guest of [`MEM_SIZE`] bytes holding `image` from address 0 and zeros after it: this
+/// thread's reused mapping, rewritten whole, when no earlier guest still holds it (else a new
+/// mapping, so two live guests never share memory).
 pub fn guest_memory(image: &[u8]) -> GuestMemory {
-    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)])
-        .expect("mapping a 64 KiB guest");
+    let region = GUEST.with(|g| {
+        if Arc::strong_count(g) == 1 {
+            g.clone()
+        } else {
+            Arc::new(new_region())
+        }
+    });
+    let mem = GuestMemoryMmap::from_arc_regions(vec![region]).expect("one region");
     let n = image.len().min(MEM_SIZE);
     mem.write_slice(&image[..n], GuestAddress(0))
         .expect("the image fits the guest");
+    mem.write_slice(&ZEROS[n..], GuestAddress(n as u64))
+        .expect("the rest fits the guest");
     mem
 }
 
@@ -129,7 +156,7 @@ pub fn queues(max_sizes: &[u16], event_idx: bool) -> (Vec<ActiveQueue>, Vec<Even
         active.push(ActiveQueue {
             index: i as u16,
             queue: q,
-            notify: std::sync::Arc::new(notify),
+            notify: Arc::new(notify),
         });
     }
     (active, kicks)
@@ -173,11 +200,19 @@ pub struct WriteCheck {
     queues: usize,
 }
 
+/// A copy of guest memory, in a buffer from [`SPARE`] (give it back with [`give_back`]).
 fn snapshot(mem: &GuestMemory) -> Vec<u8> {
-    let mut v = vec![0u8; MEM_SIZE];
+    let mut v = SPARE
+        .with(|s| s.borrow_mut().pop())
+        .unwrap_or_else(|| vec![0u8; MEM_SIZE]);
     mem.read_slice(&mut v, GuestAddress(0))
         .expect("the guest is MEM_SIZE bytes");
     v
+}
+
+/// Returns a [`snapshot`] buffer for reuse.
+fn give_back(v: Vec<u8>) {
+    SPARE.with(|s| s.borrow_mut().push(v));
 }
 
 fn desc_at(bytes: &[u8], at: u64) -> Option<(u64, u64, u16)> {
@@ -262,7 +297,10 @@ impl WriteCheck {
 
     /// Whether guest memory is as it was.
     pub fn unchanged(&self, mem: &GuestMemory) -> bool {
-        snapshot(mem) == self.before
+        let now = snapshot(mem);
+        let same = now == self.before;
+        give_back(now);
+        same
     }
 
     /// Panics at the first changed byte outside the allowed ranges. Indirect tables are only
@@ -270,12 +308,14 @@ impl WriteCheck {
     pub fn check(&self, mem: &GuestMemory) {
         let after = snapshot(mem);
         if after == self.before {
+            give_back(after);
             return;
         }
         let mut allowed = self.fixed.clone();
         writable(&self.before, self.queues, false, &mut allowed);
         writable(&after, self.queues, false, &mut allowed);
         if outside(&self.before, &after, &mut allowed).is_none() {
+            give_back(after);
             return;
         }
         writable(&self.before, self.queues, true, &mut allowed);
@@ -283,6 +323,13 @@ impl WriteCheck {
         if let Some(at) = outside(&self.before, &after, &mut allowed) {
             panic!("the device wrote guest byte {at:#x}, which no device-writable buffer names");
         }
+        give_back(after);
+    }
+}
+
+impl Drop for WriteCheck {
+    fn drop(&mut self) {
+        give_back(std::mem::take(&mut self.before));
     }
 }
 
@@ -306,6 +353,28 @@ mod tests {
             (j.features, j.option, j.script, j.memory, j.host),
             (0x1234, 5, &[0u8, 0x80][..], &mem[..], &b"host"[..])
         );
+    }
+
+    #[test]
+    fn test_guest_memory_is_cleared_and_never_shared_by_live_guests() {
+        let a = guest_memory(&[1, 2, 3]);
+        let b = guest_memory(&[9]);
+        b.write_slice(&[7; 4], GuestAddress(0x8000)).unwrap();
+        let mut got = [0u8; 4];
+        a.read_slice(&mut got, GuestAddress(0)).unwrap();
+        assert_eq!(got, [1, 2, 3, 0], "a second live guest has its own memory");
+        a.read_slice(&mut got, GuestAddress(0x8000)).unwrap();
+        assert_eq!(got, [0; 4]);
+        drop((a, b));
+        let c = guest_memory(&[5]);
+        c.write_slice(&[6; 4], GuestAddress(0x100)).unwrap();
+        drop(c);
+        // The reused mapping holds only the new image.
+        let d = guest_memory(&[4]);
+        let mut all = vec![0u8; MEM_SIZE];
+        d.read_slice(&mut all, GuestAddress(0)).unwrap();
+        assert_eq!(all[0], 4);
+        assert!(all[1..].iter().all(|&x| x == 0), "the rest is zero");
     }
 
     #[test]
