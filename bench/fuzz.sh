@@ -1,7 +1,8 @@
 #!/bin/bash
 # Run every libFuzzer target in fuzz/ for a set time, one after the other, and report per
-# target: executions, executions per second, coverage (edges and features libFuzzer counts),
-# corpus size, peak memory and crashes. Writes bench/results/fuzz-<stamp>.md.
+# target: executions, executions per second (of wall-clock and of CPU time), coverage (edges
+# and features libFuzzer counts), corpus size, peak memory and crashes. Writes
+# bench/results/fuzz-<stamp>.md.
 #
 #   bench/fuzz.sh [-t SECONDS] [-n RUNS] [-j JOBS] [TARGET...]   (default: 60 s each, every
 #                                                                  target, one at a time)
@@ -62,19 +63,23 @@ out="$here/results/fuzz-$stamp.md"
 # One target: runs it and writes its table row to $work/$t.row.
 fuzz_one() {
     local t=$1 corpus="$work/corpus/$1" arts="$root/fuzz/artifacts/$1/"
-    local log start rc took execs rate rss last cov ft corp crashes found goal note
+    local log start rc took cpu execs rate per_cpu rss last cov ft corp crashes found goal note
     mkdir -p "$corpus" "$arts"
     log="$work/$t.log"
     echo "fuzz.sh: $t for ${secs}s${runs:+ or $runs runs}" >&2
     start=$(date +%s)
-    # The first corpus directory takes new inputs; the committed seeds are read only.
-    "$bin/$t" "$corpus" "seeds/$t" -max_total_time="$secs" -timeout="$timeout" \
+    # The first corpus directory takes new inputs; the committed seeds are read only. The CPU
+    # time the fuzzer got (user + system) is what says how fast a target is on a shared host.
+    local TIMEFORMAT='%U %S'
+    { time "$bin/$t" "$corpus" "seeds/$t" -max_total_time="$secs" -timeout="$timeout" \
         -rss_limit_mb=2048 -print_final_stats=1 -artifact_prefix="$arts" ${runs:+-runs=$runs} \
-        >"$log" 2>&1
+        >"$log" 2>&1; } 2>"$work/$t.time"
     rc=$?
     took=$(($(date +%s) - start))
+    cpu=$(awk '{ printf "%.1f", $1 + $2 }' "$work/$t.time")
     execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
     rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -1)
+    per_cpu=$(awk -v n="${execs:-0}" -v c="$cpu" 'BEGIN { if (c > 0) printf "%d", n / c; else print "?" }')
     rss=$(sed -n 's/^stat::peak_rss_mb: *//p' "$log" | tail -1)
     last=$(grep -E '^#[0-9]+' "$log" | tail -1)
     cov=$(sed -n 's/.* cov: \([0-9]*\).*/\1/p' <<<"$last")
@@ -86,7 +91,7 @@ fuzz_one() {
     goal=no
     [ "${execs:-0}" -ge 1000000 ] && goal=yes
     note=${found:+ $(echo "$found" | xargs -n1 basename | tr '\n' ' ')}
-    echo "| $t | $took | ${execs:-?} | ${rate:-?} | ${cov:-?} | ${ft:-?} | ${corp:-?} | ${rss:-?} | $crashes$note | $goal |" >"$work/$t.row"
+    echo "| $t | $took | $cpu | ${execs:-?} | ${rate:-?} | $per_cpu | ${cov:-?} | ${ft:-?} | ${corp:-?} | ${rss:-?} | $crashes$note | $goal |" >"$work/$t.row"
     echo "$crashes" >"$work/$t.crashes"
     cat "$work/$t.row" >&2
 }
@@ -99,7 +104,7 @@ wait
 rows=()
 total_crashes=0
 for t in "${targets[@]}"; do
-    rows+=("$(cat "$work/$t.row" 2>/dev/null || echo "| $t | ? | ? | ? | ? | ? | ? | ? | 1 (no report) | no |")")
+    rows+=("$(cat "$work/$t.row" 2>/dev/null || echo "| $t | ? | ? | ? | ? | ? | ? | ? | ? | ? | 1 (no report) | no |")")
     total_crashes=$((total_crashes + $(cat "$work/$t.crashes" 2>/dev/null || echo 1)))
 done
 
@@ -109,8 +114,11 @@ done
     echo "bench/fuzz.sh -t $secs${runs:+ -n $runs} -j $jobs; sanitizer $sanitizer; debug assertions on; $jobs target(s) at a time;"
     echo "$(nproc) cores, load at start: $load0, at end: $(cut -d' ' -f1-3 /proc/loadavg); $(rustc -V); commit $commit."
     echo
-    echo "| target | s | executions | exec/s | cov | ft | corpus | peak MB | crashes | >= 10^6 |"
-    echo "|---|---|---|---|---|---|---|---|---|---|"
+    echo "s: wall-clock seconds; cpu s: the CPU time the fuzzer got; exec/cpu s: executions per CPU second,"
+    echo "how fast the target runs on a core of its own."
+    echo
+    echo "| target | s | cpu s | executions | exec/s | exec/cpu s | cov | ft | corpus | peak MB | crashes | >= 10^6 |"
+    echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
     printf '%s\n' "${rows[@]}"
 } >"$out"
 echo "fuzz.sh: wrote $out" >&2
