@@ -356,6 +356,18 @@ impl Channel {
         }
     }
 
+    /// The host terminal's size as `(cols, rows)` when the channel's output (else its input)
+    /// is a terminal: a `fd:0,fd:1` on the user's terminal, a `tty:` line, an allocated `pts`
+    /// (its master reports the size the program on the slave set). `None` for anything else,
+    /// and for a terminal whose size was never set (0×0: a new pts nobody sized yet).
+    pub fn window_size(&self) -> Option<(u16, u16)> {
+        [self.output.as_ref(), self.input.as_ref()]
+            .into_iter()
+            .flatten()
+            .find_map(|h| sys::window_size(h.fd).ok())
+            .filter(|ws| *ws != (0, 0))
+    }
+
     /// Adds to `want` what the event loop should watch for this channel, reported with
     /// `data`: the input (or a `port:` line's listener) while `input_room`, the output while
     /// output waits. A descriptor that is both is watched once, for both.

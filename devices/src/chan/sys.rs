@@ -153,6 +153,18 @@ pub(crate) fn set_termios(fd: RawFd, t: &Termios) -> io::Result<()> {
     Ok(())
 }
 
+/// The terminal's window size as `(cols, rows)` (TIOCGWINSZ; a pts master reports its
+/// slave's size). `ENOTTY` for a descriptor that is not a terminal.
+pub(crate) fn window_size(fd: RawFd) -> io::Result<(u16, u16)> {
+    // SAFETY: winsize is plain data; all-zero is a valid value that the ioctl overwrites.
+    let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+    // SAFETY: TIOCGWINSZ writes one winsize to the pointer, valid for the call.
+    if unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut ws) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((ws.ws_col, ws.ws_row))
+}
+
 /// Puts the terminal in raw mode (`cfmakeraw`, as UML does); returns the previous settings.
 pub(crate) fn make_raw(fd: RawFd) -> io::Result<Termios> {
     let old = get_termios(fd)?;

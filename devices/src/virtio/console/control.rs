@@ -3,9 +3,10 @@
 //! Every message starts with `struct virtio_console_control { le32 id; le16 event; le16 value; }`.
 //! The guest sends DEVICE_READY, PORT_READY and PORT_OPEN on the control transmit queue; the
 //! device sends DEVICE_ADD, DEVICE_REMOVE, CONSOLE_PORT, RESIZE, PORT_OPEN and PORT_NAME on the
-//! control receive queue. RESIZE carries `rows` then `cols` (le16 each) after the header, in the
-//! order Linux's `handle_control_message` reads them (the spec text lists `cols` first; the
-//! driver is what matters). PORT_NAME carries the name's bytes, without a terminating NUL.
+//! control receive queue. RESIZE carries `struct virtio_console_resize { le16 cols; le16 rows; }`
+//! after the header, as the spec lists it and as the guest's Linux 6.1 reads it (its
+//! `handle_control_message` declares `cols` first). PORT_NAME carries the name's bytes, without
+//! a terminating NUL.
 
 /// Size of the control header.
 pub const CONTROL_HEADER_LEN: usize = 8;
@@ -155,8 +156,8 @@ impl HostMsg {
             HostMsg::ConsolePort(id) => header(*id, event::CONSOLE_PORT, 1),
             HostMsg::Resize { id, cols, rows } => {
                 let mut v = header(*id, event::RESIZE, 0);
-                v.extend_from_slice(&rows.to_le_bytes());
                 v.extend_from_slice(&cols.to_le_bytes());
+                v.extend_from_slice(&rows.to_le_bytes());
                 v
             }
             HostMsg::PortOpen { id, open } => header(*id, event::PORT_OPEN, (*open).into()),
@@ -186,8 +187,8 @@ impl HostMsg {
                 let r = rest.get(..4).ok_or(ControlError::Short(bytes.len()))?;
                 Ok(HostMsg::Resize {
                     id,
-                    rows: u16::from_le_bytes([r[0], r[1]]),
-                    cols: u16::from_le_bytes([r[2], r[3]]),
+                    cols: u16::from_le_bytes([r[0], r[1]]),
+                    rows: u16::from_le_bytes([r[2], r[3]]),
                 })
             }
             event::PORT_OPEN => Ok(HostMsg::PortOpen {
@@ -263,7 +264,8 @@ mod tests {
                 rows: 25
             }
             .encode(),
-            [0, 0, 0, 0, 5, 0, 0, 0, 25, 0, 80, 0]
+            // cols, then rows (virtio_console_resize).
+            [0, 0, 0, 0, 5, 0, 0, 0, 80, 0, 25, 0]
         );
         assert_eq!(
             HostMsg::PortName {

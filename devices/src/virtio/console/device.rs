@@ -9,13 +9,15 @@ use virtio_queue::QueueT;
 use super::control::HostMsg;
 use crate::chan::{ChanContext, ChanError, Channel, ChannelSpec, LineClass};
 use crate::virtio::{
-    types, ActivateError, ActiveQueue, GuestMemory, Rings, VirtioDevice, VirtioInterrupt,
-    VIRTIO_F_VERSION_1,
+    types, ActivateError, ActiveQueue, GuestMemory, InterruptKind, Rings, VirtioDevice,
+    VirtioInterrupt, VIRTIO_F_VERSION_1,
 };
 use crate::warn::WarnBudget;
 use crate::watch::Watch;
 
-/// Feature bit: the configuration space holds the console size (not offered).
+/// Feature bit: the console size is given to the guest (port 0 of a single-port device in the
+/// configuration space, with a configuration interrupt; the ports of a multiport device with
+/// RESIZE control messages). Linux applies either only when it acked this bit.
 pub const VIRTIO_CONSOLE_F_SIZE: u32 = 0;
 /// Feature bit: several ports and the control queues.
 pub const VIRTIO_CONSOLE_F_MULTIPORT: u32 = 1;
@@ -88,6 +90,11 @@ pub(super) struct Port {
     pub(super) guest_open: bool,
     /// Host input not yet given to the guest.
     pub(super) input: VecDeque<u8>,
+    /// The host side's window size `(cols, rows)`, once known (a terminal channel, or
+    /// [`Console::resize`]).
+    pub(super) winsize: Option<(u16, u16)>,
+    /// The size the guest was last told since its driver started the port.
+    pub(super) told: Option<(u16, u16)>,
 }
 
 /// What exists once the driver set DRIVER_OK: the queues by index (a queue the driver did not
@@ -191,6 +198,8 @@ impl Console {
                 ready: false,
                 guest_open: false,
                 input: VecDeque::new(),
+                winsize: None,
+                told: None,
             },
         );
         if self.driver_ready {
@@ -218,6 +227,7 @@ impl Console {
         if let Err(e) = p.channel.set_guest_open(true) {
             warn!("console 0: {}", crate::error_chain(&e));
         }
+        self.refresh_size(0);
     }
 
     /// Removes port `id` (the guest is told with DEVICE_REMOVE); its channel is closed once
@@ -250,19 +260,74 @@ impl Console {
         self.ports.get(&id).is_some_and(|p| p.guest_open)
     }
 
-    /// Tells the guest the size of console port `id`.
+    /// Sets the size of console port `id`'s host side (for channels that are not terminals,
+    /// whose size kuml cannot read); the guest is told as soon as its driver can take it.
     pub fn resize(&mut self, id: u32, cols: u16, rows: u16) -> Result<(), ConsoleError> {
-        if !self.ports.contains_key(&id) {
-            return Err(ConsoleError::NoSuchPort(id));
+        let p = self
+            .ports
+            .get_mut(&id)
+            .ok_or(ConsoleError::NoSuchPort(id))?;
+        p.winsize = Some((cols, rows));
+        self.tell_size(id);
+        Ok(())
+    }
+
+    /// Reads the host terminal size of port `id`'s channel (if it is a terminal) and tells
+    /// the guest when it changed. Called when the driver starts the port, on host input, and
+    /// for every port on SIGWINCH ([`ConsoleSet::refresh_sizes`]).
+    pub fn refresh_size(&mut self, id: u32) {
+        let Some(p) = self.ports.get_mut(&id) else {
+            return;
+        };
+        if let Some(ws) = p.channel.window_size() {
+            p.winsize = Some(ws);
         }
-        if id == 0 {
+        self.tell_size(id);
+    }
+
+    /// [`Console::refresh_size`] for every port.
+    pub fn refresh_sizes(&mut self) {
+        let ids: Vec<u32> = self.ports.keys().copied().collect();
+        for id in ids {
+            self.refresh_size(id);
+        }
+    }
+
+    // Tells the guest port `id`'s host size if it differs from what the guest has and the
+    // driver can take it: a single-port device through its configuration space and a
+    // configuration interrupt, a multiport device with RESIZE once the port is a console.
+    fn tell_size(&mut self, id: u32) {
+        if self.acked_features & (1 << VIRTIO_CONSOLE_F_SIZE) == 0 {
+            return;
+        }
+        let multiport = self.multiport;
+        let driver_ready = self.driver_ready;
+        let active = self.active.is_some();
+        let Some(p) = self.ports.get_mut(&id) else {
+            return;
+        };
+        let Some((cols, rows)) = p.winsize.filter(|ws| p.told != Some(*ws)) else {
+            return;
+        };
+        if !p.console || !p.ready {
+            return;
+        }
+        if multiport {
+            if !driver_ready {
+                return;
+            }
+            p.told = Some((cols, rows));
+            self.send_control(HostMsg::Resize { id, cols, rows });
+        } else if id == 0 && active {
+            p.told = Some((cols, rows));
             self.cols = cols;
             self.rows = rows;
+            if let Some(a) = self.active.as_ref() {
+                if let Err(e) = a.interrupt.trigger(InterruptKind::Config) {
+                    warn!("console 0: cannot tell the guest its new size: {e}");
+                }
+            }
         }
-        if self.driver_ready {
-            self.send_control(HostMsg::Resize { id, cols, rows });
-        }
-        Ok(())
     }
 
     /// The number of queues: port 0 rx/tx, then (multiport only) control rx/tx and rx/tx for
@@ -347,6 +412,13 @@ impl ConsoleSet {
     pub fn is_guest_open(&self, id: u32) -> bool {
         self.device(id).is_guest_open(id)
     }
+
+    /// Re-reads every console's host terminal size and tells the guest what changed (the
+    /// VMM calls it on SIGWINCH, on the event loop's thread).
+    pub fn refresh_sizes(&self) {
+        crate::locked(&self.first).refresh_sizes();
+        crate::locked(&self.rest).refresh_sizes();
+    }
 }
 
 /// A console set built from the command line's lines (see [`open_consoles`]).
@@ -399,7 +471,10 @@ impl VirtioDevice for Console {
         } else {
             0
         };
-        (1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_CONSOLE_F_EMERG_WRITE) | multiport
+        (1 << VIRTIO_F_VERSION_1)
+            | (1 << VIRTIO_CONSOLE_F_SIZE)
+            | (1 << VIRTIO_CONSOLE_F_EMERG_WRITE)
+            | multiport
     }
 
     fn ack_features(&mut self, features: u64) {
@@ -482,6 +557,7 @@ impl VirtioDevice for Console {
         for p in self.ports.values_mut() {
             p.ready = false;
             p.guest_open = false;
+            p.told = None;
             if let Err(e) = p.channel.set_guest_open(false) {
                 warn!("console: {}", crate::error_chain(&e));
             }

@@ -197,6 +197,8 @@ impl Console {
                 }
                 self.send_control(HostMsg::PortName { id, name });
                 self.send_control(HostMsg::PortOpen { id, open: true });
+                // A console port has its hvc tty now: give it the host terminal's size.
+                self.refresh_size(id);
             }
             GuestMsg::PortOpen { id, open } => {
                 let Some(p) = self.ports.get_mut(&id) else {
@@ -308,10 +310,12 @@ impl Console {
         self.watch.wake();
     }
 
-    // The channel of port `id` is readable.
+    // The channel of port `id` is readable. Someone types: the terminal may have been
+    // resized since (a pts gets no SIGWINCH of kuml's), so its size is read again.
     fn read_input(&mut self, id: u32) {
         if let Some(p) = self.ports.get_mut(&id) {
             read_into(p, INPUT_BUFFER_MAX);
+            self.refresh_size(id);
             self.fill_rx(id);
         }
     }

@@ -52,6 +52,7 @@ pub mod port;
 pub use device::{
     open_consoles, Console, ConsoleError, ConsoleSet, OpenedConsoles, DEFAULT_MAX_PORTS,
     INPUT_BUFFER_MAX, QUEUE_SIZE, VIRTIO_CONSOLE_F_EMERG_WRITE, VIRTIO_CONSOLE_F_MULTIPORT,
+    VIRTIO_CONSOLE_F_SIZE,
 };
 
 #[cfg(test)]

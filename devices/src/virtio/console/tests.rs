@@ -539,3 +539,206 @@ fn test_a_removed_port_is_closed_only_after_the_loop_let_go() {
     assert!(!open(fd), "closed once forgotten");
     drop(peer);
 }
+
+const F_SIZE: u64 = 1 << super::VIRTIO_CONSOLE_F_SIZE;
+
+// A console line on a pts kuml allocated (as `conN=pts`), and the slave a terminal program
+// on the host would hold.
+fn pts_line(id: u32) -> (std::fs::File, Channel) {
+    let ctx = crate::chan::ChanContext::default();
+    let spec = ChannelSpec::single(Chan::Pts);
+    let ch = Channel::open_in(&spec, crate::chan::LineClass::Console, id, &ctx)
+        .expect("a console pts line (needs /dev/ptmx)");
+    let slave = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(ch.pts_path().unwrap())
+        .unwrap();
+    (slave, ch)
+}
+
+// What a terminal program on the slave does when its window changes size.
+fn set_size(slave: &std::fs::File, cols: u16, rows: u16) {
+    use std::os::fd::AsRawFd;
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads one winsize from the pointer, valid for the call.
+    let rc = unsafe { libc::ioctl(slave.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+    assert_eq!(rc, 0, "TIOCSWINSZ: {}", std::io::Error::last_os_error());
+}
+
+fn config_size(c: &Console) -> (u16, u16) {
+    let mut b = [0u8; 4];
+    c.read_config(0, &mut b);
+    (
+        u16::from_le_bytes([b[0], b[1]]),
+        u16::from_le_bytes([b[2], b[3]]),
+    )
+}
+
+#[test]
+fn test_multiport_console_follows_its_host_terminal_size() {
+    let m = mem();
+    let mut d = Driver::new(&m, 2 * (MAX_PORTS as usize + 1));
+    let (slave, ch) = pts_line(1);
+    set_size(&slave, 100, 30);
+    let mut c = Console::new(MAX_PORTS).unwrap();
+    c.add_port(1, ch).unwrap();
+    let mut r = Rig::new(&d, c, F_SIZE);
+    for _ in 0..32 {
+        d.post_rx(2, 64);
+    }
+    d.kick(2);
+    d.guest_msg(GuestMsg::DeviceReady { ok: true });
+    r.run();
+    assert_eq!(d.control_msgs(), [HostMsg::DeviceAdd(1)]);
+    d.guest_msg(GuestMsg::PortReady { id: 1, ok: true });
+    r.run();
+    // The size follows CONSOLE_PORT: before it, the guest has no hvc tty to resize.
+    let msgs = d.control_msgs();
+    assert_eq!(msgs.first(), Some(&HostMsg::ConsolePort(1)));
+    assert_eq!(
+        msgs.last(),
+        Some(&HostMsg::Resize {
+            id: 1,
+            cols: 100,
+            rows: 30
+        })
+    );
+
+    // SIGWINCH: the VMM asks every console to look again.
+    set_size(&slave, 132, 43);
+    r.dev.lock().unwrap().refresh_sizes();
+    r.run();
+    let resized = HostMsg::Resize {
+        id: 1,
+        cols: 132,
+        rows: 43,
+    };
+    assert_eq!(d.control_msgs(), [resized]);
+    // Nothing changed: nothing is sent.
+    r.dev.lock().unwrap().refresh_sizes();
+    r.run();
+    assert_eq!(d.control_msgs(), []);
+
+    // A pts gets no SIGWINCH of kuml's: the size is read again when the user types.
+    set_size(&slave, 80, 24);
+    (&slave).write_all(b"x").unwrap();
+    // The pty hands the byte over asynchronously: wait for it.
+    assert!(r.em.run_with_timeout(5000).unwrap() > 0);
+    r.run();
+    assert_eq!(
+        d.control_msgs(),
+        [HostMsg::Resize {
+            id: 1,
+            cols: 80,
+            rows: 24
+        }]
+    );
+}
+
+#[test]
+fn test_single_port_console_size_is_config_space_and_config_interrupt() {
+    let m = mem();
+    let d = Driver::new(&m, 2);
+    let (slave, ch) = pts_line(0);
+    set_size(&slave, 100, 30);
+    let r = rig_sized(Console::single().unwrap(), &d, ch, F_SIZE);
+    // The driver started the port: it learns the size at once.
+    assert_eq!(config_size(&r.dev.lock().unwrap()), (100, 30));
+    assert_eq!(r.irq.count(InterruptKind::Config), 1);
+
+    set_size(&slave, 160, 50);
+    r.dev.lock().unwrap().refresh_sizes();
+    assert_eq!(config_size(&r.dev.lock().unwrap()), (160, 50));
+    assert_eq!(r.irq.count(InterruptKind::Config), 2);
+    r.dev.lock().unwrap().refresh_sizes();
+    assert_eq!(
+        r.irq.count(InterruptKind::Config),
+        2,
+        "no change, no interrupt"
+    );
+
+    // After a reset the restarted driver is told again.
+    assert!(r.dev.lock().unwrap().reset());
+    let d2 = Driver::new(&m, 2);
+    let irq = Arc::new(TestInterrupt::default());
+    let mut c = r.dev.lock().unwrap();
+    c.ack_features(F_SIZE);
+    c.activate(m.clone(), irq.clone(), d2.active_queues())
+        .unwrap();
+    assert_eq!(irq.count(InterruptKind::Config), 1);
+}
+
+#[test]
+fn test_a_terminal_nobody_sized_is_not_told() {
+    let m = mem();
+    let d = Driver::new(&m, 2);
+    let (slave, ch) = pts_line(0);
+    // A new pts is 0x0 until its terminal program sets a size: nothing to tell.
+    let r = rig_sized(Console::single().unwrap(), &d, ch, F_SIZE);
+    r.dev.lock().unwrap().refresh_sizes();
+    assert_eq!(r.irq.count(InterruptKind::Config), 0);
+    set_size(&slave, 90, 20);
+    r.dev.lock().unwrap().refresh_sizes();
+    assert_eq!(config_size(&r.dev.lock().unwrap()), (90, 20));
+    assert_eq!(r.irq.count(InterruptKind::Config), 1);
+}
+
+#[test]
+fn test_size_waits_for_the_driver_to_accept_it() {
+    let m = mem();
+    let d = Driver::new(&m, 2);
+    let (slave, ch) = pts_line(0);
+    set_size(&slave, 100, 30);
+    // A driver without VIRTIO_CONSOLE_F_SIZE ignores sizes: none is raised.
+    let r = rig_sized(Console::single().unwrap(), &d, ch, 0);
+    r.dev.lock().unwrap().refresh_sizes();
+    assert_eq!(r.irq.count(InterruptKind::Config), 0);
+    assert_eq!(config_size(&r.dev.lock().unwrap()), (0, 0));
+}
+
+#[test]
+fn test_a_channel_that_is_no_terminal_takes_a_size_given_by_hand() {
+    let m = mem();
+    let mut d = Driver::new(&m, 2 * (MAX_PORTS as usize + 1));
+    let (_peer, ch) = socket_channel();
+    let mut c = Console::new(MAX_PORTS).unwrap();
+    c.add_port(1, ch).unwrap();
+    assert!(c.resize(1, 80, 25).is_ok());
+    assert!(matches!(
+        c.resize(2, 80, 25),
+        Err(super::ConsoleError::NoSuchPort(2))
+    ));
+    let mut r = Rig::new(&d, c, F_SIZE);
+    for _ in 0..32 {
+        d.post_rx(2, 64);
+    }
+    d.kick(2);
+    d.guest_msg(GuestMsg::DeviceReady { ok: true });
+    d.guest_msg(GuestMsg::PortReady { id: 1, ok: true });
+    r.run();
+    let msgs = d.control_msgs();
+    assert_eq!(
+        msgs.last(),
+        Some(&HostMsg::Resize {
+            id: 1,
+            cols: 80,
+            rows: 25
+        }),
+        "{msgs:?}"
+    );
+    // A socket has no window size: re-reading keeps the size given.
+    r.dev.lock().unwrap().refresh_sizes();
+    r.run();
+    assert_eq!(d.control_msgs(), []);
+}
+
+fn rig_sized(mut c: Console, driver: &Driver, ch: Channel, features: u64) -> Rig {
+    c.add_port(0, ch).unwrap();
+    Rig::new(driver, c, features)
+}
