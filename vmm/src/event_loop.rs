@@ -1,6 +1,6 @@
-//! The event loop's own subscribers: the stop signals, the machine's exit event, and the
-//! VMM's wake eventfd (control requests, ejected slots, activated devices). The loop itself
-//! is [`crate::vmm::Vmm::run`].
+//! The event loop's own subscribers: the stop signals, SIGWINCH (the terminal's size changed),
+//! the machine's exit event, and the VMM's wake eventfd (control requests, ejected slots,
+//! activated devices). The loop itself is [`crate::vmm::Vmm::run`].
 
 use std::sync::Arc;
 
@@ -27,14 +27,19 @@ pub enum EventLoopError {
 /// Signals that stop the VM.
 pub const STOP_SIGNALS: [i32; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
 
-/// Blocks the stop signals in the calling thread (and the threads it starts later), so that
-/// only the signalfd sees them. Call before starting vCPU threads.
-pub fn block_stop_signals() -> std::io::Result<()> {
+/// The terminal kuml runs on changed its size (sent to the foreground process group of a
+/// controlling terminal: kuml gets it when started as a shell's foreground job).
+pub const RESIZE_SIGNAL: i32 = libc::SIGWINCH;
+
+/// Blocks the stop signals and [`RESIZE_SIGNAL`] in the calling thread (and the threads it
+/// starts later), so that only the signalfds see them. Call before starting vCPU threads.
+/// Children started with `std::process::Command` get an empty mask again.
+pub fn block_loop_signals() -> std::io::Result<()> {
     // SAFETY: sigset manipulation on a local set, then pthread_sigmask for this thread.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
-        for s in STOP_SIGNALS {
+        for s in STOP_SIGNALS.into_iter().chain([RESIZE_SIGNAL]) {
             libc::sigaddset(&mut set, s);
         }
         let rc = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
@@ -61,6 +66,31 @@ impl MutEventSubscriber for Signals {
     fn process(&mut self, _events: Events, _ops: &mut EventOps) {
         while let Ok(Some(signo)) = self.fd.read() {
             self.exit.set(VmExit::Signal(signo));
+        }
+    }
+}
+
+/// SIGWINCH: the host terminal changed size; `on_resize` (the consoles re-read their
+/// terminals' sizes) runs once per wake-up, however many signals came.
+pub(crate) struct Winch {
+    pub(crate) fd: SignalFd,
+    pub(crate) on_resize: Box<dyn FnMut() + Send>,
+}
+
+impl MutEventSubscriber for Winch {
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(&self.fd, EventSet::IN)) {
+            log::error!("cannot watch SIGWINCH: {e:?}");
+        }
+    }
+
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        let mut any = false;
+        while let Ok(Some(_)) = self.fd.read() {
+            any = true;
+        }
+        if any {
+            (self.on_resize)();
         }
     }
 }
@@ -98,5 +128,37 @@ impl MutEventSubscriber for Wake {
 
     fn process(&mut self, _events: Events, _ops: &mut EventOps) {
         let _ = self.evt.read();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use event_manager::{EventManager, SubscriberOps};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+
+    #[test]
+    fn sigwinch_makes_the_consoles_look_again() {
+        // This test thread's mask only (kuml blocks it in every thread).
+        block_loop_signals().unwrap();
+        let count = Arc::new(AtomicUsize::new(0));
+        let seen = count.clone();
+        let mut em = EventManager::<Arc<Mutex<dyn MutEventSubscriber + Send>>>::new().unwrap();
+        em.add_subscriber(Arc::new(Mutex::new(Winch {
+            fd: SignalFd::new(&[RESIZE_SIGNAL]).unwrap(),
+            on_resize: Box::new(move || {
+                seen.fetch_add(1, Ordering::SeqCst);
+            }),
+        })));
+        assert_eq!(em.run_with_timeout(0).unwrap(), 0);
+        assert_eq!(count.load(Ordering::SeqCst), 0);
+        // SAFETY: raise sends a signal to this thread, which blocks it; the signalfd takes it.
+        assert_eq!(unsafe { libc::raise(RESIZE_SIGNAL) }, 0);
+        assert!(em.run_with_timeout(5000).unwrap() > 0);
+        assert_eq!(count.load(Ordering::SeqCst), 1);
+        // Consumed: nothing is left to wake the loop.
+        assert_eq!(em.run_with_timeout(0).unwrap(), 0);
+        assert_eq!(count.load(Ordering::SeqCst), 1);
     }
 }

@@ -90,7 +90,8 @@ need root (CAP_NET_ADMIN): kuml stops before the boot saying so (exit 1).
 
 Process: kuml calls setsid() at start (its process group id is its pid; helpers such as an
 xterm stay in its group) and writes its pid to <uml_dir>/<umid>/pid. SIGTERM, SIGINT (when not
-from the terminal) and SIGHUP stop the VM and remove the umid directory.
+from the terminal) and SIGHUP stop the VM and remove the umid directory. SIGWINCH: consoles on a
+terminal give the guest its new size.
 
 Exit status:
   0    the guest powered off
@@ -196,7 +197,7 @@ enum RunError {
 }
 
 fn run(cfg: &config::Config, filters: seccomp::Mode) -> Result<VmExit, RunError> {
-    event_loop::block_stop_signals().map_err(RunError::Signals)?;
+    event_loop::block_loop_signals().map_err(RunError::Signals)?;
     vstate::vcpu::install_kick_handler().map_err(RunError::Signals)?;
     // The launcher thread starts here: after the stop signals are blocked (it inherits the
     // mask, so SIGTERM reaches the event loop's signalfd and never kills kuml on the

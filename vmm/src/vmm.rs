@@ -15,7 +15,9 @@ use crate::config::Config;
 use crate::control::controller::Controller;
 use crate::control::{ControlHandle, ControlQueue, StopReason};
 use crate::device_manager::Subscriber;
-use crate::event_loop::{EventLoopError, ExitWatch, Signals, Wake, STOP_SIGNALS};
+use crate::event_loop::{
+    EventLoopError, ExitWatch, Signals, Wake, Winch, RESIZE_SIGNAL, STOP_SIGNALS,
+};
 use crate::exit::VmExit;
 use crate::machine::Machine;
 use crate::sys::signalfd::SignalFd;
@@ -68,6 +70,11 @@ impl Vmm {
             exit: exit.clone(),
         })));
         em.add_subscriber(Arc::new(Mutex::new(ExitWatch { exit })));
+        let consoles = machine.consoles.clone();
+        em.add_subscriber(Arc::new(Mutex::new(Winch {
+            fd: SignalFd::new(&[RESIZE_SIGNAL]).map_err(EventLoopError::Signals)?,
+            on_resize: Box::new(move || consoles.refresh_sizes()),
+        })));
         em.add_subscriber(Arc::new(Mutex::new(Wake { evt: wake })));
         Ok(Vmm {
             em,
