@@ -404,30 +404,11 @@ fn run_loop(index: u8, vcpu: &mut VcpuFd, ctx: &VcpuContext, control: &VcpuContr
                 write_bus(&ctx.mmio, addr, data);
                 None
             }
-            // With the in-kernel irqchip HLT stays in KVM; KVM_EXIT_INTR is a kick.
-            Ok(VcpuExit::Hlt) | Ok(VcpuExit::Intr) => None,
-            Ok(VcpuExit::Shutdown) => Some(VcpuEvent::Reset),
-            Ok(VcpuExit::SystemEvent(kind, _)) => Some(match kind {
-                kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN => VcpuEvent::PowerOff,
-                kvm_bindings::KVM_SYSTEM_EVENT_RESET => VcpuEvent::Reset,
-                kind => VcpuEvent::Crash(VcpuCrash::SystemEvent { vcpu: index, kind }),
-            }),
             Ok(VcpuExit::InternalError) => Some(VcpuEvent::Crash(VcpuCrash::InternalError {
                 vcpu: index,
                 rip: vcpu.get_regs().ok().map(|r| r.rip),
             })),
-            Ok(VcpuExit::FailEntry(reason, cpu)) => Some(VcpuEvent::Crash(VcpuCrash::FailEntry {
-                vcpu: index,
-                reason,
-                cpu,
-            })),
-            // Anything else (KVM_EXIT_UNKNOWN, EXCEPTION, …) is an exit kuml does not model:
-            // re-entering would repeat it for ever at full CPU, so the machine stops (as
-            // Firecracker does).
-            Ok(other) => Some(VcpuEvent::Crash(VcpuCrash::UnhandledExit {
-                vcpu: index,
-                exit: format!("{other:?}"),
-            })),
+            Ok(other) => exit_event(index, other),
             // A kick: in KVM_RUN (EINTR) or before it (immediate_exit made KVM return at
             // once). Clear the flag, then look at what the VMM wants.
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
@@ -444,6 +425,36 @@ fn run_loop(index: u8, vcpu: &mut VcpuFd, ctx: &VcpuContext, control: &VcpuContr
             control.lock().halted = true;
             (ctx.on_event)(ev);
         }
+    }
+}
+
+/// PURE: what an exit other than device I/O means to the VMM; `None`: enter the guest again.
+fn exit_event(index: u8, exit: VcpuExit<'_>) -> Option<VcpuEvent> {
+    match exit {
+        // With the in-kernel irqchip HLT stays in KVM; KVM_EXIT_INTR is a kick.
+        VcpuExit::Hlt | VcpuExit::Intr => None,
+        VcpuExit::Shutdown => Some(VcpuEvent::Reset),
+        VcpuExit::SystemEvent(kind, _) => Some(match kind {
+            kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN => VcpuEvent::PowerOff,
+            kvm_bindings::KVM_SYSTEM_EVENT_RESET => VcpuEvent::Reset,
+            kind => VcpuEvent::Crash(VcpuCrash::SystemEvent { vcpu: index, kind }),
+        }),
+        VcpuExit::InternalError => Some(VcpuEvent::Crash(VcpuCrash::InternalError {
+            vcpu: index,
+            rip: None,
+        })),
+        VcpuExit::FailEntry(reason, cpu) => Some(VcpuEvent::Crash(VcpuCrash::FailEntry {
+            vcpu: index,
+            reason,
+            cpu,
+        })),
+        // Anything else (KVM_EXIT_UNKNOWN, EXCEPTION, …) is an exit kuml does not model:
+        // re-entering would repeat it for ever at full CPU, so the machine stops (as
+        // Firecracker does). Device I/O never gets here: run_loop serves it.
+        other => Some(VcpuEvent::Crash(VcpuCrash::UnhandledExit {
+            vcpu: index,
+            exit: format!("{other:?}"),
+        })),
     }
 }
 
@@ -486,6 +497,70 @@ mod tests {
             thread: Some(thread),
             control,
         }
+    }
+
+    // Review G6: c0c0e17 logged these at debug level and entered the guest again, so one
+    // that repeats was a silent 100 % CPU loop.
+    #[test]
+    fn exits_kuml_does_not_model_stop_the_machine() {
+        let unhandled = [
+            VcpuExit::Unknown,
+            VcpuExit::Exception,
+            VcpuExit::IrqWindowOpen,
+            VcpuExit::Nmi,
+            VcpuExit::Watchdog,
+            VcpuExit::Unsupported(99),
+        ];
+        for exit in unhandled {
+            let shown = format!("{exit:?}");
+            match exit_event(2, exit) {
+                Some(VcpuEvent::Crash(VcpuCrash::UnhandledExit { vcpu: 2, exit })) => {
+                    assert_eq!(exit, shown)
+                }
+                other => panic!("{shown}: {other:?}"),
+            }
+        }
+        let e = VcpuCrash::UnhandledExit {
+            vcpu: 1,
+            exit: "Unknown".into(),
+        };
+        assert_eq!(e.to_string(), "vCPU 1: unhandled KVM exit Unknown");
+        // The machine stops with the crash status.
+        let state = crate::exit::ExitState::new().unwrap();
+        state.vcpu_event(exit_event(1, VcpuExit::Unknown).unwrap());
+        assert_eq!(state.get(), Some(crate::exit::VmExit::Crash(e)));
+        assert_eq!(state.get().unwrap().code(), 5);
+    }
+
+    #[test]
+    fn exits_the_vmm_acts_on() {
+        assert_eq!(exit_event(0, VcpuExit::Hlt), None);
+        assert_eq!(exit_event(0, VcpuExit::Intr), None);
+        assert_eq!(exit_event(0, VcpuExit::Shutdown), Some(VcpuEvent::Reset));
+        let ev = |kind| exit_event(0, VcpuExit::SystemEvent(kind, &[]));
+        assert_eq!(
+            ev(kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN),
+            Some(VcpuEvent::PowerOff)
+        );
+        assert_eq!(
+            ev(kvm_bindings::KVM_SYSTEM_EVENT_RESET),
+            Some(VcpuEvent::Reset)
+        );
+        assert_eq!(
+            ev(kvm_bindings::KVM_SYSTEM_EVENT_CRASH),
+            Some(VcpuEvent::Crash(VcpuCrash::SystemEvent {
+                vcpu: 0,
+                kind: kvm_bindings::KVM_SYSTEM_EVENT_CRASH
+            }))
+        );
+        assert_eq!(
+            exit_event(3, VcpuExit::FailEntry(7, 1)),
+            Some(VcpuEvent::Crash(VcpuCrash::FailEntry {
+                vcpu: 3,
+                reason: 7,
+                cpu: 1
+            }))
+        );
     }
 
     #[test]
