@@ -9,7 +9,9 @@
 //! while no client makes progress) until the client has read them. Order is
 //! kept per client. A queue is given up only if the client's socket is gone
 //! (`ECONNREFUSED`/`ENOENT`), if it made no progress for [`STALL_TIMEOUT`], or beyond
-//! [`MAX_QUEUED_PACKETS`] (a client that sends requests but never reads replies).
+//! [`MAX_QUEUED_PACKETS`] (a client that sends requests but never reads replies). All clients
+//! together hold at most [`MAX_QUEUED_TOTAL`] packets (about 34 MiB): a client that sends from
+//! many bound addresses and reads none cannot make the queues grow without bound.
 //!
 //! Polling: [`Server::as_raw_fd`] is an internal epoll fd that is readable when a request
 //! arrived or a retry is due; on readability call [`Server::recv`] until it returns
@@ -38,8 +40,10 @@ pub const RETRY_INTERVAL: Duration = Duration::from_millis(2);
 pub const MAX_RETRY_INTERVAL: Duration = Duration::from_millis(64);
 /// A client whose queue makes no progress for this long is given up.
 pub const STALL_TIMEOUT: Duration = Duration::from_secs(30);
-/// Most packets queued for one client.
-pub const MAX_QUEUED_PACKETS: usize = 65_536;
+/// Most packets queued for one client (8 MiB of replies).
+pub const MAX_QUEUED_PACKETS: usize = 16_384;
+/// Most packets queued for all clients together.
+pub const MAX_QUEUED_TOTAL: usize = 65_536;
 /// Most datagrams handled by one [`Server::recv`] call that yield no command, so a flood
 /// of bad packets cannot starve the event loop (the fd stays readable).
 const MAX_SILENT_DATAGRAMS: usize = 256;
@@ -158,6 +162,8 @@ pub struct Server {
     retry_interval: Duration,
     stats: ServerStats,
     queues: HashMap<ClientAddr, Queue>,
+    /// Packets in `queues`, all clients together.
+    queued: usize,
     stopped: bool,
 }
 
@@ -208,6 +214,7 @@ impl Server {
             retry_interval: RETRY_INTERVAL,
             stats: ServerStats::default(),
             queues: HashMap::new(),
+            queued: 0,
             stopped: false,
         })
     }
@@ -234,7 +241,7 @@ impl Server {
 
     /// Reply packets still waiting for their clients.
     pub fn queued_packets(&self) -> usize {
-        self.queues.values().map(|q| q.packets.len()).sum()
+        self.queued
     }
 
     /// Receive the next command, or `Ok(None)` when nothing more is ready now.
@@ -374,7 +381,7 @@ impl Server {
         }
         let now = Instant::now();
         let mut q = match self.queues.remove(client) {
-            Some(q) if q.packets.len() + packets.len() > MAX_QUEUED_PACKETS => {
+            Some(q) if !self.room_for(q.packets.len(), packets.len()) => {
                 warn!(
                     "mconsole: client {:?} does not read its replies, dropping a reply",
                     client.addr
@@ -383,7 +390,10 @@ impl Server {
                 self.queues.insert(client.clone(), q);
                 return;
             }
-            Some(q) => q,
+            Some(q) => {
+                self.queued -= q.packets.len();
+                q
+            }
             None => Queue {
                 packets: VecDeque::new(),
                 last_progress: now,
@@ -391,10 +401,20 @@ impl Server {
         };
         // Behind what is already waiting, to keep the order.
         q.packets.extend(packets);
-        let (sent, keep) = self.drain(client, &mut q, now);
+        let (sent, mut keep) = self.drain(client, &mut q, now);
         self.stats.packets_sent += sent;
         let left = q.packets.len() as u64;
+        if keep && !self.room_for(0, q.packets.len()) {
+            // What a client without a queue could not take now does not fit (a reply of more
+            // than a client's cap, or the queues of all clients are full).
+            warn!(
+                "mconsole: too many reply packets wait for their clients, dropping {left} for {:?}",
+                client.addr
+            );
+            keep = false;
+        }
         if keep {
+            self.queued += q.packets.len();
             self.stats.packets_queued += left.min(count);
             let was_idle = self.queues.is_empty();
             self.queues.insert(client.clone(), q);
@@ -405,6 +425,12 @@ impl Server {
         } else {
             self.stats.packets_dropped += left;
         }
+    }
+
+    // Whether a client with `has` queued packets may queue `more`: within its own cap and
+    // the cap of all clients (`self.queued` counts every queued packet but the `more`).
+    fn room_for(&self, has: usize, more: usize) -> bool {
+        has + more <= MAX_QUEUED_PACKETS && self.queued + more <= MAX_QUEUED_TOTAL
     }
 
     /// Try to send queued packets now. [`Server::recv`] calls it first; call it yourself
@@ -428,6 +454,7 @@ impl Server {
             keep
         });
         self.queues = queues;
+        self.queued = self.queues.values().map(|q| q.packets.len()).sum();
         self.stats.packets_sent += sent;
         self.stats.packets_dropped += dropped;
         // Back off while nobody reads; retry fast again after progress.

@@ -347,3 +347,51 @@ fn random_datagrams_do_not_disturb_the_server() {
     let reply = decode_reply(&recv(&c)).unwrap();
     assert_eq!(reply.text, VERSION_TEXT.as_bytes());
 }
+
+// Review S2: a local client sending from many bound addresses and reading nothing made the
+// server queue up to MAX_QUEUED_PACKETS (then 65 536, about 34 MiB) per address, for any
+// number of addresses. All queues together are bounded now.
+#[test]
+fn clients_that_never_read_cannot_grow_the_queues_without_bound() {
+    use mconsole::server::{MAX_QUEUED_PACKETS, MAX_QUEUED_TOTAL};
+    let tmp = tempfile::tempdir().unwrap();
+    let mut server = Server::bind(tmp.path().join("mconsole")).unwrap();
+    // About 2 000 packets per reply.
+    let reply = Reply::ok("z".repeat(1 << 20));
+    let per_reply = mconsole::protocol::encode_reply(&reply).len();
+    let ask = |server: &mut Server, c: &UnixDatagram| {
+        c.send_to(&encode_request(b"version"), server.path())
+            .unwrap();
+        assert!(server.wait(Some(Duration::from_secs(5))).unwrap());
+        server.recv().unwrap().expect("a request").client
+    };
+
+    // One client: its own cap.
+    let c = raw_client();
+    let client = ask(&mut server, &c);
+    for _ in 0..MAX_QUEUED_PACKETS / per_reply + 2 {
+        server.reply(&client, &reply);
+    }
+    let queued = server.queued_packets();
+    assert!(queued <= MAX_QUEUED_PACKETS, "{queued}");
+    assert!(queued > MAX_QUEUED_PACKETS - per_reply, "{queued}");
+    drop(c);
+    server.flush();
+    assert_eq!(server.queued_packets(), 0);
+
+    // Many clients: the cap of all of them.
+    let clients: Vec<UnixDatagram> = (0..40).map(|_| raw_client()).collect();
+    assert!(per_reply * clients.len() > MAX_QUEUED_TOTAL);
+    for c in &clients {
+        let client = ask(&mut server, c);
+        server.reply(&client, &reply);
+        assert!(server.queued_packets() <= MAX_QUEUED_TOTAL);
+    }
+    assert!(server.queued_packets() > MAX_QUEUED_TOTAL - per_reply);
+    let stats = server.stats();
+    assert!(stats.packets_dropped > 0, "{stats:?}");
+    // The clients go: their queues are dropped.
+    drop(clients);
+    server.flush();
+    assert_eq!(server.queued_packets(), 0);
+}
