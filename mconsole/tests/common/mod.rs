@@ -1,5 +1,8 @@
 //! A test VM: a real mconsole [`Server`] in `<HOME>/.uml/<umid>/mconsole`, served by a
-//! thread whose small handler answers as a VMM would (fixed replies from the reference).
+//! thread whose small handler answers as UML does (fixed replies from the reference, including
+//! the multi-packet `proc` and `stack` replies kuml itself refuses). It tests the wire protocol
+//! and the clients; what kuml answers is tested through its real front-end in
+//! `vmm/tests/mconsole_frontend.rs`.
 
 #![allow(dead_code)]
 
