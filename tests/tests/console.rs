@@ -8,8 +8,9 @@ use std::io::{Read, Write};
 use std::time::Duration;
 
 use kuml_e2e::{
-    announced_pts, artifact, expect_text, host_kind, make_raw, open_terminal, read_until, run_ok,
-    user_space_or_skip, AgentReply, HostKind, PipeAgent, TestVm, VmOptions,
+    announced_pts, artifact, expect_text, hex, host_kind, make_raw, open_terminal, parse_reply,
+    read_until, reply_line, run_ok, unhex, user_space_or_skip, AgentReply, HostKind, PipeAgent,
+    TestVm, VmOptions,
 };
 
 const BOOT: Duration = Duration::from_secs(600);
@@ -169,6 +170,136 @@ fn pts_console() {
     assert!(got.contains("KAGENT 8 ok still-here"), "{got}");
     term.write_all(b"99 poweroff\n").unwrap();
     assert_eq!(vm.wait_exit(SHORT), 0);
+}
+
+// What a terminal program on a pts does when its window changes size.
+fn set_winsize(term: &std::fs::File, cols: u16, rows: u16) {
+    use std::os::fd::AsRawFd;
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads one winsize from the pointer, valid for the call.
+    let rc = unsafe { libc::ioctl(term.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+    assert_eq!(rc, 0, "TIOCSWINSZ: {}", std::io::Error::last_os_error());
+}
+
+// The size `(cols, rows)` of the guest's `tty` as a program there sees it, asked with request
+// `seq` of the agent on it over `term`: the kernel agent's `winsize`, or (user space) `stty`.
+fn guest_winsize(term: &mut std::fs::File, seq: u32, tty: &str) -> (u16, u16) {
+    let cmd = match host_kind() {
+        HostKind::Pvm => "winsize".to_owned(),
+        HostKind::Hardware => format!("run {}", hex(format!("stty -F /dev/{tty} size").as_bytes())),
+    };
+    term.write_all(format!("{seq} {cmd}\n").as_bytes()).unwrap();
+    let mut out = String::new();
+    let deadline = std::time::Instant::now() + SHORT;
+    let line = loop {
+        if let Some(l) = reply_line(&out, seq) {
+            break l;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no reply to {cmd}: {out:?}"
+        );
+        out.push_str(&read_until(term, "\n", Duration::from_secs(5)));
+    };
+    let words: Vec<u16> = match (host_kind(), parse_reply(&line)) {
+        (HostKind::Pvm, AgentReply::Ok(p)) => p.split(' ').map(|w| w.parse().unwrap()).collect(),
+        (HostKind::Hardware, AgentReply::Ok(p)) => {
+            let (status, out) = p.split_once(' ').unwrap_or((p.as_str(), ""));
+            assert_eq!(
+                status,
+                "0",
+                "stty: {:?}",
+                String::from_utf8_lossy(&unhex(out))
+            );
+            // stty prints rows first.
+            let text = String::from_utf8(unhex(out)).unwrap();
+            let mut v: Vec<u16> = text
+                .split_whitespace()
+                .map(|w| w.parse().unwrap())
+                .collect();
+            v.reverse();
+            v
+        }
+        (_, AgentReply::Err(e)) => panic!("{cmd}: {e}"),
+    };
+    assert_eq!(words.len(), 2, "{line}");
+    (words[0], words[1])
+}
+
+// Asks until the guest's tty has the size `want`; until then it must still have `before`
+// (a size crossed over, e.g. rows and columns swapped, fails at once). The size travels next
+// to the request (kuml re-reads a pts's size when input comes), so the first answer may
+// precede it.
+fn wait_guest_winsize(
+    term: &mut std::fs::File,
+    seq: &mut u32,
+    tty: &str,
+    before: (u16, u16),
+    want: (u16, u16),
+) {
+    let deadline = std::time::Instant::now() + SHORT;
+    loop {
+        *seq += 1;
+        let got = guest_winsize(term, *seq, tty);
+        if got == want {
+            return;
+        }
+        assert_eq!(
+            got, before,
+            "the guest's {tty} is neither {before:?} nor {want:?}"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the guest's {tty} still has {got:?}, not {want:?}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// A console on a terminal: the guest's tty takes the host terminal's size and follows it. On
+/// `line=pts` as `con1` (a port of the multiport device: RESIZE messages) or `con0` (its own
+/// device: the size in the configuration space, then a configuration interrupt).
+fn console_follows_the_terminal_size(name: &str, line: &str, tty: &str) {
+    let mut args = base_args();
+    args.push(format!("{line}=pts"));
+    let mut vm = TestVm::start(
+        name,
+        VmOptions {
+            args,
+            agent_tty: Some(tty.into()),
+            ..VmOptions::default()
+        },
+    );
+    let index = line.trim_start_matches("con");
+    let what = format!("Virtual console {index} assigned device");
+    let out = vm.wait_for(&format!("{what} '/dev/pts/"), BOOT);
+    let pts = announced_pts(&out, &what);
+    let mut term = open_terminal(&pts);
+    make_raw(&term);
+    expect_text(&mut term, "KAGENT ready", BOOT);
+    let mut seq = 0;
+    // The pts was allocated when the guest opened the console, with no size yet.
+    set_winsize(&term, 100, 30);
+    wait_guest_winsize(&mut term, &mut seq, tty, (0, 0), (100, 30));
+    set_winsize(&term, 132, 43);
+    wait_guest_winsize(&mut term, &mut seq, tty, (100, 30), (132, 43));
+    term.write_all(b"99 poweroff\n").unwrap();
+    assert_eq!(vm.wait_exit(SHORT), 0);
+}
+
+#[test]
+fn pts_console_port_follows_the_terminal_size() {
+    console_follows_the_terminal_size("con1-pts-size", "con1", "hvc1");
+}
+
+#[test]
+fn pts_con0_follows_the_terminal_size() {
+    console_follows_the_terminal_size("con0-pts-size", "con0", "hvc0");
 }
 
 /// A VM with `ssl0=pts` nobody reads, `extra` arguments and the agent on hvc0; and the pts.

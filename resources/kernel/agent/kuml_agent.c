@@ -466,6 +466,18 @@ static void cmd_umount(struct kagent *a, char **tok)
 	ka_done(a);
 }
 
+/* the window size of the agent's own tty, as TIOCGWINSZ reports it to a program there */
+static void cmd_winsize(struct kagent *a)
+{
+	struct tty_struct *tty = ((struct tty_file_private *)a->tty->private_data)->tty;
+	struct winsize ws;
+
+	mutex_lock(&tty->winsize_mutex);
+	ws = tty->winsize;
+	mutex_unlock(&tty->winsize_mutex);
+	ka_ok(a, "%u %u", ws.ws_col, ws.ws_row);
+}
+
 /* ---------- dispatch ---------- */
 
 enum ka_next { KA_CONTINUE, KA_EXEC_INIT };
@@ -540,6 +552,9 @@ static enum ka_next ka_dispatch(struct kagent *a, char *line)
 	} else if (!strcmp(cmd, "umount")) {
 		NEED(1);
 		cmd_umount(a, tok);
+	} else if (!strcmp(cmd, "winsize")) {
+		NEED(0);
+		cmd_winsize(a);
 	} else if (!strcmp(cmd, "sysrq")) {
 		NEED(1);
 		if (strlen(tok[0]) != 1) {
