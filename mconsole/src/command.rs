@@ -107,17 +107,22 @@ pub enum Device {
     Vec,
     /// Memory (`config mem`, `config mem=+64M`).
     Mem,
+    /// kuml's host directory shares `hostfs` and `hostfs<n>` (UML's hostfs has no
+    /// `config`/`remove`; kuml adds and removes shares at run time with its command-line
+    /// syntax, `config hostfs1=/srv/data,ro` / `remove hostfs1`).
+    Hostfs,
 }
 
 impl Device {
     /// All devices, in lookup order.
-    pub const ALL: [Device; 6] = [
+    pub const ALL: [Device; 7] = [
         Device::Ubd,
         Device::Con,
         Device::Ssl,
         Device::Eth,
         Device::Vec,
         Device::Mem,
+        Device::Hostfs,
     ];
 
     /// The device's name as typed.
@@ -129,6 +134,7 @@ impl Device {
             Device::Eth => "eth",
             Device::Vec => "vec",
             Device::Mem => "mem",
+            Device::Hostfs => "hostfs",
         }
     }
 
@@ -372,6 +378,22 @@ mod tests {
             panic!()
         };
         assert_eq!(s.device, Device::Vec);
+        let Command::Config(s) = cmd("config hostfs1=/srv/data,ro,tag=data") else {
+            panic!()
+        };
+        assert_eq!(
+            (s.device, s.id(), s.value()),
+            (Device::Hostfs, "1", Some("/srv/data,ro,tag=data"))
+        );
+        let Command::Remove(s) = cmd("remove hostfs") else {
+            panic!()
+        };
+        assert_eq!((s.device, s.id()), (Device::Hostfs, ""));
+        // Not a prefix of another device's name, nor the other way round.
+        assert_eq!(
+            reply("config host=/x"),
+            Reply::error("Bad configuration option")
+        );
         assert_eq!(reply("config"), Reply::error("Bad configuration option"));
         assert_eq!(
             reply("config foo=bar"),

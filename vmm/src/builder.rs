@@ -286,11 +286,18 @@ pub fn build(
         .map(|p| boot::load_initrd(&vm.memory, p, cfg.mem_size, &loaded))
         .transpose()?;
     // hostfs: a virtio-fs device per share (after the kernel loaded: a bad kernel= fails
-    // before any daemon starts). Rebuilt from the command line on reboot, as the consoles.
+    // before any daemon starts). Rebuilt on reboot from the configuration, which the machine
+    // keeps with the shares added and removed at run time.
     for (spec, fs) in hostfs_shares::open_shares(cfg)? {
         let id = PciId::Share(spec.index);
-        dm.plug(id, Arc::new(Mutex::new(fs)), DeviceConfig::Boot, em, false)
-            .map_err(|e| BuildError::Plug(id, e))?;
+        dm.plug(
+            id,
+            Arc::new(Mutex::new(fs)),
+            DeviceConfig::Share(spec),
+            em,
+            false,
+        )
+        .map_err(|e| BuildError::Plug(id, e))?;
     }
     let cmdline = guest_cmdline(cfg);
     log::info!(

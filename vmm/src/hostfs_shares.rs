@@ -73,7 +73,7 @@ pub fn open_shares(cfg: &Config) -> Result<Vec<(hostfs::ShareSpec, Fs)>, ShareEr
 
 /// What kuml says once about a share it started: that a guest of root can change the
 /// default export with root's rights, and that UML's `append` flag is not supported.
-fn warnings(spec: &hostfs::ShareSpec) {
+pub(crate) fn warnings(spec: &hostfs::ShareSpec) {
     static ROOT: std::sync::Once = std::sync::Once::new();
     static APPEND: std::sync::Once = std::sync::Once::new();
     // SAFETY: geteuid cannot fail and touches no memory.

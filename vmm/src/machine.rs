@@ -16,6 +16,7 @@ use crate::device_manager::{
     locked, DeviceConfig, DeviceEvent, DeviceManager, PciId, PlugState, Pluggable, Subscriber,
 };
 use crate::exit::{ExitState, VmExit};
+use crate::hostfs_shares;
 use crate::vstate::vcpu::{PauseError, Vcpus};
 use crate::vstate::vm::Vm;
 use event_manager::SubscriberOps;
@@ -159,6 +160,46 @@ impl Machine {
             .map(|()| Attached::Announced)
     }
 
+    /// Starts a share's virtiofsd and plugs its virtio-fs device, announced to the guest; the
+    /// configuration a rebuilt machine starts from has the share from now on.
+    pub fn attach_share(
+        &mut self,
+        spec: hostfs::ShareSpec,
+        ops: &mut dyn SubscriberOps<Subscriber = Subscriber>,
+    ) -> Result<(), ControlError> {
+        let id = DeviceId::Share(spec.index);
+        let pci = PciId::Share(spec.index);
+        self.check_free(id, pci)?;
+        let mut shares = self.shares();
+        shares.push(spec.clone());
+        hostfs::check_unique_tags(&shares).map_err(|e| ControlError::ShareTag(id, e))?;
+        let fs = hostfs_shares::open_share(&spec).map_err(ControlError::Share)?;
+        hostfs_shares::warnings(&spec);
+        self.announce(id, pci, fs, DeviceConfig::Share(spec.clone()), ops)?;
+        self.config.add_share(spec);
+        Ok(())
+    }
+
+    /// The shares plugged now, in slot order.
+    fn shares(&self) -> Vec<hostfs::ShareSpec> {
+        self.devices
+            .configs()
+            .into_iter()
+            .filter_map(|(_, c)| match c {
+                DeviceConfig::Share(spec) => Some(spec),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// A share's configuration, if it is plugged.
+    pub fn share_config(&self, index: u32) -> Option<hostfs::ShareSpec> {
+        match self.devices.config(PciId::Share(index)) {
+            Some(DeviceConfig::Share(spec)) => Some(spec),
+            _ => None,
+        }
+    }
+
     fn check_free(&self, id: DeviceId, pci: PciId) -> Result<(), ControlError> {
         match self.devices.state(pci) {
             Some(_) => Err(ControlError::AlreadyConfigured(id)),
@@ -203,7 +244,7 @@ impl Machine {
         }
     }
 
-    /// Asks the guest to eject a disk or NIC.
+    /// Asks the guest to eject a disk, NIC or share.
     pub fn request_removal(&mut self, id: DeviceId, pci: PciId) -> Result<(), ControlError> {
         match self.devices.state(pci) {
             None => Err(ControlError::NoSuchDevice(id)),
@@ -223,12 +264,20 @@ impl Machine {
         }
     }
 
-    /// What the guest did with its devices (see [`DeviceManager::take_events`]).
+    /// What the guest did with its devices (see [`DeviceManager::take_events`]). A share the
+    /// guest ejected (its virtiofsd is stopped by then) is gone from the configuration a
+    /// rebuilt machine starts from.
     pub fn take_device_events(
         &mut self,
         ops: &mut dyn SubscriberOps<Subscriber = Subscriber>,
     ) -> Vec<DeviceEvent> {
-        self.devices.take_events(ops)
+        let events = self.devices.take_events(ops);
+        for ev in &events {
+            if let DeviceEvent::Ejected(PciId::Share(index)) = ev {
+                self.config.remove_share(*index);
+            }
+        }
+        events
     }
 
     fn serial(&self, index: u32) -> Option<&Arc<Mutex<SerialDevice>>> {

@@ -6,7 +6,10 @@
 //! Where kuml answers differently from UML (documented in tests/tests/mconsole.rs):
 //! `sysrq <c>` replies `""` (the key goes to the guest keyboard and the guest prints the
 //! output on its console), `config mem` is the memory size (UML: the physical-memory base),
-//! `log`/`proc`/`stack` are errors (they need an agent inside the guest).
+//! `log`/`proc`/`stack` are errors (they need an agent inside the guest). kuml adds hostfs
+//! shares, which UML's mconsole does not know: `config hostfs<N>=<dir>[,flags]` with the
+//! command line's syntax, `config hostfs<N>` (the share's value), `remove hostfs<N>`
+//! (docs/hostfs.md).
 
 use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
@@ -18,6 +21,7 @@ use mconsole::{ClientAddr, Command, Device, DeviceSpec, Reply, Server};
 
 use crate::control::{ControlError, ControlQueue, DeviceId, VmmAction, VmmData};
 use crate::device_manager::locked;
+use crate::hostfs_shares::ShareError;
 
 /// UML's `sysrq` help text (its reply to a missing or unknown letter).
 pub const SYSRQ_HELP: &str = "sysrq: HELP : loglevel(0-9) reboot(b) crash(c) terminate-all-tasks(e) memory-full-oom-kill(f) kill-all-tasks(i) thaw-filesystems(j) show-memory-usage(m) nice-all-RT-tasks(n) poweroff(o) show-registers(p) show-all-timers(q) sync(s) show-task-states(t) unmount(u) show-blocked-tasks(w) ";
@@ -77,8 +81,19 @@ fn ubd_unit(d: &DeviceSpec) -> Result<usize, Reply> {
     }
 }
 
+/// The share `hostfs` (0) or `hostfs<N>` names.
+fn share_index(d: &DeviceSpec) -> Result<u32, Reply> {
+    let name = d.text.split_once('=').map_or(d.text.as_str(), |(n, _)| n);
+    match hostfs::parse_share_name(name) {
+        Some(Ok(index)) => Ok(index),
+        Some(Err(e)) => Err(Reply::with_err(-libc::EINVAL, format!("{name}: {e}"))),
+        None => Err(Reply::error(BAD_NUMBER)),
+    }
+}
+
 fn query(d: &DeviceSpec) -> Result<VmmAction, Reply> {
     let id = match d.device {
+        Device::Hostfs => DeviceId::Share(share_index(d)?),
         Device::Ubd => DeviceId::Disk(ubd_unit(d)?),
         Device::Con => DeviceId::Console(line_index(d)?),
         Device::Ssl => DeviceId::Serial(line_index(d)?),
@@ -127,6 +142,16 @@ fn configure(d: &DeviceSpec) -> Result<VmmAction, Reply> {
             Err(e) => Err(Reply::error(e.to_string())),
         },
         Device::Mem => Err(reply_for_error(&ControlError::MemoryFixed)),
+        Device::Hostfs => {
+            let index = share_index(d)?;
+            match hostfs::parse_share(index, d.value().unwrap_or_default()) {
+                Ok(spec) => Ok(VmmAction::AttachShare(spec)),
+                Err(e) => Err(Reply::with_err(
+                    -libc::EINVAL,
+                    format!("{}: {e}", hostfs::share_name(index)),
+                )),
+            }
+        }
     }
 }
 
@@ -136,6 +161,7 @@ fn remove(d: &DeviceSpec) -> Result<VmmAction, Reply> {
         Device::Eth | Device::Vec => DeviceId::Nic(line_index(d)?),
         Device::Con => DeviceId::Console(line_index(d)?),
         Device::Ssl => DeviceId::Serial(line_index(d)?),
+        Device::Hostfs => DeviceId::Share(share_index(d)?),
         Device::Mem => {
             return Err(Reply::with_err(
                 -libc::EBUSY,
@@ -157,6 +183,11 @@ pub fn reply_for(how: ReplyAs, result: &Result<VmmData, ControlError>) -> Reply 
                     .map(ubd::UbdSpec::config_string)
                     .unwrap_or_default(),
             ),
+            (_, VmmData::Share(spec)) => Reply::ok(
+                spec.as_ref()
+                    .map(hostfs::ShareSpec::value)
+                    .unwrap_or_default(),
+            ),
             (_, VmmData::Line(desc)) => Reply::ok(desc.clone().unwrap_or_else(|| "none".into())),
             (_, VmmData::Memory(bytes)) => Reply::ok(bytes.to_string()),
             (_, VmmData::Version(v)) => Reply::ok(v.clone()),
@@ -168,7 +199,7 @@ pub fn reply_for(how: ReplyAs, result: &Result<VmmData, ControlError>) -> Reply 
 /// PURE: UML's text and error number where UML has one, else kuml's message with its causes.
 pub fn reply_for_error(e: &ControlError) -> Reply {
     match e {
-        ControlError::AlreadyConfigured(DeviceId::Disk(_)) => {
+        ControlError::AlreadyConfigured(DeviceId::Disk(_) | DeviceId::Share(_)) => {
             let uml = ubd::SpecError::AlreadyConfigured;
             Reply::with_err(uml.mconsole_err(), uml.to_string())
         }
@@ -189,10 +220,28 @@ pub fn reply_for_error(e: &ControlError) -> Reply {
             log::warn!("{}", crate::error_chain(e));
             Reply::with_err(-libc::ENOENT, "Couldn't determine size of device's file")
         }
+        // The error number of the cause (a missing directory: -ENOENT), kuml's text.
+        ControlError::Share(share) => Reply::with_err(-share_errno(share), crate::error_chain(e)),
+        ControlError::ShareTag(..) => Reply::with_err(-libc::EEXIST, crate::error_chain(e)),
         ControlError::Line(..) | ControlError::Console(..) | ControlError::MemoryFixed => {
             Reply::with_err(-libc::EINVAL, crate::error_chain(e))
         }
         _ => Reply::error(crate::error_chain(e)),
+    }
+}
+
+/// PURE: the error number that says why a share could not be set up.
+fn share_errno(e: &ShareError) -> i32 {
+    let io = |e: &std::io::Error| e.raw_os_error().unwrap_or(libc::EIO);
+    match e {
+        ShareError::Daemon { source, .. } => match source {
+            hostfs::DaemonError::NotFound => libc::ENOENT,
+            hostfs::DaemonError::NotADir(_) => libc::ENOTDIR,
+            hostfs::DaemonError::Dir(_, e)
+            | hostfs::DaemonError::Socket(_, e)
+            | hostfs::DaemonError::Spawn(_, e) => io(e),
+        },
+        ShareError::Device { .. } => libc::EIO,
     }
 }
 
@@ -335,6 +384,125 @@ mod tests {
             (VmmAction::Pause, ReplyAs::Stopped)
         );
         assert_eq!(act("go"), VmmAction::Resume);
+    }
+
+    #[test]
+    fn hostfs_shares_take_the_command_lines_syntax() {
+        assert_eq!(
+            act("config hostfs1=/srv/data,ro,tag=data"),
+            VmmAction::AttachShare(hostfs::parse_share(1, "/srv/data,ro,tag=data").unwrap())
+        );
+        // The default export too (an empty directory is the host's `/`, as on the command
+        // line).
+        assert_eq!(
+            act("config hostfs="),
+            VmmAction::AttachShare(hostfs::ShareSpec::default_export())
+        );
+        assert_eq!(
+            act("config hostfs15=rel/dir"),
+            VmmAction::AttachShare(hostfs::parse_share(15, "rel/dir").unwrap())
+        );
+        assert_eq!(
+            act("config hostfs3"),
+            VmmAction::QueryDevice(DeviceId::Share(3))
+        );
+        assert_eq!(
+            act("config hostfs"),
+            VmmAction::QueryDevice(DeviceId::Share(0))
+        );
+        assert_eq!(act("remove hostfs2"), VmmAction::Detach(DeviceId::Share(2)));
+        assert_eq!(act("remove hostfs"), VmmAction::Detach(DeviceId::Share(0)));
+
+        // Refused before the VMM sees them, with the grammar's words.
+        let r = local("config hostfs1=/x,rx");
+        assert_eq!(r.err, -libc::EINVAL);
+        assert_eq!(
+            String::from_utf8_lossy(&r.text),
+            "hostfs1: unknown flag 'rx' (ro, rw, tag=<tag> or append)"
+        );
+        let r = local("config hostfs1=");
+        assert_eq!(
+            (r.err, String::from_utf8_lossy(&r.text).into_owned()),
+            (-libc::EINVAL, "hostfs1: no directory given".to_owned())
+        );
+        let r = local("config hostfs2=/x,tag=a b");
+        assert_eq!(r.err, -libc::EINVAL);
+        let r = local("remove hostfs16");
+        assert_eq!(
+            (r.err, String::from_utf8_lossy(&r.text).into_owned()),
+            (
+                -libc::EINVAL,
+                "hostfs16: share number 16 out of range (hostfs1 to hostfs15)".to_owned()
+            )
+        );
+        assert_eq!(local("remove hostfs0").err, -libc::EINVAL);
+        assert_eq!(local("config hostfsx=/x").text, BAD_NUMBER.as_bytes());
+        assert_eq!(local("remove hostfs1x").text, BAD_NUMBER.as_bytes());
+    }
+
+    #[test]
+    fn hostfs_results_become_uml_replies() {
+        let ok = |d| reply_for(ReplyAs::Plain, &Ok(d));
+        let spec = hostfs::parse_share(1, "/srv/data,ro,tag=data").unwrap();
+        assert_eq!(
+            ok(VmmData::Share(Some(spec))),
+            Reply::ok("/srv/data,ro,tag=data")
+        );
+        assert_eq!(ok(VmmData::Share(None)), Reply::ok(""));
+        let err = |e| reply_for(ReplyAs::Plain, &Err(e));
+        // As for a disk.
+        assert_eq!(
+            err(ControlError::AlreadyConfigured(DeviceId::Share(1))),
+            Reply::with_err(-libc::EBUSY, "Device is already configured")
+        );
+        assert_eq!(
+            err(ControlError::NoSuchDevice(DeviceId::Share(1))),
+            Reply::no_device()
+        );
+        assert_eq!(
+            err(ControlError::Busy(DeviceId::Share(1))),
+            Reply::device_busy()
+        );
+        // A directory that does not exist: -ENOENT, and kuml's words for it.
+        let missing = std::io::Error::from_raw_os_error(libc::ENOENT);
+        let r = err(ControlError::Share(ShareError::Daemon {
+            name: "hostfs1".into(),
+            source: hostfs::DaemonError::Dir("/no/such".into(), missing),
+        }));
+        assert_eq!(r.err, -libc::ENOENT);
+        assert!(
+            String::from_utf8_lossy(&r.text).starts_with("hostfs1: cannot share /no/such: "),
+            "{r:?}"
+        );
+        let r = err(ControlError::Share(ShareError::Daemon {
+            name: "hostfs2".into(),
+            source: hostfs::DaemonError::NotADir("/etc/passwd".into()),
+        }));
+        assert_eq!(r.err, -libc::ENOTDIR);
+        let r = err(ControlError::Share(ShareError::Daemon {
+            name: "hostfs2".into(),
+            source: hostfs::DaemonError::NotFound,
+        }));
+        assert_eq!(r.err, -libc::ENOENT);
+        assert!(String::from_utf8_lossy(&r.text).contains("virtiofsd not found"));
+        let a = hostfs::parse_share(1, "/a,tag=data").unwrap();
+        let b = hostfs::parse_share(2, "/b,tag=data").unwrap();
+        let dup = hostfs::check_unique_tags([&a, &b]).unwrap_err();
+        let r = err(ControlError::ShareTag(DeviceId::Share(2), dup));
+        assert_eq!(r.err, -libc::EEXIST);
+        assert_eq!(
+            String::from_utf8_lossy(&r.text),
+            "cannot add hostfs2: hostfs1 and hostfs2 both have the tag 'data'"
+        );
+        // The guest did not take it in time: the share stays, the reply says so.
+        let r = err(ControlError::GuestTimeout {
+            id: DeviceId::Share(1),
+            removal: true,
+        });
+        assert!(
+            String::from_utf8_lossy(&r.text).starts_with("the guest did not eject hostfs1"),
+            "{r:?}"
+        );
     }
 
     #[test]

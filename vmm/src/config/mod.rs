@@ -138,6 +138,27 @@ impl Config {
             .chain(self.shares.values().cloned())
             .collect()
     }
+
+    /// Records a share added at run time (`config hostfs<N>=…`): a rebuilt machine has it.
+    pub fn add_share(&mut self, spec: hostfs::ShareSpec) {
+        if spec.index == 0 {
+            self.hostfs = Some(spec);
+            self.nohostfs = false;
+        } else {
+            self.shares.insert(spec.index, spec);
+        }
+    }
+
+    /// Records that share `index` was removed at run time: a rebuilt machine has no such
+    /// share (for the default export: as with `nohostfs`).
+    pub fn remove_share(&mut self, index: u32) {
+        if index == 0 {
+            self.hostfs = None;
+            self.nohostfs = true;
+        } else {
+            self.shares.remove(&index);
+        }
+    }
 }
 
 /// A command-line word kuml could not accept.
@@ -652,6 +673,27 @@ mod tests {
             crate::error_chain(&e),
             "hostfs: hostfs and hostfs1 both have the tag 'hostfs'"
         );
+    }
+
+    #[test]
+    fn shares_added_and_removed_at_run_time() {
+        let mut cfg = run(&["hostfs=/srv/uml"]);
+        cfg.add_share(hostfs::parse_share(2, "/data,ro").unwrap());
+        let names = |c: &Config| -> Vec<String> {
+            c.hostfs_shares().iter().map(|s| s.to_string()).collect()
+        };
+        assert_eq!(names(&cfg), ["hostfs=/srv/uml", "hostfs2=/data,ro"]);
+        cfg.remove_share(0);
+        assert_eq!(names(&cfg), ["hostfs2=/data,ro"]);
+        cfg.remove_share(2);
+        assert!(cfg.hostfs_shares().is_empty());
+        // The default export added back over mconsole.
+        cfg.add_share(hostfs::parse_share(0, "/x").unwrap());
+        assert_eq!(names(&cfg), ["hostfs=/x"]);
+        // Without hostfs= given, removing the default export is nohostfs.
+        let mut cfg = run(&[]);
+        cfg.remove_share(0);
+        assert!(cfg.nohostfs && cfg.hostfs_shares().is_empty());
     }
 
     #[test]

@@ -39,6 +39,7 @@ fn pci_of(id: DeviceId) -> Option<PciId> {
     match id {
         DeviceId::Disk(u) => Some(PciId::Disk(u)),
         DeviceId::Nic(n) => Some(PciId::Nic(n)),
+        DeviceId::Share(n) => Some(PciId::Share(n)),
         DeviceId::Console(_) | DeviceId::Serial(_) => None,
     }
 }
@@ -84,6 +85,16 @@ impl Controller {
                     Err(e) => respond(Err(e)),
                 }
             }
+            VmmAction::AttachShare(spec) => {
+                let id = DeviceId::Share(spec.index);
+                match self
+                    .check_idle(id)
+                    .and_then(|()| machine.attach_share(spec, ops))
+                {
+                    Ok(()) => self.wait(id, false, respond),
+                    Err(e) => respond(Err(e)),
+                }
+            }
             VmmAction::SetLine {
                 class,
                 index,
@@ -114,6 +125,7 @@ impl Controller {
                 DeviceId::Serial(n) => {
                     VmmData::Line(machine.line_description(devices::chan::LineClass::Serial, n))
                 }
+                DeviceId::Share(n) => VmmData::Share(machine.share_config(n)),
                 DeviceId::Nic(n) => VmmData::Line(
                     machine
                         .next_config()
@@ -286,6 +298,36 @@ mod tests {
             Err("the VM restarted before the guest started ubd2; it stays configured".into())
         );
         assert!(c.pending.is_empty() && c.next_deadline().is_none());
+    }
+
+    #[test]
+    fn share_requests_wait_for_their_device() {
+        let answers = Answers::default();
+        let mut c = Controller::new(String::new());
+        c.wait(DeviceId::Share(1), false, responder(&answers));
+        c.wait(DeviceId::Share(0), true, responder(&answers));
+        assert!(c.check_idle(DeviceId::Share(1)).is_err());
+        assert!(c.check_idle(DeviceId::Share(2)).is_ok());
+        // Another share's slot, or a disk's, answers neither.
+        c.on_device_events(&[
+            DeviceEvent::Activated(PciId::Share(2)),
+            DeviceEvent::Ejected(PciId::Disk(0)),
+        ]);
+        assert!(answers.lock().unwrap().is_empty());
+        c.on_device_events(&[
+            DeviceEvent::Activated(PciId::Share(1)),
+            DeviceEvent::Ejected(PciId::Share(0)),
+        ]);
+        assert_eq!(
+            *answers.lock().unwrap(),
+            vec![Ok(VmmData::Empty), Ok(VmmData::Empty)]
+        );
+        c.wait(DeviceId::Share(3), false, responder(&answers));
+        c.abort_all(StopReason::Shutdown);
+        assert_eq!(
+            answers.lock().unwrap()[2],
+            Err("the VM stopped before the guest started hostfs3; it stays configured".into())
+        );
     }
 
     #[test]

@@ -37,6 +37,8 @@ pub enum DeviceId {
     Console(u32),
     /// `ssl<index>`.
     Serial(u32),
+    /// `hostfs` (0, the default export) or `hostfs<index>`: a host directory share.
+    Share(u32),
 }
 
 impl DeviceId {
@@ -65,6 +67,7 @@ impl std::fmt::Display for DeviceId {
             DeviceId::Nic(n) => write!(f, "eth{n}"),
             DeviceId::Console(n) => write!(f, "con{n}"),
             DeviceId::Serial(n) => write!(f, "ssl{n}"),
+            DeviceId::Share(n) => f.write_str(&hostfs::share_name(*n)),
         }
     }
 }
@@ -81,6 +84,9 @@ pub enum VmmAction {
         /// Its transport.
         spec: netdev::NetSpec,
     },
+    /// Share a host directory: its virtiofsd is started and its virtio-fs device plugged;
+    /// answered once the guest driver has started it.
+    AttachShare(hostfs::ShareSpec),
     /// Give a console or serial line a new channel (a console that does not exist is added).
     SetLine {
         /// Console or serial line.
@@ -90,7 +96,8 @@ pub enum VmmAction {
         /// The channel.
         channel: ChannelSpec,
     },
-    /// Remove a device: a disk or NIC once the guest has ejected it, a console at once.
+    /// Remove a device: a disk, NIC or share once the guest has ejected it (a share's
+    /// virtiofsd is stopped then), a console at once.
     Detach(DeviceId),
     /// What a device is configured with.
     QueryDevice(DeviceId),
@@ -121,6 +128,8 @@ pub enum VmmData {
     Disk(Option<ubd::UbdSpec>),
     /// A line's channel as it is now (`None`: the line does not exist).
     Line(Option<String>),
+    /// A share's configuration (`None`: it is not configured).
+    Share(Option<hostfs::ShareSpec>),
     /// Guest memory in bytes.
     Memory(u64),
     /// The guest kernel's `sysname nodename release version machine`.
@@ -172,6 +181,12 @@ pub enum ControlError {
     /// The console device refused the change.
     #[error("cannot change {0}")]
     Console(DeviceId, #[source] devices::virtio::console::ConsoleError),
+    /// The share's virtiofsd or its device could not be set up.
+    #[error(transparent)]
+    Share(crate::hostfs_shares::ShareError),
+    /// The share's tag is another share's.
+    #[error("cannot add {0}")]
+    ShareTag(DeviceId, #[source] hostfs::DuplicateTag),
     /// No slot, interrupts or window room, or KVM refused.
     #[error("cannot plug {0}")]
     Plug(DeviceId, #[source] DeviceError),

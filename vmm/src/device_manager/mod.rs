@@ -101,14 +101,14 @@ pub enum PciId {
     /// The n-th virtio-console device (never removable).
     Console(u8),
     /// A hostfs share's virtio-fs device, by N of `hostfs<N>=` (0: `hostfs=`, the default
-    /// export); not removable yet (hot-plug of shares is not done).
+    /// export).
     Share(u32),
 }
 
 impl PciId {
     /// Whether the guest may be asked to eject it.
     pub fn removable(self) -> bool {
-        !matches!(self, PciId::Console(_) | PciId::Share(_))
+        !matches!(self, PciId::Console(_))
     }
 }
 
@@ -130,6 +130,9 @@ pub enum DeviceConfig {
     Disk(ubd::UbdSpec),
     /// An ethN card.
     Nic(netdev::NetSpec),
+    /// A hostfs share (a rebuilt machine takes its shares from [`crate::config::Config`],
+    /// which the machine keeps up to date as shares are added and removed).
+    Share(hostfs::ShareSpec),
     /// Made from the boot configuration, which a rebuilt machine reads again (the consoles,
     /// built from the lines); never plugged or removed at run time.
     Boot,
@@ -616,8 +619,8 @@ impl DeviceManager {
         self.with_plugged(id, |p| p.state)
     }
 
-    /// The configuration of every device plugged from its own option (disks and NICs), in slot
-    /// order: what a rebuilt machine plugs again.
+    /// The configuration of every device plugged from its own option (disks, NICs, shares),
+    /// in slot order: what a rebuilt machine plugs again.
     pub fn configs(&self) -> Vec<(PciId, DeviceConfig)> {
         locked(&self.registry)
             .values()
