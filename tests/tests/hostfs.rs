@@ -508,3 +508,269 @@ fn an_ordinary_users_guest_cannot_escape() {
     );
     user_poweroff(vm);
 }
+
+/// `uml_mconsole <socket> <command>` (Debian's real client): its output line and exit code. A
+/// hot-plug reply waits for the guest (kuml gives it at most 180 s), so no timeout here.
+fn mconsole(socket: &Path, command: &str) -> (String, i32) {
+    let (code, out, err) = kuml_e2e::run_output(
+        std::process::Command::new("uml_mconsole")
+            .arg(socket)
+            .arg(command),
+    );
+    eprintln!("uml_mconsole {command} -> {out:?} rc={code} {err}");
+    (out.trim_end().to_owned(), code)
+}
+
+fn mconsole_expect(socket: &Path, command: &str, line: &str, code: i32) {
+    assert_eq!(
+        mconsole(socket, command),
+        (line.to_owned(), code),
+        "reply to {command:?}"
+    );
+}
+
+/// The virtiofsd processes (pids) that serve `dir`, found by their `--shared-dir=` argument.
+fn daemons_of(dir: &Path) -> Vec<u32> {
+    let want = format!("--shared-dir={}", dir.display());
+    let mut pids = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        let is_daemon = args.first().is_some_and(|a| a.ends_with(b"virtiofsd"));
+        if is_daemon && args.contains(&want.as_bytes()) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// Waits (a bounded while) until no virtiofsd serves `dir`; returns the ones left.
+fn daemons_gone(dir: &Path) -> Vec<u32> {
+    let until = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let left = daemons_of(dir);
+        if left.is_empty() || std::time::Instant::now() >= until {
+            return left;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Issue 18 item 4: mconsole `config` adds a share at run time and `remove` takes it away,
+/// with the command line's syntax (`config hostfs=<dir>`, `config hostfs<N>=<dir>[,flags]`,
+/// `remove hostfs<N>`), through the real `uml_mconsole`. Kernel level (every lane): the
+/// guest kernel enumerates each new virtio-fs device (`[1af4:105a]`), the reply comes once
+/// its driver has started it, the guest mounts it (the default export through UML's `hostfs`
+/// type, the other as `virtiofs` by its tag) and reads and writes host files; errors come in
+/// UML's style (a negative errno, kuml's words); after `remove` the daemon is gone and the
+/// guest kernel no longer knows the tag; the slot and the tag can be used again, and the
+/// daemons end with the VM. User space (the nested lane): busybox's `mount -t hostfs` and
+/// `mount -t virtiofs` on the hot-plugged shares, and a command's output reaching the host.
+#[test]
+fn mconsole_adds_and_removes_shares() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = std::fs::canonicalize(tmp.path()).unwrap();
+    let export = base.join("export");
+    let data = base.join("data");
+    write(
+        &export.join("sub/from-host.txt"),
+        "export, written on the host\n",
+    );
+    write(&data.join("from-host.txt"), "data, written on the host\n");
+    let uml_dir = base.join("uml");
+    std::fs::create_dir(&uml_dir).unwrap();
+    let umid = "hostfs-hotplug";
+    // No share at boot: each one comes over mconsole.
+    let mut vm = agent_vm(
+        "hostfs-hotplug",
+        &[
+            format!("initrd={}", artifact("initramfs.cpio").display()),
+            "nohostfs".into(),
+            format!("umid={umid}"),
+            format!("uml_dir={}", uml_dir.display()),
+        ],
+    );
+    let sock = uml_dir.join(umid).join("mconsole");
+    assert!(sock.exists(), "no mconsole socket at {}", sock.display());
+    const VIRTIO_FS_PCI: &str = "[1af4:105a]";
+    let plugged = |out: &str| out.matches(VIRTIO_FS_PCI).count();
+    assert_eq!(
+        plugged(&vm.output()),
+        0,
+        "nohostfs: no virtio-fs device at boot"
+    );
+    mconsole_expect(&sock, "config hostfs", "OK", 0);
+
+    // The default export, as `hostfs=` on the command line: the guest's hostfs type mounts it.
+    mconsole_expect(
+        &sock,
+        &format!("config hostfs={}", export.display()),
+        "OK",
+        0,
+    );
+    vm.wait_until(SHORT, |o| plugged(o) >= 1)
+        .unwrap_or_else(|| panic!("the guest kernel did not enumerate the share"));
+    // (virtiofsd forks into its sandbox: two processes per share.)
+    assert!(
+        !daemons_of(&export).is_empty(),
+        "a virtiofsd for the export"
+    );
+    mconsole_expect(
+        &sock,
+        "config hostfs",
+        &format!("OK {}", export.display()),
+        0,
+    );
+    vm.agent_ok("mkdir /mnt/host", SHORT);
+    vm.agent_ok("mount none /mnt/host hostfs /sub", SHORT);
+    assert_eq!(
+        guest_read(&mut vm, "/mnt/host/from-host.txt"),
+        "export, written on the host\n"
+    );
+
+    // Another share, read-only, with its own tag.
+    mconsole_expect(
+        &sock,
+        &format!("config hostfs1={},ro,tag=hotdata", data.display()),
+        "OK",
+        0,
+    );
+    vm.wait_until(SHORT, |o| plugged(o) >= 2)
+        .unwrap_or_else(|| panic!("the guest kernel did not enumerate hostfs1"));
+    mconsole_expect(
+        &sock,
+        "config hostfs1",
+        &format!("OK {},ro,tag=hotdata", data.display()),
+        0,
+    );
+    vm.agent_ok("mkdir /mnt/data", SHORT);
+    vm.agent_ok("mount hotdata /mnt/data virtiofs -", SHORT);
+    assert_eq!(
+        guest_read(&mut vm, "/mnt/data/from-host.txt"),
+        "data, written on the host\n"
+    );
+    let err = agent_err(&mut vm, "write /mnt/data/nope 0 00");
+    assert!(
+        err.starts_with("EROFS"),
+        "a read-only share took a write: {err}"
+    );
+
+    // Errors, in UML's style (uml_mconsole exits with the low byte of the error number).
+    mconsole_expect(
+        &sock,
+        &format!("config hostfs1={}", data.display()),
+        "ERR Device is already configured",
+        256 - libc::EBUSY,
+    );
+    mconsole_expect(
+        &sock,
+        &format!("config hostfs2={}", base.join("missing").display()),
+        &format!(
+            "ERR hostfs2: cannot share {}: No such file or directory (os error 2)",
+            base.join("missing").display()
+        ),
+        256 - libc::ENOENT,
+    );
+    mconsole_expect(
+        &sock,
+        &format!("config hostfs3={},tag=hotdata", export.display()),
+        "ERR cannot add hostfs3: hostfs1 and hostfs3 both have the tag 'hotdata'",
+        256 - libc::EEXIST,
+    );
+    mconsole_expect(
+        &sock,
+        "config hostfs1=/x,rx",
+        "ERR hostfs1: unknown flag 'rx' (ro, rw, tag=<tag> or append)",
+        256 - libc::EINVAL,
+    );
+    mconsole_expect(
+        &sock,
+        "remove hostfs2",
+        "ERR Device doesn't exist",
+        256 - libc::ENODEV,
+    );
+    assert_eq!(
+        plugged(&vm.output()),
+        2,
+        "a refused share reached the guest"
+    );
+
+    if kuml_e2e::user_space_part_or_skip("busybox mount on hot-plugged shares") {
+        let out = vm.sh_ok(
+            "mkdir -p /mnt/u1 /mnt/u2 && mount -t hostfs none /mnt/u1 -o /sub && \
+             mount -t virtiofs hotdata /mnt/u2 && cat /mnt/u2/from-host.txt && \
+             uname -r > /mnt/u1/uname-from-guest.txt && sync && \
+             grep -E ' /mnt/u[12] ' /proc/mounts && umount /mnt/u1 /mnt/u2",
+            SHORT,
+        );
+        assert!(out.contains("data, written on the host"), "{out}");
+        assert!(out.contains("none /mnt/u1 hostfs rw"), "{out}");
+        assert!(out.contains("hotdata /mnt/u2 virtiofs "), "{out}");
+        let uname = std::fs::read_to_string(export.join("sub/uname-from-guest.txt")).unwrap();
+        assert!(uname.contains("kuml"), "{uname}");
+    }
+
+    // Removal: answered once the guest ejected the slot, the daemon stopped by then.
+    vm.agent_ok("umount /mnt/data", SHORT);
+    let data_daemons = daemons_of(&data);
+    assert!(!data_daemons.is_empty(), "hostfs1 has a virtiofsd");
+    mconsole_expect(&sock, "remove hostfs1", "OK", 0);
+    assert_eq!(
+        daemons_gone(&data),
+        Vec::<u32>::new(),
+        "hostfs1's virtiofsd after remove"
+    );
+    mconsole_expect(&sock, "config hostfs1", "OK", 0);
+    mconsole_expect(
+        &sock,
+        "remove hostfs1",
+        "ERR Device doesn't exist",
+        256 - libc::ENODEV,
+    );
+    // The guest kernel no longer has the tag.
+    let err = agent_err(&mut vm, "mount hotdata /mnt/data virtiofs -");
+    assert!(err.starts_with("EINVAL"), "{err}");
+    vm.wait_for("virtio-fs: tag <hotdata> not found", SHORT);
+    // The export stays, with its mount.
+    assert!(!daemons_of(&export).is_empty());
+    guest_write(&mut vm, "/mnt/host/after-remove.txt", "still there\n");
+    assert_eq!(
+        std::fs::read_to_string(export.join("sub/after-remove.txt")).unwrap(),
+        "still there\n"
+    );
+
+    // The slot and the tag again, on another directory.
+    mconsole_expect(
+        &sock,
+        &format!(
+            "config hostfs1={},tag=hotdata",
+            export.join("sub").display()
+        ),
+        "OK",
+        0,
+    );
+    vm.wait_until(SHORT, |o| plugged(o) >= 3)
+        .unwrap_or_else(|| panic!("the guest kernel did not enumerate hostfs1 again"));
+    vm.agent_ok("mount hotdata /mnt/data virtiofs -", SHORT);
+    assert_eq!(
+        guest_read(&mut vm, "/mnt/data/after-remove.txt"),
+        "still there\n"
+    );
+    vm.agent_ok("umount /mnt/data", SHORT);
+    vm.agent_ok("umount /mnt/host", SHORT);
+
+    // The daemons end with the VM.
+    let pid = vm.pid();
+    poweroff(vm);
+    assert_eq!(
+        daemons_gone(&export),
+        Vec::<u32>::new(),
+        "kuml {pid} left a virtiofsd"
+    );
+    assert_eq!(daemons_gone(&export.join("sub")), Vec::<u32>::new());
+}

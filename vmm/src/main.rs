@@ -58,6 +58,8 @@ Options:
 hostfs: each share is served by a sandboxed virtiofsd (virtio-fs) running as kuml's user;
 the project's guest kernel has UML's `hostfs` type, stock kernels use mount.hostfs or
 `mount -t virtiofs hostfs <mnt>` (docs/hostfs.md). Without virtiofsd the guest has no hostfs.
+mconsole adds and removes shares at run time with the same syntax (a kuml addition):
+`config hostfs1=/srv/data,ro`, `config hostfs1` (its value), `remove hostfs1`.
 
 Consoles: con0 is the guest's hvc0 and its kernel console (console=hvc0 unless the guest
 command line names another console=), on kuml's stdin and stdout by default (con0=fd:0,fd:1).
