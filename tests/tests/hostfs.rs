@@ -3,20 +3,24 @@
 //! Kernel level (the in-kernel agent, every lane): the guest mounts directories of kuml's
 //! export with UML's mount data, reads what the host wrote and writes what the host reads;
 //! `rootfstype=hostfs rootflags=<dir>` mounts the root there (`VFS: Mounted root (hostfs
-//! filesystem)`); escapes through `..`, symbolic links and device nodes fail. User space (the
-//! nested lane): the same through busybox's `mount`, the `mount.hostfs` helper, a guest whose
-//! init runs from a host directory read-only and read-write, a command whose result reaches the
-//! host, and kuml run as an ordinary user whose guest cannot read another user's files.
+//! filesystem)`); escapes through `..`, symbolic links and device nodes fail; with kuml run as
+//! an ordinary user, guest root acts as that user on another user's files; mconsole adds and
+//! removes shares at run time. User space (the nested lane): the same through busybox's
+//! `mount`, the `mount.hostfs` helper, a guest whose init runs from a host directory read-only
+//! and read-write, a command whose result reaches the host, `mknod`/`chown`/`chmod` as an
+//! ordinary user's guest root.
 
 // An integration test crate: every function here is test code.
 #![allow(clippy::tests_outside_test_module)]
 
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use kuml_e2e::{artifact, hex, unhex, user_space_or_skip, AgentReply, HostKind, TestVm, VmOptions};
+use kuml_e2e::user::OrdinaryUser;
+use kuml_e2e::{
+    artifact, hex, kuml_bin, unhex, user_space_or_skip, AgentReply, HostKind, TestVm, VmOptions,
+};
 
 /// Boot under PVM emulation takes minutes on a loaded host; only a hang bound.
 const BOOT: Duration = Duration::from_secs(600);
@@ -33,26 +37,20 @@ fn base_args(extra: &[String]) -> Vec<String> {
     args
 }
 
-/// A VM with the test agent on con0 (hvc0), kuml run as `user` if given (else as the test's
-/// user); returns once the agent is ready (the in-kernel agent on PVM, the user-space one
-/// where guest user space runs).
-fn user_vm(name: &str, extra: &[String], user: Option<(u32, u32)>) -> TestVm {
+/// A VM with the test agent on con0 (hvc0); returns once the agent is ready (the in-kernel
+/// agent on PVM, the user-space one where guest user space runs).
+fn agent_vm(name: &str, extra: &[String]) -> TestVm {
     let mut vm = TestVm::start(
         name,
         VmOptions {
             args: base_args(extra),
             agent_tty: Some("hvc0".into()),
-            user,
             hostfs: true,
             ..VmOptions::default()
         },
     );
     vm.wait_agent(BOOT);
     vm
-}
-
-fn agent_vm(name: &str, extra: &[String]) -> TestVm {
-    user_vm(name, extra, None)
 }
 
 fn write(path: &Path, text: &str) {
@@ -290,13 +288,12 @@ fn user_space_mounts_with_busybox_and_the_helper() {
         return;
     }
     let e = export();
-    let mut vm = user_vm(
+    let mut vm = agent_vm(
         "hostfs-user",
         &[
             format!("initrd={}", artifact("initramfs.cpio").display()),
             format!("hostfs={}", e.root.display()),
         ],
-        None,
     );
     // UML's command, unchanged, through busybox mount(8).
     let out = vm.sh_ok(
@@ -350,7 +347,7 @@ fn user_space_on_a_read_write_host_root() {
     let tmp = tempfile::tempdir().unwrap();
     let export = tmp.path().join("export");
     root_tree(&export.join("guests/one"));
-    let mut vm = user_vm(
+    let mut vm = agent_vm(
         "hostfs-root-rw",
         &[
             format!("hostfs={}", export.display()),
@@ -358,7 +355,6 @@ fn user_space_on_a_read_write_host_root() {
             "rootflags=/guests/one".into(),
             "rw".into(),
         ],
-        None,
     );
     let cmdline = vm.sh_ok("cat /proc/cmdline", SHORT);
     assert!(
@@ -418,46 +414,30 @@ fn user_space_on_a_read_only_host_root_and_a_result_through_hostfs() {
     user_poweroff(vm);
 }
 
-/// The user the unprivileged test runs kuml as.
-const NOBODY: (u32, u32) = (65534, 65534);
-
-/// Whether `user` can use /dev/kvm; in the nested lane (a throwaway L1) the test opens it to
-/// everyone first.
-fn kvm_for(user: (u32, u32)) -> bool {
-    if kuml_e2e::lane() == "nested" {
-        let _ = std::fs::set_permissions("/dev/kvm", std::fs::Permissions::from_mode(0o666));
-    }
-    std::process::Command::new("sh")
-        .args(["-c", "exec 3<>/dev/kvm"])
-        .uid(user.0)
-        .gid(user.1)
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-/// Whether `user` can make a user namespace (what virtiofsd's sandbox does for an ordinary
-/// user).
-fn userns_for(user: (u32, u32)) -> bool {
-    std::process::Command::new("unshare")
+/// Whether `user` may make a user namespace, which virtiofsd's sandbox needs for an ordinary
+/// user. The kernel refuses one to a process in a chroot (the nested lane's L1 runs its command
+/// in one).
+fn userns_for(user: &OrdinaryUser) -> bool {
+    user.command("unshare")
         .args(["--user", "--map-root-user", "true"])
-        .uid(user.0)
-        .gid(user.1)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
         .status()
         .is_ok_and(|s| s.success())
 }
 
+/// Issue 18 item 6 with kuml run as an ordinary user (the e2e fixture's `kuml-test`, who may
+/// use /dev/kvm through group `kvm`, as on Debian): the share holds files of another user
+/// (root), and guest root acts on them as kuml's user, never as root. Kernel level (every
+/// lane, the in-kernel agent): guest root cannot read root's `0600` file nor write to it, nor
+/// create a file in root's `0755` directory; what it creates is owned by kuml's user on the
+/// host; no root warning. User space (where it runs): `mknod` of a host disk's numbers makes no
+/// node on the host, `chown`/`chmod` of root's files fail.
 #[test]
 fn an_ordinary_users_guest_cannot_escape() {
-    if !user_space_or_skip() {
-        return;
-    }
-    if !kvm_for(NOBODY) {
-        kuml_e2e::skip("needs /dev/kvm usable by an ordinary user (the nested lane opens it)");
-        return;
-    }
-    if !userns_for(NOBODY) {
-        // virtiofsd's sandbox for an ordinary user is a user namespace; the kernel refuses one
-        // to a process in a chroot (the nested lane's L1 runs its command in one).
+    // Declared first: dropped after the VM (the fixture's last user undoes its host changes).
+    let user = OrdinaryUser::new();
+    if !userns_for(&user) {
         kuml_e2e::skip("an ordinary user cannot make a user namespace here (virtiofsd's sandbox)");
         return;
     }
@@ -466,47 +446,82 @@ fn an_ordinary_users_guest_cannot_escape() {
     open(tmp.path(), 0o755).unwrap();
     let share = tmp.path().join("share");
     std::fs::create_dir(&share).unwrap();
-    std::os::unix::fs::chown(&share, Some(NOBODY.0), Some(NOBODY.1)).unwrap();
-    // Another user's private file inside the share.
+    std::os::unix::fs::chown(&share, Some(user.uid), Some(user.gid)).unwrap();
+    // Another user's (root's) private file and directory inside the share.
     write(&share.join("private"), "root's private file\n");
     open(&share.join("private"), 0o600).unwrap();
-    let uml_dir = tmp.path().join("uml");
-    std::fs::create_dir(&uml_dir).unwrap();
-    std::os::unix::fs::chown(&uml_dir, Some(NOBODY.0), Some(NOBODY.1)).unwrap();
-    let mut vm = user_vm(
-        "hostfs-nobody",
-        &[
-            format!("initrd={}", artifact("initramfs.cpio").display()),
-            format!("hostfs={}", share.display()),
-            format!("uml_dir={}", uml_dir.display()),
-        ],
-        Some(NOBODY),
+    std::fs::create_dir(share.join("roots-dir")).unwrap();
+    open(&share.join("roots-dir"), 0o755).unwrap();
+    let (wrapper, env) = user.wrapper();
+    let mut vm = TestVm::start(
+        "hostfs-user",
+        VmOptions {
+            args: vec![
+                format!("kernel={}", user.reachable(&artifact("vmlinux")).display()),
+                format!(
+                    "initrd={}",
+                    user.reachable(&artifact("initramfs.cpio")).display()
+                ),
+                "mem=256M".to_owned(),
+                "noreboot".to_owned(),
+                format!("hostfs={}", share.display()),
+            ],
+            agent_tty: Some("hvc0".into()),
+            wrapper,
+            env,
+            hostfs: true,
+            cwd: Some(user.home.clone()),
+            program: Some(user.reachable(&kuml_bin())),
+            ..VmOptions::default()
+        },
     );
+    vm.wait_agent(BOOT);
     assert!(
         !vm.output().contains("with root's rights"),
         "the root warning is for root only"
     );
-    vm.sh_ok(
-        "mkdir -p /mnt/host && mount -t hostfs none /mnt/host -o /",
-        SHORT,
+    vm.agent_ok("mkdir /mnt/host", SHORT);
+    vm.agent_ok("mount none /mnt/host hostfs /", SHORT);
+    // Guest root is kuml's user on the host.
+    let err = agent_err(&mut vm, "read /mnt/host/private 0 4096");
+    assert!(
+        err.starts_with("EACCES"),
+        "guest root read another user's file: {err}"
     );
-    let (status, out) = vm.sh("cat /mnt/host/private", SHORT);
-    assert_ne!(status, 0, "guest root read another user's file: {out}");
-    assert!(out.contains("Permission denied"), "{out}");
-    let (status, out) = vm.sh("mknod /mnt/host/sda b 8 0", SHORT);
-    assert_ne!(status, 0, "a device node was made on the host: {out}");
-    assert!(!share.join("sda").exists());
-    let (status, out) = vm.sh("chown 0:0 /mnt/host && chmod 777 /mnt/host/private", SHORT);
-    assert_ne!(status, 0, "{out}");
-    vm.sh_ok("echo mine > /mnt/host/made-by-guest-root && sync", SHORT);
+    let err = agent_err(&mut vm, "write /mnt/host/private 0 00");
+    assert!(err.starts_with("EACCES"), "{err}");
+    let err = agent_err(&mut vm, "write /mnt/host/roots-dir/x 0 00");
+    assert!(err.starts_with("EACCES"), "{err}");
+    assert!(!share.join("roots-dir/x").exists());
+    guest_write(&mut vm, "/mnt/host/made-by-guest-root", "mine\n");
     let made = std::fs::metadata(share.join("made-by-guest-root")).unwrap();
     use std::os::unix::fs::MetadataExt;
     assert_eq!(
         (made.uid(), made.gid()),
-        NOBODY,
+        (user.uid, user.gid),
         "guest root writes as kuml's user"
     );
-    user_poweroff(vm);
+    assert_eq!(
+        std::fs::read_to_string(share.join("private")).unwrap(),
+        "root's private file\n"
+    );
+
+    if kuml_e2e::user_space_part_or_skip("mknod, chown and chmod from guest user space") {
+        let (status, out) = vm.sh("cat /mnt/host/private", SHORT);
+        assert_ne!(status, 0, "guest root read another user's file: {out}");
+        assert!(out.contains("Permission denied"), "{out}");
+        let (status, out) = vm.sh("mknod /mnt/host/sda b 8 0", SHORT);
+        assert_ne!(status, 0, "a device node was made on the host: {out}");
+        assert!(!share.join("sda").exists());
+        let (status, out) = vm.sh("chown 0:0 /mnt/host/made-by-guest-root", SHORT);
+        assert_ne!(status, 0, "{out}");
+        let (status, out) = vm.sh("chmod 777 /mnt/host/private", SHORT);
+        assert_ne!(status, 0, "{out}");
+        let mode = std::fs::metadata(share.join("private")).unwrap().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    vm.agent_ok("umount /mnt/host", SHORT);
+    poweroff(vm);
 }
 
 /// `uml_mconsole <socket> <command>` (Debian's real client): its output line and exit code. A
