@@ -560,7 +560,7 @@ def cmd_report(a):
                  f"| {mm['kuml']['vms_per_host'] and int(mm['kuml']['vms_per_host'])} "
                  f"| {mm['qemu']['vms_per_host'] and int(mm['qemu']['vms_per_host'])} "
                  f"| {fmt(ratio(mm['kuml']['vms_per_host'], mm['qemu']['vms_per_host']), '', 2)} | |")
-    for name in ("disk", "net", "hotplug"):
+    for name in ("disk", "net", "hotplug", "hostfs"):
         d = figs.get(name)
         if d and "rows" in d:  # scripts from other issues: a list of row dicts
             for r in d["rows"]:

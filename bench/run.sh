@@ -7,7 +7,8 @@
 # --bzimage: also time the bzImage boot (about 70 s per boot on PVM hosts).
 # Rounds: BOOT_ROUNDS (5), BZ_ROUNDS (2), FIRST_ROUNDS (20), STARTS (50), MEM_ROUNDS (3).
 # Scripts from other issues are run when present: bench/disk.sh, bench/net.sh, bench/hotplug.sh,
-# each called as `<script> --json FILE`; the JSON must have "figure" (disk|net|hotplug) and
+# bench/hostfs.sh, each called as `<script> --json FILE`; the JSON must have "figure"
+# (disk|net|hotplug|hostfs) and
 # "rows": [{"label", "kuml", "qemu", "ratio", "target"}]. A figure that cannot be taken is
 # listed in the report with the reason instead of being left out.
 set -u
@@ -41,7 +42,7 @@ $kb boot --rounds "$boot_rounds" $bz --bz-rounds "$bz_rounds" --json "$tmp/boot.
     skipped="$skipped|boot=the run failed (see the log)"
 $kb memory --rounds "$mem_rounds" --json "$tmp/memory.json" ||
     skipped="$skipped|memory=the run failed (see the log)"
-for s in disk net hotplug; do
+for s in disk net hotplug hostfs; do
     if [ -x "$here/$s.sh" ]; then
         "$here/$s.sh" --json "$tmp/$s.json" ||
             skipped="$skipped|$s=bench/$s.sh failed (see the log)"
