@@ -64,7 +64,7 @@ pub enum DaemonError {
 }
 
 /// How a share's daemon is started.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct DaemonOptions {
     /// The virtiofsd binary.
     pub program: PathBuf,
@@ -78,7 +78,14 @@ pub struct DaemonOptions {
     /// The open-file limit the daemon raises itself to (kuml's hard limit: the daemon keeps a
     /// descriptor per file the guest has looked up, and cannot go higher).
     pub nofile: u64,
+    /// Starts the prepared daemon command. A child inherits the seccomp filter of the thread
+    /// that forks it, so kuml passes the spawner of its launcher thread; the default spawns
+    /// on the calling thread.
+    pub spawner: Spawner,
 }
+
+/// Starts a prepared command, as [`Command::spawn`] does.
+pub type Spawner = fn(Command) -> std::io::Result<std::process::Child>;
 
 impl DaemonOptions {
     /// Options for this process: `program`, the temporary directory, its own ids, and a log
@@ -108,6 +115,7 @@ impl DaemonOptions {
             ids,
             log_level: log_level.to_owned(),
             nofile,
+            spawner: |mut cmd| cmd.spawn(),
         }
     }
 }
@@ -206,7 +214,7 @@ impl Daemon {
             });
         }
         let mut child =
-            crate::launch::spawn(cmd).map_err(|e| DaemonError::Spawn(opts.program.clone(), e))?;
+            (opts.spawner)(cmd).map_err(|e| DaemonError::Spawn(opts.program.clone(), e))?;
         drop(listener);
         let messages = Arc::new(Mutex::new(VecDeque::new()));
         if let Some(err) = child.stderr.take() {
@@ -360,6 +368,7 @@ mod tests {
             ids,
             log_level: "warn".into(),
             nofile: 4096,
+            spawner: |mut cmd| cmd.spawn(),
         }
     }
 

@@ -11,7 +11,6 @@
 pub mod daemon;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
-pub mod launch;
 pub mod mount_data;
 pub mod spec;
 

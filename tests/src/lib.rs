@@ -17,6 +17,7 @@
 //! docs/testing.md, "Writing a test that runs user-space commands in the guest".
 
 pub mod net;
+pub mod stall;
 pub mod user;
 
 use std::io::{Read, Write};
@@ -555,8 +556,20 @@ impl TestVm {
             .rev()
             .collect::<Vec<_>>()
             .join("\n");
+        // A guest that stopped: what kuml's threads and its vCPUs were doing, in the log and
+        // in the panic message.
+        let stall = if stall::alive(self.pid()) {
+            let report = stall::report(self.pid());
+            let _ = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&self.log_path)
+                .and_then(|mut f| f.write_all(report.as_bytes()));
+            report
+        } else {
+            String::new()
+        };
         panic!(
-            "{}: timed out or exited while {what}\n--- last console lines (full log: {}) ---\n{tail}",
+            "{}: timed out or exited while {what}\n--- last console lines (full log: {}) ---\n{tail}\n{stall}",
             self.name,
             self.log_path.display()
         );

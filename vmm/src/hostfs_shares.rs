@@ -34,7 +34,11 @@ pub fn open_share(spec: &hostfs::ShareSpec) -> Result<Fs, ShareError> {
     let name = spec.name();
     let daemon = hostfs::find_virtiofsd()
         .and_then(|program| {
-            hostfs::Daemon::spawn(spec, &hostfs::DaemonOptions::for_this_process(program))
+            let opts = hostfs::DaemonOptions {
+                spawner: crate::seccomp::spawn,
+                ..hostfs::DaemonOptions::for_this_process(program)
+            };
+            hostfs::Daemon::spawn(spec, &opts)
         })
         .map_err(|source| ShareError::Daemon {
             name: name.clone(),

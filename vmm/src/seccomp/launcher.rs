@@ -37,7 +37,6 @@ pub(super) fn start() -> io::Result<()> {
         })?;
     let _ = LAUNCHER.set(Mutex::new(tx));
     netdev::launch::set_spawner(spawn);
-    hostfs::launch::set_spawner(spawn);
     Ok(())
 }
 
