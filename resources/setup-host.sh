@@ -25,6 +25,8 @@ pkgs=(
     # consoles (port= via telnet, xterm= under Xvfb, pts/tty via tmux/socat), scripts
     qemu-system-x86 uml-utilities iproute2 telnet xvfb xterm tmux socat python3 procps psmisc
     file
+    # tests' stall reports (tests/src/stall.rs): every kuml thread's stack when a guest stops
+    gdb
     # network transports' other ends: passt and libslirp-helper (eth=slirp), vde_switch (eth=vde)
     passt libslirp-helper vde2
     # benchmarks: real UML, the anchor kuml replaces (bench/kbench.py boot)
