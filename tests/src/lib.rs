@@ -566,7 +566,9 @@ impl TestVm {
                 .and_then(|mut f| f.write_all(report.as_bytes()));
             report
         } else {
-            String::new()
+            stall::ended(self.pid())
+                .map(|how| format!("kuml ended: {how}\n"))
+                .unwrap_or_default()
         };
         panic!(
             "{}: timed out or exited while {what}\n--- last console lines (full log: {}) ---\n{tail}\n{stall}",
