@@ -403,12 +403,18 @@ fn serial_pts_a_guest_process_writes_for_minutes_unread_then_a_terminal_reads_ne
     // Two minutes of writing, and at least FILL_LINES lines (~260 KB): several times what a
     // pty and its line discipline hold (64 KiB + 4 KiB), however slow the guest is (the nested
     // lane's emulated UART writes ~45 lines a second, hardware KVM millions in two minutes).
+    // The clock is read every 100 lines: a `date` per line made the loop a fork storm that,
+    // on a slow guest (the nested lane), piled up RCU-freed tasks until the OOM killer took
+    // the writer.
     const FILL_LINES: u64 = 5000;
     let lines = vm.sh_ok(
         &format!(
             "end=$(($(date +%s) + 120)); n=0; \
              while [ $(date +%s) -lt $end ] || [ $n -lt {FILL_LINES} ]; do \
-               echo \"filler $n: nobody reads this line of the serial port\"; n=$((n + 1)); \
+               i=0; while [ $i -lt 100 ]; do \
+                 echo \"filler $n: nobody reads this line of the serial port\"; \
+                 n=$((n + 1)); i=$((i + 1)); \
+               done; \
              done > /dev/ttyS0; echo $n"
         ),
         Duration::from_secs(900),
