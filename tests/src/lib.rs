@@ -52,6 +52,17 @@ pub fn kuml_bin() -> PathBuf {
     panic!("kuml binary not found: run `cargo build -p kuml` or set KUML_BIN");
 }
 
+/// kuml arguments of a test VM on the project's vmlinux: `mem`, `noreboot`, then `extra`.
+pub fn vmlinux_args(mem: &str, extra: &[String]) -> Vec<String> {
+    let mut args = vec![
+        format!("kernel={}", artifact("vmlinux").display()),
+        format!("mem={mem}"),
+        "noreboot".to_owned(),
+    ];
+    args.extend(extra.iter().cloned());
+    args
+}
+
 /// Guest artifacts built by resources/build-guest.sh.
 pub fn guest_dir() -> PathBuf {
     std::env::var_os("KUML_GUEST_DIR")
@@ -306,6 +317,28 @@ pub enum AgentReply {
 }
 
 impl TestVm {
+    /// A VM started with `args` and the test agent on con0 (hvc0: the in-kernel agent on PVM,
+    /// the user-space one where guest user space runs), with hostfs' default export if
+    /// `hostfs`; returns once the agent is ready, within `boot`.
+    pub fn with_agent_on_con0(
+        name: &str,
+        args: Vec<String>,
+        hostfs: bool,
+        boot: Duration,
+    ) -> TestVm {
+        let mut vm = TestVm::start(
+            name,
+            VmOptions {
+                args,
+                agent_tty: Some("hvc0".into()),
+                hostfs,
+                ..VmOptions::default()
+            },
+        );
+        vm.wait_agent(boot);
+        vm
+    }
+
     /// Starts kuml with `opts`; `name` labels the log file.
     pub fn start(name: &str, opts: VmOptions) -> TestVm {
         require_kvm();

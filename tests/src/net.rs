@@ -315,6 +315,33 @@ impl Drop for Proc {
     }
 }
 
+/// Starts Debian's `uml_switch` from `cmd` (a `Command::new("uml_switch")`, or one that runs
+/// it as another user) with its control socket at `ctl` and its output in `log`, in the
+/// calling thread's network namespace (its data sockets are abstract: its ports must be
+/// there too); returns once the socket exists.
+pub fn uml_switch(mut cmd: Command, ctl: &Path, log: &Path) -> Proc {
+    let out = std::fs::File::create(log).expect("create the switch log");
+    cmd.arg("-unix")
+        .arg(ctl)
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().expect("dup the switch log"))
+        .stderr(out);
+    let switch = Proc(
+        cmd.spawn()
+            .expect("TEST CANNOT RUN: cannot start uml_switch (apt-get install uml-utilities)"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ctl.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "uml_switch made no {}",
+            ctl.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    switch
+}
+
 /// A QEMU without a guest (`-machine none`) whose hub joins the backends `nets` (`-net`
 /// option values, e.g. `l2tpv3,…` or `vde,sock=…`) and the multicast group
 /// [`GROUP`]:[`MCAST_PORT`], where a [`McastPeer`] sits (the caller's namespace needs

@@ -19,38 +19,17 @@ use std::time::Duration;
 
 use kuml_e2e::user::OrdinaryUser;
 use kuml_e2e::{
-    artifact, hex, kuml_bin, unhex, user_space_or_skip, AgentReply, HostKind, TestVm, VmOptions,
+    artifact, hex, kuml_bin, unhex, user_space_or_skip, vmlinux_args, AgentReply, HostKind, TestVm,
+    VmOptions,
 };
 
 /// Boot under PVM emulation takes minutes on a loaded host; only a hang bound.
 const BOOT: Duration = Duration::from_secs(600);
 const SHORT: Duration = Duration::from_secs(120);
 
-/// kuml arguments every test VM has.
-fn base_args(extra: &[String]) -> Vec<String> {
-    let mut args = vec![
-        format!("kernel={}", artifact("vmlinux").display()),
-        "mem=256M".to_owned(),
-        "noreboot".to_owned(),
-    ];
-    args.extend(extra.iter().cloned());
-    args
-}
-
-/// A VM with the test agent on con0 (hvc0); returns once the agent is ready (the in-kernel
-/// agent on PVM, the user-space one where guest user space runs).
+/// A VM with 256 MiB, hostfs and the test agent on con0, once the agent is ready.
 fn agent_vm(name: &str, extra: &[String]) -> TestVm {
-    let mut vm = TestVm::start(
-        name,
-        VmOptions {
-            args: base_args(extra),
-            agent_tty: Some("hvc0".into()),
-            hostfs: true,
-            ..VmOptions::default()
-        },
-    );
-    vm.wait_agent(BOOT);
-    vm
+    TestVm::with_agent_on_con0(name, vmlinux_args("256M", extra), true, BOOT)
 }
 
 fn write(path: &Path, text: &str) {

@@ -11,7 +11,7 @@
 
 #![allow(clippy::tests_outside_test_module)] // integration tests: the crate is the test module
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use kuml_e2e::net::*;
@@ -289,26 +289,7 @@ fn daemon_two_guests_on_uml_switch() {
         let dir = tempfile::tempdir().unwrap();
         let ctl = dir.path().join("ctl");
         let log = dir.path().join("switch.log");
-        let logf = std::fs::File::create(&log).unwrap();
-        let _switch = Proc(
-            Command::new("uml_switch")
-                .arg("-unix")
-                .arg(&ctl)
-                .stdin(Stdio::null())
-                .stdout(logf.try_clone().unwrap())
-                .stderr(logf)
-                .spawn()
-                .expect("TEST CANNOT RUN: cannot start uml_switch (apt-get install uml-utilities)"),
-        );
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !ctl.exists() {
-            assert!(
-                Instant::now() < deadline,
-                "uml_switch made no {}",
-                ctl.display()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let _switch = uml_switch(Command::new("uml_switch"), &ctl, &log);
         let eth = format!("daemon,,unix,{}", ctl.display());
         let mut a = start_guest("net-daemon-a", &eth, GUEST_A, HOST, &[FORWARD]);
         let mut b = start_guest("net-daemon-b", &eth, GUEST_B, GUEST_A, &[]);

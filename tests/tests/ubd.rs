@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
-use kuml_e2e::{artifact, hex, kuml_bin, run_ok as run, unhex, TestVm, VmOptions, NO_HOSTFS};
+use kuml_e2e::{
+    artifact, hex, kuml_bin, run_ok as run, unhex, vmlinux_args, TestVm, VmOptions, NO_HOSTFS,
+};
 
 /// Boot under PVM emulation takes ~35-60 s to the agent alone, minutes on a loaded host; these
 /// bounds only catch hangs.
@@ -83,27 +85,12 @@ fn same_bytes(a: &Path, b: &Path) -> bool {
 
 /// kuml arguments common to every test VM.
 fn base_args(extra: &[String]) -> Vec<String> {
-    let mut args = vec![
-        format!("kernel={}", artifact("vmlinux").display()),
-        "mem=128M".to_owned(),
-        "noreboot".to_owned(),
-    ];
-    args.extend(extra.iter().cloned());
-    args
+    vmlinux_args("128M", extra)
 }
 
 /// A VM with the test agent on con0 (hvc0); returns once the agent is ready.
 fn agent_vm(name: &str, extra: &[String]) -> TestVm {
-    let mut vm = TestVm::start(
-        name,
-        VmOptions {
-            args: base_args(extra),
-            agent_tty: Some("hvc0".into()),
-            ..VmOptions::default()
-        },
-    );
-    vm.wait_agent(BOOT);
-    vm
+    TestVm::with_agent_on_con0(name, base_args(extra), false, BOOT)
 }
 
 /// Root from the initramfs, a small scratch disk as ubd0 so the disk under test is ubd1 (vdb).

@@ -546,31 +546,11 @@ fn an_ordinary_users_guest_is_reached_on_a_tap_made_for_it_and_on_its_uml_switch
     // (this test) resolves and pings the user's guest through the switch.
     let ctl = user.home.join("switch.ctl");
     let log = user.home.join("switch.log");
-    let logf = std::fs::File::create(&log).unwrap();
-    let switch =
-        {
-            let ctl = ctl.clone();
-            let mut cmd = user.command("uml_switch");
-            cmd.arg("-unix")
-                .arg(&ctl)
-                .stdin(Stdio::null())
-                .stdout(logf.try_clone().unwrap())
-                .stderr(logf);
-            ns.run(move || {
-                Proc(cmd.spawn().expect(
-                    "TEST CANNOT RUN: cannot start uml_switch (apt-get install uml-utilities)",
-                ))
-            })
-        };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !ctl.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "uml_switch made no {}",
-            ctl.display()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let switch = {
+        let (ctl, log) = (ctl.clone(), log.clone());
+        let cmd = user.command("uml_switch");
+        ns.run(move || uml_switch(cmd, &ctl, &log))
+    };
     assert_eq!(
         std::fs::symlink_metadata(&ctl).unwrap().uid(),
         user.uid,
