@@ -403,9 +403,11 @@ fn serial_pts_a_guest_process_writes_for_minutes_unread_then_a_terminal_reads_ne
     // Two minutes of writing, and at least FILL_LINES lines (~260 KB): several times what a
     // pty and its line discipline hold (64 KiB + 4 KiB), however slow the guest is (the nested
     // lane's emulated UART writes ~45 lines a second, hardware KVM millions in two minutes).
-    // The clock is read every 100 lines: a `date` per line made the loop a fork storm that,
-    // on a slow guest (the nested lane), piled up RCU-freed tasks until the OOM killer took
-    // the writer.
+    // Bursts of 100 lines, a second apart, with the clock read once per burst. A `date` per
+    // line made the loop a fork storm that, on a slow guest (the nested lane), piled up
+    // RCU-freed tasks until the OOM killer took the writer; a loop writing without a pause for
+    // minutes locked the nested lane's L1 up (2026-12-04, docs/testing.md). A writer that
+    // pauses still leaves far more than the pty holds unread.
     const FILL_LINES: u64 = 5000;
     let lines = vm.sh_ok(
         &format!(
@@ -415,6 +417,7 @@ fn serial_pts_a_guest_process_writes_for_minutes_unread_then_a_terminal_reads_ne
                  echo \"filler $n: nobody reads this line of the serial port\"; \
                  n=$((n + 1)); i=$((i + 1)); \
                done; \
+               sleep 1; \
              done > /dev/ttyS0; echo $n"
         ),
         Duration::from_secs(900),
