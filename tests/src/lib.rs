@@ -783,27 +783,40 @@ pub fn parse_reply(line: &str) -> AgentReply {
     }
 }
 
-/// What /proc says of a process: its command name, process group and session.
+/// What /proc says of a process (or a thread): its command name, state, process group,
+/// session and, for a zombie, how it ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProcStat {
     /// The command name (`comm`).
     pub comm: String,
+    /// The state letter (`R`, `S`, `D`, `Z`, …).
+    pub state: char,
     /// The process group id.
     pub pgrp: u32,
     /// The session id.
     pub session: u32,
+    /// The wait status a parent would read (field 52, `exit_code`); 0 while it runs.
+    pub exit_code: i32,
 }
 
-/// `/proc/<pid>/stat` of a live process; `None` once it is gone.
+/// `/proc/<pid>/stat` of a process; `None` once it is gone (reaped).
 pub fn proc_stat(pid: u32) -> Option<ProcStat> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_proc_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// A `/proc/<pid>/stat` or `/proc/<pid>/task/<tid>/stat` text.
+pub fn parse_proc_stat(stat: &str) -> Option<ProcStat> {
     // pid (comm) state ppid pgrp session …; comm may hold spaces and parentheses.
     let (open, close) = (stat.find('(')?, stat.rfind(')')?);
-    let mut rest = stat[close + 1..].split_whitespace().skip(2);
+    let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+    // `fields[0]` is field 3 (state).
+    let field = |n: usize| fields.get(n - 3).copied();
     Some(ProcStat {
         comm: stat[open + 1..close].to_owned(),
-        pgrp: rest.next()?.parse().ok()?,
-        session: rest.next()?.parse().ok()?,
+        state: field(3)?.chars().next()?,
+        pgrp: field(5)?.parse().ok()?,
+        session: field(6)?.parse().ok()?,
+        exit_code: field(52).and_then(|f| f.parse().ok()).unwrap_or(0),
     })
 }
 
@@ -984,5 +997,36 @@ pub fn pass_fds(cmd: &mut Command, fds_in: &[(i32, std::os::fd::RawFd)]) {
                 Ok(())
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_stat_reads_a_comm_with_spaces_and_a_zombies_exit_code() {
+        // 52 fields; comm "(a) b" holds a space and a parenthesis; exit_code 768 = exit 3.
+        let mut text = String::from("42 ((a) b) Z 1 7 9");
+        for _ in 7..52 {
+            text.push_str(" 0");
+        }
+        text.push_str(" 768\n");
+        assert_eq!(
+            parse_proc_stat(&text),
+            Some(ProcStat {
+                comm: "(a) b".into(),
+                state: 'Z',
+                pgrp: 7,
+                session: 9,
+                exit_code: 768,
+            })
+        );
+        // A kernel without field 52 still gives the rest.
+        assert_eq!(
+            parse_proc_stat("42 (kuml) S 1 7 9 0").map(|s| (s.state, s.exit_code)),
+            Some(('S', 0))
+        );
+        assert_eq!(parse_proc_stat("garbage"), None);
     }
 }

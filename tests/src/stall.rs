@@ -27,24 +27,15 @@ pub fn report(pid: u32) -> String {
 
 /// Whether `pid` is a live process (not gone, not a zombie).
 pub fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        stat.rsplit_once(") ")
-            .is_some_and(|(_, rest)| !rest.starts_with('Z'))
-    })
+    crate::proc_stat(pid).is_some_and(|s| s.state != 'Z')
 }
 
-/// How process `pid`, a zombie not yet waited for, ended ("exit code 1", "signal 9"), from
-/// the exit code field of its `/proc/<pid>/stat`; `None` for a live or reaped process.
+/// How process `pid`, a zombie not yet waited for, ended ("exit code 1", "killed by signal
+/// 9"); `None` for a live or reaped process.
 pub fn ended(pid: u32) -> Option<String> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = stat.rsplit_once(") ")?.1;
-    if !rest.starts_with('Z') {
-        return None;
-    }
-    // Field 52 of stat; `rest` starts at field 3.
-    let status: i32 = rest.split_whitespace().nth(52 - 3)?.parse().ok()?;
-    Some(match status & 0x7f {
-        0 => format!("exit code {}", (status >> 8) & 0xff),
+    let stat = crate::proc_stat(pid).filter(|s| s.state == 'Z')?;
+    Some(match stat.exit_code & 0x7f {
+        0 => format!("exit code {}", (stat.exit_code >> 8) & 0xff),
         sig => format!("killed by signal {sig}"),
     })
 }
@@ -67,16 +58,12 @@ fn threads(pid: u32, out: &mut String) {
     tids.sort_unstable();
     for tid in tids {
         let t = dir.join(tid.to_string());
-        let stat = read(t.join("stat"));
-        // The state is the first field after the parenthesised command name.
-        let state = stat
-            .rsplit_once(") ")
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .unwrap_or("?");
+        let stat = crate::parse_proc_stat(&read(t.join("stat")));
         let _ = writeln!(
             out,
-            "thread {tid} {:?} state {state} wchan {} syscall {}",
-            read(t.join("comm")),
+            "thread {tid} {:?} state {} wchan {} syscall {}",
+            stat.as_ref().map_or("?", |s| s.comm.as_str()),
+            stat.as_ref().map_or('?', |s| s.state),
             read(t.join("wchan")),
             read(t.join("syscall")),
         );
