@@ -108,8 +108,9 @@ trap cleanup EXIT
 # boots of a test that prints its whole kernel log on a UART (an exit per byte): the guest's
 # RIP became an address inside L1's kvm_amd module and the vCPU looped on nested page faults
 # at it, or the guest triple-faulted, or it deadlocked on a spinlock (measured 2026-12-04:
-# 8 of 25 boots; single-threaded TCG with two vCPUs 1 of 10; one vCPU 0 of 12; docs/testing.md,
-# "The nested lane: what breaks it"). The guests' vCPUs then share L1's one CPU (slower).
+# 5 of 13 boots, QEMU 10.0 2 of 8; single-threaded TCG with two vCPUs 1 of 10; one vCPU 0 of 28;
+# docs/testing.md, "The nested lane: what breaks it"). The guests' vCPUs then share L1's one
+# CPU (slower).
 args=(-accel tcg,thread=single -M q35 -cpu max,-xsave -smp "$cpus" -m "$mem"
       -nodefaults -no-user-config -display none -no-reboot
       -kernel "$l1/vmlinuz" -initrd "$l1/initramfs.gz"
