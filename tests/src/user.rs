@@ -108,6 +108,18 @@ impl OrdinaryUser {
         cmd
     }
 
+    /// Whether the user may make a user namespace, which the sandboxes of virtiofsd (hostfs)
+    /// and passt (slirp) need for an ordinary user. A kernel refuses one in a chroot and where
+    /// `user.max_user_namespaces` is 0; the nested lane runs its command outside a chroot for it.
+    pub fn may_make_user_namespace(&self) -> bool {
+        self.command("unshare")
+            .args(["--user", "--map-root-user", "true"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
     /// `path` if the user may read it (every directory above it searchable by others), else a
     /// copy of it in the home, the user's: a checkout under a private directory (`/root/…`)
     /// still runs these tests. Executables stay executable.

@@ -758,14 +758,16 @@ fn xterm_console_starts_a_terminal_on_the_display() {
     let mut found = None;
     let deadline = std::time::Instant::now() + BOOT;
     while std::time::Instant::now() < deadline {
+        // The program itself, not the short-lived `sh -c '"$@" &' sh xterm …` that kuml starts
+        // it through: that shell's arguments name xterm too, and it is gone a moment later.
         let ps = Command::new("ps")
-            .args(["-eo", "pid,args"])
+            .args(["-eo", "pid=,comm=,args="])
             .output()
             .expect("ps");
         let text = String::from_utf8_lossy(&ps.stdout).into_owned();
         if let Some(l) = text
             .lines()
-            .find(|l| l.contains("xterm") && l.contains(" -title "))
+            .find(|l| l.split_whitespace().nth(1) == Some("xterm") && l.contains(" -title "))
         {
             found = Some(l.to_owned());
             break;

@@ -70,18 +70,6 @@ fn start_in_namespace(kernel: &Path, name: &str, mut opts: VmOptions) -> TestVm 
     TestVm::start(name, opts)
 }
 
-/// Whether the user may make a user namespace, which virtiofsd's sandbox (hostfs) and passt
-/// need for an ordinary user. The kernel refuses one to a process in a chroot: the nested
-/// lane's L1 runs its command in one.
-fn userns_for(user: &OrdinaryUser) -> bool {
-    user.command("unshare")
-        .args(["--user", "--map-root-user", "true"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 /// An agent request that may answer EEXIST (the user agent's tree has the directory).
 fn mkdir(vm: &mut TestVm, dir: &str) {
     match vm.agent(&format!("mkdir {dir}"), SHORT) {
@@ -135,7 +123,7 @@ fn mconsole(user: &OrdinaryUser, umid: &str, cmd: &str) -> (String, i32) {
 #[test]
 fn an_ordinary_users_guest_boots_on_a_cow_in_its_home_with_consoles_mcast_hostfs_and_mconsole() {
     let user = OrdinaryUser::new();
-    let hostfs = userns_for(&user);
+    let hostfs = user.may_make_user_namespace();
     let ns = Netns::new("user");
     ns.multicast();
     ns.run(move || {
@@ -168,8 +156,7 @@ fn an_ordinary_users_guest_boots_on_a_cow_in_its_home_with_consoles_mcast_hostfs
         } else {
             skip(
                 "the hostfs part: an ordinary user cannot make a user namespace here \
-                 (virtiofsd's sandbox); the L1 of the nested lane runs its command in a chroot, \
-                 where the kernel refuses one. The host lane proves it.",
+                 (virtiofsd's sandbox needs one)",
             );
         }
         let mut peer = McastPeer::join();
@@ -455,11 +442,10 @@ fn an_ordinary_user_is_told_that_making_a_tap_or_gate_needs_root() {
 #[test]
 fn an_ordinary_users_guest_gets_a_lease_from_passt() {
     let user = OrdinaryUser::new();
-    if !userns_for(&user) {
+    if !user.may_make_user_namespace() {
         skip(
             "passt as an ordinary user sandboxes itself in a user namespace, which the kernel \
-             refuses here (the nested lane's L1 runs its command in a chroot); the host lane \
-             proves it",
+             refuses here",
         );
         return;
     }
