@@ -29,10 +29,10 @@ pub(super) fn start() -> io::Result<()> {
                 // Without its filter the launcher still starts helpers: they would not be
                 // filtered by kuml anyway. The error is on the log.
             }
-            for (mut cmd, reply) in rx {
+            for (cmd, reply) in rx {
                 // The asker may have given up; nothing to do then (the child is dropped
                 // and, not waited for, reaped by nobody until kuml exits).
-                let _ = reply.send(cmd.spawn());
+                let _ = reply.send(spawn_here(cmd));
             }
         })?;
     let _ = LAUNCHER.set(Mutex::new(tx));
@@ -41,9 +41,9 @@ pub(super) fn start() -> io::Result<()> {
 }
 
 /// Starts `cmd` on the launcher thread (on this thread when there is none).
-pub fn spawn(mut cmd: Command) -> io::Result<Child> {
+pub fn spawn(cmd: Command) -> io::Result<Child> {
     let Some(tx) = LAUNCHER.get() else {
-        return cmd.spawn();
+        return spawn_here(cmd);
     };
     let (reply_tx, reply_rx) = mpsc::channel();
     tx.lock()
@@ -53,4 +53,63 @@ pub fn spawn(mut cmd: Command) -> io::Result<Child> {
     reply_rx
         .recv()
         .map_err(|_| io::Error::other("the launcher thread is gone"))?
+}
+
+/// Starts `cmd` from this thread with no signal blocked: kuml blocks the signals it reads
+/// through a signalfd (SIGHUP, SIGINT, SIGTERM, SIGWINCH) in every thread, and a child
+/// inherits its parent thread's mask across execve, so a helper would otherwise ignore the
+/// SIGTERM that stops it and an xterm the SIGWINCH of its window.
+fn spawn_here(mut cmd: Command) -> io::Result<Child> {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: between fork and exec only async-signal-safe calls (sigemptyset,
+    // pthread_sigmask) on a set on the child's own stack.
+    unsafe {
+        cmd.pre_exec(|| {
+            let mut none = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+            libc::sigemptyset(none.as_mut_ptr());
+            match libc::pthread_sigmask(libc::SIG_SETMASK, none.as_ptr(), std::ptr::null_mut()) {
+                0 => Ok(()),
+                e => Err(io::Error::from_raw_os_error(e)),
+            }
+        });
+    }
+    cmd.spawn()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set_mask(how: libc::c_int, signals: &[libc::c_int]) {
+        // SAFETY: a set on this stack, changed only by libc's set functions.
+        unsafe {
+            let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+            libc::sigemptyset(set.as_mut_ptr());
+            for s in signals {
+                libc::sigaddset(set.as_mut_ptr(), *s);
+            }
+            assert_eq!(
+                libc::pthread_sigmask(how, set.as_ptr(), std::ptr::null_mut()),
+                0
+            );
+        }
+    }
+
+    #[test]
+    fn a_helper_starts_with_no_signal_blocked() {
+        // On a thread of its own: the mask is per thread, as in kuml.
+        let out = std::thread::spawn(|| {
+            let kuml_blocks = [libc::SIGHUP, libc::SIGINT, libc::SIGTERM, libc::SIGWINCH];
+            set_mask(libc::SIG_BLOCK, &kuml_blocks);
+            let mut cmd = Command::new("grep");
+            cmd.args(["^SigBlk", "/proc/self/status"]);
+            cmd.stdout(std::process::Stdio::piped());
+            let out = spawn_here(cmd).unwrap().wait_with_output().unwrap();
+            set_mask(libc::SIG_UNBLOCK, &kuml_blocks);
+            String::from_utf8(out.stdout).unwrap()
+        })
+        .join()
+        .unwrap();
+        assert_eq!(out.trim(), "SigBlk:\t0000000000000000");
+    }
 }
