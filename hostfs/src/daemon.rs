@@ -31,7 +31,8 @@ use crate::spec::ShareSpec;
 
 /// The descriptor the daemon finds its listening socket on.
 pub const SOCKET_FD: i32 = 3;
-/// How long a vhost-user request may wait for the daemon's answer.
+/// How long one exchange with the daemon (the handshake, starting or stopping its rings) may
+/// wait for its answers: kuml's virtio-fs device closes the connection then.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a stopped daemon gets after SIGTERM before SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(3);

@@ -14,7 +14,7 @@ pub mod fuzzing;
 pub mod mount_data;
 pub mod spec;
 
-pub use daemon::{find_virtiofsd, Daemon, DaemonError, DaemonOptions};
+pub use daemon::{find_virtiofsd, Daemon, DaemonError, DaemonOptions, REQUEST_TIMEOUT};
 pub use mount_data::{parse_mount_data, MountData, MountDataError};
 pub use spec::{
     check_unique_tags, parse_share, parse_share_name, share_name, DuplicateTag, ShareSpec,

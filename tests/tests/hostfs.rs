@@ -789,3 +789,83 @@ fn mconsole_adds_and_removes_shares() {
         "kuml {pid} left a virtiofsd"
     );
 }
+
+/// A share's virtiofsd starts off the event loop: with a "virtiofsd" that never answers the
+/// vhost-user handshake (`KUML_VIRTIOFSD`, a script that only sleeps), `config hostfs1=` waits
+/// for it (up to virtiofsd's request timeout, then an error reply), while kuml goes on: another
+/// mconsole client gets its answers, the guest's console works, a second `config` of the same
+/// share is refused as busy. Kernel level (every lane).
+#[test]
+fn a_share_whose_daemon_never_answers_holds_up_nothing_else() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = std::fs::canonicalize(tmp.path()).unwrap();
+    let mute = base.join("mute-virtiofsd");
+    let started = base.join("mute-started");
+    write(
+        &mute,
+        &format!(
+            "#!/bin/sh\n# holds the vhost-user socket kuml gave it and says nothing\n\
+             : > '{}'\nexec sleep 3600\n",
+            started.display()
+        ),
+    );
+    std::fs::set_permissions(&mute, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let share = base.join("share");
+    std::fs::create_dir(&share).unwrap();
+    let uml_dir = base.join("uml");
+    std::fs::create_dir(&uml_dir).unwrap();
+    let umid = "hostfs-mute";
+    let mut vm = TestVm::start(
+        "hostfs-mute",
+        VmOptions {
+            args: vmlinux_args(
+                "256M",
+                &[
+                    format!("initrd={}", artifact("initramfs.cpio").display()),
+                    format!("umid={umid}"),
+                    format!("uml_dir={}", uml_dir.display()),
+                ],
+            ),
+            agent_tty: Some("hvc0".into()),
+            env: vec![("KUML_VIRTIOFSD".into(), mute.display().to_string())],
+            ..VmOptions::default()
+        },
+    );
+    vm.wait_agent(BOOT);
+    let sock = uml_dir.join(umid).join("mconsole");
+    let config = format!("config hostfs1={}", share.display());
+    let waiting = {
+        let (sock, config) = (sock.clone(), config.clone());
+        std::thread::spawn(move || mconsole(&sock, &config))
+    };
+    // While that request waits for the daemon: kuml answers others, the guest's console works.
+    let deadline = std::time::Instant::now() + SHORT;
+    while !started.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the mute daemon never started"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (version, code) = mconsole(&sock, "version");
+    assert_eq!(code, 0, "{version}");
+    assert!(version.starts_with("OK "), "{version}");
+    assert_eq!(vm.agent_ok("echo the-loop-runs", SHORT), "the-loop-runs");
+    let (busy, code) = mconsole(&sock, &config);
+    assert_eq!(
+        (busy.as_str(), code),
+        ("ERR Device is currently open", 256 - libc::EBUSY),
+        "a second config of a share still starting"
+    );
+    assert!(
+        !waiting.is_finished(),
+        "the request did not wait for the daemon"
+    );
+    // virtiofsd's request timeout ends the wait with an error; nothing was plugged.
+    let (reply, code) = waiting.join().unwrap();
+    assert_ne!(code, 0, "{reply}");
+    assert!(reply.starts_with("ERR hostfs1"), "{reply}");
+    mconsole_expect(&sock, "config hostfs1", "OK", 0);
+    assert!(!vm.output().contains("[1af4:105a]"), "a share was plugged");
+    poweroff(vm);
+}

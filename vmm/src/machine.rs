@@ -8,6 +8,7 @@ use devices::chan::{ChanContext, Channel, ChannelSpec, LineClass};
 use devices::legacy::i8042::{self, I8042};
 use devices::legacy::serial::SerialDevice;
 use devices::virtio::console::{ConsoleError, ConsoleSet};
+use devices::virtio::fs::Fs;
 
 use crate::backends::{open_disk, open_nic, NicError};
 use crate::config::Config;
@@ -160,21 +161,34 @@ impl Machine {
             .map(|()| Attached::Announced)
     }
 
-    /// Starts a share's virtiofsd and plugs its virtio-fs device, announced to the guest; the
-    /// configuration a rebuilt machine starts from has the share from now on.
-    pub fn attach_share(
-        &mut self,
-        spec: hostfs::ShareSpec,
-        ops: &mut dyn SubscriberOps<Subscriber = Subscriber>,
+    /// Whether `spec` may be added now: its slot free and its tag unlike those of the shares
+    /// plugged and of `starting` (shares whose virtiofsd is still starting).
+    pub fn check_share(
+        &self,
+        spec: &hostfs::ShareSpec,
+        starting: &[hostfs::ShareSpec],
     ) -> Result<(), ControlError> {
         let id = DeviceId::Share(spec.index);
-        let pci = PciId::Share(spec.index);
-        self.check_free(id, pci)?;
+        self.check_free(id, PciId::Share(spec.index))?;
         let mut shares = self.shares();
+        shares.extend(starting.iter().cloned());
         shares.push(spec.clone());
-        hostfs::check_unique_tags(&shares).map_err(|e| ControlError::ShareTag(id, e))?;
-        let fs = hostfs_shares::open_share(&spec).map_err(ControlError::Share)?;
+        hostfs::check_unique_tags(&shares).map_err(|e| ControlError::ShareTag(id, e))
+    }
+
+    /// Plugs the virtio-fs device of a share whose virtiofsd is up
+    /// ([`crate::hostfs_shares::open_share`]), announced to the guest; the configuration a
+    /// rebuilt machine starts from has the share from now on.
+    pub fn plug_share(
+        &mut self,
+        spec: hostfs::ShareSpec,
+        fs: Fs,
+        ops: &mut dyn SubscriberOps<Subscriber = Subscriber>,
+    ) -> Result<(), ControlError> {
+        // Again: the daemon started while the loop went on.
+        self.check_share(&spec, &[])?;
         hostfs_shares::warnings(&spec);
+        let (id, pci) = (DeviceId::Share(spec.index), PciId::Share(spec.index));
         self.announce(id, pci, fs, DeviceConfig::Share(spec.clone()), ops)?;
         self.config.add_share(spec);
         Ok(())

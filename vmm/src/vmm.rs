@@ -79,7 +79,11 @@ impl Vmm {
         Ok(Vmm {
             em,
             machine,
-            controller: Controller::new(guest_version),
+            controller: Controller::new(
+                guest_version,
+                queue.wake_fd().map_err(EventLoopError::Wake)?,
+                crate::hostfs_shares::open_share,
+            ),
             queue,
         })
     }
@@ -121,6 +125,8 @@ impl Vmm {
             self.controller
                 .handle(action, respond, &mut self.machine, &mut self.em);
         }
+        self.controller
+            .on_shares_started(&mut self.machine, &mut self.em);
         let events = self.machine.take_device_events(&mut self.em);
         self.controller.on_device_events(&events);
         self.controller.expire(Instant::now());

@@ -84,8 +84,9 @@ pub enum VmmAction {
         /// Its transport.
         spec: netdev::NetSpec,
     },
-    /// Share a host directory: its virtiofsd is started and its virtio-fs device plugged;
-    /// answered once the guest driver has started it.
+    /// Share a host directory: its virtiofsd is started (on a thread of its own: the event
+    /// loop goes on meanwhile) and its virtio-fs device plugged; answered once the guest driver
+    /// has started it.
     AttachShare(hostfs::ShareSpec),
     /// Give a console or serial line a new channel (a console that does not exist is added).
     SetLine {
@@ -184,6 +185,18 @@ pub enum ControlError {
     /// The share's virtiofsd or its device could not be set up.
     #[error(transparent)]
     Share(crate::hostfs_shares::ShareError),
+    /// The thread that starts the share's virtiofsd could not be made, or ended without an
+    /// answer.
+    #[error("cannot start {0}")]
+    ShareThread(DeviceId, #[source] std::io::Error),
+    /// The VM stopped or restarted while the share's virtiofsd was starting.
+    #[error("the VM {reason} while the virtiofsd of {id} was starting; {id} is not added")]
+    ShareInterrupted {
+        /// The share.
+        id: DeviceId,
+        /// What happened to the VM.
+        reason: StopReason,
+    },
     /// The share's tag is another share's.
     #[error("cannot add {0}")]
     ShareTag(DeviceId, #[source] hostfs::DuplicateTag),

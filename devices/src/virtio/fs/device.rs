@@ -13,6 +13,7 @@ use virtio_queue::QueueT;
 use vm_memory::{GuestAddress, GuestMemoryBackend};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use super::deadline::Deadline;
 use super::{config_bytes, CONFIG_LEN};
 use crate::virtio::{
     types, ActivateError, ActiveQueue, GuestMemory, VirtioDevice, VirtioInterrupt,
@@ -143,10 +144,13 @@ impl Fs {
     /// The device for the share `spec`, served by `daemon` (which it stops when dropped).
     pub fn new(spec: &hostfs::ShareSpec, mut daemon: hostfs::Daemon) -> Result<Fs, FsError> {
         let stream = daemon.take_stream().ok_or(FsError::NoConnection)?;
-        let socket = stream.try_clone().map_err(FsError::EventFd)?;
+        let socket = Arc::new(stream.try_clone().map_err(FsError::EventFd)?);
         let name = spec.name();
         let frontend = Frontend::from_stream(stream, NUM_QUEUES as u64);
-        let (backend_features, protocol) = match handshake(&frontend) {
+        let deadline = Deadline::arm(&socket, hostfs::REQUEST_TIMEOUT, &name, "the handshake");
+        let shaken = handshake(&frontend);
+        deadline.passed();
+        let (backend_features, protocol) = match shaken {
             Ok(f) => f,
             Err(source) => {
                 let report = daemon.failure_report(std::time::Duration::from_secs(2));
@@ -165,7 +169,7 @@ impl Fs {
             name,
             tag: spec.tag.clone(),
             frontend,
-            socket: Arc::new(socket),
+            socket,
             dead: false,
             backend_features,
             acked_features: 0,
@@ -275,6 +279,11 @@ impl Fs {
         Ok(())
     }
 
+    /// A bound on an exchange with the daemon that starts now.
+    fn deadline(&self, what: &'static str) -> Deadline {
+        Deadline::arm(&self.socket, hostfs::REQUEST_TIMEOUT, &self.name, what)
+    }
+
     /// Whether VHOST_USER_F_PROTOCOL_FEATURES is in use: rings then start disabled.
     fn rings_need_enable(&self) -> bool {
         self.backend_features & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() != 0
@@ -370,11 +379,19 @@ impl VirtioDevice for Fs {
             .map(|_| EventFd::new(EFD_NONBLOCK).map(Arc::new))
             .collect::<Result<Vec<_>, _>>()
             .map_err(ActivateError::Host)?;
-        if let Err(e) = self.start(&mem, &queues, &calls) {
+        let deadline = self.deadline("starting the device");
+        let started = self.start(&mem, &queues, &calls);
+        if let Err(e) = started {
             warn!("{}: cannot start the device: {e}", self.name);
             let started: Vec<u16> = queues.iter().map(|q| q.index).collect();
             self.stop_rings(&started);
+            self.dead |= deadline.passed();
             return Err(ActivateError::Backend(Box::new(e)));
+        }
+        if deadline.passed() {
+            // Answered just in time, but the connection is closed now.
+            self.dead = true;
+            return Err(ActivateError::Backend(Box::new(FsError::NoConnection)));
         }
         info!("{}: started ({} queues)", self.name, queues.len());
         self.active = Some(Active {
@@ -390,7 +407,9 @@ impl VirtioDevice for Fs {
     fn reset(&mut self) -> bool {
         if let Some(a) = self.active.take() {
             if !self.dead {
+                let deadline = self.deadline("stopping the device");
                 self.stop_rings(&a.queues);
+                self.dead |= deadline.passed();
             }
         }
         self.acked_features = 0;

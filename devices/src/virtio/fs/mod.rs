@@ -14,12 +14,16 @@
 //! * the call descriptors are kuml's eventfds: the event loop turns each signal into the
 //!   queue's MSI-X interrupt (so masking and vector changes stay with the transport);
 //! * on reset: every ring stopped (`GET_VRING_BASE`), so the driver can start again;
+//! * every exchange with the daemon (the handshake, starting and stopping the rings) has a
+//!   deadline, `hostfs::REQUEST_TIMEOUT`: past it the socket is shut down and the daemon
+//!   treated as gone, never a caller held for ever;
 //! * the vhost-user socket is watched for a hang-up: a daemon that dies leaves the device
 //!   failed (NEEDS_RESET) with its last messages in kuml's log, never a hung guest request.
 //!
 //! The configuration space (`struct virtio_fs_config`) is kuml's: the share's tag and one
 //! request queue.
 
+mod deadline;
 mod device;
 mod event_handler;
 #[cfg(test)]
