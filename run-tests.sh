@@ -75,7 +75,7 @@ record() { # lane what status seconds
     [ "$3" = 0 ] || failed=1
 }
 
-e2e_bins=(boot boot_log console control dropin hostfs mconsole net net_lab ubd user debian)
+e2e_bins=(boot boot_log console control dropin hostfs mconsole net net_lab net_helpers ubd user debian)
 [ ${#tests[@]} -gt 0 ] && e2e_bins=("${tests[@]}")
 
 # The e2e test binaries and their tests ("<binary> <path to the executable>" per line).
@@ -98,7 +98,8 @@ e2e_tests() { # binary [filter args]: the binary's test names
 # codes, con0 and a serial line, a COW disk with uml_moo, the control seam's hot-plug, two
 # guests on mcast, two guests on two "hosts" joined by a GRE tunnel, mconsole with the real
 # client, hostfs, UML's `linux` process, kuml as an ordinary user: its COW disk, consoles,
-# mcast, hostfs, mconsole and passt; the no-root errors). Every other
+# mcast, hostfs, mconsole and passt; the no-root errors; the helper transports: passt as root,
+# vec fd with libslirp-helper, a kuml and a QEMU guest on vde_switch, and their errors). Every other
 # e2e test is listed as NOT RUN in the host lane, with the reason; the two lanes together then
 # fit .ci/run's hour on these 2-core hosts (docs/testing.md, "Lanes"). KUML_PVM_ALL_TESTS=1
 # boots them all.
@@ -115,6 +116,11 @@ pvm_host_e2e=(
     user::an_ordinary_users_guest_boots_on_a_cow_in_its_home_with_consoles_mcast_hostfs_and_mconsole
     user::an_ordinary_user_is_told_that_making_a_tap_or_gate_needs_root
     user::an_ordinary_users_guest_gets_a_lease_from_passt
+    net_helpers::slirp_passt_leases_an_address_and_forwards_a_port_to_the_guest
+    net_helpers::vector_fd_from_a_socketpair_gets_dhcp_from_libslirp_helper
+    net_helpers::vde_kuml_guest_and_qemu_guest_reach_each_other_on_vde_switch
+    net_helpers::a_missing_switch_helper_or_descriptor_is_one_clear_line
+    net_helpers::tcp_segments_reads_a_pcap_capture
 )
 host_skips=()
 if [ -n "$pvm" ] && [ "$nested" = 1 ] && [ "$lanes" != nested ] && [ -z "${KUML_PVM_ALL_TESTS:-}" ]; then

@@ -192,24 +192,46 @@ pub fn kuml_guest(name: &str, eth: &str, addr: Ipv4Addr, gw: Ipv4Addr) -> TestVm
 }
 
 /// A QEMU microvm guest with the same kernel, a virtio-net-device on `-netdev <netdev>` and
-/// `ip=`; the in-kernel agent on ttyS0 keeps the kernel alive without user space. Killed (by
-/// its own pid) on drop.
+/// `ip=`; the in-kernel agent on ttyS0 keeps the kernel alive without user space (or, from
+/// [`Qemu::start_with_user_space`] where guest user space runs, the user-space agent). Killed
+/// (by its own pid) on drop.
 #[derive(Debug)]
 pub struct Qemu {
     child: Child,
     log: PathBuf,
-    _stdin: Option<std::process::ChildStdin>,
+    stdin: Option<std::process::ChildStdin>,
+    seq: u32,
 }
 
 impl Qemu {
     pub fn start(log: &Path, netdev: &str, mac: &str, addr: Ipv4Addr, gw: Ipv4Addr) -> Qemu {
-        let net = [
+        Qemu::start_with(log, &Qemu::nic(netdev, mac), &[], addr, gw)
+    }
+
+    /// Like [`Qemu::start`], but where guest user space runs (hardware KVM, the nested lane)
+    /// the guest runs its init and the user-space agent on ttyS0, which [`Qemu::sh_ok`]
+    /// drives; elsewhere (PVM) the in-kernel agent, as [`Qemu::start`].
+    pub fn start_with_user_space(
+        log: &Path,
+        netdev: &str,
+        mac: &str,
+        addr: Ipv4Addr,
+        gw: Ipv4Addr,
+    ) -> Qemu {
+        let agent = match crate::host_kind() {
+            crate::HostKind::Hardware => "kuml.uagent=ttyS0",
+            crate::HostKind::Pvm => "kuml.agent=ttyS0",
+        };
+        Qemu::launch(log, &Qemu::nic(netdev, mac), &[], addr, gw, agent)
+    }
+
+    fn nic(netdev: &str, mac: &str) -> [String; 4] {
+        [
             "-netdev".to_owned(),
             format!("{netdev},id=n0"),
             "-device".to_owned(),
             format!("virtio-net-device,netdev=n0,mac={mac}"),
-        ];
-        Qemu::start_with(log, &net, &[], addr, gw)
+        ]
     }
 
     /// A QEMU guest with the network options `net` (`-netdev …`, `-device …`), descriptors
@@ -222,9 +244,20 @@ impl Qemu {
         addr: Ipv4Addr,
         gw: Ipv4Addr,
     ) -> Qemu {
+        Qemu::launch(log, net, fds, addr, gw, "kuml.agent=ttyS0")
+    }
+
+    fn launch(
+        log: &Path,
+        net: &[String],
+        fds: &[(i32, std::os::fd::RawFd)],
+        addr: Ipv4Addr,
+        gw: Ipv4Addr,
+        agent: &str,
+    ) -> Qemu {
         let mut append = vec![
             "console=ttyS0".to_owned(),
-            "kuml.agent=ttyS0".to_owned(),
+            agent.to_owned(),
             ip_arg(addr, gw),
         ];
         append.extend(host_guest_options());
@@ -262,8 +295,57 @@ impl Qemu {
         Qemu {
             child,
             log: log.to_owned(),
-            _stdin: stdin,
+            stdin,
+            seq: 0,
         }
+    }
+
+    /// Sends one agent command on ttyS0 (QEMU's stdin) and waits for its reply (the agent's
+    /// protocol, as [`TestVm::agent`]).
+    pub fn agent(&mut self, command: &str, timeout: Duration) -> crate::AgentReply {
+        use std::io::Write;
+        self.seq += 1;
+        let seq = self.seq;
+        let stdin = self.stdin.as_mut().expect("QEMU's stdin is open");
+        stdin
+            .write_all(format!("{seq} {command}\n").as_bytes())
+            .and_then(|()| stdin.flush())
+            .expect("write to QEMU's serial line");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(line) = crate::reply_line(&self.output(), seq) {
+                return crate::parse_reply(&line);
+            }
+            let exited = self.child.try_wait().ok().flatten();
+            if exited.is_some() || Instant::now() >= deadline {
+                let out = self.output();
+                let tail: Vec<&str> = out.lines().rev().take(30).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                panic!(
+                    "QEMU guest: no reply to agent command {command:?} ({})\n{}",
+                    exited.map_or("timeout".to_owned(), |s| format!("exited: {s}")),
+                    tail.join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Runs `script` with `sh -c` through the user-space agent (a guest from
+    /// [`Qemu::start_with_user_space`] where user space runs); panics (with the output) unless
+    /// it exits 0; returns its output.
+    pub fn sh_ok(&mut self, script: &str, timeout: Duration) -> String {
+        let reply = self.agent(&format!("run {}", crate::hex(script.as_bytes())), timeout);
+        let crate::AgentReply::Ok(payload) = reply else {
+            panic!("QEMU guest: run {script:?}: {reply:?}");
+        };
+        let (status, out) = payload.split_once(' ').unwrap_or((&payload, ""));
+        let out = String::from_utf8_lossy(&crate::unhex(out)).into_owned();
+        assert_eq!(
+            status, "0",
+            "QEMU guest: {script:?} exited {status}:\n{out}"
+        );
+        out
     }
 
     pub fn output(&self) -> String {
@@ -340,6 +422,80 @@ pub fn uml_switch(mut cmd: Command, ctl: &Path, log: &Path) -> Proc {
         std::thread::sleep(Duration::from_millis(20));
     }
     switch
+}
+
+/// Debian's `vde_switch` (package vde2) in the calling thread's network namespace, its
+/// directory (control socket `ctl`, the ports' data sockets) at `dir`, its console on a pipe
+/// (it ends at EOF on its stdin) and its output in `log`. Killed by its own pid on drop.
+#[derive(Debug)]
+pub struct VdeSwitch {
+    _proc: Proc,
+    console: std::process::ChildStdin,
+    log: PathBuf,
+}
+
+impl VdeSwitch {
+    /// Starts the switch; returns once its control socket exists.
+    pub fn start(dir: &Path, log: &Path) -> VdeSwitch {
+        let out = std::fs::File::create(log).expect("create the switch log");
+        let mut child = Command::new("vde_switch")
+            .arg("-s")
+            .arg(dir)
+            .stdin(Stdio::piped())
+            .stdout(out.try_clone().expect("dup the switch log"))
+            .stderr(out)
+            .spawn()
+            .expect("TEST CANNOT RUN: cannot start vde_switch (apt-get install vde2)");
+        let console = child.stdin.take().expect("piped stdin");
+        let switch = VdeSwitch {
+            _proc: Proc(child),
+            console,
+            log: log.to_owned(),
+        };
+        let ctl = dir.join("ctl");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !ctl.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "vde_switch made no {}:\n{}",
+                ctl.display(),
+                switch.output()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        switch
+    }
+
+    /// Everything the switch printed so far.
+    pub fn output(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(&self.log).unwrap_or_default()).into_owned()
+    }
+
+    /// Runs `command` on the switch's console (e.g. `port/print`); returns what it printed
+    /// up to its status line (`1000 Success`, or the error).
+    pub fn console(&mut self, command: &str) -> String {
+        use std::io::Write;
+        let before = self.output().len();
+        writeln!(self.console, "{command}").expect("write to the switch console");
+        self.console.flush().expect("write to the switch console");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let out = self.output();
+            let new = &out[before.min(out.len())..];
+            // Each reply ends with a status line: "1000 Success" or "1xxx <error>".
+            if new.lines().any(|l| {
+                let b = l.as_bytes();
+                b.len() > 5 && b[0] == b'1' && b[..4].iter().all(u8::is_ascii_digit) && b[4] == b' '
+            }) {
+                return new.to_owned();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "vde_switch did not answer {command:?}:\n{out}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }
 
 /// A QEMU without a guest (`-machine none`) whose hub joins the backends `nets` (`-net`
