@@ -957,8 +957,36 @@ pub fn announced_pts(out: &str, what: &str) -> String {
 }
 
 /// Makes `cmd`'s child get each `(target, source)` descriptor pair: the source's file as
-/// descriptor number `target` (the sources stay open here; close them after spawning).
+/// descriptor number `target` (the sources stay open here; close them after spawning), and no
+/// other descriptor of this process beyond 0, 1 and 2. In particular not the guest lock's,
+/// which `flock /var/lock/kuml-guest.lock cargo test …` leaves open in the test process: a
+/// kuml (or QEMU) that outlived a killed test would otherwise hold the lock for every later
+/// guest on the machine (kuml keeps the descriptors it was started with, for `fd=` options).
 pub fn pass_fds(cmd: &mut Command, fds_in: &[(i32, std::os::fd::RawFd)]) {
+    // SAFETY: only async-signal-safe calls (close_range, fcntl) between fork and exec.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(|| {
+            // Registered first: runs before the placing below, whose dup2 clears the flag on
+            // each target again.
+            let all = libc::syscall(
+                libc::SYS_close_range,
+                3 as libc::c_uint,
+                libc::c_uint::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            );
+            if all != 0 {
+                // Kernels before 5.11: one descriptor at a time, up to a bound.
+                for fd in 3..4096 {
+                    let flags = libc::fcntl(fd, libc::F_GETFD);
+                    if flags >= 0 {
+                        libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+                    }
+                }
+            }
+            Ok(())
+        });
+    }
     if !fds_in.is_empty() {
         assert!(fds_in.len() <= MAX_EXTRA_FDS, "too many extra_fds");
         let mut fds = [(0, 0); MAX_EXTRA_FDS];
@@ -1003,6 +1031,31 @@ pub fn pass_fds(cmd: &mut Command, fds_in: &[(i32, std::os::fd::RawFd)]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pass_fds_hands_over_only_the_given_descriptors() {
+        use std::os::fd::AsRawFd;
+        // A descriptor this process leaks to children (as flock(1) leaves its lock's).
+        let leaked = std::fs::File::open("/dev/null").unwrap();
+        // SAFETY: F_SETFD on a descriptor owned by `leaked`.
+        let r = unsafe { libc::fcntl(leaked.as_raw_fd(), libc::F_SETFD, 0) };
+        assert_eq!(r, 0);
+        let given = std::fs::File::open("/dev/null").unwrap();
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "ls /proc/$$/fd"]);
+        pass_fds(&mut cmd, &[(7, given.as_raw_fd())]);
+        let out = cmd.output().expect("run sh");
+        let fds: Vec<i32> = String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        assert!(fds.contains(&7), "the given descriptor: {fds:?}");
+        assert!(
+            !fds.contains(&leaked.as_raw_fd()),
+            "descriptor {} leaked to the child: {fds:?}",
+            leaked.as_raw_fd()
+        );
+    }
 
     #[test]
     fn proc_stat_reads_a_comm_with_spaces_and_a_zombies_exit_code() {
