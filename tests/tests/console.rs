@@ -188,7 +188,7 @@ fn set_winsize(term: &std::fs::File, cols: u16, rows: u16) {
 
 // The size `(cols, rows)` of the guest's `tty` as a program there sees it, asked with request
 // `seq` of the agent on it over `term`: the kernel agent's `winsize`, or (user space) `stty`.
-fn guest_winsize(term: &mut std::fs::File, seq: u32, tty: &str) -> (u16, u16) {
+fn guest_winsize(term: &mut (impl Read + Write), seq: u32, tty: &str) -> (u16, u16) {
     let cmd = match host_kind() {
         HostKind::Pvm => "winsize".to_owned(),
         HostKind::Hardware => format!("run {}", hex(format!("stty -F /dev/{tty} size").as_bytes())),
@@ -236,7 +236,7 @@ fn guest_winsize(term: &mut std::fs::File, seq: u32, tty: &str) -> (u16, u16) {
 // to the request (kuml re-reads a pts's size when input comes), so the first answer may
 // precede it.
 fn wait_guest_winsize(
-    term: &mut std::fs::File,
+    term: &mut (impl Read + Write),
     seq: &mut u32,
     tty: &str,
     before: (u16, u16),
@@ -289,6 +289,46 @@ fn console_follows_the_terminal_size(name: &str, line: &str, tty: &str) {
     set_winsize(&term, 132, 43);
     wait_guest_winsize(&mut term, &mut seq, tty, (100, 30), (132, 43));
     term.write_all(b"99 poweroff\n").unwrap();
+    assert_eq!(vm.wait_exit(SHORT), 0);
+}
+
+/// A `port:` console takes the window size its telnet client reports (NAWS, which kuml asks
+/// for on connect, as UML's telnetd does), and follows it when the client's window changes.
+#[test]
+fn port_console_follows_the_telnet_clients_window_size() {
+    let port = 20000 + (std::process::id() % 20000) as u16;
+    let mut args = base_args();
+    args.push(format!("con1=port:{port}"));
+    let mut vm = TestVm::start(
+        "con1-port-naws",
+        VmOptions {
+            args,
+            agent_tty: Some("hvc1".into()),
+            ..VmOptions::default()
+        },
+    );
+    // (The session has read kuml's opening, which asks for the window size: IAC DO NAWS.)
+    let mut s = session(port, BOOT);
+    let naws = |cols: u16, rows: u16| {
+        let (c, r) = (cols.to_be_bytes(), rows.to_be_bytes());
+        [255, 251, 31, 255, 250, 31, c[0], c[1], r[0], r[1], 255, 240]
+    };
+    s.write_all(&naws(100, 30)).unwrap();
+    // The agent's ready line was written before anyone connected; ask until it answers.
+    let deadline = std::time::Instant::now() + BOOT;
+    while !read_until(&mut s, "KAGENT 1 ok", Duration::from_secs(3)).contains("KAGENT 1 ok") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no agent on the port console; kuml output:\n{}",
+            vm.output()
+        );
+        s.write_all(b"1 echo hi\n").unwrap();
+    }
+    let mut seq = 1;
+    wait_guest_winsize(&mut s, &mut seq, "hvc1", (0, 0), (100, 30));
+    s.write_all(&naws(132, 43)).unwrap();
+    wait_guest_winsize(&mut s, &mut seq, "hvc1", (100, 30), (132, 43));
+    s.write_all(b"99 poweroff\n").unwrap();
     assert_eq!(vm.wait_exit(SHORT), 0);
 }
 
@@ -681,9 +721,10 @@ fn session(port: u16, timeout: Duration) -> std::net::TcpStream {
         match std::net::TcpStream::connect(("127.0.0.1", port)) {
             Ok(mut s) => {
                 s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-                let mut neg = [0u8; 9];
+                // WILL ECHO, WILL SGA, DO SGA, DO NAWS.
+                let mut neg = [0u8; 12];
                 match s.read_exact(&mut neg) {
-                    Ok(()) if neg[..3] == [255, 251, 1] => {
+                    Ok(()) if neg[..3] == [255, 251, 1] && neg[9..] == [255, 253, 31] => {
                         s.set_read_timeout(Some(Duration::from_millis(500)))
                             .unwrap();
                         return s;

@@ -358,9 +358,14 @@ impl Channel {
 
     /// The host terminal's size as `(cols, rows)` when the channel's output (else its input)
     /// is a terminal: a `fd:0,fd:1` on the user's terminal, a `tty:` line, an allocated `pts`
-    /// (its master reports the size the program on the slave set). `None` for anything else,
+    /// (its master reports the size the program on the slave set); a `port:` line's size as
+    /// its telnet client last reported it (NAWS). `None` for anything else,
     /// and for a terminal whose size was never set (0×0: a new pts nobody sized yet).
     pub fn window_size(&self) -> Option<(u16, u16)> {
+        // A `port:` line's telnet client reports its window (NAWS) while connected.
+        if let Some(t) = self.tcp.as_ref().filter(|_| self.input.is_some()) {
+            return t.decoder.window_size().filter(|ws| *ws != (0, 0));
+        }
         [self.output.as_ref(), self.input.as_ref()]
             .into_iter()
             .flatten()

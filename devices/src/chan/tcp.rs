@@ -170,8 +170,27 @@ mod tests {
         let mut neg = vec![0u8; telnet::NEGOTIATION.len()];
         client.read_exact(&mut neg).unwrap();
         assert_eq!(neg, telnet::NEGOTIATION);
+        assert_eq!(ch.window_size(), None, "no size before the client says one");
+        // DO ECHO, the window size (NAWS: 100 x 30), then text.
         client
-            .write_all(&[telnet::IAC, 253, 1, b'l', b's', b'\r', b'\n'])
+            .write_all(&[
+                telnet::IAC,
+                253,
+                1,
+                telnet::IAC,
+                250,
+                31,
+                0,
+                100,
+                0,
+                30,
+                telnet::IAC,
+                240,
+                b'l',
+                b's',
+                b'\r',
+                b'\n',
+            ])
             .unwrap();
         let mut got = Vec::new();
         for _ in 0..1000 {
@@ -184,6 +203,7 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
         assert_eq!(got, b"ls\r");
+        assert_eq!(ch.window_size(), Some((100, 30)));
         ch.write(&[b'a', telnet::IAC]);
         let mut out = [0u8; 3];
         client.read_exact(&mut out).unwrap();

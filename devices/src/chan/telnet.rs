@@ -1,10 +1,11 @@
 //! PURE: the little telnet a `port:` channel speaks (RFC 854/857/858).
 //!
-//! On connect the server offers to echo and to suppress go-ahead ([`NEGOTIATION`]), so that
-//! a `telnet` client sends characters one at a time and lets the guest echo them, as UML's
-//! port helper (telnetd) does. Client commands are removed from the input
-//! ([`TelnetDecoder`]); the NVT newline `CR LF` or `CR NUL` becomes a single `CR`, which is
-//! what a terminal sends for Enter. Output doubles `IAC` bytes ([`escape`]).
+//! On connect the server offers to echo and to suppress go-ahead and asks for the client's
+//! window size ([`NEGOTIATION`]), so that a `telnet` client sends characters one at a time,
+//! lets the guest echo them and reports its size (RFC 1073, NAWS), as UML's port helper
+//! (telnetd) does. Client commands are removed from the input ([`TelnetDecoder`]), which
+//! keeps the last window size reported; the NVT newline `CR LF` or `CR NUL` becomes a single
+//! `CR`, which is what a terminal sends for Enter. Output doubles `IAC` bytes ([`escape`]).
 
 /// Interpret As Command.
 pub const IAC: u8 = 255;
@@ -16,9 +17,15 @@ const SB: u8 = 250;
 const SE: u8 = 240;
 const OPT_ECHO: u8 = 1;
 const OPT_SGA: u8 = 3;
+const OPT_NAWS: u8 = 31;
+/// The longest subnegotiation kept (a NAWS one is 5 bytes); longer ones are skipped.
+const SUB_MAX: usize = 16;
 
-/// What the server sends first: WILL ECHO, WILL SUPPRESS-GO-AHEAD, DO SUPPRESS-GO-AHEAD.
-pub const NEGOTIATION: &[u8] = &[IAC, WILL, OPT_ECHO, IAC, WILL, OPT_SGA, IAC, DO, OPT_SGA];
+/// What the server sends first: WILL ECHO, WILL SUPPRESS-GO-AHEAD, DO SUPPRESS-GO-AHEAD,
+/// DO NAWS.
+pub const NEGOTIATION: &[u8] = &[
+    IAC, WILL, OPT_ECHO, IAC, WILL, OPT_SGA, IAC, DO, OPT_SGA, IAC, DO, OPT_NAWS,
+];
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 enum State {
@@ -40,6 +47,9 @@ enum State {
 #[derive(Debug, Clone, Default)]
 pub struct TelnetDecoder {
     state: State,
+    /// The subnegotiation being read (its option byte first), while it fits.
+    sub: Vec<u8>,
+    window: Option<(u16, u16)>,
 }
 
 impl TelnetDecoder {
@@ -67,14 +77,40 @@ impl TelnetDecoder {
                     State::Data
                 }
                 (State::Iac, WILL | WONT | DO | DONT) => State::Opt,
-                (State::Iac, SB) => State::Sub,
+                (State::Iac, SB) => {
+                    self.sub.clear();
+                    State::Sub
+                }
                 (State::Iac, _) | (State::Opt, _) => State::Data,
                 (State::Sub, IAC) => State::SubIac,
-                (State::Sub, _) => State::Sub,
-                (State::SubIac, SE) => State::Data,
+                (State::Sub, b) | (State::SubIac, b @ IAC) => {
+                    if self.sub.len() <= SUB_MAX {
+                        self.sub.push(b);
+                    }
+                    State::Sub
+                }
+                (State::SubIac, SE) => {
+                    self.end_sub();
+                    State::Data
+                }
                 (State::SubIac, _) => State::Sub,
             };
         }
+    }
+}
+
+impl TelnetDecoder {
+    /// The window size `(cols, rows)` the client reported last (NAWS), if any.
+    pub fn window_size(&self) -> Option<(u16, u16)> {
+        self.window
+    }
+
+    // A subnegotiation ended: NAWS carries width and height, 16 bits each, big-endian.
+    fn end_sub(&mut self) {
+        if let [OPT_NAWS, w0, w1, h0, h1] = self.sub[..] {
+            self.window = Some((u16::from_be_bytes([w0, w1]), u16::from_be_bytes([h0, h1])));
+        }
+        self.sub.clear();
     }
 }
 
@@ -120,6 +156,31 @@ mod tests {
             b"y"
         );
         assert_eq!(decode(&[&[IAC, WILL], &[1, b'z']]), b"z");
+    }
+
+    #[test]
+    fn test_naws_reports_the_window_size() {
+        let mut d = TelnetDecoder::new();
+        let mut out = Vec::new();
+        assert_eq!(d.window_size(), None);
+        // The usual opening, split anywhere.
+        d.decode(&[IAC, WILL, 31, IAC, SB, 31, 0], &mut out);
+        d.decode(&[80, 0, 24, IAC], &mut out);
+        assert_eq!(d.window_size(), None, "not before SE");
+        d.decode(&[SE, b'x'], &mut out);
+        assert_eq!(d.window_size(), Some((80, 24)));
+        // A resize later; 255 in a size is sent as IAC IAC.
+        d.decode(&[IAC, SB, 31, 0, IAC, IAC, 1, 0, IAC, SE], &mut out);
+        assert_eq!(d.window_size(), Some((255, 256)));
+        // Other subnegotiations, short or overlong NAWS ones change nothing.
+        d.decode(&[IAC, SB, 24, 0, 1, 2, 3, IAC, SE], &mut out);
+        d.decode(&[IAC, SB, 31, 0, 9, 0, IAC, SE], &mut out);
+        let mut long = vec![IAC, SB, 31];
+        long.extend([7u8; 40]);
+        long.extend([IAC, SE, b'y']);
+        d.decode(&long, &mut out);
+        assert_eq!(d.window_size(), Some((255, 256)));
+        assert_eq!(out, b"xy");
     }
 
     #[test]
