@@ -16,6 +16,7 @@
 //! the guest through the user-space agent and returns its exit status and output. See
 //! docs/testing.md, "Writing a test that runs user-space commands in the guest".
 
+pub mod mconsole;
 pub mod net;
 pub mod stall;
 pub mod user;
@@ -510,6 +511,17 @@ impl TestVm {
             AgentReply::Ok(p) => p,
             AgentReply::Err(e) => self.fail(&format!("agent command {command:?} failed: {e}")),
         }
+    }
+
+    /// The agent's `ls` of a directory, as a sorted list.
+    pub fn ls(&mut self, dir: &str, timeout: Duration) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .agent_ok(&format!("ls {dir}"), timeout)
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect();
+        names.sort();
+        names
     }
 
     /// Mounts sysfs on `/sys` through the agent, for tests that read it. The kernel agent (PVM

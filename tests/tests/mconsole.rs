@@ -13,24 +13,20 @@
 //! the guest keyboard; the guest prints the output on its console), `config mem` is the memory
 //! size (UML: the physical-memory base), `log`/`proc`/`stack` are errors (no guest agent).
 
-use std::io::{Read, Write};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use kuml_e2e::mconsole::{run_with_timeout, Mc};
 use kuml_e2e::{
-    artifact, kernel_level_duplicate_or_skip, kuml_bin, user_space_or_skip, AgentReply, TestVm,
-    VmOptions,
+    artifact, kernel_level_duplicate_or_skip, user_space_or_skip, AgentReply, TestVm, VmOptions,
 };
 
 /// Only catches hangs: a PVM boot of the ext4 root takes minutes on a loaded host.
 const BOOT: Duration = Duration::from_secs(600);
 const SHORT: Duration = Duration::from_secs(60);
-/// A client call; hot-plug replies wait for the guest driver (slow under PVM emulation).
-const CALL: Duration = Duration::from_secs(240);
-
 /// UML's `help` reply (reference §3.5, 722 bytes; note the trailing spaces and the TAB).
 const UML_HELP: &str = "Commands: \n    version - Get kernel version \n    help - Print this message \n    halt - Halt UML \n    reboot - Reboot UML \n    config <dev>=<config> - Add a new device to UML;  \n\tsame syntax as command line \n    config <dev> - Query the configuration of a device \n    remove <dev> - Remove a device from UML \n    sysrq <letter> - Performs the SysRq action controlled by the letter \n    cad - invoke the Ctrl-Alt-Del handler \n    stop - pause the UML; it will do nothing until it receives a 'go' \n    go - continue the UML after a 'stop' \n    log <string> - make UML enter <string> into the kernel log\n    proc <file> - returns the contents of the UML's /proc/<file>\n    stack <pid> - returns the stack of the specified pid\n";
 
@@ -38,89 +34,6 @@ const UML_HELP: &str = "Commands: \n    version - Get kernel version \n    help 
 const LOCAL_HELP: &str = "Additional local mconsole commands:\n    quit - Quit mconsole\n    switch <socket-name> - Switch control to the given machine\n    log -f <filename> - use contents of <filename> as UML log messages\n    mconsole-version - version of this mconsole program\n    int  - Interrupt UML session\n";
 
 const SYSRQ_HELP: &str = "sysrq: HELP : loglevel(0-9) reboot(b) crash(c) terminate-all-tasks(e) memory-full-oom-kill(f) kill-all-tasks(i) thaw-filesystems(j) show-memory-usage(m) nice-all-RT-tasks(n) poweroff(o) show-registers(p) show-all-timers(q) sync(s) show-task-states(t) unmount(u) show-blocked-tasks(w) ";
-
-/// The mconsole client under test.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Mc {
-    /// Debian's `uml_mconsole` (uml-utilities).
-    Uml,
-    /// This project's `kuml-mconsole`.
-    Kuml,
-}
-
-impl Mc {
-    fn command(self) -> Command {
-        match self {
-            Mc::Uml => Command::new("uml_mconsole"),
-            Mc::Kuml => {
-                let bin = kuml_bin().with_file_name("kuml-mconsole");
-                assert!(
-                    bin.is_file(),
-                    "{} is missing: run `cargo build -p mconsole --bins`",
-                    bin.display()
-                );
-                let mut c = Command::new(bin);
-                c.args(["-t", &CALL.as_secs().to_string()]);
-                c
-            }
-        }
-    }
-
-    /// Runs `<client> <socket> <cmd>`; returns (stdout, exit code). Panics on a hang.
-    fn run(self, sock: &Path, cmd: &str) -> (String, i32) {
-        let mut c = self.command();
-        c.arg(sock).arg(cmd).stdin(Stdio::null());
-        let (out, code) = run_with_timeout(c, None, CALL);
-        eprintln!("[{self:?}] {cmd} -> {out:?} rc={code}");
-        (out, code)
-    }
-
-    /// Runs `cmd` and checks the exact output line and exit code.
-    fn expect(self, sock: &Path, cmd: &str, line: &str, code: i32) {
-        let (out, rc) = self.run(sock, cmd);
-        assert_eq!(out, format!("{line}\n"), "{self:?}: reply to {cmd:?}");
-        assert_eq!(rc, code, "{self:?}: exit code of {cmd:?} (reply {out:?})");
-    }
-}
-
-/// Spawns `cmd` (stdin `input` if any), waits at most `timeout`; (stdout, exit code).
-fn run_with_timeout(mut cmd: Command, input: Option<String>, timeout: Duration) -> (String, i32) {
-    cmd.stdout(Stdio::piped()).stderr(Stdio::null());
-    if input.is_some() {
-        cmd.stdin(Stdio::piped());
-    }
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    let writer = input.map(|text| {
-        let mut stdin = child.stdin.take().expect("piped stdin");
-        std::thread::spawn(move || {
-            let _ = stdin.write_all(text.as_bytes());
-        })
-    });
-    let mut stdout = child.stdout.take().expect("piped stdout");
-    let reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stdout.read_to_string(&mut s);
-        s
-    });
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        if let Some(st) = child.try_wait().expect("wait for the client") {
-            break st;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{cmd:?} hung for {} s", timeout.as_secs());
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    if let Some(w) = writer {
-        let _ = w.join();
-    }
-    (reader.join().unwrap(), status.code().unwrap_or(-1))
-}
 
 /// A guest with the agent on hvc0, root on a COW over rootfs.ext4, and its mconsole socket in
 /// a temporary uml_dir.
@@ -211,17 +124,6 @@ fn stat_until(vm: &mut TestVm, path: &str, want_ok: bool) -> AgentReply {
         }
         std::thread::sleep(Duration::from_millis(500));
     }
-}
-
-/// The agent's `ls` of a directory, as a list.
-fn ls(vm: &mut TestVm, dir: &str) -> Vec<String> {
-    let mut names: Vec<String> = vm
-        .agent_ok(&format!("ls {dir}"), SHORT)
-        .split_whitespace()
-        .map(str::to_owned)
-        .collect();
-    names.sort();
-    names
 }
 
 // ---- raw datagrams ----
@@ -604,23 +506,26 @@ fn net_suite(mc: Mc) {
     let mut g = boot(&name, &["eth0=mcast,,239.192.168.1,1103,1".to_owned()]);
     let sock = g.sock.clone();
     g.vm.mount_sysfs(SHORT);
-    assert_eq!(ls(&mut g.vm, "/sys/class/net"), ["eth0", "lo"]);
+    assert_eq!(g.vm.ls("/sys/class/net", SHORT), ["eth0", "lo"]);
 
     mc.expect(&sock, "config eth1", "ERR No get_config routine defined", 1);
     mc.expect(&sock, "config eth1=mcast", "OK ", 0);
-    let nets = ls(&mut g.vm, "/sys/class/net");
+    let nets = g.vm.ls("/sys/class/net", SHORT);
     assert!(
         nets.contains(&"eth1".to_owned()),
         "eth1 in the guest: {nets:?}"
     );
     mc.expect(&sock, "config eth1", "ERR No get_config routine defined", 1);
     mc.expect(&sock, "remove eth1", "OK ", 0);
-    let nets = ls(&mut g.vm, "/sys/class/net");
+    let nets = g.vm.ls("/sys/class/net", SHORT);
     assert!(!nets.contains(&"eth1".to_owned()), "eth1 gone: {nets:?}");
     mc.expect(&sock, "remove eth1", "ERR Device doesn't exist", 237);
     // Again, with UML's explicit syntax.
     mc.expect(&sock, "config eth1=mcast,,239.192.168.1,1104,1", "OK ", 0);
-    assert!(ls(&mut g.vm, "/sys/class/net").contains(&"eth1".to_owned()));
+    assert!(g
+        .vm
+        .ls("/sys/class/net", SHORT)
+        .contains(&"eth1".to_owned()));
     mc.expect(&sock, "remove eth1", "OK ", 0);
 
     // halt: OK, kuml exits 0 at once and removes the umid directory.
