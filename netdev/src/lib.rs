@@ -10,6 +10,8 @@
 //!   [`VdeBackend`] and the vector transports ([`vector_backend`]: tap, raw, gre, l2tpv3,
 //!   fd, batched with `recvmmsg`/`sendmmsg`) implement it, and [`open_backend`] builds the
 //!   right one from a [`NetSpec`].
+//! * [`vnet`] (PURE): the `raw` transport's `virtio_net_hdr` and finishing a checksum the host
+//!   left to the device.
 //! * [`daemon`] and [`vde`] also hold the PURE switch protocol codecs; [`frame`] (PURE) reads a
 //!   guest's IPv4 address from its frames, so a created tap can route it as `uml_net` did.
 
@@ -41,6 +43,7 @@ pub mod vde;
 mod vecio;
 pub mod vector;
 pub mod vector_backend;
+pub mod vnet;
 
 pub use daemon::{DaemonBackend, DaemonError};
 #[cfg(any(test, feature = "test-utils"))]

@@ -22,6 +22,7 @@ use crate::sock::{self, RawAddr};
 use crate::tunnel::{Encap, IPPROTO_GRE, IPPROTO_L2TP, MAX_HEADER};
 use crate::vecio::VectorIo;
 use crate::vector::{Endpoints, VectorConfig, VectorKind};
+use crate::vnet::{finish_checksum, VnetHeader, F_NEEDS_CSUM, VNET_HDR_LEN};
 use crate::{inherited, Backend, SharedFd, TapBackend};
 
 /// Errors of opening a vector transport.
@@ -290,9 +291,16 @@ impl Backend for DgramBackend {
 // ------------------------------------------------------------------ raw
 
 /// `transport=raw`: an `AF_PACKET` socket on a host interface.
+///
+/// The socket carries a `virtio_net_hdr` in front of each frame (`PACKET_VNET_HDR`, as UML's
+/// raw transport): it says when the host left a checksum for the device to finish, which kuml
+/// then does ([`crate::vnet`]); frames sent carry an empty one. Segmentation-offload frames
+/// (larger than a frame) are dropped and logged.
 #[derive(Debug)]
 pub struct RawBackend {
     io: VectorIo,
+    /// `PACKET_VNET_HDR` is on (a kernel without it: frames as they are).
+    vnet: bool,
 }
 
 impl RawBackend {
@@ -303,6 +311,16 @@ impl RawBackend {
         let fd = sock::socket(libc::AF_PACKET, libc::SOCK_RAW, all)
             .map_err(sock_err(T, "AF_PACKET socket (needs CAP_NET_RAW)"))?;
         let index = sock::if_index(ifname).map_err(sock_err(T, format!("interface {ifname}")))?;
+        let vnet = match sock::set_int_opt(&fd, libc::SOL_PACKET, libc::PACKET_VNET_HDR, 1) {
+            Ok(()) => true,
+            Err(e) => {
+                log::warn!(
+                    "raw {ifname}: no PACKET_VNET_HDR ({e}): checksums the host leaves to the \
+                     device reach the guest unfinished"
+                );
+                false
+            }
+        };
         // SAFETY: sockaddr_ll is plain old data; all-zero is a valid value.
         let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
         sll.sll_family = libc::AF_PACKET as u16;
@@ -354,25 +372,58 @@ impl RawBackend {
                 None,
                 format!("raw {ifname}"),
             ),
+            vnet,
         })
     }
 }
 
 impl Backend for RawBackend {
     fn send(&mut self, frame: &[u8]) -> io::Result<()> {
-        self.io.send_with(|b| b.extend_from_slice(frame))
+        let vnet = self.vnet;
+        self.io.send_with(|b| {
+            if vnet {
+                // No offload asked for.
+                b.extend_from_slice(&[0; VNET_HDR_LEN]);
+            }
+            b.extend_from_slice(frame)
+        })
     }
 
     fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.io.recv_with(buf, |r| {
+        let vnet = self.vnet;
+        let mut header = None;
+        let n = self.io.recv_with(buf, |r| {
+            let skip = if vnet {
+                let h = VnetHeader::parse(r.data)
+                    .ok_or_else(|| format!("a {}-byte packet without its header", r.data.len()))?;
+                if h.gso_type != 0 {
+                    return Err(format!(
+                        "a segmentation-offload frame of {} bytes (turn GSO/TSO/GRO off on the \
+                         interface)",
+                        r.data.len() - VNET_HDR_LEN
+                    ));
+                }
+                header = Some(h);
+                VNET_HDR_LEN
+            } else {
+                0
+            };
             // Frames the host itself sends out of the interface are not the guest's to see
             // unless they are meant for the wire the guest shares: UML delivers them too, so
             // does kuml; only malformed ones go.
-            if r.data.len() < 14 {
-                return Err(format!("a {}-byte frame", r.data.len()));
+            if r.data.len() < skip + 14 {
+                return Err(format!("a {}-byte frame", r.data.len() - skip));
             }
-            Ok(0..r.data.len())
-        })
+            Ok(skip..r.data.len())
+        })?;
+        if let Some(h) = header.filter(|h| h.flags & F_NEEDS_CSUM != 0) {
+            let (start, offset) = (usize::from(h.csum_start), usize::from(h.csum_offset));
+            if let Err(e) = finish_checksum(&mut buf[..n], start, offset) {
+                // The host's own header: not expected, and the frame is still a frame.
+                log::warn!("raw: a frame's checksum left unfinished: {e}");
+            }
+        }
+        Ok(n)
     }
 
     fn fd(&self) -> SharedFd {
