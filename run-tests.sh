@@ -75,7 +75,7 @@ record() { # lane what status seconds
     [ "$3" = 0 ] || failed=1
 }
 
-e2e_bins=(boot boot_log console control dropin hostfs mconsole net net_lab net_helpers ubd user debian)
+e2e_bins=(boot boot_log console control dropin hostfs mconsole net net_lab net_helpers net_vector ubd user debian)
 [ ${#tests[@]} -gt 0 ] && e2e_bins=("${tests[@]}")
 
 # The e2e test binaries and their tests ("<binary> <path to the executable>" per line).

@@ -27,8 +27,9 @@ pkgs=(
     file
     # tests' stall reports (tests/src/stall.rs): every kuml thread's stack when a guest stops
     gdb
-    # network transports' other ends: passt and libslirp-helper (eth=slirp), vde_switch (eth=vde)
-    passt libslirp-helper vde2
+    # network transports' other ends: passt and libslirp-helper (eth=slirp), vde_switch (eth=vde);
+    # ethtool: the vector tunnel tests turn a namespace tunnel device's checksum offload off
+    passt libslirp-helper vde2 ethtool
     # benchmarks: real UML, the anchor kuml replaces (bench/kbench.py boot)
     user-mode-linux
     # hostfs: building the Rust virtiofsd (below)

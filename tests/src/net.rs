@@ -11,13 +11,13 @@
 
 #![allow(missing_docs)]
 
-use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::{artifact, host_guest_options, TestVm, VmOptions};
+use crate::{artifact, hex, host_guest_options, TestVm, VmOptions};
 
 /// Boot bounds only catch hangs (PVM boots take ~35-60 s, more on a loaded host).
 pub const BOOT: Duration = Duration::from_secs(600);
@@ -504,21 +504,41 @@ impl VdeSwitch {
 /// [`Netns::multicast`]). So a test peer reaches a kuml guest through QEMU's own
 /// implementation of a transport, without booting a second guest. Its output goes to `log`.
 pub fn qemu_hub(log: &Path, nets: &[String]) -> Proc {
+    let mut all = nets.to_vec();
+    all.push(format!("socket,mcast={GROUP}:{MCAST_PORT}"));
+    qemu_hub_of(log, &all)
+}
+
+/// A QEMU without a guest whose hub joins exactly the backends `nets` (`-net` option values):
+/// e.g. `l2tpv3,…` and `tap,ifname=<dev>,script=no,downscript=no`, so that the namespace's
+/// own IP stack on that tap reaches a kuml guest through QEMU's implementation of the
+/// transport. Its output goes to `log`.
+pub fn qemu_hub_of(log: &Path, nets: &[String]) -> Proc {
     let out = std::fs::File::create(log).expect("create the QEMU hub log");
     let mut cmd = Command::new("qemu-system-x86_64");
     cmd.args(["-machine", "none", "-nodefaults", "-display", "none"]);
     for n in nets {
         cmd.arg("-net").arg(n);
     }
-    cmd.arg("-net")
-        .arg(format!("socket,mcast={GROUP}:{MCAST_PORT}"))
-        .stdin(Stdio::null())
+    cmd.stdin(Stdio::null())
         .stdout(out.try_clone().unwrap())
         .stderr(out);
     Proc(
         cmd.spawn()
             .expect("TEST CANNOT RUN: cannot start qemu-system-x86_64"),
     )
+}
+
+/// Waits until interface `dev` exists in the calling thread's namespace (a tap that QEMU or
+/// kuml is still creating).
+pub fn wait_for_interface(dev: &str, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    let cdev = std::ffi::CString::new(dev).unwrap();
+    // SAFETY: if_nametoindex reads a NUL-terminated string.
+    while unsafe { libc::if_nametoindex(cdev.as_ptr()) } == 0 {
+        assert!(Instant::now() < deadline, "no interface {dev} appeared");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 // ------------------------------------------------------------------ frames
@@ -801,6 +821,13 @@ pub fn exchange<T>(
                     continue;
                 }
             }
+            // And its IPv6 link-local address.
+            if let Some((smac, sip, _, 135, body)) = parse_icmp6(&f) {
+                if body.get(4..20) == Some(&peer6().octets()[..]) {
+                    w.send_frame(&neighbour_advert(PEER_MAC, peer6(), smac, sip));
+                    continue;
+                }
+            }
             if let Some(t) = pick(&f) {
                 return t;
             }
@@ -1073,4 +1100,410 @@ pub fn assert_idle(vm: &TestVm) {
         "kuml's event loop keeps a CPU busy ({:.0} %) after its backend failed",
         cpu * 100.0
     );
+}
+
+// ------------------------------------------------------------------ IPv6 link-local
+//
+// A NIC that a guest gets after boot (hot-plug, or any NIC but the one `ip=` configures) has no
+// IPv4 address without guest user space. Its kernel still speaks IPv6 on it once the link is up
+// ([`guest_link_up`]): it takes the EUI-64 link-local address ([`link_local`]), answers
+// neighbour solicitations for it and ICMPv6 echo to it. The tests use that as the IPv6
+// counterpart of ARP and ICMP at kernel level.
+
+/// The link-local address (EUI-64) that Linux gives an interface whose MAC is `mac`.
+pub fn link_local(mac: [u8; 6]) -> Ipv6Addr {
+    Ipv6Addr::from([
+        0xfe,
+        0x80,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        mac[0] ^ 2,
+        mac[1],
+        mac[2],
+        0xff,
+        0xfe,
+        mac[3],
+        mac[4],
+        mac[5],
+    ])
+}
+
+/// The test peer's link-local address.
+pub fn peer6() -> Ipv6Addr {
+    link_local(PEER_MAC)
+}
+
+/// Brings the guest's interface `dev` up from the test agent, without user space: the agent
+/// writes `IFF_UP | IFF_BROADCAST | IFF_MULTICAST` to its sysfs `flags` (sysfs must be mounted,
+/// [`TestVm::mount_sysfs`]). Returns the MAC the guest kernel reports for it.
+pub fn guest_link_up(vm: &mut TestVm, dev: &str) -> [u8; 6] {
+    vm.agent_ok(
+        &format!("write /sys/class/net/{dev}/flags 0 {}", hex(b"0x1003\n")),
+        ANSWER,
+    );
+    guest_mac(vm, dev)
+}
+
+/// The MAC of the guest's interface `dev` (from sysfs, through the agent).
+pub fn guest_mac(vm: &mut TestVm, dev: &str) -> [u8; 6] {
+    let text =
+        crate::unhex(&vm.agent_ok(&format!("read /sys/class/net/{dev}/address 0 17"), ANSWER));
+    parse_mac(&String::from_utf8_lossy(&text))
+}
+
+/// `aa:bb:cc:dd:ee:ff` as bytes; panics on anything else.
+pub fn parse_mac(text: &str) -> [u8; 6] {
+    let bytes: Vec<u8> = text
+        .trim()
+        .split(':')
+        .map(|h| u8::from_str_radix(h, 16).unwrap_or_else(|_| panic!("not a MAC: {text:?}")))
+        .collect();
+    <[u8; 6]>::try_from(bytes).unwrap_or_else(|_| panic!("not a MAC: {text:?}"))
+}
+
+/// An ICMPv6 echo from the namespace's own IP stack (a raw ICMPv6 socket, as `ping -6` does)
+/// out of `dev` to the link-local `target`, resent every second until the reply arrives; the
+/// namespace's kernel resolves the target with neighbour discovery first.
+pub fn host_ping6(dev: &str, target: Ipv6Addr) -> Duration {
+    let cdev = std::ffi::CString::new(dev).unwrap();
+    // SAFETY: if_nametoindex reads a NUL-terminated string.
+    let ifindex = unsafe { libc::if_nametoindex(cdev.as_ptr()) };
+    assert!(ifindex > 0, "no interface {dev}");
+    // SAFETY: creates a raw socket owned by the UdpSocket wrapper below (only send_to and
+    // recv_from, the same system calls on any datagram-style socket, are used on it).
+    let sock = unsafe {
+        let fd = libc::socket(
+            libc::AF_INET6,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::IPPROTO_ICMPV6,
+        );
+        assert!(
+            fd >= 0,
+            "TEST CANNOT RUN: raw ICMPv6 socket: {}",
+            std::io::Error::last_os_error()
+        );
+        UdpSocket::from_raw_fd(fd)
+    };
+    let id = (std::process::id() & 0xffff) as u16;
+    let dest = SocketAddrV6::new(target, 0, 0, ifindex);
+    let deadline = Instant::now() + ANSWER;
+    let t0 = Instant::now();
+    let mut seq = 0u16;
+    let mut buf = [0u8; 2048];
+    loop {
+        seq += 1;
+        // The kernel fills in an ICMPv6 raw socket's checksum.
+        let mut echo = vec![128, 0, 0, 0];
+        echo.extend_from_slice(&id.to_be_bytes());
+        echo.extend_from_slice(&seq.to_be_bytes());
+        echo.extend_from_slice(ECHO_PAYLOAD);
+        // Fails while the namespace's own link-local address is tentative: resent.
+        let _ = sock.send_to(&echo, dest);
+        let round = Instant::now() + Duration::from_secs(1);
+        while let Some(left) = round.checked_duration_since(Instant::now()) {
+            sock.set_read_timeout(Some(left.max(Duration::from_millis(1))))
+                .unwrap();
+            let Ok((n, from)) = sock.recv_from(&mut buf) else {
+                break;
+            };
+            // Raw ICMPv6 sockets deliver the ICMPv6 message alone.
+            let m = &buf[..n];
+            if m.len() >= 8
+                && m[0] == 129
+                && m[4..6] == id.to_be_bytes()
+                && &m[8..] == ECHO_PAYLOAD
+                && from.ip() == std::net::IpAddr::V6(target)
+            {
+                return t0.elapsed();
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no ICMPv6 echo reply from {target} on {dev}"
+        );
+    }
+}
+
+const ECHO_PAYLOAD: &[u8] = b"kuml-e2e network test payload";
+
+/// An Ethernet frame with an IPv6 packet carrying the ICMPv6 message `icmp` (its checksum
+/// field is filled in here).
+pub fn icmp6_frame(
+    dst_mac: [u8; 6],
+    src_mac: [u8; 6],
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    mut icmp: Vec<u8>,
+) -> Vec<u8> {
+    let len = icmp.len() as u32;
+    let mut pseudo = Vec::with_capacity(40 + icmp.len());
+    pseudo.extend_from_slice(&src.octets());
+    pseudo.extend_from_slice(&dst.octets());
+    pseudo.extend_from_slice(&len.to_be_bytes());
+    pseudo.extend_from_slice(&[0, 0, 0, 58]);
+    icmp[2..4].copy_from_slice(&[0, 0]);
+    pseudo.extend_from_slice(&icmp);
+    let c = checksum(&pseudo);
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    let mut f = eth_header(dst_mac, src_mac, 0x86dd);
+    // Version 6; payload length; next header ICMPv6; hop limit 255 (neighbour discovery
+    // takes nothing less).
+    f.extend_from_slice(&[0x60, 0, 0, 0]);
+    f.extend_from_slice(&(len as u16).to_be_bytes());
+    f.extend_from_slice(&[58, 255]);
+    f.extend_from_slice(&src.octets());
+    f.extend_from_slice(&dst.octets());
+    f.extend_from_slice(&icmp);
+    f
+}
+
+/// (source MAC, source address, destination address, ICMPv6 type, the message).
+pub type Icmp6<'a> = ([u8; 6], Ipv6Addr, Ipv6Addr, u8, &'a [u8]);
+
+/// The parts of an ICMPv6 frame whose checksum is right.
+pub fn parse_icmp6(f: &[u8]) -> Option<Icmp6<'_>> {
+    if f.len() < 14 + 40 + 4 || f[12..14] != [0x86, 0xdd] || f[14] >> 4 != 6 || f[20] != 58 {
+        return None;
+    }
+    let len = usize::from(u16::from_be_bytes([f[18], f[19]]));
+    let icmp = f.get(54..54 + len)?;
+    let addr = |o: usize| Ipv6Addr::from(<[u8; 16]>::try_from(&f[o..o + 16]).unwrap());
+    let (src, dst) = (addr(22), addr(38));
+    let mut pseudo = Vec::with_capacity(40 + icmp.len());
+    pseudo.extend_from_slice(&src.octets());
+    pseudo.extend_from_slice(&dst.octets());
+    pseudo.extend_from_slice(&(len as u32).to_be_bytes());
+    pseudo.extend_from_slice(&[0, 0, 0, 58]);
+    pseudo.extend_from_slice(icmp);
+    if checksum(&pseudo) != 0 {
+        return None;
+    }
+    Some((
+        <[u8; 6]>::try_from(&f[6..12]).unwrap(),
+        src,
+        dst,
+        icmp[0],
+        icmp,
+    ))
+}
+
+/// A neighbour solicitation for `target` from `smac`/`src`, to the target's solicited-node
+/// group, with the source's link-layer address (so the target learns it).
+pub fn neighbour_solicit(smac: [u8; 6], src: Ipv6Addr, target: Ipv6Addr) -> Vec<u8> {
+    let t = target.octets();
+    let group = Ipv6Addr::from([
+        0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff, t[13], t[14], t[15],
+    ]);
+    let mut icmp = vec![135, 0, 0, 0, 0, 0, 0, 0];
+    icmp.extend_from_slice(&t);
+    icmp.extend_from_slice(&[1, 1]);
+    icmp.extend_from_slice(&smac);
+    icmp6_frame(
+        [0x33, 0x33, 0xff, t[13], t[14], t[15]],
+        smac,
+        src,
+        group,
+        icmp,
+    )
+}
+
+/// A solicited neighbour advertisement "`src` is at `smac`" to `dmac`/`dst`.
+pub fn neighbour_advert(smac: [u8; 6], src: Ipv6Addr, dmac: [u8; 6], dst: Ipv6Addr) -> Vec<u8> {
+    // Solicited and override.
+    let mut icmp = vec![136, 0, 0, 0, 0x60, 0, 0, 0];
+    icmp.extend_from_slice(&src.octets());
+    icmp.extend_from_slice(&[2, 1]);
+    icmp.extend_from_slice(&smac);
+    icmp6_frame(dmac, smac, src, dst, icmp)
+}
+
+/// Resolves the link-local `target` from the peer with neighbour discovery (the IPv6 ARP);
+/// returns the MAC in the guest's advertisement.
+pub fn resolve6(w: &mut dyn Wire, target: Ipv6Addr) -> [u8; 6] {
+    let ns = neighbour_solicit(PEER_MAC, peer6(), target);
+    exchange(
+        w,
+        &format!("neighbour solicitation for {target}"),
+        Some(&ns),
+        ANSWER,
+        |f| match parse_icmp6(f) {
+            Some((smac, _, dst, 136, m))
+                if dst == peer6() && m.get(8..24) == Some(&target.octets()[..]) =>
+            {
+                Some(smac)
+            }
+            _ => None,
+        },
+    )
+}
+
+/// ICMPv6 echo from the peer to the link-local `target` at `mac`; the reply must come back
+/// from `mac`. Returns the round trip.
+pub fn ping6(w: &mut dyn Wire, mac: [u8; 6], target: Ipv6Addr, seq: u16) -> Duration {
+    let mut echo = vec![128, 0, 0, 0, 0x4b, 0x55];
+    echo.extend_from_slice(&seq.to_be_bytes());
+    echo.extend_from_slice(ECHO_PAYLOAD);
+    let req = icmp6_frame(mac, PEER_MAC, peer6(), target, echo);
+    let t0 = Instant::now();
+    exchange(
+        w,
+        &format!("ICMPv6 echo to {target}"),
+        Some(&req),
+        ANSWER,
+        |f| match parse_icmp6(f) {
+            Some((smac, src, dst, 129, m))
+                if smac == mac
+                    && src == target
+                    && dst == peer6()
+                    && m[4..6] == [0x4b, 0x55]
+                    && m[6..8] == seq.to_be_bytes()
+                    && &m[8..] == ECHO_PAYLOAD =>
+            {
+                Some(())
+            }
+            _ => None,
+        },
+    );
+    t0.elapsed()
+}
+
+// ------------------------------------------------------------------ a GRE peer
+
+/// A station on a GRE tunnel that ends on this namespace: a raw IP socket for protocol 47
+/// (the test's own GRE, independent of kuml's `netdev/src/tunnel.rs`). It sends Ethernet over
+/// GRE (`0x6558`, with `key`) to `far`, and as a raw socket receives a copy of every GRE
+/// packet that reaches the namespace, of which it takes those from `far`.
+#[derive(Debug)]
+pub struct GrePeer {
+    sock: UdpSocket,
+    far: Ipv4Addr,
+    header: [u8; 8],
+}
+
+impl GrePeer {
+    /// Opens the socket in the calling thread's namespace; with `local`, bound to that
+    /// address (the source of what it sends).
+    pub fn open(local: Option<Ipv4Addr>, far: Ipv4Addr, key: u32) -> GrePeer {
+        // SAFETY: creates a raw socket that the UdpSocket below owns; only bind, send_to and
+        // recv_from, the same system calls on any datagram-style socket, are used on it.
+        let sock = unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 47);
+            assert!(
+                fd >= 0,
+                "TEST CANNOT RUN: raw GRE socket: {}",
+                std::io::Error::last_os_error()
+            );
+            UdpSocket::from_raw_fd(fd)
+        };
+        if let Some(local) = local {
+            let addr = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: 0,
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from(local).to_be(),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: binds the live socket to a sockaddr_in of its exact size.
+            let r = unsafe {
+                libc::bind(
+                    sock.as_raw_fd(),
+                    (&addr as *const libc::sockaddr_in).cast(),
+                    std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+                )
+            };
+            assert_eq!(
+                r,
+                0,
+                "bind the GRE peer to {local}: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        let k = key.to_be_bytes();
+        // Flags: key present (0x2000), version 0; protocol: transparent Ethernet bridging.
+        let header = [0x20, 0x00, 0x65, 0x58, k[0], k[1], k[2], k[3]];
+        GrePeer { sock, far, header }
+    }
+}
+
+impl Wire for GrePeer {
+    fn send_frame(&mut self, f: &[u8]) {
+        let mut p = self.header.to_vec();
+        p.extend_from_slice(f);
+        self.sock
+            .send_to(&p, SocketAddrV4::new(self.far, 0))
+            .expect("send GRE to the far end");
+    }
+
+    fn recv_frame(&mut self, timeout: Duration) -> Option<Vec<u8>> {
+        let deadline = Instant::now() + timeout;
+        let mut buf = [0u8; 4096];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            self.sock.set_read_timeout(Some(left)).unwrap();
+            let n = match self.sock.recv_from(&mut buf) {
+                Ok((n, from)) if from.ip() == std::net::IpAddr::V4(self.far) => n,
+                Ok(_) => continue,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    continue
+                }
+                Err(e) => panic!("recv GRE: {e}"),
+            };
+            // A raw IPv4 socket delivers the IP header.
+            let ihl = usize::from(buf[0] & 0x0f) * 4;
+            let gre = &buf[ihl.min(n)..n];
+            if gre.len() >= 8 + 14 && gre[..8] == self.header {
+                return Some(gre[8..].to_vec());
+            }
+            eprintln!(
+                "GRE peer: a packet with another header from {}: {:02x?}",
+                self.far,
+                &gre[..gre.len().min(8)]
+            );
+        }
+    }
+}
+
+/// A peer at the other end of a datagram socket pair (`vec<N>:transport=fd`): one frame per
+/// datagram.
+#[derive(Debug)]
+pub struct DgramPeer(pub std::os::unix::net::UnixDatagram);
+
+impl Wire for DgramPeer {
+    fn send_frame(&mut self, f: &[u8]) {
+        self.0.send(f).expect("send on the socket pair");
+    }
+
+    fn recv_frame(&mut self, timeout: Duration) -> Option<Vec<u8>> {
+        let deadline = Instant::now() + timeout;
+        let mut buf = vec![0u8; 65536];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            self.0.set_read_timeout(Some(left)).unwrap();
+            match self.0.recv(&mut buf) {
+                Ok(n) => return Some(buf[..n].to_vec()),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(e) => panic!("recv on the socket pair: {e}"),
+            }
+        }
+    }
 }

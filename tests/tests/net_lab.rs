@@ -6,9 +6,9 @@
 //!
 //! * [`gre_guests_on_two_hosts_reach_each_other`], kernel level (every lane; the PVM host lane
 //!   boots it): the guests' kernels configure eth0 from `ip=`; a test peer on host B speaks GRE
-//!   itself through a raw IP socket (an implementation independent of kuml's), joins the tunnel
-//!   as a third station and sends ARP and ICMP through guest A, which routes them to guest B on
-//!   the other host and back.
+//!   itself through a raw IP socket ([`GrePeer`], independent of kuml's implementation), joins
+//!   the tunnel as a third station and sends ARP and ICMP through guest A, which routes them to
+//!   guest B on the other host and back.
 //! * [`guests_on_two_hosts_share_gre_l2tpv3_and_mcast_segments`], user space (the nested lane):
 //!   each guest has three NICs, one per segment; busybox `ip` configures them, `ping` goes both
 //!   ways on each segment and 1 MiB crosses each over TCP.
@@ -22,9 +22,7 @@
 
 #![allow(clippy::tests_outside_test_module)] // integration tests: the crate is the test module
 
-use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
-use std::os::fd::FromRawFd;
-use std::time::{Duration, Instant};
+use std::net::Ipv4Addr;
 
 use kuml_e2e::net::*;
 use kuml_e2e::user_space_or_skip;
@@ -89,88 +87,6 @@ fn gre(n: u32, src: Ipv4Addr, dst: Ipv4Addr, mac: [u8; 6]) -> String {
     )
 }
 
-// ------------------------------------------------------------------ a GRE peer
-
-/// A station on a GRE tunnel that ends on this namespace: a raw IP socket for protocol 47
-/// (the test's own GRE, independent of kuml's `netdev/src/tunnel.rs`). It sends Ethernet over
-/// GRE (`0x6558`, key [`GRE_KEY`]) to `far`, and as a raw socket receives a copy of every GRE
-/// packet that reaches the namespace, i.e. what `far` sends to the kuml at this end too.
-#[derive(Debug)]
-struct GrePeer {
-    sock: UdpSocket,
-    far: Ipv4Addr,
-}
-
-impl GrePeer {
-    /// Opens the socket in the calling thread's namespace.
-    fn open(far: Ipv4Addr) -> GrePeer {
-        // SAFETY: creates a raw socket that the UdpSocket below owns; only send_to and
-        // recv_from, the same system calls on any datagram-style socket, are used on it.
-        let sock = unsafe {
-            let fd = libc::socket(libc::AF_INET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 47);
-            assert!(
-                fd >= 0,
-                "TEST CANNOT RUN: raw GRE socket: {}",
-                std::io::Error::last_os_error()
-            );
-            UdpSocket::from_raw_fd(fd)
-        };
-        GrePeer { sock, far }
-    }
-
-    const HEADER: [u8; 8] = {
-        let k = GRE_KEY.to_be_bytes();
-        // Flags: key present (0x2000), version 0; protocol: transparent Ethernet bridging.
-        [0x20, 0x00, 0x65, 0x58, k[0], k[1], k[2], k[3]]
-    };
-}
-
-impl Wire for GrePeer {
-    fn send_frame(&mut self, f: &[u8]) {
-        let mut p = GrePeer::HEADER.to_vec();
-        p.extend_from_slice(f);
-        self.sock
-            .send_to(&p, SocketAddrV4::new(self.far, 0))
-            .expect("send GRE to the far host");
-    }
-
-    fn recv_frame(&mut self, timeout: Duration) -> Option<Vec<u8>> {
-        let deadline = Instant::now() + timeout;
-        let mut buf = [0u8; 4096];
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return None;
-            }
-            self.sock.set_read_timeout(Some(left)).unwrap();
-            let n = match self.sock.recv_from(&mut buf) {
-                Ok((n, from)) if from.ip() == std::net::IpAddr::V4(self.far) => n,
-                Ok(_) => continue,
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    continue
-                }
-                Err(e) => panic!("recv GRE: {e}"),
-            };
-            // A raw IPv4 socket delivers the IP header.
-            let ihl = usize::from(buf[0] & 0x0f) * 4;
-            let gre = &buf[ihl.min(n)..n];
-            if gre.len() >= 8 + 14 && gre[..8] == GrePeer::HEADER {
-                return Some(gre[8..].to_vec());
-            }
-            eprintln!(
-                "GRE peer: a packet with another header from {}: {:02x?}",
-                self.far,
-                &gre[..gre.len().min(8)]
-            );
-        }
-    }
-}
-
 // ------------------------------------------------------------------ kernel level
 
 #[test]
@@ -193,7 +109,7 @@ fn gre_guests_on_two_hosts_reach_each_other() {
         .run(move || start_kuml("lab-gre-b", b_args, Vec::new()));
     ready(&mut a, GUEST_A);
     ready(&mut b, GUEST_B);
-    let mut peer = hosts.b.run(|| GrePeer::open(HOST_A));
+    let mut peer = hosts.b.run(|| GrePeer::open(None, HOST_A, GRE_KEY));
     let before = hosts.veth_rx_bytes();
 
     // From host B through the tunnel to guest A on host A, and back.
