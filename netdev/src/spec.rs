@@ -46,6 +46,7 @@ pub const MAX_IFNAME_LEN: usize = 15;
 
 const SUPPORTED: &str = "tuntap, mcast, daemon, slirp, vde";
 const UNSUPPORTED: [&str; 4] = ["ucast", "slip", "pcap", "ethertap"];
+const VECTOR_SUPPORTED: &str = "tap, raw, gre, l2tpv3, fd";
 /// Default `slirp` helper.
 pub const DEFAULT_SLIRP_HELPER: &str = "passt";
 /// UML's most `slirp` helper arguments (`SLIRP_MAX_ARGS`, the helper included).
@@ -78,6 +79,12 @@ pub enum SpecError {
     /// UML knows the transport, kuml does not implement it.
     #[error("the '{0}' network transport is not supported by kuml (use one of {SUPPORTED})")]
     Unsupported(String),
+    /// `vec<N>:transport=` names no vector transport.
+    #[error("unknown vector transport '{0}' (kuml supports {VECTOR_SUPPORTED})")]
+    UnknownVectorTransport(String),
+    /// UML's vector driver knows the transport (`hybrid`, `bess`), kuml does not implement it.
+    #[error("the '{0}' vector transport is not supported by kuml (use one of {VECTOR_SUPPORTED})")]
+    UnsupportedVector(String),
     /// More fields than the transport takes.
     #[error("{transport}: extra garbage on specification: '{extra}'")]
     ExtraFields {

@@ -428,8 +428,8 @@ pub fn parse_vector(
                     )
                 })?,
         },
-        t @ ("hybrid" | "bess") => return Err(SpecError::Unsupported(format!("vector {t}"))),
-        t => return Err(SpecError::UnknownTransport(format!("vector {t}"))),
+        t @ ("hybrid" | "bess") => return Err(SpecError::UnsupportedVector(t.to_string())),
+        t => return Err(SpecError::UnknownVectorTransport(t.to_string())),
     };
     let mtu = match args.get("mtu") {
         None => DEFAULT_MTU,
@@ -728,14 +728,20 @@ mod tests {
             parse_vector("transport=tap,ifname=a=b"),
             Err(SpecError::VectorSyntax(_))
         ));
-        assert!(matches!(
-            parse_vector("transport=hybrid,ifname=x"),
-            Err(SpecError::Unsupported(_))
-        ));
-        assert!(matches!(
-            parse_vector("transport=rawx,ifname=x"),
-            Err(SpecError::UnknownTransport(_))
-        ));
+        // The errors name the vector transports, not the eth<N>= ones.
+        assert_eq!(
+            parse_vector("transport=hybrid,ifname=x")
+                .unwrap_err()
+                .to_string(),
+            "the 'hybrid' vector transport is not supported by kuml (use one of tap, raw, gre, \
+             l2tpv3, fd)"
+        );
+        assert_eq!(
+            parse_vector("transport=rawx,ifname=x")
+                .unwrap_err()
+                .to_string(),
+            "unknown vector transport 'rawx' (kuml supports tap, raw, gre, l2tpv3, fd)"
+        );
         let many = (0..21)
             .map(|i| format!("k{i}=1"))
             .collect::<Vec<_>>()
