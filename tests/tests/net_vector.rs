@@ -352,12 +352,14 @@ fn gre_and_l2tpv3_with_linuxs_gretap_and_ip_l2tp() {
     ));
     ns.ip(&format!("addr add {HOST}/24 dev lgre"));
     ns.ip("link set lgre up");
-    // ip l2tp over IP (l2tp_ip) and over UDP, with cookies; no L2-specific sublayer.
+    // ip l2tp over IP (l2tp_ip) and over UDP, with cookies; no L2-specific sublayer. Linux's
+    // session_id is the one it receives (kuml's tx_session), peer_session_id the one it sends
+    // (kuml's rx_session); `cookie` is what it sends, `peer_cookie` what it expects.
     ns.ip(&format!(
         "l2tp add tunnel tunnel_id 1 peer_tunnel_id 1 encap ip local {FAR_END} remote {KUML_END}"
     ));
     ns.ip(
-        "l2tp add session name ll2tp tunnel_id 1 session_id 0x210 peer_session_id 0x211 \
+        "l2tp add session name ll2tp tunnel_id 1 session_id 0x211 peer_session_id 0x210 \
          cookie 0a0b0c0d peer_cookie 01020304 l2spec_type none",
     );
     ns.ip(&format!(
@@ -365,7 +367,7 @@ fn gre_and_l2tpv3_with_linuxs_gretap_and_ip_l2tp() {
          udp_sport 1802 udp_dport 1801"
     ));
     ns.ip(
-        "l2tp add session name ll2tpu tunnel_id 2 session_id 0x220 peer_session_id 0x221 \
+        "l2tp add session name ll2tpu tunnel_id 2 session_id 0x221 peer_session_id 0x220 \
          l2spec_type none",
     );
     ns.ip("addr add 10.0.3.1/24 dev ll2tp");
