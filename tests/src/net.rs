@@ -931,24 +931,25 @@ pub fn pattern(len: usize) -> Vec<u8> {
         .collect()
 }
 
-/// An ICMP echo from the namespace's own IP stack (a raw ICMP socket, i.e. what `ping`
-/// does) to `target`, resent every second until the reply arrives.
-pub fn host_ping(target: Ipv4Addr) -> Duration {
-    // SAFETY: creates a raw socket owned by the UdpSocket wrapper below (only used for
-    // send_to/recv, which are the same system calls on any datagram-style socket).
-    let sock = unsafe {
-        let fd = libc::socket(
-            libc::AF_INET,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::IPPROTO_ICMP,
-        );
+/// A raw socket of `domain` for `protocol`, in a `UdpSocket` wrapper: only `send_to` and
+/// `recv_from` are used on it, the same system calls on any datagram-style socket.
+fn raw_socket(domain: libc::c_int, protocol: libc::c_int, what: &str) -> UdpSocket {
+    // SAFETY: socket(2) takes no pointers; the descriptor, checked, is owned by the wrapper.
+    unsafe {
+        let fd = libc::socket(domain, libc::SOCK_RAW | libc::SOCK_CLOEXEC, protocol);
         assert!(
             fd >= 0,
-            "TEST CANNOT RUN: raw ICMP socket: {}",
+            "TEST CANNOT RUN: raw {what} socket: {}",
             std::io::Error::last_os_error()
         );
         UdpSocket::from_raw_fd(fd)
-    };
+    }
+}
+
+/// An ICMP echo from the namespace's own IP stack (a raw ICMP socket, i.e. what `ping`
+/// does) to `target`, resent every second until the reply arrives.
+pub fn host_ping(target: Ipv4Addr) -> Duration {
+    let sock = raw_socket(libc::AF_INET, libc::IPPROTO_ICMP, "ICMP");
     let id = (std::process::id() & 0xffff) as u16;
     let deadline = Instant::now() + ANSWER;
     let t0 = Instant::now();
@@ -1173,21 +1174,7 @@ pub fn host_ping6(dev: &str, target: Ipv6Addr) -> Duration {
     // SAFETY: if_nametoindex reads a NUL-terminated string.
     let ifindex = unsafe { libc::if_nametoindex(cdev.as_ptr()) };
     assert!(ifindex > 0, "no interface {dev}");
-    // SAFETY: creates a raw socket owned by the UdpSocket wrapper below (only send_to and
-    // recv_from, the same system calls on any datagram-style socket, are used on it).
-    let sock = unsafe {
-        let fd = libc::socket(
-            libc::AF_INET6,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::IPPROTO_ICMPV6,
-        );
-        assert!(
-            fd >= 0,
-            "TEST CANNOT RUN: raw ICMPv6 socket: {}",
-            std::io::Error::last_os_error()
-        );
-        UdpSocket::from_raw_fd(fd)
-    };
+    let sock = raw_socket(libc::AF_INET6, libc::IPPROTO_ICMPV6, "ICMPv6");
     let id = (std::process::id() & 0xffff) as u16;
     let dest = SocketAddrV6::new(target, 0, 0, ifindex);
     let deadline = Instant::now() + ANSWER;
@@ -1506,4 +1493,32 @@ impl Wire for DgramPeer {
             }
         }
     }
+}
+
+/// From guest user space: `ping` to `host`, then 1 MiB over TCP (busybox `nc`) to a listener
+/// on `host` in the namespace, compared byte for byte.
+pub fn user_space_ping_and_tcp_to(ns: &Netns, vm: &mut TestVm, host: Ipv4Addr, port: u16) {
+    let out = vm.sh_ok(&format!("ping -c 3 -W 20 {host}"), ANSWER);
+    eprintln!("{out}");
+    let listener =
+        ns.run(move || std::net::TcpListener::bind((host, port)).expect("listen in the namespace"));
+    let reader = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().expect("the guest connects");
+        let mut got = Vec::new();
+        std::io::Read::read_to_end(&mut conn, &mut got).expect("read the transfer");
+        got
+    });
+    vm.sh_ok(
+        &format!(
+            "yes {} | head -c 1048576 | nc {host} {port}",
+            pattern_line()
+        ),
+        ANSWER,
+    );
+    let got = reader.join().expect("the reader thread");
+    assert_eq!(got.len(), 1 << 20, "bytes received from the guest");
+    assert!(
+        got == pattern(1 << 20),
+        "the guest's bytes arrived unchanged"
+    );
 }

@@ -35,27 +35,7 @@ fn tuntap_existing_tap_guest_answers_arp_and_ping() {
         "no neighbour entry for the guest: {neigh}"
     );
     if user_space_part_or_skip("the user-space part (ping and TCP to the namespace)") {
-        // User space in the guest: ping the namespace's address, then send 1 MiB over TCP to
-        // a listener in the namespace, compared byte for byte.
-        vm.sh_ok(&format!("ping -c 3 -W 20 {HOST}"), ANSWER);
-        let listener =
-            ns.run(|| std::net::TcpListener::bind((HOST, 5002)).expect("listen in the namespace"));
-        let reader = std::thread::spawn(move || {
-            let (mut conn, _) = listener.accept().expect("the guest connects");
-            let mut got = Vec::new();
-            std::io::Read::read_to_end(&mut conn, &mut got).expect("read the transfer");
-            got
-        });
-        vm.sh_ok(
-            &format!("yes {} | head -c 1048576 | nc {HOST} 5002", pattern_line()),
-            ANSWER,
-        );
-        let got = reader.join().expect("the reader thread");
-        assert_eq!(got.len(), 1 << 20, "bytes received from the guest");
-        assert!(
-            got == pattern(1 << 20),
-            "the guest's bytes arrived unchanged"
-        );
+        user_space_ping_and_tcp_to(&ns, &mut vm, HOST, 5002);
     }
 }
 

@@ -92,34 +92,6 @@ fn ping6_from_namespace(ns: &Netns, dev: &str, mac: [u8; 6]) {
     assert_neighbour(ns, true, dev, &target.to_string(), mac);
 }
 
-/// From guest user space: `ping` to `host`, then 1 MiB over TCP (busybox `nc`) to a listener
-/// on `host` in the namespace, compared byte for byte.
-fn user_space_ping_and_tcp_to(ns: &Netns, vm: &mut TestVm, host: Ipv4Addr, port: u16) {
-    let out = vm.sh_ok(&format!("ping -c 3 -W 20 {host}"), ANSWER);
-    eprintln!("{out}");
-    let listener =
-        ns.run(move || std::net::TcpListener::bind((host, port)).expect("listen in the namespace"));
-    let reader = std::thread::spawn(move || {
-        let (mut conn, _) = listener.accept().expect("the guest connects");
-        let mut got = Vec::new();
-        std::io::Read::read_to_end(&mut conn, &mut got).expect("read the transfer");
-        got
-    });
-    vm.sh_ok(
-        &format!(
-            "yes {} | head -c 1048576 | nc {host} {port}",
-            pattern_line()
-        ),
-        ANSWER,
-    );
-    let got = reader.join().expect("the reader thread");
-    assert_eq!(got.len(), 1 << 20, "bytes received from the guest");
-    assert!(
-        got == pattern(1 << 20),
-        "the guest's bytes arrived unchanged"
-    );
-}
-
 /// Configures `addr`/24 on the guest's `dev` from user space and pings `host` through it.
 fn user_space_ping_on(vm: &mut TestVm, dev: &str, addr: Ipv4Addr, host: Ipv4Addr) {
     let out = vm.sh_ok(
