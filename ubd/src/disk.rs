@@ -102,14 +102,7 @@ pub trait Disk: Send {
     /// Make a range read as zeros. The default writes zero buffers.
     fn write_zeroes(&mut self, offset: u64, len: u64) -> Result<(), DiskError> {
         check_range(offset, len, self.len())?;
-        let zeros = vec![0u8; len.min(1 << 20) as usize];
-        let mut done = 0;
-        while done < len {
-            let n = (len - done).min(zeros.len() as u64);
-            self.write_at(&zeros[..n as usize], offset + done)?;
-            done += n;
-        }
-        Ok(())
+        write_zeros(offset, len, |zeros, at| self.write_at(zeros, at))
     }
 }
 
@@ -135,6 +128,22 @@ impl<D: Disk + ?Sized> Disk for Box<D> {
     fn write_zeroes(&mut self, offset: u64, len: u64) -> Result<(), DiskError> {
         (**self).write_zeroes(offset, len)
     }
+}
+
+/// Writes `len` zero bytes from `offset` through `write`, a MiB at a time at most.
+fn write_zeros(
+    offset: u64,
+    len: u64,
+    mut write: impl FnMut(&[u8], u64) -> Result<(), DiskError>,
+) -> Result<(), DiskError> {
+    let zeros = vec![0u8; len.min(1 << 20) as usize];
+    let mut done = 0;
+    while done < len {
+        let n = (len - done).min(zeros.len() as u64);
+        write(&zeros[..n as usize], offset + done)?;
+        done += n;
+    }
+    Ok(())
 }
 
 /// A plain image file (or a COW file's own bytes, for [`crate::CowDisk`]).
@@ -274,13 +283,7 @@ impl RawDisk {
             });
         }
         if !self.fallocate(libc::FALLOC_FL_PUNCH_HOLE, offset, len)? {
-            let zeros = vec![0u8; len.min(1 << 20) as usize];
-            let mut done = 0;
-            while done < len {
-                let n = (len - done).min(zeros.len() as u64);
-                self.pwrite_all(&zeros[..n as usize], offset + done)?;
-                done += n;
-            }
+            write_zeros(offset, len, |zeros, at| self.pwrite_all(zeros, at))?;
         }
         Ok(())
     }
