@@ -33,6 +33,7 @@ exec python3 - "$here" "$@" <<'EOF'
 import json, os, re, select, signal, statistics, subprocess, sys, tempfile, time
 
 here = sys.argv[1]
+sys.path.insert(0, here)
 root = os.path.dirname(here)
 args = sys.argv[2:]
 rounds, wmib, rmib, jpath = 3, 8, 1, None
@@ -80,45 +81,8 @@ def qemu_cmd(img):
             "-device", "virtconsole,chardev=c0",
             "-append", " ".join(["console=hvc0"] + guest_opts)]
 
-class Vm:
-    def __init__(self, cmd, log):
-        self.p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                  stderr=subprocess.STDOUT)
-        self.buf, self.seq, self.log, self.pos = b"", 0, log, 0
+from agent_vm import Vm
 
-    def wait(self, pat, timeout, start=None):
-        """Waits for pat after `start` (default: after the previous match)."""
-        deadline = time.monotonic() + timeout
-        rx = re.compile(pat)
-        while True:
-            m = rx.search(self.buf, self.pos if start is None else start)
-            if m:
-                self.pos = max(self.pos, m.end())
-                return m
-            left = deadline - time.monotonic()
-            if left <= 0 or self.p.poll() is not None and not select.select([self.p.stdout], [], [], 0)[0]:
-                raise RuntimeError(f"timeout/exit waiting for {pat!r}; tail: {self.buf[-600:]!r}")
-            r, _, _ = select.select([self.p.stdout], [], [], min(left, 1))
-            if r:
-                d = os.read(self.p.stdout.fileno(), 1 << 20)
-                if d:
-                    self.buf += d
-                    self.log.write(d)
-
-    def agent(self, cmd, timeout=600):
-        self.seq += 1
-        self.p.stdin.write(f"{self.seq} {cmd}\n".encode()); self.p.stdin.flush()
-        m = self.wait(rb"KAGENT %d (ok|err)([^\r\n]*)\r?\n" % self.seq, timeout)
-        if m.group(1) != b"ok":
-            raise RuntimeError(f"agent {cmd}: {m.group(0)!r}")
-        return m.group(2).strip()
-
-    def stop(self):
-        try:
-            self.p.stdin.write(b"999 poweroff\n"); self.p.stdin.flush()
-            self.p.wait(60)
-        except Exception:
-            self.p.kill(); self.p.wait()
 
 def one(kind, tmp, log):
     raw = os.path.join(tmp, f"{kind}.img")
