@@ -99,7 +99,8 @@ e2e_tests() { # binary [filter args]: the binary's test names
 # guests on mcast, two guests on two "hosts" joined by a GRE tunnel, mconsole with the real
 # client, hostfs, UML's `linux` process, kuml as an ordinary user: its COW disk, consoles,
 # mcast, hostfs, mconsole and passt; the no-root errors; the helper transports: passt as root,
-# vec fd with libslirp-helper, a kuml and a QEMU guest on vde_switch, and their errors). Every other
+# vec fd with libslirp-helper, a kuml and a QEMU guest on vde_switch, and their errors; every
+# new transport hot-plugged and removed through uml_mconsole). Every other
 # e2e test is listed as NOT RUN in the host lane, with the reason; the two lanes together then
 # fit .ci/run's hour on these 2-core hosts (docs/testing.md, "Lanes"). KUML_PVM_ALL_TESTS=1
 # boots them all.
@@ -121,6 +122,7 @@ pvm_host_e2e=(
     net_helpers::vde_kuml_guest_and_qemu_guest_reach_each_other_on_vde_switch
     net_helpers::a_missing_switch_helper_or_descriptor_is_one_clear_line
     net_helpers::tcp_segments_reads_a_pcap_capture
+    net_vector::new_transports_come_and_go_through_uml_mconsole
 )
 host_skips=()
 if [ -n "$pvm" ] && [ "$nested" = 1 ] && [ "$lanes" != nested ] && [ -z "${KUML_PVM_ALL_TESTS:-}" ]; then
