@@ -4,6 +4,7 @@
 # not a test: it prints figures and never fails on them.
 #
 #   bench/net.sh [--json FILE] [--rounds N] [--count N] [--seconds S] [--transports LIST]
+#                [--streams [--stream-mib N]]      (NET_LOGS=<dir>: keep each VM's console log)
 #
 # LIST (comma-separated, default all): the transport under the guest's eth0:
 #   tap     kuml eth0=tuntap,tap0                   QEMU -netdev tap,ifname=tap0
@@ -27,12 +28,18 @@
 #   - ICMP echo round trip (sequential pings from the namespace, median and p90),
 #   - ICMP echo rate with 32 requests in flight (small packets: per-packet cost of the path),
 #   - ICMP echo throughput with 1400-byte payloads, 32 in flight (bytes echoed per second).
-# Not measured here: TCP/UDP streams need a program in the guest, i.e. guest user space.
+# --streams (where guest user space runs: hardware KVM, the nested lane) adds TCP streams, with
+# the guest on its user-space agent (kuml.uagent=) instead of the in-kernel one: N MiB (default
+# 64) from the namespace into the guest (busybox `nc -l`, the guest counts them) and N MiB from
+# the guest (`dd | nc`) to a listener in the namespace (bench/net_streams.py). UDP streams are
+# not measured: the guest's busybox `nc` has no UDP mode, and the guest has no other UDP
+# sender or sink.
 # Output: a table, and with --json the "net" figure for bench/run.sh.
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
 json= rounds=${NET_ROUNDS:-1} count=${NET_COUNT:-100} seconds=${NET_SECONDS:-5}
+streams= stream_mib=${NET_STREAM_MIB:-64}
 transports=${NET_TRANSPORTS:-tap,vectap,mcast,l2tpv3,vde}
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -41,7 +48,9 @@ while [ $# -gt 0 ]; do
         --count) count=$2; shift ;;
         --seconds) seconds=$2; shift ;;
         --transports) transports=$2; shift ;;
-        *) echo "usage: bench/net.sh [--json FILE] [--rounds N] [--count N] [--seconds S] [--transports LIST]" >&2; exit 2 ;;
+        --streams) streams=1 ;;
+        --stream-mib) stream_mib=$2; shift ;;
+        *) echo "usage: bench/net.sh [--json FILE] [--rounds N] [--count N] [--seconds S] [--transports LIST] [--streams [--stream-mib N]]" >&2; exit 2 ;;
     esac
     shift
 done
@@ -146,14 +155,17 @@ start() {
     mkfifo "$tmp/in.$$" 2>/dev/null
     sleep 100000 > "$tmp/in.$$" &
     echo $! > "$tmp/holder"
+    # The user-space agent for the streams (it runs shell commands), else the kernel's.
+    agent=kuml.agent
+    [ -z "$streams" ] || agent=kuml.uagent
     if [ "$1" = kuml ]; then
         ip netns exec "$ns" "$kuml" kernel="$tmp/vmlinux" initrd="$initrd" mem=128M nohostfs \
-            "$(kuml_net "$2")" "$ipopt" kuml.agent=hvc0 $hostopts < "$tmp/in.$$" > "$3" 2>&1 &
+            "$(kuml_net "$2")" "$ipopt" $agent=hvc0 $hostopts < "$tmp/in.$$" > "$3" 2>&1 &
     else
         ip netns exec "$ns" qemu-system-x86_64 -M microvm -accel kvm -cpu "$qcpu" -m 128 -smp 1 \
             -nodefaults -no-user-config -display none -no-reboot -serial stdio \
             -kernel "$tmp/vmlinux" -initrd "$initrd" \
-            -append "console=ttyS0 kuml.agent=ttyS0 $ipopt $hostopts" \
+            -append "console=ttyS0 $agent=ttyS0 $ipopt $hostopts" \
             -netdev "$(qemu_net "$2"),id=n0" \
             -device virtio-net-device,netdev=n0 < "$tmp/in.$$" > "$3" 2>&1 &
     fi
@@ -282,26 +294,35 @@ for t in $(echo "$transports" | tr , ' '); do
                 sleep 1
             done
             if grep -q "KAGENT ready" "$log"; then
+                echo "$t $vmm round $r: the guest is up; measuring" >&2
                 out=$(ip netns exec "$ns" python3 "$tmp/icmp.py" 10.0.2.15 "$count" "$seconds")
+                if [ -n "$streams" ]; then
+                    more=$(ip netns exec "$ns" python3 "$here/net_streams.py" 10.0.2.15 "$tmp/in.$$" "$log" "$stream_mib")
+                    out=$(python3 -c 'import json,sys; a=json.loads(sys.argv[1]); a.update(json.loads(sys.argv[2])); print(json.dumps(a))' "$out" "$more")
+                fi
                 echo "$t $vmm round $r: $out"
                 echo "$t $vmm $out" >> "$results"
             fi
             stop
             unhub
+            # NET_LOGS=<dir>: keep every VM's console log (e.g. a directory the nested lane
+            # shares writable: --rw).
+            [ -z "${NET_LOGS:-}" ] || cp "$log" "$NET_LOGS/"
         done
         r=$((r + 1))
     done
 done
 
-python3 - "$results" "${json:-}" "$rounds" "$count" "$seconds" "$transports" <<'EOF'
+python3 - "$results" "${json:-}" "$rounds" "$count" "$seconds" "$transports" "$streams" "$stream_mib" <<'EOF'
 import json, statistics, sys
-path, out, rounds, count, seconds, transports = sys.argv[1], sys.argv[2], *sys.argv[3:]
+path, out, rounds, count, seconds, transports, streams, mib = sys.argv[1], sys.argv[2], *sys.argv[3:]
 res = {}
 for line in open(path):
     t, vmm, js = line.split(" ", 2)
     d = json.loads(js)
-    if "error" not in d:
-        res.setdefault(t, {"kuml": [], "qemu": []})[vmm].append(d)
+    if "error" in d:
+        print(f"{t} {vmm}: {d['error']}", file=sys.stderr)
+    res.setdefault(t, {"kuml": [], "qemu": []})[vmm].append(d)
 
 def med(t, vmm, k):
     xs = [d[k] for d in res.get(t, {}).get(vmm, []) if d.get(k) is not None]
@@ -316,21 +337,28 @@ for t in transports.split(","):
             ("rtt_median_ms", f"{t}: ICMP echo RTT host->guest (median of {count})", "ms", 3, "lower is better"),
             ("rtt_p90_ms", f"{t}: ICMP echo RTT, p90", "ms", 3, "lower is better"),
             ("pps", f"{t}: ICMP echo rate, 56 B, 32 in flight ({seconds} s)", "pkt/s", 0, "higher is better"),
-            ("mbytes_s", f"{t}: ICMP echo throughput, 1400 B, 32 in flight ({seconds} s)", "MB/s", 2, "higher is better")):
+            ("mbytes_s", f"{t}: ICMP echo throughput, 1400 B, 32 in flight ({seconds} s)", "MB/s", 2, "higher is better"),
+            *([("tcp_in_mbytes_s", f"{t}: TCP stream host->guest ({mib} MiB)", "MB/s", 2, "higher is better"),
+               ("tcp_out_mbytes_s", f"{t}: TCP stream guest->host ({mib} MiB)", "MB/s", 2, "higher is better")]
+              if streams else [])):
         k, q = med(t, "kuml", key), med(t, "qemu", key)
         rows.append({"label": label, "kuml": fmt(k, unit, nd), "qemu": fmt(q, unit, nd),
                      "ratio": (k / q) if k is not None and q else None, "target": target})
-    lost = {v: sum(d["lost"] for d in res.get(t, {}).get(v, [])) for v in ("kuml", "qemu")}
+    lost = {v: sum(d.get("lost", 0) for d in res.get(t, {}).get(v, [])) for v in ("kuml", "qemu")}
     rows.append({"label": f"{t}: echo requests lost in the RTT series", "kuml": str(lost["kuml"]),
                  "qemu": str(lost["qemu"]), "ratio": None, "target": ""})
 not_measured = [("gre", "QEMU has no GRE netdev: no same-backend comparison"),
                 ("slirp", "a user-mode stack NATs: nothing reaches the guest from outside unasked")]
-not_measured.append(("TCP/UDP streams", "need a program in the guest, i.e. guest user space (not on PVM)"))
+if streams:
+    not_measured.append(("UDP streams", "the guest's busybox nc has no UDP mode"))
+else:
+    not_measured.append(("TCP/UDP streams", "need guest user space: --streams where it runs (not on PVM)"))
 for t, why in not_measured:
     rows.append({"label": t, "kuml": "not measured: " + why, "qemu": "", "ratio": None, "target": ""})
 fig = {"figure": "net", "rounds": int(rounds), "runs": res, "rows": rows,
        "setup": "tap0 10.0.2.1/24 in a private netns; guest 10.0.2.15 via ip=; "
-                "kernel only (in-kernel agent); "
+                + ("streams: the guest's user-space agent and busybox nc; " if streams else
+                   "kernel only (in-kernel agent); ") +
                 "QEMU: -M microvm -accel kvm, virtio-net-device on the same backend (tap without vhost); "
                 "mcast and l2tpv3: a guestless QEMU hub joins tap0 to the transport; vde: vde_switch -t tap0"}
 w = max(len(r["label"]) for r in rows)
