@@ -1,6 +1,6 @@
-//! The few raw system calls std does not wrap: eventfd, `recv(MSG_TRUNC)`, TUNSETIFF,
-//! interface address/flags ioctls, a UDP socket with SO_REUSEADDR set before bind, a
-//! nonblocking unix connect, and poll.
+//! The few raw system calls std does not wrap: eventfd, `recv(MSG_TRUNC)`, TUNSETIFF (with
+//! TUNSETOFFLOAD), interface address/flags ioctls, a UDP socket with SO_REUSEADDR set before
+//! bind, a nonblocking unix connect, and poll.
 
 use std::ffi::CStr;
 use std::fs::File;
@@ -102,7 +102,20 @@ pub(crate) fn tun_set_tap(tun: &File, name: &str) -> io::Result<String> {
     // SAFETY: `ifr_name` is a zero-initialized 16-byte array; the kernel writes a
     // NUL-terminated name of at most 15 bytes, so a NUL is always within the array.
     let cname = unsafe { CStr::from_ptr(ifr.ifr_name.as_ptr()) };
-    Ok(cname.to_string_lossy().into_owned())
+    let name = cname.to_string_lossy().into_owned();
+    // kuml reads whole frames without a virtio-net header, so the tap must not hand it
+    // checksum-less or segmentation-offload packets (up to 64 KiB): offloads are the device's,
+    // not the descriptor's, and a persistent tap keeps those its last user (QEMU, ethtool)
+    // turned on. Off, the host stack segments and checksums before the tap, as for any NIC.
+    // SAFETY: TUNSETOFFLOAD takes its argument by value; `tun` is attached to the tap now.
+    if unsafe { libc::ioctl(tun.as_raw_fd(), libc::TUNSETOFFLOAD, 0 as libc::c_ulong) } < 0 {
+        log::warn!(
+            "{name}: cannot turn the tap's offloads off ({}): frames the host leaves to the \
+             device may reach the guest unfinished",
+            io::Error::last_os_error()
+        );
+    }
+    Ok(name)
 }
 
 fn inet_dgram_socket() -> io::Result<OwnedFd> {

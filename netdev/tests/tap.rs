@@ -135,3 +135,53 @@ fn creating_a_tap_without_cap_net_admin_is_a_clear_error() {
         assert!(err.to_string().contains("needs root"), "{err}");
     });
 }
+
+/// A persistent tap whose last user turned checksum and segmentation offload on (QEMU does,
+/// with a virtio-net header on its descriptor): kuml reads frames without that header, so on
+/// opening the tap it turns them off again; the host stack then never hands it 64 KiB
+/// packets or unfinished checksums.
+#[test]
+fn opening_a_tap_turns_off_the_offloads_its_last_user_left_on() {
+    in_fresh_netns(|| {
+        ip("tuntap add tapoff mode tap");
+        let last_user = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/net/tun")
+            .unwrap();
+        // SAFETY: ifreq is plain old data; TUNSETIFF and TUNSETOFFLOAD get a valid ifreq and
+        // a value on a descriptor owned by `last_user`.
+        unsafe {
+            let mut ifr: libc::ifreq = std::mem::zeroed();
+            for (d, s) in ifr.ifr_name.iter_mut().zip(b"tapoff") {
+                *d = *s as libc::c_char;
+            }
+            ifr.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as i16;
+            use std::os::fd::AsRawFd;
+            let fd = last_user.as_raw_fd();
+            assert_eq!(libc::ioctl(fd, libc::TUNSETIFF, &mut ifr), 0, "TUNSETIFF");
+            let on = (libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6) as libc::c_ulong;
+            assert_eq!(libc::ioctl(fd, libc::TUNSETOFFLOAD, on), 0, "TUNSETOFFLOAD");
+        }
+        drop(last_user);
+        assert_eq!(offload("tapoff", "tcp-segmentation-offload"), "on");
+        let tap = TapBackend::open_named("tapoff").unwrap();
+        assert_eq!(offload("tapoff", "tcp-segmentation-offload"), "off");
+        assert_eq!(offload("tapoff", "tx-checksumming"), "off");
+        drop(tap);
+    });
+}
+
+/// An offload's state (`on`/`off`) as `ethtool -k` shows it.
+fn offload(dev: &str, feature: &str) -> String {
+    let out = std::process::Command::new("ethtool")
+        .args(["-k", dev])
+        .output()
+        .expect("ethtool (resources/setup-host.sh installs it)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{feature}: ")))
+        .and_then(|v| v.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no {feature} in ethtool -k {dev}:\n{text}"))
+        .to_owned()
+}
