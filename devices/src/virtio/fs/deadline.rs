@@ -33,21 +33,21 @@ impl Deadline {
     ) -> Deadline {
         let (disarm, until) = mpsc::channel::<()>();
         let (socket, who) = (socket.clone(), name.to_owned());
-        let watcher = std::thread::Builder::new()
-            .name(format!("{name}-deadline"))
-            .spawn(move || match until.recv_timeout(limit) {
-                Err(RecvTimeoutError::Timeout) => {
-                    warn!(
-                        "{who}: virtiofsd did not answer {what} within {} s; its connection is \
+        // Unnamed: naming a thread is a prctl in the new thread, which the vCPU filter (the
+        // device starts and stops on a vCPU thread, whose filter the watcher inherits) refuses.
+        let watcher = std::thread::Builder::new().spawn(move || match until.recv_timeout(limit) {
+            Err(RecvTimeoutError::Timeout) => {
+                warn!(
+                    "{who}: virtiofsd did not answer {what} within {} s; its connection is \
                          closed",
-                        limit.as_secs()
-                    );
-                    let _ = socket.shutdown(Shutdown::Both);
-                    true
-                }
-                // Disarmed (the sender is dropped, never used).
-                Ok(()) | Err(RecvTimeoutError::Disconnected) => false,
-            });
+                    limit.as_secs()
+                );
+                let _ = socket.shutdown(Shutdown::Both);
+                true
+            }
+            // Disarmed (the sender is dropped, never used).
+            Ok(()) | Err(RecvTimeoutError::Disconnected) => false,
+        });
         let watcher = match watcher {
             Ok(w) => Some(w),
             Err(e) => {
