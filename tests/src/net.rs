@@ -316,17 +316,7 @@ impl Qemu {
             if let Some(line) = crate::reply_line(&self.output(), seq) {
                 return crate::parse_reply(&line);
             }
-            let exited = self.child.try_wait().ok().flatten();
-            if exited.is_some() || Instant::now() >= deadline {
-                let out = self.output();
-                let tail: Vec<&str> = out.lines().rev().take(30).collect();
-                let tail: Vec<&str> = tail.into_iter().rev().collect();
-                panic!(
-                    "QEMU guest: no reply to agent command {command:?} ({})\n{}",
-                    exited.map_or("timeout".to_owned(), |s| format!("exited: {s}")),
-                    tail.join("\n")
-                );
-            }
+            self.fail_if_gone(deadline, &format!("no reply to agent command {command:?}"));
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -359,17 +349,24 @@ impl Qemu {
             if out.contains(pattern) {
                 return;
             }
-            let exited = self.child.try_wait().ok().flatten();
-            if exited.is_some() || Instant::now() >= deadline {
-                let tail: Vec<&str> = out.lines().rev().take(30).collect();
-                let tail: Vec<&str> = tail.into_iter().rev().collect();
-                panic!(
-                    "QEMU guest: {pattern:?} not seen ({})\n{}",
-                    exited.map_or("timeout".to_owned(), |s| format!("exited: {s}")),
-                    tail.join("\n")
-                );
-            }
+            self.fail_if_gone(deadline, &format!("{pattern:?} not seen"));
             std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Panics with `what` and the last 30 console lines once QEMU has exited or `deadline`
+    /// has passed.
+    fn fail_if_gone(&mut self, deadline: Instant, what: &str) {
+        let exited = self.child.try_wait().ok().flatten();
+        if exited.is_some() || Instant::now() >= deadline {
+            let out = self.output();
+            let tail: Vec<&str> = out.lines().rev().take(30).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            panic!(
+                "QEMU guest: {what} ({})\n{}",
+                exited.map_or("timeout".to_owned(), |s| format!("exited: {s}")),
+                tail.join("\n")
+            );
         }
     }
 }
