@@ -358,8 +358,15 @@ mod tests {
     #[test]
     fn test_a_dropped_descriptor_stays_open_until_it_is_removed() {
         let evt = EventFd::new(EFD_NONBLOCK).unwrap();
-        // A duplicate, as a queue's notify eventfd is of the transport's.
-        let dup: SharedFd = Arc::new(evt.try_clone().unwrap());
+        // A duplicate, as a queue's notify eventfd is of the transport's; numbered 1000 or
+        // more, where the other tests' threads (which take the lowest free numbers) do not
+        // reopen it the moment it is closed.
+        // SAFETY: F_DUPFD_CLOEXEC makes a new descriptor, checked and then owned.
+        let dup: SharedFd = Arc::new(unsafe {
+            let n = libc::fcntl(evt.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 1000);
+            assert!(n >= 1000, "F_DUPFD: {}", std::io::Error::last_os_error());
+            <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(n)
+        });
         let fd = dup.as_raw_fd();
         let dev = Dev::new();
         let mut em = Em::new().unwrap();
