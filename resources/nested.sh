@@ -126,7 +126,12 @@ for d in "${rw[@]}"; do
 done
 # L1's kernel panics on a soft lockup (seen after ~20 guest boots in one L1) instead of hanging
 # until the timeout.
-append="console=ttyS0 panic=-1 softlockup_panic=1 watchdog_thresh=30$extra"
+# nohz=off highres=off: L1 ticks from a PERIODIC local APIC timer. QEMU's SVM emulation loses
+# the wake-up for an interrupt now and then: L1 was found halted (HLT, IF=1) with its APIC
+# timer's vector pending in IRR for good, because with one-shot timers nothing raised another
+# interrupt. A periodic timer raises the next one itself, which delivers both (docs/testing.md,
+# "What is left for the nested lane").
+append="console=ttyS0 panic=-1 softlockup_panic=1 watchdog_thresh=30 nohz=off highres=off$extra"
 
 # One TCG VM per machine: the lock is held on fd 8 from here until this script and QEMU (which
 # inherits it) are gone. KUML_TCG_LOCK names another lock file (for testing this script).

@@ -438,18 +438,6 @@ fn serial_pts_a_guest_process_writes_for_minutes_unread_then_a_terminal_reads_ne
     if !user_space_or_skip() {
         return;
     }
-    if kuml_e2e::lane() == "nested" {
-        // Minutes of interrupt-driven UART output (an interrupt injected into the guest every
-        // few bytes) hang the nested lane's L1 itself: 4 runs of 4 on 2026-12-04 ended with
-        // L1 halted for good, an interrupt pending in its local APIC's IRR that QEMU never
-        // delivered (docs/testing.md, "The nested lane: what breaks it"). It runs where guest
-        // user space runs on the host's KVM.
-        kuml_e2e::skip(
-            "a guest writing to its UART for minutes hangs the nested lane's L1 (a QEMU \
-             interrupt-delivery fault, docs/testing.md); this test runs on hardware KVM",
-        );
-        return;
-    }
     let (mut vm, pts) = vm_with_serial_pts("ssl0-pts-writer", &[]);
     vm.wait_agent(BOOT);
     // Two minutes of writing, and at least FILL_LINES lines (~260 KB): several times what a
