@@ -12,16 +12,24 @@
 #   mcast   kuml eth0=mcast,,239.192.168.7,1107,1   QEMU -netdev socket,mcast=239.192.168.7:1107
 #   l2tpv3  kuml vec0:transport=l2tpv3,udp=1,...    QEMU -netdev l2tpv3,udp=on,... (same sessions)
 #   vde     kuml eth0=vde,<switch>                  QEMU -netdev vde,sock=<switch>
-# Not measured: gre (QEMU has no GRE netdev: no same-backend figure), slirp (a user-mode stack
-# NATs: the measuring side cannot send ICMP echo INTO the guest), fd (a descriptor from a
-# helper: its figures are the helper's).
+#   slirp   kuml eth0=slirp,,passt,-t,5001,-u,5003,-m,1500
+#                                                   QEMU -netdev stream to passt -t 5001 -u 5003 -m 1500
+#           (-m 1500: passt's DHCP offers a 65520-byte MTU, which kuml's virtio-net does not take;
+#           both guests get the same 1500)
+#   gre     kuml vec0:transport=gre,...,rx_key=7,tx_key=7   (kuml only: QEMU has no GRE netdev)
+# slirp has stream figures only: passt NATs, so the measuring side cannot send ICMP echo INTO the
+# guest; it reaches the guest through passt's port forwards (127.0.0.1:5001 and :5003) and the
+# guest reaches it at 10.0.9.9 through passt's outbound sockets. gre's peer is Linux's gretap,
+# for want of a same-backend anchor: its figures are kuml's alone, with no ratio.
+# Not measured: fd (a descriptor from a helper: its figures are the helper's).
 #
 # Everything runs inside a private network namespace created here and deleted on exit. The
 # measuring side is the namespace's own IP stack on tap0 (10.0.2.1/24; the guest is 10.0.2.15,
 # configured by its kernel from `ip=`). For tap and vectap the guest's NIC is tap0 itself; for
 # the others a helper joins tap0 to the transport, the same one for both VMMs: a guestless QEMU
 # hub (`-machine none -net tap -net <transport>`) for mcast and l2tpv3, `vde_switch -t tap0`
-# for vde. A ratio therefore compares the two VMMs' ends of one path; the absolute figures
+# for vde; for gre, 10.0.2.1 moves from tap0 to a gretap device; for slirp, each VMM has its own
+# passt (kuml starts it, QEMU connects to one started here). A ratio therefore compares the two VMMs' ends of one path; the absolute figures
 # include the helper.
 # The guest runs no user space: the in-kernel test agent keeps the kernel alive (on PVM hosts
 # guest user space cannot run at all), so the figures are what the guest KERNEL alone allows:
@@ -31,16 +39,17 @@
 # --streams (where guest user space runs: hardware KVM, the nested lane) adds TCP streams, with
 # the guest on its user-space agent (kuml.uagent=) instead of the in-kernel one: N MiB (default
 # 64) from the namespace into the guest (busybox `nc -l`, the guest counts them) and N MiB from
-# the guest (`dd | nc`) to a listener in the namespace (bench/net_streams.py). UDP streams are
-# not measured: the guest's busybox `nc` has no UDP mode, and the guest has no other UDP
-# sender or sink.
+# the guest (`dd | nc`) to a listener in the namespace, and N MiB of UDP each way in unpaced
+# 1400-byte datagrams (what arrives per second, and the share lost) between two copies of
+# bench/udp_stream.c: one built here, one built static and appended to the guest's initramfs
+# (the guest's busybox `nc` has no UDP mode). bench/net_streams.py drives them.
 # Output: a table, and with --json the "net" figure for bench/run.sh.
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
 json= rounds=${NET_ROUNDS:-1} count=${NET_COUNT:-100} seconds=${NET_SECONDS:-5}
 streams= stream_mib=${NET_STREAM_MIB:-64}
-transports=${NET_TRANSPORTS:-tap,vectap,mcast,l2tpv3,vde}
+transports=${NET_TRANSPORTS:-tap,vectap,mcast,l2tpv3,vde,slirp,gre}
 while [ $# -gt 0 ]; do
     case "$1" in
         --json) json=$2; shift ;;
@@ -69,18 +78,21 @@ for t in $(echo "$transports" | tr , ' '); do
     case $t in
         tap|vectap|mcast|l2tpv3) ;;
         vde) command -v vde_switch >/dev/null || { echo "net.sh: vde_switch missing (apt-get install vde2)" >&2; exit 1; } ;;
-        *) echo "net.sh: unknown transport '$t' (tap, vectap, mcast, l2tpv3, vde)" >&2; exit 2 ;;
+        slirp) command -v passt >/dev/null || { echo "net.sh: passt missing (apt-get install passt)" >&2; exit 1; } ;;
+        gre) ;;
+        *) echo "net.sh: unknown transport '$t' (tap, vectap, mcast, l2tpv3, vde, slirp, gre)" >&2; exit 2 ;;
     esac
 done
 
 ns=kuml-bench-net-$$
 tmp=$(mktemp -d)
+passtdir=
 cleanup() {
     for p in pid hub holder; do
         [ -f "$tmp/$p" ] && kill "$(cat "$tmp/$p")" 2>/dev/null
     done
     ip netns del "$ns" 2>/dev/null
-    rm -rf "$tmp"
+    rm -rf "$tmp" ${passtdir:+"$passtdir"}
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -90,12 +102,52 @@ ip -n "$ns" route add 224.0.0.0/4 dev lo
 ip -n "$ns" tuntap add tap0 mode tap
 ip -n "$ns" addr add 10.0.2.1/24 dev tap0
 ip -n "$ns" link set tap0 up
+# Not measured here, with the reason (a line each: "<transport> <why>").
+: > "$tmp/skipped"
+skip() {
+    echo "net.sh: $1 not measured: $2" >&2
+    echo "$1 $2" >> "$tmp/skipped"
+    transports=$(echo ",$transports," | sed "s/,$1,/,/; s/^,//; s/,\$//")
+}
+case ",$transports," in *,slirp,*)
+    [ -n "$streams" ] || skip slirp "its only figures are streams (--streams): no ICMP into a NATed guest"
+esac
+case ",$transports," in *,slirp,*)
+    # passt copies the address of the interface with the default route to its guest.
+    ip -n "$ns" link add up0 type veth peer name up1
+    ip -n "$ns" addr add 10.0.9.2/24 dev up0
+    ip -n "$ns" addr add 10.0.9.9/32 dev up1
+    ip -n "$ns" link set up0 up
+    ip -n "$ns" link set up1 up
+    ip -n "$ns" route add default via 10.0.9.1 dev up0
+    # Started as root, passt becomes nobody and sandboxes itself in a user namespace.
+    setpriv --reuid=nobody --regid=nogroup --clear-groups unshare --user true 2>/dev/null ||
+        skip slirp "passt (as nobody) cannot make a user namespace here"
+    # passt (as nobody) makes QEMU's socket here: a directory it can reach, unlike $tmp (0700).
+    passtdir=$(mktemp -d /tmp/kuml-bench-passt.XXXXXX)
+    chmod 777 "$passtdir" ;;
+esac
+case ",$transports," in *,gre,*)
+    ip -n "$ns" link add probe0 type gretap local 127.0.0.2 remote 127.0.0.1 2>/dev/null ||
+        skip gre "this kernel has no gretap (CONFIG_NET_IPGRE)"
+    ip -n "$ns" link del probe0 2>/dev/null ;;
+esac
 
 hostopts=$(sh "$root/resources/pvm-cmdline.sh")
 qcpu=$(sh "$root/resources/qemu-cpu.sh")
 ipopt="ip=10.0.2.15::10.0.2.1:255.255.255.0::eth0:off"
 cp "$guest/vmlinux" "$initrd" "$tmp/"
 initrd=$tmp/$(basename "$initrd")
+if [ -n "$streams" ]; then
+    # The UDP stream's two ends: one for the namespace, one (static) for the guest, appended to
+    # its initramfs as a second cpio archive, which the kernel unpacks over the first.
+    command -v gcc >/dev/null && command -v cpio >/dev/null ||
+        { echo "net.sh: --streams needs gcc and cpio (apt-get install build-essential cpio)" >&2; exit 1; }
+    mkdir -p "$tmp/tools/bin"
+    gcc -O2 -static -o "$tmp/tools/bin/kuml-udp" "$here/udp_stream.c" ||
+        { echo "net.sh: cannot build bench/udp_stream.c" >&2; exit 1; }
+    (cd "$tmp/tools" && echo bin/kuml-udp | cpio -o -H newc --quiet -R 0:0) >> "$initrd"
+fi
 mcast=239.192.168.7:1107
 l2k="src=127.0.0.1,dst=127.0.0.1,srcport=1701,dstport=1702"   # the guest's end
 l2h="src=127.0.0.1,dst=127.0.0.1,srcport=1702,dstport=1701"   # the hub's end
@@ -108,6 +160,8 @@ kuml_net() {
         mcast) echo "eth0=mcast,,${mcast%:*},${mcast#*:},1" ;;
         l2tpv3) echo "vec0:transport=l2tpv3,udp=1,$l2k,rx_session=0x11,tx_session=0x22" ;;
         vde) echo "eth0=vde,$tmp/sw" ;;
+        slirp) echo "eth0=slirp,,passt,-t,5001,-u,5003,-m,1500" ;;
+        gre) echo "vec0:transport=gre,src=127.0.0.1,dst=127.0.0.2,rx_key=7,tx_key=7" ;;
     esac
 }
 qemu_net() {
@@ -116,12 +170,29 @@ qemu_net() {
         mcast) echo "socket,mcast=$mcast" ;;
         l2tpv3) echo "l2tpv3,udp=on,$l2k,rxsession=0x11,txsession=0x22" ;;
         vde) echo "vde,sock=$tmp/sw" ;;
+        slirp) echo "stream,server=off,addr.type=unix,addr.path=$passtdir/sock" ;;
     esac
 }
 
-# hub <transport>: joins tap0 to the transport for the measuring side (pid in $tmp/hub).
+# hub <transport> <vmm>: joins the measuring side to the transport (pid in $tmp/hub).
 hub() {
     case $1 in
+        slirp)
+            [ "$2" = qemu ] || return 0
+            rm -f "$passtdir/sock"
+            ip netns exec "$ns" passt -f -s "$passtdir/sock" -t 5001 -u 5003 -m 1500 \
+                < /dev/null > "$tmp/hub.log" 2>&1 &
+            echo $! > "$tmp/hub"
+            # QEMU 7.2's stream client connects once, at start: the socket must be there.
+            n=0
+            until [ -S "$passtdir/sock" ] || [ $n -ge 300 ]; do sleep 0.1; n=$((n + 1)); done
+            [ -S "$passtdir/sock" ] || echo "net.sh: passt made no socket in 30 s: $(tail -3 "$tmp/hub.log")" >&2 ;;
+        gre)
+            ip -n "$ns" addr del 10.0.2.1/24 dev tap0
+            ip -n "$ns" link add gt0 type gretap local 127.0.0.2 remote 127.0.0.1 key 7
+            ip -n "$ns" link set gt0 mtu 1500 up
+            ip -n "$ns" addr add 10.0.2.1/24 dev gt0
+            return 0 ;;
         mcast|l2tpv3)
             if [ "$1" = mcast ]; then
                 far="socket,mcast=$mcast"
@@ -142,6 +213,10 @@ hub() {
 }
 
 unhub() {
+    if [ "$1" = gre ]; then
+        ip -n "$ns" link del gt0
+        ip -n "$ns" addr add 10.0.2.1/24 dev tap0
+    fi
     [ -f "$tmp/hub" ] || return 0
     kill "$(cat "$tmp/hub")" 2>/dev/null
     sleep 1
@@ -158,14 +233,16 @@ start() {
     # The user-space agent for the streams (it runs shell commands), else the kernel's.
     agent=kuml.agent
     [ -z "$streams" ] || agent=kuml.uagent
+    ip=$ipopt
+    [ "$2" != slirp ] || ip=ip=dhcp
     if [ "$1" = kuml ]; then
         ip netns exec "$ns" "$kuml" kernel="$tmp/vmlinux" initrd="$initrd" mem=128M nohostfs \
-            "$(kuml_net "$2")" "$ipopt" $agent=hvc0 $hostopts < "$tmp/in.$$" > "$3" 2>&1 &
+            "$(kuml_net "$2")" "$ip" $agent=hvc0 $hostopts < "$tmp/in.$$" > "$3" 2>&1 &
     else
         ip netns exec "$ns" qemu-system-x86_64 -M microvm -accel kvm -cpu "$qcpu" -m 128 -smp 1 \
             -nodefaults -no-user-config -display none -no-reboot -serial stdio \
             -kernel "$tmp/vmlinux" -initrd "$initrd" \
-            -append "console=ttyS0 $agent=ttyS0 $ipopt $hostopts" \
+            -append "console=ttyS0 $agent=ttyS0 $ip $hostopts" \
             -netdev "$(qemu_net "$2"),id=n0" \
             -device virtio-net-device,netdev=n0 < "$tmp/in.$$" > "$3" 2>&1 &
     fi
@@ -281,7 +358,8 @@ for t in $(echo "$transports" | tr , ' '); do
     while [ "$r" -le "$rounds" ]; do
         if [ $((r % 2)) -eq 1 ]; then order="kuml qemu"; else order="qemu kuml"; fi
         for vmm in $order; do
-            hub "$t"
+            [ "$t:$vmm" != gre:qemu ] || continue
+            hub "$t" "$vmm"
             log=$tmp/$vmm.$t.$r.log
             start "$vmm" "$t" "$log"
             t0=$(date +%s)
@@ -295,27 +373,37 @@ for t in $(echo "$transports" | tr , ' '); do
             done
             if grep -q "KAGENT ready" "$log"; then
                 echo "$t $vmm round $r: the guest is up; measuring" >&2
-                out=$(ip netns exec "$ns" python3 "$tmp/icmp.py" 10.0.2.15 "$count" "$seconds")
+                if [ "$t" = slirp ]; then
+                    out={}   # no ICMP into a NATed guest
+                    in=127.0.0.1 back=10.0.9.9
+                else
+                    out=$(ip netns exec "$ns" python3 "$tmp/icmp.py" 10.0.2.15 "$count" "$seconds")
+                    in=10.0.2.15 back=10.0.2.1
+                fi
                 if [ -n "$streams" ]; then
-                    more=$(ip netns exec "$ns" python3 "$here/net_streams.py" 10.0.2.15 "$tmp/in.$$" "$log" "$stream_mib")
+                    more=$(ip netns exec "$ns" python3 "$here/net_streams.py" $in $back "$tmp/in.$$" "$log" "$stream_mib" "$tmp/tools/bin/kuml-udp")
                     out=$(python3 -c 'import json,sys; a=json.loads(sys.argv[1]); a.update(json.loads(sys.argv[2])); print(json.dumps(a))' "$out" "$more")
                 fi
                 echo "$t $vmm round $r: $out"
                 echo "$t $vmm $out" >> "$results"
             fi
             stop
-            unhub
+            unhub "$t"
             # NET_LOGS=<dir>: keep every VM's console log (e.g. a directory the nested lane
             # shares writable: --rw).
-            [ -z "${NET_LOGS:-}" ] || cp "$log" "$NET_LOGS/"
+            if [ -n "${NET_LOGS:-}" ]; then
+                cp "$log" "$NET_LOGS/"
+                [ ! -s "$tmp/hub.log" ] || cp "$tmp/hub.log" "$NET_LOGS/hub.$vmm.$t.$r.log"
+            fi
+            rm -f "$tmp/hub.log"
         done
         r=$((r + 1))
     done
 done
 
-python3 - "$results" "${json:-}" "$rounds" "$count" "$seconds" "$transports" "$streams" "$stream_mib" <<'EOF'
+python3 - "$results" "${json:-}" "$rounds" "$count" "$seconds" "$transports" "$streams" "$stream_mib" "$tmp/skipped" <<'EOF'
 import json, statistics, sys
-path, out, rounds, count, seconds, transports, streams, mib = sys.argv[1], sys.argv[2], *sys.argv[3:]
+path, out, rounds, count, seconds, transports, streams, mib, skipped = sys.argv[1], sys.argv[2], *sys.argv[3:]
 res = {}
 for line in open(path):
     t, vmm, js = line.split(" ", 2)
@@ -331,15 +419,21 @@ def med(t, vmm, k):
 def fmt(x, unit, nd):
     return "n/a" if x is None else f"{x:.{nd}f} {unit}"
 
+transports = [t for t in transports.split(",") if t]
 rows = []
-for t in transports.split(","):
+for t in transports:
     for key, label, unit, nd, target in (
             ("rtt_median_ms", f"{t}: ICMP echo RTT host->guest (median of {count})", "ms", 3, "lower is better"),
             ("rtt_p90_ms", f"{t}: ICMP echo RTT, p90", "ms", 3, "lower is better"),
             ("pps", f"{t}: ICMP echo rate, 56 B, 32 in flight ({seconds} s)", "pkt/s", 0, "higher is better"),
             ("mbytes_s", f"{t}: ICMP echo throughput, 1400 B, 32 in flight ({seconds} s)", "MB/s", 2, "higher is better"),
             *([("tcp_in_mbytes_s", f"{t}: TCP stream host->guest ({mib} MiB)", "MB/s", 2, "higher is better"),
-               ("tcp_out_mbytes_s", f"{t}: TCP stream guest->host ({mib} MiB)", "MB/s", 2, "higher is better")]
+               ("tcp_out_mbytes_s", f"{t}: TCP stream guest->host ({mib} MiB)", "MB/s", 2, "higher is better"),
+               ("udp_in_mbytes_s", f"{t}: UDP stream host->guest, 1400 B unpaced ({mib} MiB)", "MB/s", 2, "higher is better"),
+               ("udp_in_loss", f"{t}: UDP host->guest, share lost", "", 3, "lower is better"),
+               ("udp_in_loss_rcvbuf", f"{t}: UDP host->guest, share lost at the guest's socket", "", 3, "lower is better"),
+               ("udp_out_mbytes_s", f"{t}: UDP stream guest->host, 1400 B unpaced ({mib} MiB)", "MB/s", 2, "higher is better"),
+               ("udp_out_loss", f"{t}: UDP guest->host, share lost", "", 3, "lower is better")]
               if streams else [])):
         k, q = med(t, "kuml", key), med(t, "qemu", key)
         rows.append({"label": label, "kuml": fmt(k, unit, nd), "qemu": fmt(q, unit, nd),
@@ -347,17 +441,18 @@ for t in transports.split(","):
     lost = {v: sum(d.get("lost", 0) for d in res.get(t, {}).get(v, [])) for v in ("kuml", "qemu")}
     rows.append({"label": f"{t}: echo requests lost in the RTT series", "kuml": str(lost["kuml"]),
                  "qemu": str(lost["qemu"]), "ratio": None, "target": ""})
-not_measured = [("gre", "QEMU has no GRE netdev: no same-backend comparison"),
-                ("slirp", "a user-mode stack NATs: nothing reaches the guest from outside unasked")]
-if streams:
-    not_measured.append(("UDP streams", "the guest's busybox nc has no UDP mode"))
-else:
+not_measured = [tuple(line.rstrip("\n").split(" ", 1)) for line in open(skipped)]
+if "gre" in transports:
+    not_measured.append(("gre: QEMU", "QEMU has no GRE netdev; the peer is Linux's gretap"))
+if "slirp" in transports:
+    not_measured.append(("slirp: ICMP", "passt NATs: no echo request reaches the guest from outside"))
+if not streams:
     not_measured.append(("TCP/UDP streams", "need guest user space: --streams where it runs (not on PVM)"))
 for t, why in not_measured:
     rows.append({"label": t, "kuml": "not measured: " + why, "qemu": "", "ratio": None, "target": ""})
 fig = {"figure": "net", "rounds": int(rounds), "runs": res, "rows": rows,
        "setup": "tap0 10.0.2.1/24 in a private netns; guest 10.0.2.15 via ip=; "
-                + ("streams: the guest's user-space agent and busybox nc; " if streams else
+                + ("streams: the guest's user-space agent, busybox nc (TCP), kuml-udp (UDP); " if streams else
                    "kernel only (in-kernel agent); ") +
                 "QEMU: -M microvm -accel kvm, virtio-net-device on the same backend (tap without vhost); "
                 "mcast and l2tpv3: a guestless QEMU hub joins tap0 to the transport; vde: vde_switch -t tap0"}
