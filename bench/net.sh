@@ -16,21 +16,26 @@
 #                                                   QEMU -netdev stream to passt -t 5001 -u 5003 -m 1500
 #           (-m 1500: passt's DHCP offers a 65520-byte MTU, which kuml's virtio-net does not take;
 #           both guests get the same 1500)
+#   fd      kuml vec0:transport=fd,fd=3             QEMU -netdev socket,fd=3
+#           (descriptor 3: one end of a datagram socketpair whose other end a guestless QEMU
+#           hub joins to tap0: -net tap -net socket,fd=3; bench/fdpair.py)
 #   gre     kuml vec0:transport=gre,...,rx_key=7,tx_key=7   (kuml only: QEMU has no GRE netdev)
+#   raw     kuml vec0:transport=raw,ifname=rw1      (kuml only: QEMU 7.2 has no AF_PACKET netdev;
+#           rw1's veth peer rw0 takes 10.0.2.1 for the run)
 # slirp has stream figures only: passt NATs, so the measuring side cannot send ICMP echo INTO the
 # guest; it reaches the guest through passt's port forwards (127.0.0.1:5001 and :5003) and the
 # guest reaches it at 10.0.9.9 through passt's outbound sockets. gre's peer is Linux's gretap,
 # for want of a same-backend anchor: its figures are kuml's alone, with no ratio.
-# Not measured: fd (a descriptor from a helper: its figures are the helper's).
 #
 # Everything runs inside a private network namespace created here and deleted on exit. The
 # measuring side is the namespace's own IP stack on tap0 (10.0.2.1/24; the guest is 10.0.2.15,
 # configured by its kernel from `ip=`). For tap and vectap the guest's NIC is tap0 itself; for
 # the others a helper joins tap0 to the transport, the same one for both VMMs: a guestless QEMU
 # hub (`-machine none -net tap -net <transport>`) for mcast and l2tpv3, `vde_switch -t tap0`
-# for vde; for gre, 10.0.2.1 moves from tap0 to a gretap device; for slirp, each VMM has its own
-# passt (kuml starts it, QEMU connects to one started here). A ratio therefore compares the two VMMs' ends of one path; the absolute figures
-# include the helper.
+# for vde; for fd, a guestless QEMU hub at the other end of the VMM's socketpair; for gre and
+# raw, 10.0.2.1 moves from tap0 to a gretap device or a veth; for slirp, each VMM has its own
+# passt (kuml starts it, QEMU connects to one started here). A ratio therefore compares the two
+# VMMs' ends of one path; the absolute figures include the helper.
 # The guest runs no user space: the in-kernel test agent keeps the kernel alive (on PVM hosts
 # guest user space cannot run at all), so the figures are what the guest KERNEL alone allows:
 #   - ICMP echo round trip (sequential pings from the namespace, median and p90),
@@ -49,7 +54,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
 json= rounds=${NET_ROUNDS:-1} count=${NET_COUNT:-100} seconds=${NET_SECONDS:-5}
 streams= stream_mib=${NET_STREAM_MIB:-64}
-transports=${NET_TRANSPORTS:-tap,vectap,mcast,l2tpv3,vde,slirp,gre}
+transports=${NET_TRANSPORTS:-tap,vectap,mcast,l2tpv3,vde,slirp,fd,gre,raw}
 while [ $# -gt 0 ]; do
     case "$1" in
         --json) json=$2; shift ;;
@@ -79,8 +84,8 @@ for t in $(echo "$transports" | tr , ' '); do
         tap|vectap|mcast|l2tpv3) ;;
         vde) command -v vde_switch >/dev/null || { echo "net.sh: vde_switch missing (apt-get install vde2)" >&2; exit 1; } ;;
         slirp) command -v passt >/dev/null || { echo "net.sh: passt missing (apt-get install passt)" >&2; exit 1; } ;;
-        gre) ;;
-        *) echo "net.sh: unknown transport '$t' (tap, vectap, mcast, l2tpv3, vde, slirp, gre)" >&2; exit 2 ;;
+        gre|raw|fd) ;;
+        *) echo "net.sh: unknown transport '$t' (tap, vectap, mcast, l2tpv3, vde, slirp, fd, gre, raw)" >&2; exit 2 ;;
     esac
 done
 
@@ -127,6 +132,12 @@ case ",$transports," in *,slirp,*)
     passtdir=$(mktemp -d /tmp/kuml-bench-passt.XXXXXX)
     chmod 777 "$passtdir" ;;
 esac
+case ",$transports," in *,raw,*)
+    # kuml's packet socket on rw1; the measuring side's address moves to rw0 for the run.
+    ip -n "$ns" link add rw0 type veth peer name rw1
+    ip -n "$ns" link set rw0 up
+    ip -n "$ns" link set rw1 up ;;
+esac
 case ",$transports," in *,gre,*)
     ip -n "$ns" link add probe0 type gretap local 127.0.0.2 remote 127.0.0.1 2>/dev/null ||
         skip gre "this kernel has no gretap (CONFIG_NET_IPGRE)"
@@ -161,6 +172,8 @@ kuml_net() {
         l2tpv3) echo "vec0:transport=l2tpv3,udp=1,$l2k,rx_session=0x11,tx_session=0x22" ;;
         vde) echo "eth0=vde,$tmp/sw" ;;
         slirp) echo "eth0=slirp,,passt,-t,5001,-u,5003,-m,1500" ;;
+        fd) echo "vec0:transport=fd,fd=3" ;;
+        raw) echo "vec0:transport=raw,ifname=rw1" ;;
         gre) echo "vec0:transport=gre,src=127.0.0.1,dst=127.0.0.2,rx_key=7,tx_key=7" ;;
     esac
 }
@@ -171,6 +184,7 @@ qemu_net() {
         l2tpv3) echo "l2tpv3,udp=on,$l2k,rxsession=0x11,txsession=0x22" ;;
         vde) echo "vde,sock=$tmp/sw" ;;
         slirp) echo "stream,server=off,addr.type=unix,addr.path=$passtdir/sock" ;;
+        fd) echo "socket,fd=3" ;;
     esac
 }
 
@@ -187,6 +201,10 @@ hub() {
             n=0
             until [ -S "$passtdir/sock" ] || [ $n -ge 300 ]; do sleep 0.1; n=$((n + 1)); done
             [ -S "$passtdir/sock" ] || echo "net.sh: passt made no socket in 30 s: $(tail -3 "$tmp/hub.log")" >&2 ;;
+        raw)
+            ip -n "$ns" addr del 10.0.2.1/24 dev tap0
+            ip -n "$ns" addr add 10.0.2.1/24 dev rw0
+            return 0 ;;
         gre)
             ip -n "$ns" addr del 10.0.2.1/24 dev tap0
             ip -n "$ns" link add gt0 type gretap local 127.0.0.2 remote 127.0.0.1 key 7
@@ -213,10 +231,11 @@ hub() {
 }
 
 unhub() {
-    if [ "$1" = gre ]; then
-        ip -n "$ns" link del gt0
-        ip -n "$ns" addr add 10.0.2.1/24 dev tap0
-    fi
+    case $1 in
+        gre) ip -n "$ns" link del gt0 ;;
+        raw) ip -n "$ns" addr del 10.0.2.1/24 dev rw0 ;;
+    esac
+    case $1 in gre|raw) ip -n "$ns" addr add 10.0.2.1/24 dev tap0 ;; esac
     [ -f "$tmp/hub" ] || return 0
     kill "$(cat "$tmp/hub")" 2>/dev/null
     sleep 1
@@ -235,17 +254,24 @@ start() {
     [ -z "$streams" ] || agent=kuml.uagent
     ip=$ipopt
     [ "$2" != slirp ] || ip=ip=dhcp
+    net=$2 log=$3
     if [ "$1" = kuml ]; then
-        ip netns exec "$ns" "$kuml" kernel="$tmp/vmlinux" initrd="$initrd" mem=128M nohostfs \
-            "$(kuml_net "$2")" "$ip" $agent=hvc0 $hostopts < "$tmp/in.$$" > "$3" 2>&1 &
+        set -- "$kuml" kernel="$tmp/vmlinux" initrd="$initrd" mem=128M nohostfs \
+            "$(kuml_net "$net")" "$ip" $agent=hvc0 $hostopts
     else
-        ip netns exec "$ns" qemu-system-x86_64 -M microvm -accel kvm -cpu "$qcpu" -m 128 -smp 1 \
+        set -- qemu-system-x86_64 -M microvm -accel kvm -cpu "$qcpu" -m 128 -smp 1 \
             -nodefaults -no-user-config -display none -no-reboot -serial stdio \
             -kernel "$tmp/vmlinux" -initrd "$initrd" \
             -append "console=ttyS0 $agent=ttyS0 $ip $hostopts" \
-            -netdev "$(qemu_net "$2"),id=n0" \
-            -device virtio-net-device,netdev=n0 < "$tmp/in.$$" > "$3" 2>&1 &
+            -netdev "$(qemu_net "$net"),id=n0" -device virtio-net-device,netdev=n0
     fi
+    if [ "$net" = fd ]; then
+        # The VMM's descriptor 3 is one end of a datagram socketpair, the hub's the other.
+        set -- python3 "$here/fdpair.py" "$tmp/hub" "$tmp/hub.log" \
+            qemu-system-x86_64 -machine none -nodefaults -display none \
+            -net tap,ifname=tap0,script=no,downscript=no -net socket,fd=3 -- "$@"
+    fi
+    ip netns exec "$ns" "$@" < "$tmp/in.$$" > "$log" 2>&1 &
     echo $! > "$tmp/pid"
 }
 
@@ -358,7 +384,7 @@ for t in $(echo "$transports" | tr , ' '); do
     while [ "$r" -le "$rounds" ]; do
         if [ $((r % 2)) -eq 1 ]; then order="kuml qemu"; else order="qemu kuml"; fi
         for vmm in $order; do
-            [ "$t:$vmm" != gre:qemu ] || continue
+            case $t:$vmm in gre:qemu|raw:qemu) continue ;; esac
             hub "$t" "$vmm"
             log=$tmp/$vmm.$t.$r.log
             start "$vmm" "$t" "$log"
@@ -444,6 +470,8 @@ for t in transports:
 not_measured = [tuple(line.rstrip("\n").split(" ", 1)) for line in open(skipped)]
 if "gre" in transports:
     not_measured.append(("gre: QEMU", "QEMU has no GRE netdev; the peer is Linux's gretap"))
+if "raw" in transports:
+    not_measured.append(("raw: QEMU", "QEMU 7.2 has no AF_PACKET netdev; the peer is a veth"))
 if "slirp" in transports:
     not_measured.append(("slirp: ICMP", "passt NATs: no echo request reaches the guest from outside"))
 if not streams:
