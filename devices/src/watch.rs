@@ -271,6 +271,14 @@ impl Watch {
     }
 }
 
+/// What descriptor `fd` of this process names (`/proc/self/fd`), for tests that check that a
+/// descriptor was closed: other tests' threads may take the number as soon as it is free, so
+/// "closed" is "no longer names what it named", not "no longer open".
+#[cfg(test)]
+pub(crate) fn fd_names(fd: RawFd) -> Option<std::path::PathBuf> {
+    std::fs::read_link(format!("/proc/self/fd/{fd}")).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -430,10 +430,7 @@ mod tests {
         let s = uart(ch);
         let fd = s.lock().unwrap().channel().output_fd().unwrap();
         small_send_buffer(&fd);
-        // What the number names: other tests' threads may take it as soon as it is free, so
-        // "closed" is "no longer our socket", not "no longer open".
-        let names = |fd: std::os::fd::RawFd| std::fs::read_link(format!("/proc/self/fd/{fd}")).ok();
-        let ours = names(fd);
+        let ours = crate::watch::fd_names(fd);
         assert!(ours.is_some());
         let mut em = Em::new().unwrap();
         em.add_subscriber(s.clone());
@@ -447,7 +444,7 @@ mod tests {
         assert_eq!(d.channel().output_fd(), None, "the output is detached");
         assert!(!d.watch.watches(fd, EventSet::IN), "no longer watched");
         drop(d);
-        assert_ne!(names(fd), ours, "closed once forgotten");
+        assert_ne!(crate::watch::fd_names(fd), ours, "closed once forgotten");
         // A device added now (its eventfd likely gets the freed number) gets its events: the
         // loop kept no stale entry.
         let probe = uart(Channel::null());

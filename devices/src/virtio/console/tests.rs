@@ -530,16 +530,17 @@ fn test_a_removed_port_is_closed_only_after_the_loop_let_go() {
     handshake(&mut d, &mut r, &[0, 1]);
     let fd = r.dev.lock().unwrap().ports[&1].channel.input_fd().unwrap();
     assert!(r.dev.lock().unwrap().watch.watches(fd, EventSet::IN));
-    // What the number names: other tests' threads may take it as soon as it is free, so
-    // "closed" is "no longer our socket", not "no longer open".
-    let names = |fd: std::os::fd::RawFd| std::fs::read_link(format!("/proc/self/fd/{fd}")).ok();
-    let ours = names(fd);
+    let ours = crate::watch::fd_names(fd);
     assert!(ours.is_some());
     r.dev.lock().unwrap().remove_port(1).unwrap();
-    assert_eq!(names(fd), ours, "still watched, still open");
+    assert_eq!(
+        crate::watch::fd_names(fd),
+        ours,
+        "still watched, still open"
+    );
     r.run();
     assert!(!r.dev.lock().unwrap().watch.watches(fd, EventSet::IN));
-    assert_ne!(names(fd), ours, "closed once forgotten");
+    assert_ne!(crate::watch::fd_names(fd), ours, "closed once forgotten");
     drop(peer);
 }
 
