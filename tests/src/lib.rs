@@ -590,7 +590,9 @@ impl TestVm {
         &self.log_path
     }
 
-    fn fail(&self, what: &str) -> ! {
+    /// Panics with `what`, the console's last lines and a stall report of kuml (its threads,
+    /// KVM's counters and exits, the host kernel's log).
+    pub fn fail(&self, what: &str) -> ! {
         let out = self.output();
         let tail: String = out
             .lines()

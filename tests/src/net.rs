@@ -155,6 +155,12 @@ pub fn start_guest(name: &str, eth: &str, addr: Ipv4Addr, gw: Ipv4Addr, extra: &
 /// Starts a kuml guest (the test kernel and initramfs, 128M, the agent on hvc0) with `args`
 /// (kuml options and guest words) and descriptors `fds` (see [`VmOptions::extra_fds`]).
 pub fn start_kuml(name: &str, args: Vec<String>, fds: Vec<(i32, std::os::fd::RawFd)>) -> TestVm {
+    TestVm::start(name, kuml_options(args, fds))
+}
+
+/// The options [`start_kuml`] starts a guest with; `noreboot` is among them (a guest's reboot
+/// ends kuml with exit code 3).
+pub fn kuml_options(args: Vec<String>, fds: Vec<(i32, std::os::fd::RawFd)>) -> VmOptions {
     let mut all = vec![
         format!("kernel={}", artifact("vmlinux").display()),
         format!("initrd={}", artifact("initramfs.cpio.gz").display()),
@@ -162,15 +168,12 @@ pub fn start_kuml(name: &str, args: Vec<String>, fds: Vec<(i32, std::os::fd::Raw
         "noreboot".to_owned(),
     ];
     all.extend(args);
-    TestVm::start(
-        name,
-        VmOptions {
-            args: all,
-            agent_tty: Some("hvc0".into()),
-            extra_fds: fds,
-            ..VmOptions::default()
-        },
-    )
+    VmOptions {
+        args: all,
+        agent_tty: Some("hvc0".into()),
+        extra_fds: fds,
+        ..VmOptions::default()
+    }
 }
 
 /// Waits until the guest's kernel has configured eth0 with `addr` and the test agent is up
