@@ -67,6 +67,11 @@ def say(what):
     print(f"net_streams: {what}", file=sys.stderr, flush=True)
 
 
+def until(condition):
+    """Shell for the guest: waits up to 60 s for `condition`, else exits 1."""
+    return f"i=0; until {condition}; do i=$((i+1)); [ $i -lt 600 ] || exit 1; sleep 0.1; done"
+
+
 def tcp_in():
     """Host -> guest."""
     say(f"{mib} MiB into the guest")
@@ -78,9 +83,9 @@ def tcp_in():
     # ends, which a port forward (passt) takes as the end of the connection.
     status, out = run("rm -f /tmp/tcp_in.count; "
                       "(sleep 3600 | nc -l -p 5001 | wc -c > /tmp/tcp_in.count) "
-                      ">/dev/null 2>&1 & "
-                      "i=0; until grep -q ':1389 [0-9A-F:]* 0A ' /proc/net/tcp /proc/net/tcp6 2>/dev/null; do "
-                      "i=$((i+1)); [ $i -lt 600 ] || exit 1; sleep 0.1; done", 120)
+                      ">/dev/null 2>&1 & " +
+                      until("grep -q ':1389 [0-9A-F:]* 0A ' /proc/net/tcp /proc/net/tcp6 2>/dev/null"),
+                      120)
     if status != 0:
         raise RuntimeError(f"the guest's nc did not listen on 5001 within 60 s: {out!r}")
     s = socket.create_connection((target, 5001), timeout=60)
@@ -95,13 +100,11 @@ def tcp_in():
     s.recv(1)  # the guest's nc closes once it has read everything
     el = time.monotonic() - t0
     s.close()
-    status, out = run("i=0; until [ -s /tmp/tcp_in.count ]; do "
-                      "i=$((i+1)); [ $i -lt 600 ] || exit 1; sleep 0.1; done; "
-                      "cat /tmp/tcp_in.count", 120)
+    status, out = run(until("[ -s /tmp/tcp_in.count ]") + "; cat /tmp/tcp_in.count", 120)
     words = out.split()
     if status != 0 or not words or int(words[0]) != size:
         raise RuntimeError(f"the guest counted {out!r} of {size} bytes (status {status})")
-    return size / el
+    return {"tcp_in_mbytes_s": size / el / 1e6}
 
 
 def tcp_out():
@@ -131,28 +134,28 @@ def tcp_out():
     t.join(120)
     if got != size:
         raise RuntimeError(f"{got} of {size} bytes arrived (guest: {answer})")
-    return size / el
+    return {"tcp_out_mbytes_s": size / el / 1e6}
 
 
 DATAGRAM = 1400
 
 
-def udp_figures(line, word, sent):
-    """(MB/s, loss) from a sink's `received <datagrams> <bytes> <seconds>` line."""
+def kuml_udp_said(line, word):
+    """(datagrams, bytes, seconds) from kuml-udp's `<word> <datagrams> <bytes> <seconds>`."""
     words = line.split()
     if len(words) != 4 or words[0] != word:
-        raise RuntimeError(f"the UDP sink said {line!r}")
-    datagrams, nbytes, seconds = int(words[1]), int(words[2]), float(words[3])
+        raise RuntimeError(f"kuml-udp said {line.strip()!r}, not its `{word}` line")
+    return int(words[1]), int(words[2]), float(words[3])
+
+
+def udp_figures(direction, sent_line, received_line):
+    """The stream's MB/s at the sink and the share lost; also the datagrams sent."""
+    sent = kuml_udp_said(sent_line, "sent")[0]
+    datagrams, nbytes, seconds = kuml_udp_said(received_line, "received")
     if datagrams < 2 or seconds <= 0:
         raise RuntimeError(f"{datagrams} of {sent} datagrams arrived: no stream to time")
-    return nbytes / seconds / 1e6, 1 - datagrams / sent
-
-
-def sent_datagrams(line):
-    words = line.split()
-    if len(words) != 4 or words[0] != "sent":
-        raise RuntimeError(f"the UDP sender said {line!r}")
-    return int(words[1])
+    return sent, {f"udp_{direction}_mbytes_s": nbytes / seconds / 1e6,
+                  f"udp_{direction}_loss": 1 - datagrams / sent}
 
 
 def guest_udp_counters():
@@ -165,9 +168,9 @@ def guest_udp_counters():
 
 
 def udp_in():
-    """Host -> guest: kuml-udp here sends, the guest's counts. Also returns how many datagrams
-    the guest's kernel dropped for a full socket buffer (the sink was too slow: guest CPU), so
-    that the loss can be placed: the rest was lost before the guest's UDP layer."""
+    """Host -> guest: kuml-udp here sends, the guest's counts. Also the share the guest's
+    kernel dropped for a full socket buffer (the sink was too slow: guest CPU), so that the
+    loss can be placed: the rest was lost before the guest's UDP layer."""
     say(f"{mib} MiB of UDP into the guest")
     before = guest_udp_counters()
     answer = {}
@@ -187,8 +190,9 @@ def udp_in():
         raise RuntimeError(f"the guest's kuml-udp sink failed: {out!r}")
     after = guest_udp_counters()
     full = after.get("RcvbufErrors", 0) - before.get("RcvbufErrors", 0)
-    sent = sent_datagrams(sender.stdout)
-    return (*udp_figures(out.strip(), "received", sent), full / sent)
+    sent, figures = udp_figures("in", sender.stdout, out)
+    figures["udp_in_loss_rcvbuf"] = full / sent
+    return figures
 
 
 def udp_out():
@@ -206,24 +210,16 @@ def udp_out():
     finally:
         if sink.poll() is None:
             sink.kill()
-    return udp_figures(got.strip(), "received", sent_datagrams(out.strip()))
+    return udp_figures("out", out, got)[1]
 
 
 # Each stream on its own: one that fails leaves the others' figures.
 figures, errors = {}, []
-for name, measure in (("tcp_in", tcp_in), ("tcp_out", tcp_out), ("udp_in", udp_in),
-                      ("udp_out", udp_out)):
+for measure in (tcp_in, tcp_out, udp_in, udp_out):
     try:
-        got = measure()
+        figures.update(measure())
     except Exception as e:  # reported with the figures
-        errors.append(f"{name}: {e}")
-        continue
-    if name.startswith("tcp"):
-        figures[f"{name}_mbytes_s"] = got / 1e6
-    else:
-        figures[f"{name}_mbytes_s"], figures[f"{name}_loss"] = got[0], got[1]
-        if len(got) > 2:
-            figures[f"{name}_loss_rcvbuf"] = got[2]
+        errors.append(f"{measure.__name__}: {e}")
 if errors:
     figures["error"] = "streams: " + "; ".join(errors)
 print(json.dumps(figures))
