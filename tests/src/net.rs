@@ -82,6 +82,13 @@ impl Netns {
         self.ip(&format!("link set {b} up"));
     }
 
+    /// A tap `name` (owned by root), up, with `addr`/24 on the namespace's side.
+    pub fn tap(&self, name: &str, addr: Ipv4Addr) {
+        self.ip(&format!("tuntap add {name} mode tap"));
+        self.ip(&format!("addr add {addr}/24 dev {name}"));
+        self.ip(&format!("link set {name} up"));
+    }
+
     /// Multicast on the namespace's loopback (the mcast transport's only interface).
     pub fn multicast(&self) {
         self.ip("link set lo multicast on");

@@ -28,9 +28,7 @@ const NETCONSOLE_PORT: u16 = 6666;
 #[test]
 fn tuntap_existing_tap_guest_answers_arp_and_ping() {
     let ns = Netns::new("tap");
-    ns.ip("tuntap add tap0 mode tap");
-    ns.ip(&format!("addr add {HOST}/24 dev tap0"));
-    ns.ip("link set tap0 up");
+    ns.tap("tap0", HOST);
     let mut vm = ns.run(|| kuml_guest("net-tap", "tuntap,tap0", GUEST_A, HOST));
     let rtt = ns.run(|| host_ping(GUEST_A));
     eprintln!("guest answered the namespace's ping after {rtt:?}");
@@ -50,12 +48,7 @@ fn tuntap_existing_tap_guest_answers_arp_and_ping() {
 #[test]
 fn tuntap_deleted_tap_is_link_down_idle_and_reattaches() {
     let ns = Netns::new("tapdel");
-    let add_tap = |ns: &Netns| {
-        ns.ip("tuntap add tap0 mode tap");
-        ns.ip(&format!("addr add {HOST}/24 dev tap0"));
-        ns.ip("link set tap0 up");
-    };
-    add_tap(&ns);
+    ns.tap("tap0", HOST);
     let dir = tempfile::tempdir().unwrap();
     let extra = [
         "umid=tapdel".to_owned(),
@@ -88,7 +81,7 @@ fn tuntap_deleted_tap_is_link_down_idle_and_reattaches() {
     assert_idle(&vm);
 
     // The tap comes back and mconsole re-attaches it: the same guest interface answers again.
-    add_tap(&ns);
+    ns.tap("tap0", HOST);
     let sock = dir.path().join("tapdel/mconsole");
     let out = ns.run(move || {
         let out = Command::new("uml_mconsole")
@@ -133,9 +126,7 @@ fn tuntap_deleted_tap_is_link_down_idle_and_reattaches() {
 fn tuntap_guest_shuts_down_while_its_kernel_logs_over_the_network() {
     const SHUTDOWNS: usize = 3;
     let ns = Netns::new("tapnetcon");
-    ns.ip("tuntap add tap0 mode tap");
-    ns.ip(&format!("addr add {HOST}/24 dev tap0"));
-    ns.ip("link set tap0 up");
+    ns.tap("tap0", HOST);
     let sink = ns.run(|| UdpSocket::bind((HOST, NETCONSOLE_PORT)).expect("netconsole sink"));
     sink.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
     let stop = Arc::new(AtomicBool::new(false));

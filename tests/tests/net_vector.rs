@@ -111,9 +111,7 @@ fn raw_and_tap_transports_reach_the_namespaces_own_stack() {
     // The namespace's stack on vr-host; the guest's AF_PACKET socket on the other end.
     ns.veth("vr-host", "vr-guest", HOST);
     // A tap the namespace made for the guest.
-    ns.ip("tuntap add vt-named mode tap");
-    ns.ip("addr add 10.0.3.1/24 dev vt-named");
-    ns.ip("link set vt-named up");
+    ns.tap("vt-named", Ipv4Addr::new(10, 0, 3, 1));
     assert!(new_taps(&ns).is_empty());
     let args = vec![
         format!("vec0:transport=raw,ifname=vr-guest,mac={}", mac_str(mac(0))),
