@@ -55,9 +55,17 @@ pub fn claim(fd: RawFd) -> Result<OwnedFd, String> {
         return Err("descriptors 0, 1 and 2 are kuml's standard streams".to_string());
     }
     if !set.remove(&fd) {
+        let free = if set.is_empty() {
+            "none".to_string()
+        } else {
+            set.iter()
+                .map(RawFd::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
         return Err(format!(
             "not a descriptor kuml was started with, or already used by another interface \
-             (inherited and free: {set:?})"
+             (inherited and still free: {free})"
         ));
     }
     // SAFETY: `fd` was open when kuml started, kuml never opened it itself, and the set hands
@@ -78,7 +86,16 @@ mod tests {
         record();
         assert!(claim(1).is_err());
         let owned = claim(inherited).expect("an inherited descriptor");
-        assert!(claim(inherited).is_err(), "claimed twice");
+        let again = claim(inherited).expect_err("claimed twice");
+        // The descriptors still free are listed as numbers ("3, 7" or "none").
+        let free = again
+            .rsplit_once("(inherited and still free: ")
+            .and_then(|(_, rest)| rest.strip_suffix(')'))
+            .expect(&again);
+        assert!(
+            free == "none" || free.split(", ").all(|n| n.parse::<RawFd>().is_ok()),
+            "{again}"
+        );
         drop(owned);
     }
 }

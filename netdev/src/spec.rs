@@ -248,6 +248,15 @@ impl NetSpec {
     pub fn mac_or_derived(&self, umid: &str, index: u32) -> MacAddr {
         self.mac.unwrap_or_else(|| derive_mac(umid, index))
     }
+
+    /// The option that configures interface `index` with this spec, for messages: `vec<N>`
+    /// for UML's vector transports, else `eth<N>` (the guest sees `eth<N>` either way).
+    pub fn option_name(&self, index: u32) -> String {
+        match self.transport {
+            Transport::Vector(_) => format!("vec{index}"),
+            _ => format!("eth{index}"),
+        }
+    }
 }
 
 impl NetSpec {

@@ -628,6 +628,13 @@ impl TestVm {
 impl Drop for TestVm {
     fn drop(&mut self) {
         if self.status.is_none() {
+            // SIGTERM first: kuml stops cleanly and removes its umid directory (killed, it
+            // left one in ~/.uml per test); SIGKILL if it has not ended after a few seconds.
+            self.signal(libc::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
             let _ = self.child.kill();
             let _ = self.child.wait();
         }

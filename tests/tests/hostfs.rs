@@ -17,6 +17,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use kuml_e2e::mconsole::Mc;
 use kuml_e2e::user::OrdinaryUser;
 use kuml_e2e::{
     artifact, hex, kuml_bin, unhex, user_space_or_skip, vmlinux_args, AgentReply, HostKind, TestVm,
@@ -505,15 +506,11 @@ fn an_ordinary_users_guest_cannot_escape() {
     poweroff(vm);
 }
 
-/// `uml_mconsole <socket> <command>` (Debian's real client): its output line and exit code. A
-/// hot-plug reply waits for the guest (kuml gives it at most 180 s), so no timeout here.
+/// `uml_mconsole <socket> <command>` (Debian's real client): its output, without the line end,
+/// and exit code. A hot-plug reply waits for the guest (kuml gives it at most 180 s; the call's
+/// bound is [`kuml_e2e::mconsole::CALL`]).
 fn mconsole(socket: &Path, command: &str) -> (String, i32) {
-    let (code, out, err) = kuml_e2e::run_output(
-        std::process::Command::new("uml_mconsole")
-            .arg(socket)
-            .arg(command),
-    );
-    eprintln!("uml_mconsole {command} -> {out:?} rc={code} {err}");
+    let (out, code) = Mc::Uml.run(socket, command);
     (out.trim_end().to_owned(), code)
 }
 

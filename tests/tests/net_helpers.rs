@@ -514,7 +514,8 @@ fn a_missing_switch_helper_or_descriptor_is_one_clear_line() {
         (
             // kuml_fails closes 1000 in kuml's process, whatever this one has open.
             "vec0:transport=fd,fd=1000".to_owned(),
-            "fd 1000: not a descriptor kuml was started with".to_owned(),
+            "kuml: vec0: vector backend: fd 1000: not a descriptor kuml was started with"
+                .to_owned(),
         ),
     ];
     for (arg, line) in &cases {
@@ -536,7 +537,7 @@ fn a_missing_switch_helper_or_descriptor_is_one_clear_line() {
     );
     assert_eq!(code, 1, "{err}");
     assert!(
-        err.contains("fd 3") && err.contains("stream socket"),
+        err.contains("kuml: vec0: ") && err.contains("fd 3") && err.contains("stream socket"),
         "{err}"
     );
 }

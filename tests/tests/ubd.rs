@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
+use kuml_e2e::mconsole::Mc;
 use kuml_e2e::{
     artifact, hex, kuml_bin, run_ok as run, unhex, vmlinux_args, TestVm, VmOptions, NO_HOSTFS,
 };
@@ -514,10 +515,8 @@ fn hot_plugged_disk_is_mounted_and_written_from_user_space() {
         ],
     );
     let sock = dir.path().join("hotplug/mconsole");
-    let reply = run(Command::new("uml_mconsole")
-        .arg(&sock)
-        .arg(format!("config ubd1={}", data.display())));
-    assert!(reply.starts_with("OK"), "config ubd1: {reply}");
+    let (reply, code) = Mc::Uml.run(&sock, &format!("config ubd1={}", data.display()));
+    assert!(reply.starts_with("OK") && code == 0, "config ubd1: {reply}");
     let out = vm.sh_ok(
         "n=0; while [ ! -b /dev/vdb ]; do n=$((n + 1)); [ $n -lt 1200 ] || exit 1; sleep 0.1; done; \
          mkdir -p /mnt/hp && mount -t ext4 /dev/vdb /mnt/hp && cat /mnt/hp/hello.txt && \
@@ -525,8 +524,8 @@ fn hot_plugged_disk_is_mounted_and_written_from_user_space() {
         SHORT,
     );
     assert!(out.contains("hello from kuml data disk"), "{out}");
-    let reply = run(Command::new("uml_mconsole").arg(&sock).arg("remove ubd1"));
-    assert!(reply.starts_with("OK"), "remove ubd1: {reply}");
+    let (reply, code) = Mc::Uml.run(&sock, "remove ubd1");
+    assert!(reply.starts_with("OK") && code == 0, "remove ubd1: {reply}");
     poweroff(&mut vm);
     let cat = run(Command::new("debugfs")
         .arg("-R")

@@ -29,23 +29,23 @@ pub enum DiskError {
     },
 }
 
-/// An ethN backend could not be set up.
+/// An ethN or vecN backend could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum NicError {
     /// The transport (tap, socket, switch).
-    #[error("eth{index}")]
+    #[error("{option}")]
     Backend {
-        /// The index.
-        index: u32,
+        /// The option that configured it (`eth0`, `vec1`).
+        option: String,
         /// Why.
         #[source]
         source: netdev::OpenError,
     },
     /// The virtio-net device.
-    #[error("eth{index}")]
+    #[error("{option}")]
     Device {
-        /// The index.
-        index: u32,
+        /// The option that configured it.
+        option: String,
         /// Why.
         #[source]
         source: NetError,
@@ -70,7 +70,10 @@ pub fn open_nic(index: u32, spec: &netdev::NetSpec, umid: &str) -> Result<Net, N
     }
     log::info!(target: UML_TARGET, "Netdevice {index} ({mac}) : ");
     log::info!(target: UML_TARGET, "{}", spec.transport_line());
-    let backend =
-        netdev::open_backend(spec, mac).map_err(|source| NicError::Backend { index, source })?;
-    Net::new(backend, mac).map_err(|source| NicError::Device { index, source })
+    let option = spec.option_name(index);
+    let backend = netdev::open_backend(spec, mac).map_err(|source| NicError::Backend {
+        option: option.clone(),
+        source,
+    })?;
+    Net::new(backend, mac).map_err(|source| NicError::Device { option, source })
 }

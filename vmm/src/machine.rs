@@ -245,7 +245,10 @@ impl Machine {
             Some(
                 netdev::open_backend(&spec, net.mac())
                     .map(|backend| net.replace_backend(backend))
-                    .map_err(|source| ControlError::Nic(id, NicError::Backend { index, source })),
+                    .map_err(|source| {
+                        let option = spec.option_name(index);
+                        ControlError::Nic(id, NicError::Backend { option, source })
+                    }),
             )
         });
         match opened.flatten() {
